@@ -1,0 +1,213 @@
+"""Model adapters: every model seen as a denoiser `D(x, sigma) -> x0_hat` in the EDM sigma space
+`x = x0 + sigma * eps` (DESIGN §2). Samplers talk to nothing else.
+
+A denoiser is a callable `(x, sigma, **cond) -> D` with `sigma` a number, a 0-d tensor or one
+value per sample; it carries `sigma_min`, `sigma_max` (its trained range) and `sample_shape`.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .schedules import sigmas_from_alphas_cumprod
+
+
+def _per_sample(sigma, x: torch.Tensor) -> torch.Tensor:
+    """`sigma` as a tensor of shape (B, 1, ..., 1) that broadcasts against `x`."""
+    sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
+    return sigma.reshape(-1, *([1] * (x.ndim - 1))).expand(x.shape[0], *([1] * (x.ndim - 1)))
+
+
+class GMMDenoiser(nn.Module):
+    """The exact denoiser of an isotropic Gaussian mixture `sum_k w_k N(mu_k, s_k^2 I)`:
+    `D(x, sigma) = sum_k r_k(x) (mu_k + s_k^2 / (s_k^2 + sigma^2) (x - mu_k))` with
+    responsibilities `r_k ∝ w_k N(x; mu_k, (s_k^2 + sigma^2) I)`.
+
+    means: (K, *shape); stds: (K,) positive; weights: (K,) non-negative, normalised here.
+    sigma_min, sigma_max: the range schedules use (EDM's defaults).
+    """
+
+    def __init__(self, means, stds, weights=None, sigma_min: float = 0.002, sigma_max: float = 80.0):
+        super().__init__()
+        means = torch.as_tensor(means, dtype=torch.float64)
+        stds = torch.as_tensor(stds, dtype=torch.float64).reshape(-1)
+        weights = torch.ones(len(means), dtype=torch.float64) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+        if means.ndim < 2 or not len(means) == len(stds) == len(weights):
+            raise ValueError(f"need means (K, d...), stds (K,), weights (K,); got shapes "
+                             f"{tuple(means.shape)}, {tuple(stds.shape)}, {tuple(weights.shape)}")
+        if (stds <= 0).any() or (weights < 0).any() or weights.sum() <= 0:
+            raise ValueError(f"stds must be positive and weights non-negative, got stds={stds.tolist()}, weights={weights.tolist()}")
+        self.register_buffer("means", means)
+        self.register_buffer("stds", stds)
+        self.register_buffer("weights", weights / weights.sum())
+        self.sigma_min, self.sigma_max = sigma_min, sigma_max
+        self.sample_shape = tuple(means.shape[1:])
+
+    def forward(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        flat = x.reshape(len(x), -1)
+        mu = self.means.reshape(len(self.means), -1).to(x)          # (K, d)
+        var = self.stds.to(x) ** 2                                  # (K,)
+        s2 = _per_sample(sigma, flat)                               # (B, 1)
+        total = var + s2 ** 2                                       # (B, K)
+        sq = torch.cdist(flat, mu) ** 2                             # (B, K)
+        log_r = self.weights.to(x).log() - 0.5 * flat.shape[1] * total.log() - sq / (2 * total)
+        r = log_r.softmax(dim=1)
+        shrink = var / total                                        # (B, K)
+        # sum_k r_k (mu_k + shrink_k (x - mu_k)) = (sum_k r_k shrink_k) x + sum_k r_k (1 - shrink_k) mu_k
+        out = (r * shrink).sum(1, keepdim=True) * flat + (r * (1 - shrink)) @ mu
+        return out.reshape(x.shape)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """`n` exact draws from the mixture (float64)."""
+        k = torch.multinomial(self.weights.cpu(), n, replacement=True, generator=generator)
+        z = torch.randn(n, *self.sample_shape, dtype=torch.float64, generator=generator)
+        return (self.means.cpu()[k] + self.stds.cpu()[k].reshape(-1, *[1] * len(self.sample_shape)) * z).to(self.means.device)
+
+
+def _dtype(module: nn.Module) -> torch.dtype:
+    """The dtype of a network's first parameter or buffer (float32 for a module without any)."""
+    return next(itertools.chain(module.parameters(), module.buffers()), torch.empty(0)).dtype
+
+
+def _network_output(out) -> torch.Tensor:
+    """A diffusers model returns an output object with `.sample`; a plain module, a tensor."""
+    return out.sample if hasattr(out, "sample") else out
+
+
+def vp_output_to_denoised(out: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor, prediction_type: str) -> torch.Tensor:
+    """`D` from a VP network's output `out` at `x_vp = x / sqrt(1 + sigma^2)` (`x` in sigma space,
+    `sigma` broadcastable to it): `x - sigma eps` (epsilon), `sqrt(abar) x_vp - sqrt(1 - abar) v`
+    with `abar = 1 / (1 + sigma^2)` (v_prediction), or `out` itself (sample). A learned-variance
+    output (twice the channels of `x`) is cut to its first half."""
+    out = out.to(x.dtype)
+    if out.shape[1] == 2 * x.shape[1]:
+        out = out[:, : x.shape[1]]
+    if prediction_type == "epsilon":
+        return x - sigma * out
+    if prediction_type == "sample":
+        return out
+    abar = 1 / (1 + sigma ** 2)
+    return abar * x - (1 - abar).sqrt() * out  # sqrt(abar) x_vp = abar x
+
+
+class DiffusersUNetDenoiser(nn.Module):
+    """A discrete VP model (a diffusers UNet trained on `alphas_cumprod`) as a denoiser.
+
+    `sigma_t = sqrt((1 - abar_t) / abar_t)`; the network sees `x_vp = x / sqrt(1 + sigma^2)` at the
+    fractional timestep found by interpolating `log sigma` over the table, and its output becomes
+    `D` through `vp_output_to_denoised`. Extra keywords of a call (e.g. `encoder_hidden_states`) go to the UNet.
+    """
+
+    PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+    def __init__(self, unet: nn.Module, alphas_cumprod, prediction_type: str = "epsilon"):
+        super().__init__()
+        if prediction_type not in self.PREDICTION_TYPES:
+            raise ValueError(f"unsupported prediction_type {prediction_type!r}: use one of {', '.join(self.PREDICTION_TYPES)}")
+        self.unet, self.prediction_type = unet, prediction_type
+        table = sigmas_from_alphas_cumprod(alphas_cumprod)
+        self.register_buffer("alphas_cumprod", torch.as_tensor(alphas_cumprod).double().cpu())
+        self.register_buffer("log_sigmas", table.log())
+        self.sigma_min, self.sigma_max = float(table[0]), float(table[-1])
+        config = getattr(unet, "config", None)
+        size = getattr(config, "sample_size", None)
+        if isinstance(size, int):
+            size = (size, size)
+        self.sample_shape = (config.in_channels, *size) if size is not None else None
+
+    @classmethod
+    def from_config(cls, unet: nn.Module, scheduler_config: dict) -> "DiffusersUNetDenoiser":
+        """From a diffusers scheduler config (its beta table and `prediction_type`)."""
+        from diffusers import DDPMScheduler
+
+        if "trained_betas" not in scheduler_config and "beta_schedule" not in scheduler_config:
+            raise ValueError("the scheduler config has no noise table (no beta_schedule or trained_betas)")
+        table = DDPMScheduler.from_config(scheduler_config)
+        return cls(unet, table.alphas_cumprod, scheduler_config.get("prediction_type", "epsilon"))
+
+    @classmethod
+    def from_pretrained(cls, path, torch_dtype=None) -> "DiffusersUNetDenoiser":
+        """Load a local `UNet2DModel` or `UNet2DConditionModel` with its scheduler config: a
+        pipeline directory (`unet/`, `scheduler/`) or a UNet directory whose
+        `scheduler_config.json` lies in it or beside it."""
+        import diffusers
+
+        root = Path(path).expanduser()
+        if not root.is_dir():
+            raise FileNotFoundError(f"model path does not exist: {root}")
+        unet_dir = root / "unet" if (root / "unet" / "config.json").is_file() else root
+        candidates = [root / "scheduler" / "scheduler_config.json", unet_dir / "scheduler_config.json",
+                      root / "scheduler_config.json"]
+        scheduler_file = next((p for p in candidates if p.is_file()), None)
+        if not (unet_dir / "config.json").is_file():
+            raise FileNotFoundError(f"no UNet config.json in {root} or {root / 'unet'}")
+        if scheduler_file is None:
+            raise FileNotFoundError(f"no scheduler_config.json in {root}, {root / 'scheduler'} or {unet_dir}")
+        class_name = json.loads((unet_dir / "config.json").read_text()).get("_class_name", "UNet2DModel")
+        unet_cls = getattr(diffusers, class_name, None)
+        if unet_cls is None:
+            raise ValueError(f"unknown UNet class {class_name!r} in {unet_dir / 'config.json'}")
+        unet = unet_cls.from_pretrained(str(unet_dir), torch_dtype=torch_dtype).eval()
+        return cls.from_config(unet, json.loads(scheduler_file.read_text()))
+
+    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The fractional timestep of `sigma`: linear interpolation of `log sigma` over the table
+        (clamped to its ends)."""
+        log_sigmas = self.log_sigmas.to(sigma.device, torch.float64)
+        log_sigma = sigma.double().clamp(min=1e-30).log().clamp(log_sigmas[0], log_sigmas[-1])
+        hi = torch.searchsorted(log_sigmas, log_sigma).clamp(1, len(log_sigmas) - 1)
+        lo_val, hi_val = log_sigmas[hi - 1], log_sigmas[hi]
+        frac = (log_sigma - lo_val) / (hi_val - lo_val)
+        return (hi - 1).double() + frac
+
+    def check_shape(self, shape) -> None:
+        """Raise if the UNet cannot take images of `shape` (C, H, W)."""
+        config = self.unet.config
+        if shape[0] != config.in_channels:
+            raise ValueError(f"the model takes {config.in_channels} channels, got {shape[0]}")
+        factor = 2 ** (len(config.down_block_types) - 1)
+        if any(int(s) % factor for s in shape[1:]):
+            raise ValueError(f"the model takes image sizes divisible by {factor}, got {tuple(shape[1:])}")
+
+    def forward(self, x: torch.Tensor, sigma, **cond) -> torch.Tensor:
+        s = _per_sample(sigma, x)
+        x_vp = x / (1 + s ** 2).sqrt()
+        t = self.timestep(s.reshape(-1))
+        dtype = _dtype(self.unet)
+        t = t.to(torch.promote_types(dtype, torch.float32))  # fractional timesteps need at least float32
+        out = _network_output(self.unet(x_vp.to(dtype), t, **cond))
+        return vp_output_to_denoised(out, x, s, self.prediction_type)
+
+
+class FlowDenoiser(nn.Module):
+    """A rectified flow `x_t = (1 - t) x0 + t eps` with velocity `v = eps - x0` (t = 0 data,
+    t = 1 noise) as a denoiser: `sigma = t / (1 - t)`, the network sees `x_t = x / (1 + sigma)` at
+    `t = sigma / (1 + sigma)`, and `D = x_t - t * v_hat`.
+
+    velocity_model: `(x_t, t) -> v_hat` with `t` of shape (B,); diffusers models (output `.sample`)
+        and plain modules both work. time_scale: multiplies `t` before the call (e.g. 999 for a
+        UNet trained on integer-like timesteps).
+    sigma_min, sigma_max: the range schedules use (t from 0.002/1.002 to 0.999).
+    """
+
+    def __init__(self, velocity_model: nn.Module, time_scale: float = 1.0, sigma_min: float = 0.002,
+                 sigma_max: float = 999.0, sample_shape=None):
+        super().__init__()
+        self.velocity_model, self.time_scale = velocity_model, time_scale
+        self.sigma_min, self.sigma_max = sigma_min, sigma_max
+        self.sample_shape = tuple(sample_shape) if sample_shape is not None else None
+
+    def forward(self, x: torch.Tensor, sigma, **cond) -> torch.Tensor:
+        s = _per_sample(sigma, x)
+        t = s / (1 + s)
+        x_t = x / (1 + s)
+        dtype = _dtype(self.velocity_model)
+        t_in = (t.reshape(-1) * self.time_scale).to(torch.promote_types(dtype, torch.float32))
+        v = _network_output(self.velocity_model(x_t.to(dtype), t_in, **cond))
+        return x_t - t * v.to(x.dtype)
+

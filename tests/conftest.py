@@ -1,0 +1,33 @@
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))  # the entry points' shared module `_cli`
+
+
+def tiny_unet(**overrides):
+    """A random 8x8 UNet2DModel small enough to run in milliseconds."""
+    from diffusers import UNet2DModel
+
+    config = dict(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
+                  norm_num_groups=4, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                  up_block_types=("AttnUpBlock2D", "UpBlock2D"), attention_head_dim=4)
+    config.update(overrides)
+    torch.manual_seed(0)
+    return UNet2DModel(**config).eval()
+
+
+@pytest.fixture
+def unet():
+    return tiny_unet()
+
+
+@pytest.fixture
+def gmm():
+    import samplers
+
+    return samplers.GMMDenoiser(means=[[-2.0, 0.0], [2.0, 1.0], [0.0, -3.0]], stds=[0.3, 0.5, 0.2],
+                                weights=[0.3, 0.5, 0.2])

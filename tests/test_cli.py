@@ -1,0 +1,52 @@
+"""The entry points as a user runs them."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+
+
+def run(script, *overrides):
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / script), *overrides], capture_output=True,
+                          text=True, cwd=ROOT)
+
+
+def test_sampling_the_embedded_default_model_writes_a_grid_and_the_raw_samples(tmp_path):
+    done = run("sample.py", "num_samples=6", "steps=3", f"out_dir={tmp_path}")
+    assert done.returncode == 0, done.stderr
+    assert f"wrote {tmp_path / 'samples.png'}" in done.stdout
+    samples = np.load(tmp_path / "samples.npz")["samples"]
+    assert samples.shape == (6, 1, 16, 16) and np.isfinite(samples).all()
+
+
+def test_samples_depend_on_the_seed_not_on_the_batch_size(tmp_path):
+    common = ["model=gmm", "sampler=ddim", "sampler.options.eta=1.0", "num_samples=10", "steps=4"]
+    for name, batch in [("a", 10), ("b", 3)]:
+        done = run("sample.py", *common, f"batch_size={batch}", f"out_dir={tmp_path / name}")
+        assert done.returncode == 0, done.stderr
+    a, b = (np.load(tmp_path / n / "samples.npz")["samples"] for n in "ab")
+    assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model=diffusers", "model.path=/nonexistent/model"], "error: model path does not exist: /nonexistent/model"),
+    (["steps=0"], "error: the number of steps must be a whole number of at least 1, got 0"),
+    (["image_size=15"], "error: the model takes image sizes divisible by 4, got (15, 15)"),
+])
+def test_bad_input_gives_one_clear_line(tmp_path, overrides, message):
+    done = run("sample.py", *overrides, f"out_dir={tmp_path}")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == message
+
+
+@pytest.mark.parametrize("script, overrides, message", [
+    ("sample.py", ["sampler=lms"], "Could not find 'sampler/lms'"),
+    ("sample.py", ["steps=ten"], "Value 'ten' of type 'str' could not be converted to Integer"),
+    ("sample.py", ["schedule.kind=cosine"], "Invalid value 'cosine', expected one of"),
+    ("train.py", ["train.lr=fast"], "Value 'fast' of type 'str' could not be converted to Float"),
+])
+def test_hydra_rejects_unknown_choices_and_wrong_types(script, overrides, message):
+    done = run(script, *overrides)
+    assert done.returncode != 0 and message in done.stderr

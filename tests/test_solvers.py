@@ -1,0 +1,136 @@
+"""Samplers against the exact ODE solution of an analytic Gaussian mixture."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import samplers
+
+STEPS = [16, 32, 64]
+
+
+@pytest.fixture(scope="module")
+def problem():
+    gmm = samplers.GMMDenoiser(means=[[-2.0, 0.0], [2.0, 1.0], [0.0, -3.0]], stds=[0.3, 0.5, 0.2],
+                               weights=[0.3, 0.5, 0.2])
+    noise = torch.randn(256, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    sigmas = samplers.get_sigmas("karras", 4, gmm.sigma_min, gmm.sigma_max)
+    exact = samplers.sample("dopri5", gmm, noise, sigmas, rtol=1e-10, atol=1e-10)
+    return gmm, noise, exact
+
+
+def observed_order(problem, name):
+    gmm, noise, exact = problem
+    nfes, errors = [], []
+    for n in STEPS:
+        sigmas = samplers.get_sigmas("karras", n, gmm.sigma_min, gmm.sigma_max)
+        x = samplers.sample(name, gmm, noise, sigmas)
+        nfes.append(samplers.nfe(name, sigmas))
+        errors.append((x - exact).norm(dim=1).mean().item())
+    slope = np.polyfit(np.log(nfes), np.log(errors), 1)[0]
+    return -slope, errors
+
+
+@pytest.mark.parametrize("name, low, high", [("euler", 0.8, 1.3), ("ddim", 0.8, 1.3), ("heun", 1.7, 2.8),
+                                             ("dpmpp_2m", 1.7, 2.8), ("ipndm", 1.7, 4.5)])
+def test_error_falls_with_nfe_at_the_expected_order(problem, name, low, high):
+    order, errors = observed_order(problem, name)
+    assert low <= order <= high, f"{name}: observed order {order:.2f}, errors {errors}"
+
+
+def test_dopri5_is_the_exact_solution(problem):
+    gmm, noise, exact = problem
+    loose = samplers.sample("dopri5", gmm, noise, samplers.get_sigmas("karras", 4, gmm.sigma_min, gmm.sigma_max),
+                            rtol=1e-6, atol=1e-6)
+    assert (loose - exact).abs().max() < 1e-3
+
+
+def test_samples_follow_the_mixture(gmm):
+    """The ODE maps the prior onto the data: the sample moments match the mixture's."""
+    noise = torch.randn(4000, 2, generator=torch.Generator().manual_seed(1))
+    x = samplers.sample("heun", gmm, noise, samplers.get_sigmas("karras", 32, gmm.sigma_min, gmm.sigma_max))
+    truth = gmm.sample(200_000, generator=torch.Generator().manual_seed(2)).float()
+    assert torch.allclose(x.mean(0), truth.mean(0), atol=0.1)
+    assert torch.allclose(x.std(0), truth.std(0), rtol=0.05)
+
+
+def test_ddim_eta_one_is_ancestral_sampling_of_the_mixture(gmm):
+    noise = torch.randn(4000, 2, generator=torch.Generator().manual_seed(3))
+    sigmas = samplers.get_sigmas("karras", 64, gmm.sigma_min, gmm.sigma_max)
+    x = samplers.sample("ddim", gmm, noise, sigmas, generator=torch.Generator().manual_seed(4), eta=1.0)
+    deterministic = samplers.sample("ddim", gmm, noise, sigmas)
+    truth = gmm.sample(200_000, generator=torch.Generator().manual_seed(2)).float()
+    assert (x - deterministic).abs().mean() > 0.1
+    assert torch.allclose(x.mean(0), truth.mean(0), atol=0.1)
+    assert torch.allclose(x.std(0), truth.std(0), rtol=0.05)
+
+
+@pytest.mark.parametrize("name, options", [("ddim", {}), ("euler", {}), ("heun", {}), ("dpmpp_2m", {}),
+                                           ("ipndm", {"max_order": 3}), ("dopri5", {"rtol": 1e-4, "atol": 1e-4})])
+@pytest.mark.parametrize("n", [1, 2, 5])
+def test_nfe_is_exact(gmm, name, options, n):
+    sigmas = samplers.get_sigmas("karras", n, gmm.sigma_min, gmm.sigma_max)
+    calls = []
+    samplers.sample(name, gmm, torch.randn(8, 2), sigmas, callback=calls.append, **options)
+    expected = samplers.nfe(name, sigmas, **options)
+    assert expected is None if name == "dopri5" else len(calls) == expected
+    assert [c["nfe"] for c in calls] == list(range(1, len(calls) + 1))
+
+
+def test_heun_nfe_without_a_final_zero(gmm):
+    sigmas = samplers.get_sigmas("karras", 4, gmm.sigma_min, gmm.sigma_max)[:-1]
+    assert samplers.nfe("heun", sigmas) == 6
+
+
+@pytest.mark.parametrize("name, target, steps", [("euler", 5, 5), ("heun", 9, 5), ("heun", 10, 5), ("dpmpp_2m", 3, 3)])
+def test_steps_for_nfe(name, target, steps):
+    assert samplers.steps_for_nfe(name, target) == steps
+
+
+def test_same_seed_gives_bit_identical_samples(gmm):
+    sigmas = samplers.get_sigmas("karras", 6, gmm.sigma_min, gmm.sigma_max)
+
+    def draw():
+        noise = torch.randn(64, 2, generator=torch.Generator().manual_seed(7))
+        return samplers.sample("ddim", gmm, noise, sigmas, generator=torch.Generator().manual_seed(8), eta=0.5)
+
+    assert torch.equal(draw(), draw())
+
+
+def test_per_sample_generators_make_samples_independent_of_the_batch(gmm):
+    from diffusers.utils.torch_utils import randn_tensor
+
+    sigmas = samplers.get_sigmas("karras", 6, gmm.sigma_min, gmm.sigma_max)
+
+    def draw(seeds):
+        gens = [torch.Generator().manual_seed(s) for s in seeds]
+        noise = randn_tensor((len(seeds), 2), generator=gens)
+        return samplers.sample("ddim", gmm, noise, sigmas, generator=gens, eta=1.0)
+
+    whole = draw(range(6))
+    halves = torch.cat([draw(range(3)), draw(range(3, 6))])
+    assert torch.equal(whole, halves)
+
+
+# -- bad input ---------------------------------------------------------------------------------
+def nan_model(x, sigma):
+    return torch.where(torch.as_tensor(sigma) < 1, torch.full_like(x, float("nan")), x * 0)
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda g: samplers.sample("euler", g, torch.tensor([[float("nan"), 0.0]]), [1.0, 0.0]), ValueError, "noise has 1 NaN or inf"),
+    (lambda g: samplers.sample("heun", nan_model, torch.zeros(2, 2), [2.0, 0.5, 0.0]), FloatingPointError, "NaN or inf at sigma=0.5"),
+    (lambda g: samplers.sample("euler", g, torch.zeros(2, 2), [1.0, 2.0, 0.0]), ValueError, "strictly decreasing"),
+    (lambda g: samplers.sample("euler", g, torch.zeros(2, 2), [1.0]), ValueError, "at least one step"),
+    (lambda g: samplers.sample("euler", g, torch.zeros(2, 2), [1.0, -1.0]), ValueError, "positive"),
+    (lambda g: samplers.sample("lms", g, torch.zeros(2, 2), [1.0, 0.0]), ValueError, "unknown sampler 'lms'"),
+    (lambda g: samplers.sample("euler", g, torch.zeros(2, 2), [1.0, 0.0], eta=1.0), ValueError, "unknown option.*eta.*'euler'"),
+    (lambda g: samplers.sample("ipndm", g, torch.zeros(2, 2), [1.0, 0.0], max_order=5), ValueError, "max_order must be 1, 2, 3 or 4, got 5"),
+    (lambda g: samplers.nfe("dopri5", [1.0, 0.0], order=2), ValueError, "unknown option"),
+    (lambda g: samplers.steps_for_nfe("dopri5", 10), ValueError, "no fixed grid"),
+    (lambda g: samplers.steps_for_nfe("euler", 0), ValueError, "more than 0 NFE"),
+])
+def test_bad_input_stops_with_a_clear_message(gmm, call, error, message):
+    with pytest.raises(error, match=message):
+        call(gmm)

@@ -1,0 +1,95 @@
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import DDPMPipeline
+from PIL import Image
+from safetensors.torch import load_file
+
+import samplers
+from conftest import ROOT, tiny_unet
+from flows import DiffusionObjective
+from training import Trainer
+from training.data import ImageFolder, cifar10, digits
+
+
+def make_trainer(out_dir, steps, objective=None):
+    return Trainer(tiny_unet(), objective or DiffusionObjective(), digits(image_size=8), out_dir=out_dir,
+                   steps=steps, batch_size=32, lr=2e-3, warmup_steps=5, checkpoint_every=20, log_every=10,
+                   ema_decay=0.9, cpu=True)
+
+
+def test_training_lowers_the_loss_resumes_and_exports(tmp_path):
+    make_trainer(tmp_path, steps=40).fit()
+    rows = list(csv.DictReader(open(tmp_path / "loss.csv")))
+    losses = [float(r["loss"]) for r in rows]
+    assert [int(r["step"]) for r in rows] == [10, 20, 30, 40]
+    assert losses[-1] < 0.6 * losses[0], losses
+
+    resumed = make_trainer(tmp_path, steps=60)
+    assert resumed.resume() and resumed.step == 40
+    resumed.fit()
+    assert json.loads((tmp_path / "train_summary.json").read_text())["steps"] == 60
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000040", "step_00000060"]
+
+    exported = tmp_path / "model"
+    denoiser = samplers.DiffusersUNetDenoiser.from_pretrained(exported)
+    assert denoiser.sample_shape == (1, 8, 8) and denoiser.prediction_type == "epsilon"
+    ema = DDPMPipeline.from_pretrained(str(exported)).unet
+    raw = resumed.accelerator.unwrap_model(resumed.model)
+    ema_params = dict(ema.named_parameters())
+    assert any(not torch.equal(p, ema_params[n]) for n, p in raw.named_parameters())
+
+
+class NaNObjective(DiffusionObjective):
+    def loss(self, model, x0):
+        return super().loss(model, x0) * float("nan")
+
+
+def test_a_nan_loss_stops_with_the_step_and_keeps_the_checkpoints(tmp_path):
+    make_trainer(tmp_path, steps=20).fit()
+    with pytest.raises(FloatingPointError, match="loss is nan at step 21"):
+        make_trainer(tmp_path, steps=40, objective=NaNObjective()).fit()
+    assert (tmp_path / "checkpoints" / "step_00000020" / "model.safetensors").is_file()
+
+
+def test_two_cpu_processes_really_train_together(tmp_path):
+    subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                    str(ROOT / "tests" / "dist_train_worker.py"), str(tmp_path)], check=True, capture_output=True)
+    infos = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(info == {"num_processes": 2, "batch_shape": [8, 1, 8, 8]} for info in infos)
+    rank0, rank1 = (load_file(str(tmp_path / f"rank{r}.safetensors")) for r in (0, 1))
+    initial = tiny_unet().state_dict()
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    assert any(not torch.equal(rank0[k], initial[k]) for k in rank0)
+
+
+def test_digits_are_16x16_in_the_unit_range():
+    data = digits()
+    assert data.shape == (1797, 1, 16, 16)
+    assert data.min() == -1 and data.max() == 1
+
+
+def test_image_folder_reads_nested_images(tmp_path):
+    for i, sub in enumerate(["a", "b/c"]):
+        (tmp_path / sub).mkdir(parents=True)
+        Image.new("RGB", (40, 30), (255 * i, 0, 0)).save(tmp_path / sub / f"{i}.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    data = ImageFolder(str(tmp_path), image_size=16)
+    assert len(data) == 2 and data[0].shape == (3, 16, 16)
+    assert data[1][0].min() == 1 and data[0][0].max() == -1
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda p: ImageFolder(str(p / "nowhere"), 16), "image folder does not exist"),
+    (lambda p: ImageFolder(str(p), 16), "no image files"),
+    (lambda p: cifar10(str(p)), "CIFAR-10 not found under"),
+])
+def test_missing_data_is_named(tmp_path, call, message):
+    with pytest.raises(FileNotFoundError, match=message):
+        call(tmp_path)

@@ -1,0 +1,187 @@
+"""One Accelerate training loop: data, optimiser, EMA, checkpoint/resume, logging, export.
+
+An objective is any object with `loss(model, batch) -> scalar tensor` and
+`export(model, out_dir)`. The loop works unchanged on one CPU, one GPU, several GPUs or nodes
+(`accelerate launch`), and several CPU processes over gloo (`cpu=True`, see DESIGN §9).
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.utils import set_seed
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+CHECKPOINT_PREFIX = "step_"
+
+
+def _checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints under `root`, oldest first (a save in progress has a `.tmp` suffix)."""
+    found = [p for p in root.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and p.name[len(CHECKPOINT_PREFIX):].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+
+
+class Trainer:
+    """Trains `model` on `dataset` with `objective`.
+
+    out_dir: run directory; holds `checkpoints/`, `loss.csv`, `train_summary.json` and, at the
+        end, the EMA weights exported by the objective to `out_dir/model`. A run started again
+        with the same `out_dir` resumes from its latest checkpoint.
+    steps: optimiser steps in total. batch_size: global batch, split evenly over processes.
+    lr, weight_decay, warmup_steps, grad_clip: AdamW with linear warm-up, then constant;
+        gradient-norm clipping (`None` for none).
+    ema_decay: decay of the exponential moving average of the weights (diffusers `EMAModel`).
+    checkpoint_every, keep_checkpoints: checkpoint period in steps, and how many to keep.
+    log_every: period of the `loss.csv` rows (the mean loss over all processes).
+    seed: seeds the initialisation, the data order and the per-process noise.
+    mixed_precision: "no", "fp16" or "bf16". cpu: force CPU (gloo between CPU processes);
+        `None` means "when no CUDA device is present".
+    """
+
+    def __init__(self, model, objective, dataset, *, out_dir, steps: int, batch_size: int, lr: float,
+                 weight_decay: float = 0.0, warmup_steps: int = 0, grad_clip: float | None = 1.0,
+                 ema_decay: float = 0.999, checkpoint_every: int = 500, keep_checkpoints: int = 2,
+                 log_every: int = 50, seed: int = 0, mixed_precision: str = "no", cpu: bool | None = None,
+                 num_workers: int = 0):
+        if steps < 1:
+            raise ValueError(f"steps must be at least 1, got {steps}")
+        cpu = (not torch.cuda.is_available()) if cpu is None else cpu
+        self.accelerator = Accelerator(
+            cpu=cpu, mixed_precision=mixed_precision,
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=seed))
+        world = self.accelerator.num_processes
+        if batch_size % world:
+            raise ValueError(f"batch_size {batch_size} is not divisible by the number of processes {world}")
+        if len(dataset) < batch_size // world:
+            raise ValueError(f"the data set has {len(dataset)} items, fewer than one batch of {batch_size // world}")
+        self.out_dir = Path(out_dir)
+        self.checkpoint_dir = self.out_dir / "checkpoints"
+        self.objective, self.steps, self.seed = objective, steps, seed
+        self.grad_clip, self.checkpoint_every, self.keep_checkpoints = grad_clip, checkpoint_every, keep_checkpoints
+        self.log_every = log_every
+
+        set_seed(seed)  # the same initial weights on every process
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+        loader = DataLoader(dataset, batch_size=batch_size // world, shuffle=True, drop_last=True,
+                            num_workers=num_workers)
+        self.model, self.optimizer, self.loader = self.accelerator.prepare(model, optimizer, loader)
+        # Stepped by hand once per optimiser step (a prepared scheduler steps once per process).
+        self.lr_scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=warmup_steps)
+        self.ema = EMAModel(self.accelerator.unwrap_model(self.model).parameters(), decay=ema_decay)
+        self.ema.to(self.accelerator.device)
+        self.accelerator.register_for_checkpointing(self.lr_scheduler, self.ema)
+        self.step = 0
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        """Save everything needed to resume; written under a temporary name, then renamed, so a
+        kill during the save never leaves a half-written checkpoint under a final name."""
+        final = self.checkpoint_dir / f"{CHECKPOINT_PREFIX}{self.step:08d}"
+        tmp = final.with_name(final.name + ".tmp")
+        if self.accelerator.is_main_process and tmp.exists():
+            shutil.rmtree(tmp)
+        self.accelerator.wait_for_everyone()
+        self.accelerator.save_state(str(tmp), safe_serialization=True)
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
+            for old in _checkpoints(self.checkpoint_dir)[:-self.keep_checkpoints]:
+                shutil.rmtree(old)
+        self.accelerator.wait_for_everyone()
+        return final
+
+    def resume(self) -> bool:
+        """Load the latest complete checkpoint of `out_dir`, if there is one."""
+        found = _checkpoints(self.checkpoint_dir)
+        if not found:
+            return False
+        self.accelerator.load_state(str(found[-1]))
+        self.step = int(found[-1].name[len(CHECKPOINT_PREFIX):])
+        self.accelerator.print(f"resumed from {found[-1]} at step {self.step}")
+        return True
+
+    # -- the loop ------------------------------------------------------------------------------
+    def _batches(self):
+        """Endless batches in a data order fixed by (seed, epoch), starting at `self.step`."""
+        per_epoch = len(self.loader)
+        epoch, skip = divmod(self.step, per_epoch)
+        while True:
+            self.loader.set_epoch(epoch)
+            batches = self.accelerator.skip_first_batches(self.loader, skip) if skip else self.loader
+            yield from batches
+            epoch, skip = epoch + 1, 0
+
+    def fit(self):
+        """Train to `steps`, checkpointing on the way; export the EMA weights at the end."""
+        acc = self.accelerator
+        if not self.resume():
+            set_seed(self.seed + 1, device_specific=True)  # per-process noise; a resume restores saved RNG states
+        if acc.is_main_process:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.out_dir / "loss.csv"
+        bar = tqdm(total=self.steps, initial=self.step, disable=not acc.is_main_process, desc="train")
+        running, count = 0.0, 0
+        batches = self._batches()
+        while self.step < self.steps:
+            batch = next(batches)
+            self.model.train()
+            with acc.autocast():
+                loss = self.objective.loss(self.model, batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at step {self.step + 1}; "
+                                         f"the last good checkpoint is kept in {self.checkpoint_dir}")
+            self.optimizer.zero_grad(set_to_none=True)
+            acc.backward(loss)
+            if self.grad_clip is not None:
+                acc.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            self.optimizer.step()
+            self.lr_scheduler.step()
+            self.ema.step(acc.unwrap_model(self.model).parameters())
+            self.step += 1
+            running, count = running + loss.detach(), count + 1
+            if self.step % self.log_every == 0 or self.step == self.steps:
+                mean = acc.reduce(running / count, reduction="mean").item()
+                running, count = 0.0, 0
+                bar.set_postfix(loss=f"{mean:.4f}")
+                if acc.is_main_process:
+                    new = not log_path.exists()
+                    with open(log_path, "a", newline="") as f:
+                        writer = csv.writer(f)
+                        if new:
+                            writer.writerow(["step", "loss", "lr"])
+                        writer.writerow([self.step, f"{mean:.6f}", self.lr_scheduler.get_last_lr()[0]])
+            bar.update(1)
+            if self.step % self.checkpoint_every == 0 or self.step == self.steps:
+                self.save_checkpoint()
+        bar.close()
+        if acc.is_main_process:
+            self.export()
+        acc.wait_for_everyone()
+        return self
+
+    def ema_model(self):
+        """A copy of the network carrying the EMA weights."""
+        model = copy.deepcopy(self.accelerator.unwrap_model(self.model))
+        self.ema.copy_to(model.parameters())
+        return model
+
+    def export(self) -> Path:
+        """Export the EMA network through the objective and write `train_summary.json`."""
+        target = self.out_dir / "model"
+        self.objective.export(self.ema_model().eval(), target)
+        summary = {"steps": self.step, "num_processes": self.accelerator.num_processes,
+                   "command": " ".join(sys.argv), "model": str(target)}
+        (self.out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        self.accelerator.print(f"exported the EMA model to {target}")
+        return target
