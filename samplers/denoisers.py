@@ -95,6 +95,26 @@ def vp_output_to_denoised(out: torch.Tensor, x: torch.Tensor, sigma: torch.Tenso
     return abar * x - (1 - abar).sqrt() * out  # sqrt(abar) x_vp = abar x
 
 
+def fractional_timestep(sigma: torch.Tensor, log_sigmas: torch.Tensor) -> torch.Tensor:
+    """The fractional timestep of `sigma` on a VP table with increasing `log_sigmas` (`log sigma_t`,
+    t = 0, 1, ...): linear interpolation of `log sigma` between its neighbours, clamped to the
+    table's ends; float64."""
+    log_sigmas = log_sigmas.to(sigma.device, torch.float64)
+    log_sigma = sigma.double().clamp(min=1e-30).log().clamp(log_sigmas[0], log_sigmas[-1])
+    hi = torch.searchsorted(log_sigmas, log_sigma).clamp(1, len(log_sigmas) - 1)
+    lo_val, hi_val = log_sigmas[hi - 1], log_sigmas[hi]
+    frac = (log_sigma - lo_val) / (hi_val - lo_val)
+    return (hi - 1).double() + frac
+
+
+def sigma_of_timestep(t: torch.Tensor, log_sigmas: torch.Tensor) -> torch.Tensor:
+    """The inverse of `fractional_timestep`: `sigma(t)` by linear interpolation of `log sigma`."""
+    t = t.clamp(0, len(log_sigmas) - 1)
+    lo = t.floor().long().clamp(max=len(log_sigmas) - 2)
+    frac = t - lo
+    return torch.exp(log_sigmas[lo] * (1 - frac) + log_sigmas[lo + 1] * frac)
+
+
 class DiffusersUNetDenoiser(nn.Module):
     """A discrete VP model (a diffusers UNet trained on `alphas_cumprod`) as a denoiser.
 
@@ -156,14 +176,8 @@ class DiffusersUNetDenoiser(nn.Module):
         return cls.from_config(unet, json.loads(scheduler_file.read_text()))
 
     def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
-        """The fractional timestep of `sigma`: linear interpolation of `log sigma` over the table
-        (clamped to its ends)."""
-        log_sigmas = self.log_sigmas.to(sigma.device, torch.float64)
-        log_sigma = sigma.double().clamp(min=1e-30).log().clamp(log_sigmas[0], log_sigmas[-1])
-        hi = torch.searchsorted(log_sigmas, log_sigma).clamp(1, len(log_sigmas) - 1)
-        lo_val, hi_val = log_sigmas[hi - 1], log_sigmas[hi]
-        frac = (log_sigma - lo_val) / (hi_val - lo_val)
-        return (hi - 1).double() + frac
+        """The fractional timestep of `sigma` on the model's table (`fractional_timestep`)."""
+        return fractional_timestep(sigma, self.log_sigmas)
 
     def check_shape(self, shape) -> None:
         """Raise if the UNet cannot take images of `shape` (C, H, W)."""

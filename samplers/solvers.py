@@ -140,7 +140,8 @@ def _lookup(name: str):
     return fn
 
 
-def _check_options(name: str, fn, options: dict) -> None:
+def check_options(name: str, fn, options: dict) -> None:
+    """Refuse keywords the sampler function `fn` does not take, naming them and the ones it does."""
     params = [p for p in inspect.signature(fn).parameters if p not in ("x", "sigmas", "denoise", "generator")]
     unknown = sorted(set(options) - set(params))
     if unknown:
@@ -165,7 +166,7 @@ def check_sigmas(sigmas) -> torch.Tensor:
 def nfe(name: str, sigmas, **options) -> int | None:
     """The exact number of denoiser calls `sample(name, ..., sigmas, **options)` makes; `None` for
     an adaptive sampler (count its calls with a `callback`)."""
-    _check_options(name, _lookup(name), options)
+    check_options(name, _lookup(name), options)
     if name in ADAPTIVE:
         return None
     sigmas = check_sigmas(sigmas)
@@ -204,7 +205,7 @@ def sample(name: str, denoiser, noise: torch.Tensor, sigmas, generator=None, cal
     `max_order`, `rtol`, `atol`). The arithmetic runs in float64 (float32 on MPS).
     """
     fn = _lookup(name)
-    _check_options(name, fn, options)
+    check_options(name, fn, options)
     sigmas = check_sigmas(sigmas)
     if not torch.isfinite(noise).all():
         raise ValueError(f"the noise has {int((~torch.isfinite(noise)).sum())} NaN or inf values")
@@ -230,3 +231,15 @@ def sample(name: str, denoiser, noise: torch.Tensor, sigmas, generator=None, cal
                 options = {**options, "generator": generator}
             x = run_steps(fn(x, sigmas, **options), denoise)
     return x.to(noise.dtype)
+
+
+def sample_seeds(name: str, denoiser, seeds, sigmas, shape, batch_size: int = 64, device=None, callback=None,
+                 **options):
+    """Yield batches of samples, sample `i` drawn from its own seed `seeds[i]` (its noise and any
+    sampler noise come from `torch.Generator().manual_seed(seeds[i])`), so the samples depend
+    neither on the batch size nor on how the seeds are split over processes or devices."""
+    seeds = list(seeds)
+    for start in range(0, len(seeds), batch_size):
+        generators = [torch.Generator().manual_seed(int(s)) for s in seeds[start:start + batch_size]]
+        noise = randn_tensor((len(generators), *shape), generator=generators, device=device, dtype=torch.float32)
+        yield sample(name, denoiser, noise, sigmas, generator=generators, callback=callback, **options)

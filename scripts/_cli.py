@@ -2,12 +2,13 @@
 schemas Hydra validates against."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 from hydra.core.config_store import ConfigStore
@@ -63,9 +64,19 @@ class ScheduleConfig:
 
 
 @dataclass
+class SkipConfig:
+    """Skip-Tuning (samplers.skip_tuning) on top of a sampler: conf/sampler/<name>+skiptune.yaml."""
+    rho_top: float = 1.0
+    rho_bottom: Optional[float] = None      # None: the calibrated value at the nearest NFE of by_nfe
+    sigma_range: Optional[List[float]] = None
+    by_nfe: Dict[int, float] = field(default_factory=dict)
+
+
+@dataclass
 class SamplerConfig:
     name: str = MISSING
     options: Dict[str, Any] = field(default_factory=dict)
+    skip: Optional[SkipConfig] = None
 
 
 @dataclass
@@ -81,6 +92,8 @@ class SampleConfig:
     seed: int = 0
     device: str = "auto"
     out_dir: str = MISSING
+    prompt: Optional[str] = None             # text-to-image pipelines only
+    guidance_scale: Optional[float] = None   # text-to-image pipelines only; None: the pipeline's default
 
 
 @dataclass
@@ -120,3 +133,70 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)
+
+
+@dataclass
+class EvalConfig(SampleConfig):
+    """eval_fid.py: SampleConfig plus the feature space and the reference statistics."""
+    num_samples: int = 2000
+    data: Any = None                       # the reference data set (a conf/data entry)
+    extractor: str = "digits"              # raw | digits | inception
+    extractor_weights: Optional[str] = None
+    reference: str = "data"                # data | analytic (the model's exact moments) | PATH.npz
+    cache_dir: str = "runs/cache"
+
+
+ConfigStore.instance().store(name="eval_schema", node=EvalConfig)
+
+
+@dataclass
+class CalibrateConfig(EvalConfig):
+    """calibrate_skiptune.py: EvalConfig plus the Skip-Tuning grid and the NFEs to calibrate."""
+    rho_grid: List[float] = field(default_factory=lambda: [0.7, 0.8, 0.9, 1.0])
+    rho_top_grid: List[float] = field(default_factory=lambda: [1.0])
+    nfes: List[int] = field(default_factory=lambda: [5, 10, 20])
+    write: bool = False
+
+
+ConfigStore.instance().store(name="calibrate_schema", node=CalibrateConfig)
+
+
+def sampling_setup(cfg, device):
+    """The denoiser, sample shape, step count and sigma grid a sample config asks for."""
+    import samplers
+    from hydra.utils import instantiate
+
+    if cfg.num_samples < 1 or cfg.batch_size < 1:
+        raise ValueError(f"num_samples and batch_size must be at least 1, got {cfg.num_samples} and {cfg.batch_size}")
+    denoiser = instantiate(cfg.model, _convert_="all").to(device).eval()
+    shape = tuple(denoiser.sample_shape)
+    if cfg.image_size is not None:
+        shape = (shape[0], cfg.image_size, cfg.image_size)
+    if hasattr(denoiser, "check_shape"):
+        denoiser.check_shape(shape)
+    name, options = cfg.sampler.name, dict(cfg.sampler.options)
+    steps = cfg.steps if cfg.nfe is None else samplers.steps_for_nfe(name, cfg.nfe, **options)
+    sc = cfg.schedule
+    sigmas = samplers.get_sigmas(
+        sc.kind.value, steps,
+        sigma_min=denoiser.sigma_min if sc.sigma_min is None else sc.sigma_min,
+        sigma_max=denoiser.sigma_max if sc.sigma_max is None else sc.sigma_max,
+        rho=sc.rho, alphas_cumprod=getattr(denoiser, "alphas_cumprod", None), spacing=sc.spacing.value,
+        steps_offset=sc.steps_offset, eps_s=sc.eps_s, device=device)
+    return denoiser, shape, steps, sigmas
+
+
+def skip_tuning_for(cfg, denoiser, nfe):
+    """The Skip-Tuning the sampler config asks for at this NFE (a context manager), or a no-op."""
+    import samplers
+    from samplers.skip_tuning import calibrated_rho
+
+    skip = cfg.sampler.get("skip")
+    if skip is None:
+        return contextlib.nullcontext()
+    rho_bottom = skip.rho_bottom if skip.rho_bottom is not None else calibrated_rho(skip.by_nfe, nfe)
+    sigma_range = None if skip.sigma_range is None else list(skip.sigma_range)
+    handle = samplers.skip_tuning(denoiser, skip.rho_top, rho_bottom, sigma_range)
+    print(f"Skip-Tuning: rho_top {handle.rho_top}, rho_bottom {handle.rho_bottom}"
+          + (f", sigma in {sigma_range}" if sigma_range else ""))
+    return handle

@@ -1,0 +1,51 @@
+"""Fréchet distance of a sampler's output to reference statistics, over any number of processes."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .frechet import FeatureStats, frechet_distance, load_stats, save_stats
+
+
+@torch.no_grad()
+def accumulate(batches, extractor, device=None) -> FeatureStats:
+    """Feature statistics of image (or vector) batches in [-1, 1]; images are clamped to [-1, 1]
+    first, as writing them to a picture would."""
+    stats = None
+    for x in batches:
+        x = x.to(device)
+        features = extractor(x.clamp(-1, 1) if x.ndim == 4 else x)
+        if stats is None:
+            stats = FeatureStats(features.shape[1], device=device)
+        stats.update(features)
+    if stats is None:
+        raise ValueError("statistics need at least two samples, got 0")
+    return stats
+
+
+def data_stats(images: torch.Tensor, extractor, cache: Path | None = None, batch_size: int = 256, device=None):
+    """`mu`, `sigma` of a data set's features, read from / written to the `.npz` `cache`."""
+    if cache is not None and Path(cache).is_file():
+        return load_stats(cache)
+    mu, sigma = accumulate(images.split(batch_size), extractor.to(device), device).mu_sigma()
+    if cache is not None:
+        save_stats(cache, mu, sigma)
+    return mu, sigma
+
+
+def gmm_stats(gmm) -> tuple[np.ndarray, np.ndarray]:
+    """The exact mean and covariance of a Gaussian mixture (raw features):
+    `mu = sum w_k mu_k`, `Sigma = sum w_k (s_k^2 I + mu_k mu_k^T) - mu mu^T`."""
+    w = gmm.weights.cpu().numpy()
+    means = gmm.means.reshape(len(w), -1).cpu().numpy()
+    var = gmm.stds.cpu().numpy() ** 2
+    mu = w @ means
+    sigma = np.eye(means.shape[1]) * (w @ var) + (means.T * w) @ means - np.outer(mu, mu)
+    return mu, sigma
+
+
+def fd_to(mu_sigma_ref, stats: FeatureStats) -> float:
+    mu, sigma = stats.mu_sigma()
+    return frechet_distance(mu, sigma, *mu_sigma_ref)

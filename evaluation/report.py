@@ -1,0 +1,82 @@
+"""Benchmark output: markdown tables of a metric against NFE, log-log plots, and BENCHMARKS.md
+assembled from the per-suite sections in `benchmarks/`."""
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import torch
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{platform.system()} {cpu}, {torch.get_num_threads()} torch threads, {gpu}, torch {torch.__version__}"
+
+
+def nfe_table(results: list[dict], metric: str, targets: list[int], digits: int = 3) -> str:
+    """Rows: one per label; columns: the target NFEs. A cell shows the metric, and the NFE
+    actually used when the sampler cannot meet the target exactly (Heun: odd NFE only)."""
+    labels = list(dict.fromkeys(r["label"] for r in results))
+    lines = ["| sampler | " + " | ".join(f"NFE {t}" for t in targets) + " |",
+             "|---|" + "---|" * len(targets)]
+    for label in labels:
+        cells = []
+        for t in targets:
+            hit = [r for r in results if r["label"] == label and r["target_nfe"] == t]
+            if not hit:
+                cells.append("–")
+                continue
+            r = hit[0]
+            cell = f"{r[metric]:.{digits}g}"
+            cells.append(cell if r["nfe"] == t else f"{cell} ({r['nfe']:g})")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def nfe_plot(results: list[dict], metric: str, path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label in dict.fromkeys(r["label"] for r in results):
+        rows = sorted((r["nfe"], r[metric]) for r in results if r["label"] == label)
+        ax.plot(*zip(*rows), marker="o", label=label)
+    ax.set(xscale="log", yscale="log", xlabel="NFE", ylabel=metric, title=title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return Path(path)
+
+
+def side_by_side(grids: dict[str, torch.Tensor], path, nrow: int = 4) -> Path:
+    """One image grid per label, side by side, labelled above (images in [-1, 1])."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from torchvision.utils import make_grid
+
+    fig, axes = plt.subplots(1, len(grids), figsize=(2.2 * len(grids), 2.6))
+    for ax, (label, images) in zip(axes if len(grids) > 1 else [axes], grids.items()):
+        grid = make_grid(((images.float() + 1) / 2).clamp(0, 1), nrow=nrow, padding=1, pad_value=0.5)
+        ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+        ax.set_title(label, fontsize=8)
+        ax.axis("off")
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return Path(path)
+
+
+def assemble(sections_dir, out) -> Path:
+    """BENCHMARKS.md: a header, then every `*.md` section of `sections_dir` in name order."""
+    sections = sorted(Path(sections_dir).glob("*.md"))
+    body = "\n\n".join(p.read_text().strip() for p in sections)
+    header = ("# fewstep benchmarks\n\nEvery number below comes from the command printed in its section; "
+              "the sections are written by `scripts/benchmark.py` (and the other benchmark scripts) into "
+              "`benchmarks/`, and this file is assembled from them.\n")
+    Path(out).write_text(header + "\n" + body + "\n")
+    return Path(out)

@@ -1,0 +1,193 @@
+"""`FewstepScheduler`: this package's samplers as a diffusers scheduler (DESIGN §9).
+
+    pipe.scheduler = FewstepScheduler.from_config(pipe.scheduler.config, sampler="dpmpp_2m")
+
+The pipeline stays in VP space: it starts from unit-variance noise (`init_noise_sigma = 1`,
+`scale_model_input` is the identity) and feeds the UNet `x_vp = x / sqrt(1 + sigma^2)` at the
+fractional timestep `t(sigma)`. Each `step()` turns the model output into `D(x, sigma)`
+(`vp_output_to_denoised`), sends it to the sampler's step generator (`solvers.FIXED_GRID`, the one
+implementation of each algorithm) and returns the next point the generator asks about,
+`x_next / sqrt(1 + sigma_next^2)`, or the final sample at sigma = 0. The generator keeps its own
+float64 state (`x = x_vp sqrt(1 + sigma^2)`, multistep history), so the scheduler follows its own
+trajectory: it reads the pipeline's `sample` only at the first step.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import numbers
+
+import torch
+from diffusers import DDPMScheduler
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin, SchedulerOutput
+
+from .denoisers import DiffusersUNetDenoiser, fractional_timestep, vp_output_to_denoised
+from .schedules import get_sigmas, sigmas_from_alphas_cumprod
+from .solvers import ADAPTIVE, FIXED_GRID, check_options, run_steps
+
+NOISE_TABLE_KEYS = ("beta_schedule", "trained_betas")
+
+
+class FewstepScheduler(SchedulerMixin, ConfigMixin):
+    """Any fixed-grid sampler of `samplers.solvers` on a discrete VP model, one `step()` per
+    network evaluation.
+
+    Noise table (as diffusers' schedulers): num_train_timesteps, beta_start, beta_end,
+        beta_schedule, trained_betas; prediction_type: epsilon, v_prediction or sample.
+    sampler: ddim, euler, heun, dpmpp_2m or ipndm; sampler_options: its keywords, e.g. {"eta": 1.0}.
+    schedule: karras (rho), logsnr, time_uniform (eps_s) over [sigma_min, sigma_max] (None: the
+        table's range), or discrete: the table at diffusers' timesteps (timestep_spacing,
+        steps_offset). `set_timesteps(n)` makes `n` sampler steps; `timesteps` lists one
+        (fractional) timestep per network evaluation, so heun interleaves them and has `order` 2.
+    A stochastic sampler (ddim with eta > 0) draws from the generator given to the first `step()`
+    (or to `set_timesteps`) until the trajectory ends.
+    """
+
+    _compatibles = [e.name for e in KarrasDiffusionSchedulers]
+    init_noise_sigma = 1.0
+
+    @register_to_config
+    def __init__(self, num_train_timesteps: int = 1000, beta_start: float = 0.0001, beta_end: float = 0.02,
+                 beta_schedule: str | None = "linear", trained_betas=None, prediction_type: str = "epsilon",
+                 rescale_betas_zero_snr: bool = False, timestep_spacing: str = "leading", steps_offset: int = 0,
+                 sampler: str = "ddim", sampler_options: dict | None = None, schedule: str = "karras",
+                 rho: float = 7.0, sigma_min: float | None = None, sigma_max: float | None = None,
+                 eps_s: float = 1e-3):
+        if sampler in ADAPTIVE:
+            raise ValueError(f"sampler {sampler!r} is adaptive and cannot run one step() at a time; "
+                             f"use one of {', '.join(FIXED_GRID)}")
+        if sampler not in FIXED_GRID:
+            raise ValueError(f"unknown sampler {sampler!r}: use one of {', '.join(FIXED_GRID)}")
+        self._options = dict(sampler_options or {})
+        check_options(sampler, FIXED_GRID[sampler].steps, self._options)
+        if prediction_type not in DiffusersUNetDenoiser.PREDICTION_TYPES:
+            raise ValueError(f"unsupported prediction_type {prediction_type!r}: "
+                             f"use one of {', '.join(DiffusersUNetDenoiser.PREDICTION_TYPES)}")
+        if beta_schedule is None and trained_betas is None:
+            raise ValueError("the scheduler config has no noise table: beta_schedule and trained_betas are both None")
+        if rescale_betas_zero_snr:
+            raise ValueError("rescale_betas_zero_snr=True is not supported: its sigma_max is infinite")
+        try:
+            table = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
+                                  beta_schedule=beta_schedule, trained_betas=trained_betas)
+        except NotImplementedError:
+            raise ValueError(f"unsupported beta_schedule {beta_schedule!r}") from None
+        self.alphas_cumprod = table.alphas_cumprod.double()
+        self.log_sigmas = sigmas_from_alphas_cumprod(self.alphas_cumprod).log()
+        self._takes_generator = "generator" in inspect.signature(FIXED_GRID[sampler].steps).parameters
+        self.order = FIXED_GRID[sampler].nfe(1, False)  # evaluations per step: 2 for heun
+        self.num_inference_steps = self.grid = self.sigmas = self.timesteps = self._plan_key = None
+        self._step_index, self._set_generator = 0, None
+        self._steps = self._request = self._generator = None  # the running trajectory
+
+    @classmethod
+    def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
+        """As `ConfigMixin.from_config`, but a config without a VP noise table (a flow-matching or
+        EDM scheduler's) is refused instead of silently getting the default betas."""
+        if isinstance(config, dict) and not any(key in config or key in kwargs for key in NOISE_TABLE_KEYS):
+            keys = ", ".join(sorted(k for k in config if not k.startswith("_")))
+            raise ValueError(f"the scheduler config has no noise table (no beta_schedule or trained_betas): "
+                             f"{config.get('_class_name', 'a config')} with keys {keys}")
+        return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps
+
+    def _trajectory(self, x: torch.Tensor, grid: torch.Tensor, generator):
+        """The sampler's step generator down `grid`, starting at `x` (sigma space)."""
+        extra = {"generator": generator} if self._takes_generator else {}
+        return FIXED_GRID[self.config.sampler].steps(x, grid, **self._options, **extra)
+
+    def set_timesteps(self, num_inference_steps: int, device=None, generator=None) -> None:
+        """`num_inference_steps` sampler steps on the configured schedule: the sigma `grid` (then 0),
+        the sigmas the sampler evaluates, in order (`sigmas`, then a final 0), and their timesteps
+        `t(sigma)` (`timesteps`, float32 on `device`). A pipeline calls this once per generation, so
+        the last plan is kept and reused for the same step count and device."""
+        if not isinstance(num_inference_steps, numbers.Integral) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be a whole number of at least 1 for sampler "
+                             f"{self.config.sampler!r}, got {num_inference_steps}")
+        key = (int(num_inference_steps), torch.device(device if device is not None else "cpu"))
+        if key != self._plan_key:
+            self.grid, self.sigmas, self.timesteps = self._plan(*key)
+            self._plan_key = key
+        self.num_inference_steps = key[0]
+        self._step_index, self._set_generator = 0, generator
+
+    def _plan(self, steps: int, device: torch.device):
+        """The grid does not depend on `x`, so one dry run of the step generator on a one-element
+        `x` (with a throwaway generator: no random state is consumed) lists the sigmas it evaluates."""
+        c = self.config
+        table = self.log_sigmas.exp()
+        grid = get_sigmas(c.schedule, steps, float(table[0]) if c.sigma_min is None else c.sigma_min,
+                          float(table[-1]) if c.sigma_max is None else c.sigma_max, rho=c.rho,
+                          alphas_cumprod=self.alphas_cumprod, spacing=c.timestep_spacing,
+                          steps_offset=c.steps_offset, eps_s=c.eps_s)
+        evaluated = []
+
+        def record(x, sigma):
+            evaluated.append(sigma)
+            return x
+
+        run_steps(self._trajectory(torch.zeros(1, dtype=torch.float64), grid, torch.Generator()), record)
+        sigmas = torch.tensor([*evaluated, 0.0], dtype=torch.float64)
+        return grid, sigmas, fractional_timestep(sigmas[:-1], self.log_sigmas).float().to(device)
+
+    def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
+        """The identity: the pipeline's sample is already the UNet input `x_vp`."""
+        return sample
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, generator=None,
+             return_dict: bool = True, **pipeline_kwargs):
+        """Answer the sampler's pending request `(x, sigma)` with
+        `D = vp_output_to_denoised(model_output, x, sigma)` and return the next request's
+        `x_vp = x_next / sqrt(1 + sigma_next^2)` (the final sample after the last evaluation).
+
+        The first step starts the trajectory at `x = sample sqrt(1 + sigma_0^2)` and binds
+        `generator` (else the one given to `set_timesteps`). pipeline_kwargs: what `DDIMPipeline`
+        always passes, `eta` (which must be 0: a DDIM eta belongs in `sampler_options`) and
+        `use_clipped_model_output` (ignored: nothing is clipped). `timestep` is checked at the first
+        step only; the trajectory knows where it is."""
+        refused = {k: v for k, v in pipeline_kwargs.items()
+                   if k != "use_clipped_model_output" and (k != "eta" or v)}
+        if refused:
+            raise ValueError(f"step() takes no sampler keywords, got {refused}; set them in sampler_options")
+        if self.timesteps is None or self._step_index == len(self.timesteps):
+            raise ValueError("call set_timesteps(num_inference_steps) before stepping a new trajectory")
+        if self._step_index == 0:
+            self._start(timestep, sample, generator if generator is not None else self._set_generator)
+        elif generator is not None and self._takes_generator and generator is not self._generator:
+            raise ValueError("step() got a different generator mid-trajectory; pass the same one to every step")
+        x, sigma = self._request
+        denoised = vp_output_to_denoised(model_output, x, torch.tensor(sigma, dtype=x.dtype, device=x.device),
+                                         self.config.prediction_type)
+        try:
+            self._request = self._steps.send(denoised)
+            x_next, sigma_next = self._request
+        except StopIteration as done:
+            x_next, sigma_next = done.value, 0.0
+        self._step_index += 1
+        prev_sample = (x_next / math.sqrt(1 + sigma_next ** 2)).to(sample.dtype)
+        return SchedulerOutput(prev_sample=prev_sample) if return_dict else (prev_sample,)
+
+    def _start(self, timestep, sample: torch.Tensor, generator) -> None:
+        if float(timestep) != float(self.timesteps[0]):
+            raise ValueError(f"the first step must be at timestep {float(self.timesteps[0]):.6g}, got "
+                             f"{float(timestep):.6g}; starting part-way (img2img strength < 1) is not supported")
+        work = torch.float32 if sample.device.type == "mps" else torch.float64
+        self._generator = generator
+        x = sample.to(work) * math.sqrt(1 + float(self.sigmas[0]) ** 2)
+        self._steps = self._trajectory(x, self.grid, generator)
+        self._request = next(self._steps)
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
+        """`x_vp = (x0 + sigma_t noise) / sqrt(1 + sigma_t^2)` (= `sqrt(abar_t) x0 + sqrt(1 - abar_t) noise`)
+        with `log sigma_t` interpolated linearly at (fractional) `timesteps`, one per sample or one
+        for all (the inverse of `fractional_timestep`)."""
+        t = torch.as_tensor(timesteps).double().cpu().clamp(0, len(self.log_sigmas) - 1).reshape(-1)
+        lo = t.floor().long().clamp(max=len(self.log_sigmas) - 2)
+        frac = t - lo
+        sigma = ((1 - frac) * self.log_sigmas[lo] + frac * self.log_sigmas[lo + 1]).exp()
+        sigma = sigma.to(original_samples.device).reshape(-1, *[1] * (original_samples.ndim - 1))
+        x = (original_samples.double() + sigma * noise.double()) / (1 + sigma ** 2).sqrt()
+        return x.to(original_samples.dtype)

@@ -1,0 +1,128 @@
+"""Wall time of FewstepScheduler against diffusers' own scheduler for the same sampler, at equal
+NFE, inside a tiny random Stable-Diffusion pipeline (milliseconds per UNet call, so the
+scheduler's own overhead shows). Runs alternate in one process; each time is the median over the
+repetitions, and each ratio ours / diffusers' the median of the per-repetition ratios (paired runs,
+so a load change on a shared machine cancels out). Writes a markdown table.
+
+    python scripts/benchmark_schedulers.py runs/benchmark_schedulers.md [--steps 10] [--repeats 21]
+
+Pairs: ddim / DDIMScheduler, euler / EulerDiscreteScheduler, heun / HeunDiscreteScheduler,
+dpmpp_2m / DPMSolverMultistepScheduler (DPM-Solver++, order 2). "scheduler only" times
+`set_timesteps` plus every `scale_model_input` and `step` of one generation with a stand-in model
+output, per network evaluation.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import string
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from diffusers import (AutoencoderKL, DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,
+                       HeunDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from samplers import FewstepScheduler
+
+THEIRS = {"ddim": DDIMScheduler, "euler": EulerDiscreteScheduler, "heun": HeunDiscreteScheduler,
+          "dpmpp_2m": DPMSolverMultistepScheduler}
+
+
+def tiny_text_to_image(workdir, prediction_type: str = "epsilon", seed: int = 0) -> StableDiffusionPipeline:
+    """A random StableDiffusionPipeline built offline as diffusers' own tests build theirs (tiny
+    UNet2DConditionModel, AutoencoderKL and CLIPTextModel; 8x8 latents, 16x16 images), with a
+    CLIP tokenizer read from a letters-only BPE vocabulary written to `workdir`, and SD's noise table."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    specials = ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {token: i for i, token in enumerate(specials + [*string.ascii_lowercase]
+                                                  + [c + "</w>" for c in string.ascii_lowercase])}
+    (workdir / "vocab.json").write_text(json.dumps(vocab))
+    (workdir / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer.from_pretrained(str(workdir), model_max_length=16)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(block_out_channels=(4, 8), layers_per_block=1, sample_size=8, in_channels=4,
+                                out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+                                norm_num_groups=2)
+    vae = AutoencoderKL(block_out_channels=[4, 8], in_channels=3, out_channels=3, latent_channels=4,
+                        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+                        norm_num_groups=2)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=32, intermediate_size=37, num_attention_heads=4,
+        num_hidden_layers=2, vocab_size=len(vocab), max_position_embeddings=16, layer_norm_eps=1e-5))
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1, prediction_type=prediction_type)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet.eval(),
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def time_pipeline(pipe, scheduler, steps: int, guidance_scale: float) -> float:
+    pipe.scheduler = scheduler
+    start = time.perf_counter()
+    pipe("a cat", num_inference_steps=steps, guidance_scale=guidance_scale, output_type="latent",
+         generator=torch.Generator().manual_seed(0))
+    return time.perf_counter() - start
+
+
+def time_scheduler(scheduler, steps: int) -> tuple[float, int]:
+    """Seconds for one generation's scheduler calls with a stand-in model output, and the NFE."""
+    sample = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    output = 0.1 * sample
+    start = time.perf_counter()
+    scheduler.set_timesteps(steps)
+    for t in scheduler.timesteps:
+        sample = scheduler.step(output, t, scheduler.scale_model_input(sample, t)).prev_sample
+    return time.perf_counter() - start, len(scheduler.timesteps)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", type=Path, help="the markdown file to write")
+    parser.add_argument("--steps", type=int, default=10, help="num_inference_steps for every scheduler")
+    parser.add_argument("--repeats", type=int, default=21, help="timed runs of each scheduler (median)")
+    parser.add_argument("--guidance-scale", type=float, default=1.0, help="> 1: classifier-free guidance")
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # the comparison is about per-step overhead; one thread is steadier on a shared machine
+    with tempfile.TemporaryDirectory() as tmp:
+        pipe = tiny_text_to_image(tmp)
+    pairs = {name: (FewstepScheduler.from_config(pipe.scheduler.config, sampler=name), cls.from_config(pipe.scheduler.config))
+             for name, cls in THEIRS.items()}
+    times = {(name, side): [] for name in pairs for side in (0, 1)}
+    overhead = {(name, side): [] for name in pairs for side in (0, 1)}
+    nfe = {}
+    for rep in range(args.repeats + 1):  # the first round warms up and is not counted
+        for name, pair in pairs.items():
+            for side in (0, 1) if rep % 2 else (1, 0):
+                pipeline_time = time_pipeline(pipe, pair[side], args.steps, args.guidance_scale)
+                scheduler_time, nfe[name, side] = time_scheduler(pair[side], args.steps)
+                if rep:
+                    times[name, side].append(pipeline_time)
+                    overhead[name, side].append(scheduler_time / nfe[name, side])
+    rows = [f"| sampler | diffusers scheduler | NFE | ours ms | diffusers ms | ours / diffusers "
+            f"| scheduler only: ours µs/NFE | diffusers µs/NFE | ratio |", "|---" * 9 + "|"]
+    for name, (ours, theirs) in pairs.items():
+        if nfe[name, 0] != nfe[name, 1]:
+            raise RuntimeError(f"{name}: NFE {nfe[name, 0]} against {nfe[name, 1]}; the comparison would be unfair")
+        t0, t1, o0, o1 = (statistics.median(runs[name, side]) for runs in (times, overhead) for side in (0, 1))
+        ratio, overhead_ratio = (statistics.median(a / b for a, b in zip(runs[name, 0], runs[name, 1]))
+                                 for runs in (times, overhead))
+        rows.append(f"| {name} | {type(theirs).__name__} | {nfe[name, 0]} | {1e3 * t0:.2f} | {1e3 * t1:.2f} | "
+                    f"{ratio:.3f} | {1e6 * o0:.0f} | {1e6 * o1:.0f} | {overhead_ratio:.3f} |")
+    note = (f"Tiny random StableDiffusionPipeline (8x8 latents, batch 1, guidance_scale {args.guidance_scale}, "
+            f"output_type latent), {args.steps} steps, medians of {args.repeats} interleaved runs, "
+            f"torch {torch.__version__}, 1 thread.")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join([note, "", *rows]) + "\n")
+    print("\n".join([note, "", *rows]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from pytorch_fid.fid_score import calculate_frechet_distance
+from sklearn.datasets import load_digits
+
+from conftest import ROOT
+from evaluation import FeatureStats, frechet_distance, get_extractor, load_stats, save_stats
+from evaluation.features import DigitsClassifier, InceptionFeatures, check_images
+from evaluation.fid import gmm_stats
+from training.data import digits
+
+
+def random_stats(d, n, seed):
+    rng = np.random.default_rng(seed)
+    f = rng.standard_normal((n, d)) @ rng.standard_normal((d, d)) / np.sqrt(d) + rng.standard_normal(d)
+    return f.mean(0), np.cov(f, rowvar=False)
+
+
+def test_agrees_with_pytorch_fid():
+    a, b = random_stats(256, 2000, 0), random_stats(256, 2000, 1)
+    ours, theirs = frechet_distance(*a, *b), calculate_frechet_distance(*a, *b)
+    assert abs(ours - theirs) <= 1e-6 * abs(theirs)
+
+
+def test_closed_form_for_diagonal_gaussians():
+    va, vb = np.array([1.0, 4.0, 0.25]), np.array([9.0, 1.0, 1.0])
+    mu = np.array([1.0, -2.0, 0.5])
+    expected = (mu ** 2).sum() + ((np.sqrt(va) - np.sqrt(vb)) ** 2).sum()
+    assert frechet_distance(mu, np.diag(va), np.zeros(3), np.diag(vb)) == pytest.approx(expected, rel=1e-12)
+    assert frechet_distance(mu, np.diag(va), mu, np.diag(va)) == pytest.approx(0, abs=1e-12)
+
+
+def test_near_singular_covariances_stay_finite_and_real():
+    rng = np.random.default_rng(0)
+    f1, f2 = rng.standard_normal((10, 64)), rng.standard_normal((10, 64)) + 0.1   # rank 9 in 64-d
+    d = frechet_distance(f1.mean(0), np.cov(f1, rowvar=False), f2.mean(0), np.cov(f2, rowvar=False))
+    assert np.isfinite(d) and isinstance(d, float) and d > 0
+
+
+def test_different_dimensions_are_refused():
+    with pytest.raises(ValueError, match=r"different dimensions: mu1 \(3,\), sigma1 \(3, 3\), mu2 \(4,\)"):
+        frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+
+
+def test_streaming_statistics_equal_the_batch_ones():
+    f = torch.randn(1000, 5, generator=torch.Generator().manual_seed(0)) * 3 + 2
+    stats = FeatureStats(5)
+    for chunk in f.split(37):
+        stats.update(chunk)
+    mu, sigma = stats.mu_sigma()
+    np.testing.assert_allclose(mu, f.double().mean(0).numpy(), rtol=1e-12)
+    np.testing.assert_allclose(sigma, np.cov(f.double().numpy(), rowvar=False), rtol=1e-10)
+
+
+def test_fewer_than_two_samples_are_refused():
+    stats = FeatureStats(3)
+    stats.update(torch.zeros(1, 3))
+    with pytest.raises(ValueError, match="at least two samples, got 1"):
+        stats.mu_sigma()
+
+
+def test_stats_files_round_trip_and_missing_keys_are_named(tmp_path):
+    mu, sigma = random_stats(8, 50, 0)
+    path = save_stats(tmp_path / "ref.npz", mu, sigma)
+    with np.load(path) as f:  # as pytorch-fid reads them
+        np.testing.assert_array_equal(f["mu"][:], mu)
+    np.testing.assert_array_equal(load_stats(path)[1], sigma)
+    np.savez(tmp_path / "bad.npz", mean=mu)
+    with pytest.raises(ValueError, match="bad.npz has no mu or sigma \\(keys: mean\\)"):
+        load_stats(tmp_path / "bad.npz")
+
+
+def test_gmm_moments_are_exact(gmm):
+    x = gmm.sample(400_000, generator=torch.Generator().manual_seed(0)).numpy()
+    mu, sigma = gmm_stats(gmm)
+    np.testing.assert_allclose(mu, x.mean(0), atol=0.01)
+    np.testing.assert_allclose(sigma, np.cov(x, rowvar=False), atol=0.02)
+
+
+def test_the_shipped_digits_classifier_is_accurate_and_separates_noise():
+    extractor = get_extractor("digits")
+    net = extractor.net
+    images, labels = digits(), torch.as_tensor(load_digits().target)
+    held_out = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:360]
+    with torch.no_grad():
+        accuracy = (net(images[held_out]).argmax(1) == labels[held_out]).float().mean()
+        real_a, real_b = extractor(images[::2]), extractor(images[1::2])
+        noise = extractor(torch.rand(900, 1, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1)
+    assert accuracy >= 0.97
+
+    def fd(a, b):
+        sa, sb = FeatureStats(64), FeatureStats(64)
+        sa.update(a), sb.update(b)
+        return frechet_distance(*sa.mu_sigma(), *sb.mu_sigma())
+
+    assert fd(real_a, real_b) * 20 < fd(real_a, noise)
+
+
+@pytest.mark.parametrize("x, message", [
+    (torch.zeros(2, 3, 16, 16), r"C in \(1,\), got \(2, 3, 16, 16\)"),
+    (torch.zeros(2, 1, 8, 8), r"expected 16x16 images, got \(8, 8\)"),
+    (torch.full((2, 1, 16, 16), 255.0), r"expected images in \[-1, 1\], got values in \[255, 255\]"),
+])
+def test_images_the_extractor_cannot_take_are_refused(x, message):
+    with pytest.raises(ValueError, match=message):
+        get_extractor("digits")(x)
+
+
+def test_inception_weights_load_from_a_local_file_and_a_missing_one_is_named(tmp_path, monkeypatch):
+    import torch_fidelity.feature_extractor_inceptionv3 as tf
+
+    # Build the network with random weights (no download) and save them as a weights file.
+    monkeypatch.setattr(tf, "load_state_dict_from_url", lambda *a, **k: {})
+    monkeypatch.setattr(tf.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd, **k: None)
+    torch.manual_seed(0)
+    random_net = tf.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    monkeypatch.undo()
+    weights = tmp_path / "inception.pth"
+    torch.save(random_net.state_dict(), weights)
+
+    extractor = InceptionFeatures(weights)
+    x = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    features = extractor(x)
+    assert features.shape == (2, 2048)
+    images = ((x + 1) * 127.5).round().to(torch.uint8).expand(-1, 3, -1, -1)
+    assert torch.equal(features, random_net.eval()(images)[0])
+    with pytest.raises(FileNotFoundError, match="FID Inception weights not found: .*nowhere.pth"):
+        InceptionFeatures(tmp_path / "nowhere.pth")
+
+
+def test_check_images_accepts_the_declared_range():
+    check_images(torch.linspace(-1, 1, 16 * 16).reshape(1, 1, 16, 16), (1,), 16)
+
+
+def test_eval_gives_the_same_number_with_one_and_two_processes(tmp_path):
+    args = ["model=gmm", "extractor=raw", "reference=analytic", "sampler=ddim", "sampler.options.eta=1.0",
+            "steps=6", "num_samples=301", "batch_size=50"]
+    script = str(ROOT / "scripts" / "eval_fid.py")
+    subprocess.run([sys.executable, script, *args, f"out_dir={tmp_path / 'one'}"], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", script, *args,
+                    f"out_dir={tmp_path / 'two'}"], check=True, capture_output=True)
+    one, two = (json.loads(next((tmp_path / d).glob("*.json")).read_text()) for d in ("one", "two"))
+    assert two["num_processes"] == 2 and one["num_samples"] == two["num_samples"] == 301
+    assert one["fd"] == pytest.approx(two["fd"], rel=1e-9)
+
+
+def test_benchmark_writes_its_table_plots_and_report(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--suite", "gmm", "--nfe", "3", "10",
+                           "--samplers", "euler", "heun", "--num-samples", "300", "--out-dir", str(tmp_path),
+                           "--report", str(tmp_path / "B.md")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    report = (tmp_path / "B.md").read_text()
+    assert "| sampler | NFE 3 | NFE 10 |" in report and "--suite gmm --nfe 3 10" in report
+    rows = json.loads((tmp_path / "gmm.json").read_text())
+    assert [(r["label"], r["nfe"]) for r in rows] == [("euler", 3), ("euler", 10), ("heun", 3), ("heun", 9)]
+    euler = {r["nfe"]: r["ode_error"] for r in rows if r["label"] == "euler"}
+    assert euler[10] < euler[3]
+    assert (tmp_path / "gmm_fd.png").stat().st_size > 1000

@@ -1,0 +1,242 @@
+"""FewstepScheduler: the package's samplers inside diffusers pipelines, and text-to-image sampling
+from the command line."""
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from diffusers import (DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, DiffusionPipeline,
+                       FlowMatchEulerDiscreteScheduler)
+from diffusers.utils.torch_utils import randn_tensor
+
+import samplers
+from benchmark_schedulers import tiny_text_to_image
+from conftest import ROOT, tiny_unet
+from samplers import FewstepScheduler
+from test_diffusers_parity import TABLE, NoiseLikeUNet
+
+SAMPLERS = ["ddim", "euler", "heun", "dpmpp_2m", "ipndm"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and two threads spin badly when another job holds the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run(*overrides):
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "sample.py"), *overrides], capture_output=True,
+                          text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.fixture(scope="module")
+def noise_like_unet():
+    torch.manual_seed(0)
+    return NoiseLikeUNet.from_config(tiny_unet().config).eval()
+
+
+def fewstep(name="ddim", **config):
+    return FewstepScheduler.from_config(DDPMScheduler(**TABLE).config, sampler=name, **config)
+
+
+def reference(denoiser, name, grid, shape, seed, **options):
+    """`samplers.sample` from the noise a pipeline draws first, scaled to diffusers' unit-variance
+    start (DESIGN §2), with the rest of the seed's stream left for the sampler."""
+    generator = torch.Generator().manual_seed(seed)
+    noise_vp = randn_tensor(shape, generator=generator)
+    s0 = float(grid[0])
+    return samplers.sample(name, denoiser, noise_vp * math.sqrt(1 + s0 ** 2) / s0, grid, generator=generator, **options)
+
+
+def assert_same_images(ours, theirs):
+    """Equal to 1e-5, with enough pixels inside (0, 1) that the final clamp hides nothing."""
+    assert ((theirs > 0) & (theirs < 1)).float().mean() > 0.2
+    assert (ours - theirs).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("pipeline_cls", [DDPMPipeline, DDIMPipeline])
+@pytest.mark.parametrize("name, options", [*[(n, {}) for n in SAMPLERS], ("ddim", {"eta": 1.0})])
+def test_pipeline_with_fewstep_scheduler_equals_sample(noise_like_unet, pipeline_cls, name, options):
+    pipe = pipeline_cls(unet=noise_like_unet, scheduler=DDPMScheduler(**TABLE))
+    pipe.scheduler = fewstep(name, sampler_options=options)  # after construction: DDIMPipeline converts its own
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(batch_size=4, generator=torch.Generator().manual_seed(1), num_inference_steps=4,
+                  output_type="pt").images
+    denoiser = samplers.DiffusersUNetDenoiser.from_config(noise_like_unet, DDPMScheduler(**TABLE).config)
+    x0 = reference(denoiser, name, pipe.scheduler.grid, (4, 1, 8, 8), seed=1, **options)
+    assert_same_images(images, (x0 / 2 + 0.5).clamp(0, 1))
+
+
+def test_discrete_ddim_reproduces_diffusers_ddim_scheduler(noise_like_unet):
+    runs = []
+    for scheduler in (fewstep("ddim", schedule="discrete"), DDIMScheduler(**TABLE, clip_sample=False)):
+        pipe = DDPMPipeline(unet=noise_like_unet, scheduler=scheduler)
+        pipe.set_progress_bar_config(disable=True)
+        runs.append(pipe(batch_size=4, generator=torch.Generator().manual_seed(2), num_inference_steps=5,
+                         output_type="pt").images)
+    assert_same_images(*runs)
+
+
+@pytest.mark.parametrize("prediction_type, name", [("epsilon", "heun"), ("v_prediction", "dpmpp_2m"),
+                                                   ("epsilon", "ddim")])
+def test_stable_diffusion_with_guidance_equals_sample_with_a_guided_denoiser(tmp_path, prediction_type, name):
+    """CFG on the model output is CFG on D (D is affine in the output), so the pipeline's latents
+    equal `samplers.sample` with `D_uncond + w (D_cond - D_uncond)`."""
+    pipe = tiny_text_to_image(tmp_path, prediction_type)
+    options = {"eta": 1.0} if name == "ddim" else {}
+    pipe.scheduler = FewstepScheduler.from_config(pipe.scheduler.config, sampler=name, sampler_options=options)
+    w = 3.0
+    latents = pipe("a cat", guidance_scale=w, num_inference_steps=4, generator=torch.Generator().manual_seed(0),
+                   output_type="latent").images
+    cond, uncond = pipe.encode_prompt("a cat", torch.device("cpu"), 1, True)
+    denoiser = samplers.DiffusersUNetDenoiser(pipe.unet, pipe.scheduler.alphas_cumprod, prediction_type)
+
+    def guided(x, sigma):
+        d_uncond, d_cond = denoiser(torch.cat([x, x]), sigma, encoder_hidden_states=torch.cat([uncond, cond])).chunk(2)
+        return d_uncond + w * (d_cond - d_uncond)
+
+    expected = reference(guided, name, pipe.scheduler.grid, latents.shape, seed=0, **options)
+    assert latents.abs().max() > 0.1 and torch.isfinite(latents).all()
+    assert (latents - expected).abs().max() < 1e-5 * max(1.0, float(expected.abs().max()))
+
+
+# -- the scheduler contract, in the style of diffusers' scheduler tests ---------------------------
+def run_loop(scheduler, steps=5, seed=0, return_dict=True, shape=(2, 3, 4, 4)):
+    scheduler.set_timesteps(steps)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+    for t in scheduler.timesteps:
+        model_output = 0.3 * x + 0.01 * t / 1000  # a stand-in network
+        out = scheduler.step(model_output, t, scheduler.scale_model_input(x, t), return_dict=return_dict)
+        x = out.prev_sample if return_dict else out[0]
+        assert x.shape == shape and x.dtype == torch.float32
+    return x
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_step_keeps_shape_and_return_dict_does_not_change_results(name):
+    assert torch.equal(run_loop(fewstep(name)), run_loop(fewstep(name), return_dict=False))
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_set_timesteps_gives_one_timestep_per_network_evaluation(name):
+    scheduler = fewstep(name)
+    assert scheduler.order == (2 if name == "heun" else 1) and scheduler.init_noise_sigma == 1
+    for steps in (1, 2, 5, 25):
+        scheduler.set_timesteps(steps)
+        assert len(scheduler.timesteps) == samplers.nfe(name, scheduler.grid) == len(scheduler.sigmas) - 1
+        assert len(scheduler.grid) == steps + 1 and scheduler.grid[-1] == 0
+        assert scheduler.timesteps.dtype == torch.float32 and (scheduler.timesteps.diff() <= 0).all()
+        assert 0 <= float(scheduler.timesteps.min()) and float(scheduler.timesteps.max()) <= len(scheduler) - 1
+    scheduler.set_timesteps(3)
+    assert torch.equal(scheduler.scale_model_input(torch.ones(2), scheduler.timesteps[0]), torch.ones(2))
+
+
+def test_save_and_load_round_trip_config_and_results(tmp_path):
+    scheduler = fewstep("ipndm", sampler_options={"max_order": 3}, schedule="logsnr", prediction_type="v_prediction")
+    scheduler.save_pretrained(tmp_path)
+    loaded = FewstepScheduler.from_pretrained(tmp_path)
+    public = lambda config: {k: v for k, v in config.items() if not k.startswith("_")}  # noqa: E731
+    assert public(loaded.config) == public(scheduler.config)
+    assert torch.equal(run_loop(loaded), run_loop(scheduler))
+
+
+def test_swap_takes_the_noise_table_and_prediction_type_from_the_pipeline_config():
+    config = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                           prediction_type="v_prediction").config
+    scheduler = FewstepScheduler.from_config(config, sampler="dpmpp_2m")
+    assert scheduler.config.prediction_type == "v_prediction" and scheduler.config.sampler == "dpmpp_2m"
+    assert torch.allclose(scheduler.alphas_cumprod, DDIMScheduler.from_config(config).alphas_cumprod.double())
+
+
+def test_add_noise_is_ddpm_at_integer_timesteps_and_hits_sigma_at_fractional_ones():
+    scheduler = fewstep()
+    x0, noise = torch.randn(3, 1, 4, 4), torch.randn(3, 1, 4, 4)
+    t = torch.tensor([0, 500, 999])
+    assert torch.allclose(scheduler.add_noise(x0, noise, t), DDPMScheduler(**TABLE).add_noise(x0, noise, t), atol=1e-6)
+    scheduler.set_timesteps(4)
+    t, sigma = scheduler.timesteps[1], float(scheduler.sigmas[1])
+    assert torch.allclose(scheduler.add_noise(x0, noise, t), (x0 + sigma * noise) / math.sqrt(1 + sigma ** 2), atol=1e-5)
+
+
+def test_stochastic_ddim_draws_from_the_generator_of_step_or_of_set_timesteps():
+    def once(seed, via_set_timesteps):
+        scheduler = fewstep("ddim", sampler_options={"eta": 1.0})
+        generator = torch.Generator().manual_seed(seed)
+        scheduler.set_timesteps(3, generator=generator if via_set_timesteps else None)
+        x = torch.zeros(1, 1, 4, 4)
+        for t in scheduler.timesteps:
+            x = scheduler.step(0 * x, t, x, generator=None if via_set_timesteps else generator).prev_sample
+        return x
+
+    assert torch.equal(once(0, True), once(0, False)) and not torch.equal(once(0, True), once(1, True))
+
+
+# -- bad input: one clear line each ---------------------------------------------------------------
+@pytest.mark.parametrize("make, message", [
+    (lambda: FewstepScheduler.from_config(FlowMatchEulerDiscreteScheduler().config),
+     "the scheduler config has no noise table (no beta_schedule or trained_betas): a config with keys base_image_seq_len"),
+    (lambda: FewstepScheduler(beta_schedule=None), "no noise table: beta_schedule and trained_betas are both None"),
+    (lambda: fewstep(prediction_type="flow"), "unsupported prediction_type 'flow'"),
+    (lambda: fewstep(rescale_betas_zero_snr=True), "rescale_betas_zero_snr=True is not supported"),
+    (lambda: fewstep("dopri5"), "sampler 'dopri5' is adaptive and cannot run one step() at a time"),
+    (lambda: fewstep("lms"), "unknown sampler 'lms': use one of ddim, euler, heun, dpmpp_2m, ipndm"),
+    (lambda: fewstep(sampler_options={"order": 3}), "unknown option(s) order for sampler 'ddim'"),
+    (lambda: fewstep().set_timesteps(0), "num_inference_steps must be a whole number of at least 1 for sampler 'ddim', got 0"),
+    (lambda: fewstep().step(torch.zeros(1, 1), 999, torch.zeros(1, 1)), "call set_timesteps(num_inference_steps)"),
+])
+def test_bad_input_is_one_clear_line(make, message):
+    with pytest.raises(ValueError) as error:
+        make()
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_misuse_inside_a_pipeline_loop_is_refused():
+    scheduler = fewstep("ddim", sampler_options={"eta": 1.0})
+    scheduler.set_timesteps(3)
+    x = torch.zeros(1, 1, 4, 4)
+    with pytest.raises(ValueError, match="first step must be at timestep"):
+        scheduler.step(x, scheduler.timesteps[1], x)
+    with pytest.raises(ValueError, match=r"got \{'eta': 0.5\}; set them in sampler_options"):
+        scheduler.step(x, scheduler.timesteps[0], x, eta=0.5)
+    x = scheduler.step(x, scheduler.timesteps[0], x, generator=torch.Generator()).prev_sample
+    with pytest.raises(ValueError, match="different generator mid-trajectory"):
+        scheduler.step(x, scheduler.timesteps[1], x, generator=torch.Generator())
+
+
+# -- the command line: any local text-to-image pipeline ------------------------------------------
+def test_cli_samples_text_to_image_pipelines_with_their_own_prediction_type(tmp_path):
+    """One multirun over an epsilon and a v-prediction pipeline; each result equals the pipeline run
+    in this process with FewstepScheduler and one generator per sample (seed + i)."""
+    dirs = {}
+    for prediction_type in ("epsilon", "v_prediction"):
+        tiny_text_to_image(tmp_path / "tok", prediction_type).save_pretrained(tmp_path / prediction_type)
+        dirs[prediction_type] = tmp_path / prediction_type
+    done = run("-m", "model=diffusers", f"model.path={dirs['epsilon']},{dirs['v_prediction']}",
+               "sampler=dpmpp_2m", "steps=3", "num_samples=3", "batch_size=2", "seed=5", "prompt=a red cat",
+               "guidance_scale=4.0", f"out_dir={tmp_path}/run" + "${hydra:job.num}", f"hydra.sweep.dir={tmp_path}/sweep")
+    assert done.returncode == 0, done.stderr
+    for job, (prediction_type, path) in enumerate(dirs.items()):
+        assert f"StableDiffusionPipeline ({prediction_type}), prompt 'a red cat', guidance_scale 4.0" in done.stdout
+        samples = np.load(tmp_path / f"run{job}" / "samples.npz")["samples"]
+        pipe = DiffusionPipeline.from_pretrained(str(path))
+        pipe.set_progress_bar_config(disable=True)
+        pipe.scheduler = FewstepScheduler.from_config(pipe.scheduler.config, sampler="dpmpp_2m")
+        images = torch.cat([pipe("a red cat", num_images_per_prompt=len(seeds), guidance_scale=4.0, num_inference_steps=3,
+                                 generator=[torch.Generator().manual_seed(s) for s in seeds], output_type="pt").images
+                            for seeds in ([5, 6], [7])])
+        assert samples.shape == (3, 3, 16, 16)
+        assert np.abs(samples - (images.numpy() * 2 - 1)).max() < 1e-5
+
+
+def test_cli_refuses_a_prompt_for_an_unconditional_model(tmp_path):
+    done = run("model=gmm", "prompt=a cat", f"out_dir={tmp_path}")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: prompt='a cat' and guidance_scale=None need a text-to-image pipeline directory "
+        "(model=diffusers model.path=DIR)")

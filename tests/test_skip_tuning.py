@@ -1,0 +1,151 @@
+import pytest
+import torch
+from diffusers import DDPMScheduler, UNet2DConditionModel
+
+import samplers
+from conftest import tiny_unet
+
+
+def tiny_conditional_unet():
+    torch.manual_seed(0)
+    return UNet2DConditionModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,
+                                block_out_channels=(8, 16), norm_num_groups=4, cross_attention_dim=8,
+                                attention_head_dim=2, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D")).eval()
+
+
+def call(unet, x, t):
+    if isinstance(unet, UNet2DConditionModel):
+        return unet(x, t, encoder_hidden_states=torch.ones(len(x), 3, 8)).sample
+    return unet(x, t).sample
+
+
+@pytest.fixture(params=["UNet2DModel", "UNet2DConditionModel"])
+def any_unet(request):
+    return tiny_unet() if request.param == "UNet2DModel" else tiny_conditional_unet()
+
+
+X = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+T = torch.tensor([500, 500])
+
+
+def test_rho_one_is_bit_identical_and_no_hook_remains(any_unet):
+    with torch.no_grad():
+        plain = call(any_unet, X, T)
+        with samplers.skip_tuning(any_unet, rho_top=1.0, rho_bottom=1.0):
+            same = call(any_unet, X, T)
+        with samplers.skip_tuning(any_unet, rho_top=1.0, rho_bottom=0.5):
+            tuned = call(any_unet, X, T)
+        after = call(any_unet, X, T)
+    assert torch.equal(plain, same) and torch.equal(plain, after)
+    assert not torch.allclose(plain, tuned, atol=1e-4)
+    assert all(not block._forward_pre_hooks for block in any_unet.up_blocks) and not any_unet._forward_pre_hooks
+
+
+def skip_sizes(unet):
+    """The size (sum of |h|) of every skip feature as the up blocks receive it, in call order."""
+    seen = []
+    hooks = [block.register_forward_pre_hook(lambda m, a, k: seen.extend(h.abs().sum().item() for h in a[1]),
+                                             with_kwargs=True) for block in unet.up_blocks]
+    with torch.no_grad():
+        call(unet, X, T)
+    for hook in hooks:
+        hook.remove()
+    return seen
+
+
+def test_factors_are_linear_in_depth_and_reach_the_right_skips():
+    unet = tiny_unet()  # 4 skips, outermost first: conv_in, down0 resnet, down0 downsample, down1 resnet
+    plain = skip_sizes(unet)
+    with samplers.skip_tuning(unet, rho_top=0.9, rho_bottom=0.3) as handle:
+        tuned = skip_sizes(unet)  # hooks registered after the tuning's see its output
+    assert handle.factors == pytest.approx([0.9, 0.7, 0.5, 0.3])
+    # the innermost up block comes first and gets the two deepest skips, in encoder order
+    assert [t / p for t, p in zip(tuned, plain)] == pytest.approx([0.5, 0.3, 0.9, 0.7], rel=1e-5)
+
+
+def test_sigma_range_scales_only_inside_it():
+    unet = tiny_unet()
+    denoiser = samplers.DiffusersUNetDenoiser(unet, DDPMScheduler().alphas_cumprod)
+    low_sigma, high_sigma = 0.5, 20.0
+    with torch.no_grad():
+        plain = [denoiser(X, s) for s in (low_sigma, high_sigma)]
+        with samplers.skip_tuning(denoiser, rho_bottom=0.5, sigma_range=(1.0, 100.0)):
+            tuned = [denoiser(X, s) for s in (low_sigma, high_sigma)]
+            mixed = denoiser(X, torch.tensor([low_sigma, high_sigma]))
+    assert torch.equal(tuned[0], plain[0]) and not torch.allclose(tuned[1], plain[1])
+    assert torch.allclose(mixed[0], plain[0][0], atol=1e-6) and torch.allclose(mixed[1], tuned[1][1], atol=1e-6)
+
+
+def test_skip_tuning_improves_nothing_silently_twice():
+    unet = tiny_unet()
+    handle = samplers.skip_tuning(unet, rho_bottom=0.8)
+    with pytest.raises(ValueError, match="already applied to this UNet \\(rho_top=1.0, rho_bottom=0.8\\)"):
+        samplers.skip_tuning(unet, rho_bottom=0.8)
+    handle.remove()
+    samplers.skip_tuning(unet, rho_bottom=0.7).remove()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"rho_bottom": 0.0}, "rho_bottom must be a positive number, got 0.0"),
+    ({"rho_top": -1}, "rho_top must be a positive number, got -1"),
+    ({"rho_bottom": "0.8"}, "rho_bottom must be a positive number, got '0.8'"),
+    ({"rho_bottom": float("nan")}, "rho_bottom must be a positive number, got nan"),
+    ({"sigma_range": (10.0, 1.0)}, r"sigma_range must be \(low, high\) with 0 <= low < high, got \(10.0, 1.0\)"),
+    ({"sigma_range": (1.0, 10.0)}, "sigma_range needs the model's noise table"),
+])
+def test_bad_arguments_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        samplers.skip_tuning(tiny_unet(), **kwargs)
+
+
+def test_models_without_skips_are_refused(gmm):
+    with pytest.raises(ValueError, match="GMMDenoiser has no UNet skip connections"):
+        samplers.skip_tuning(gmm)
+    with pytest.raises(ValueError, match="Sequential has no UNet skip connections"):
+        samplers.skip_tuning(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+
+
+# -- the entry points ---------------------------------------------------------------------------
+@pytest.fixture
+def tiny_pipeline(tmp_path):
+    from diffusers import DDPMPipeline
+
+    DDPMPipeline(unet=tiny_unet(), scheduler=DDPMScheduler()).save_pretrained(tmp_path / "pipe")
+    return tmp_path / "pipe"
+
+
+def test_skiptune_sampler_configs_change_the_samples(tmp_path, tiny_pipeline):
+    import numpy as np
+    from test_cli import run
+
+    common = ["model=diffusers", f"model.path={tiny_pipeline}", "num_samples=4", "steps=3"]
+    plain = run("sample.py", *common, "sampler=ddim", f"out_dir={tmp_path / 'plain'}")
+    tuned = run("sample.py", *common, "sampler=ddim+skiptune", "sampler.skip.rho_bottom=0.5", f"out_dir={tmp_path / 'tuned'}")
+    assert plain.returncode == 0 and tuned.returncode == 0, tuned.stderr
+    assert "Skip-Tuning: rho_top 1.0, rho_bottom 0.5" in tuned.stdout
+    a, b = (np.load(tmp_path / d / "samples.npz")["samples"] for d in ("plain", "tuned"))
+    assert not np.allclose(a, b, atol=1e-4)
+    bad = run("sample.py", *common, "sampler=ddim+skiptune", "sampler.skip.rho_bottom=-1", f"out_dir={tmp_path / 'bad'}")
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1] == "error: rho_bottom must be a positive number, got -1.0"
+
+
+def test_every_fixed_grid_sampler_has_a_skiptune_config():
+    from conftest import ROOT
+
+    names = {p.name.removesuffix("+skiptune.yaml") for p in (ROOT / "conf" / "sampler").glob("*+skiptune.yaml")}
+    assert names == set(samplers.solvers.FIXED_GRID)
+
+
+def test_calibration_scans_the_grid_and_writes_nothing_unasked(tmp_path, tiny_pipeline):
+    import json
+
+    from test_cli import run
+
+    done = run("calibrate_skiptune.py", "model=diffusers", f"model.path={tiny_pipeline}", "data.image_size=8",
+               "extractor=raw", "num_samples=40", "batch_size=40", "rho_grid=[0.5,1.0]", "nfes=[2]", "write=false",
+               f"out_dir={tmp_path}")
+    assert done.returncode == 0, done.stderr
+    rows = json.loads((tmp_path / "calibration-ddim.json").read_text())["2"]
+    assert [r["rho_bottom"] for r in rows] == [0.5, 1.0]
+    assert rows[0]["fd"] != rows[1]["fd"] and "wrote" not in done.stdout
