@@ -3,6 +3,7 @@ assembled from the per-suite sections in `benchmarks/`."""
 from __future__ import annotations
 
 import platform
+import sys
 from pathlib import Path
 
 import torch
@@ -12,6 +13,12 @@ def machine() -> str:
     cpu = platform.processor() or platform.machine()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{platform.system()} {cpu}, {torch.get_num_threads()} torch threads, {gpu}, torch {torch.__version__}"
+
+
+def section(title: str, body: str) -> str:
+    """A BENCHMARKS.md section: its title, the exact command that made it, the machine, the body."""
+    command = "python " + " ".join(sys.argv)
+    return f"## {title}\n\nCommand: `{command}`  \nMachine: {machine()}\n\n{body.strip()}\n"
 
 
 def nfe_table(results: list[dict], metric: str, targets: list[int], digits: int = 3) -> str:

@@ -22,7 +22,7 @@ from diffusers import DDPMScheduler
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin, SchedulerOutput
 
-from .denoisers import DiffusersUNetDenoiser, fractional_timestep, vp_output_to_denoised
+from .denoisers import DiffusersUNetDenoiser, fractional_timestep, sigma_of_timestep, vp_output_to_denoised
 from .schedules import get_sigmas, sigmas_from_alphas_cumprod
 from .solvers import ADAPTIVE, FIXED_GRID, check_options, run_steps
 
@@ -183,11 +183,8 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
         """`x_vp = (x0 + sigma_t noise) / sqrt(1 + sigma_t^2)` (= `sqrt(abar_t) x0 + sqrt(1 - abar_t) noise`)
         with `log sigma_t` interpolated linearly at (fractional) `timesteps`, one per sample or one
-        for all (the inverse of `fractional_timestep`)."""
-        t = torch.as_tensor(timesteps).double().cpu().clamp(0, len(self.log_sigmas) - 1).reshape(-1)
-        lo = t.floor().long().clamp(max=len(self.log_sigmas) - 2)
-        frac = t - lo
-        sigma = ((1 - frac) * self.log_sigmas[lo] + frac * self.log_sigmas[lo + 1]).exp()
+        for all (`sigma_of_timestep`)."""
+        sigma = sigma_of_timestep(torch.as_tensor(timesteps).double().cpu().reshape(-1), self.log_sigmas)
         sigma = sigma.to(original_samples.device).reshape(-1, *[1] * (original_samples.ndim - 1))
         x = (original_samples.double() + sigma * noise.double()) / (1 + sigma ** 2).sqrt()
         return x.to(original_samples.dtype)

@@ -18,7 +18,7 @@ from omegaconf import MISSING, OmegaConf
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OmegaConf.register_new_resolver("repo", lambda: str(REPO_ROOT), replace=True)
 
-USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, InstantiationException)
+USER_ERRORS = (ValueError, OSError, FloatingPointError, InstantiationException)
 
 
 def one_line_errors(main):

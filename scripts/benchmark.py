@@ -11,7 +11,6 @@ against pytorch-fid's on 2048-d statistics). Schedules: Karras (rho 7) over the 
 import argparse
 import contextlib
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from omegaconf import OmegaConf
 import samplers
 from evaluation import FeatureStats, frechet_distance, get_extractor
 from evaluation.fid import accumulate, data_stats, gmm_stats
-from evaluation.report import assemble, machine, nfe_plot, nfe_table, side_by_side
+from evaluation.report import assemble, nfe_plot, nfe_table, section, side_by_side
 from samplers.skip_tuning import calibrated_rho
 from training.data import digits
 
@@ -86,9 +85,6 @@ def skiptune_summary(results) -> str:
     return ("Change with Skip-Tuning: " + "; ".join(parts) + ".") if parts else ""
 
 
-def write_section(out_dir, name, title, command, body):
-    text = f"## {title}\n\nCommand: `{command}`  \nMachine: {machine()}\n\n{body}\n"
-    (Path(out_dir) / f"{name}.md").write_text(text)
 
 
 def suite_gmm(args):
@@ -121,9 +117,9 @@ def suite_gmm(args):
 def suite_digits(args):
     denoiser = samplers.DiffusersUNetDenoiser.from_pretrained(ROOT / "assets" / "digits_ddpm").eval()
     extractor = get_extractor("digits")
-    reference = data_stats(digits(), extractor)
-    seeds = range(args.seed, args.seed + args.num_samples)
     real = digits()
+    reference = data_stats(real, extractor)
+    seeds = range(args.seed, args.seed + args.num_samples)
     half_fd = frechet_distance(*accumulate(real[: len(real) // 2].split(256), extractor).mu_sigma(), *reference)
 
     def measure(x):
@@ -134,8 +130,7 @@ def suite_digits(args):
                                                                args.nfe)
     results = sweep(denoiser, rows, seeds, denoiser.sample_shape, args.batch_size, measure)
     grid_nfe = 5 if 5 in args.nfe else args.nfe[0]
-    grids = {f"{r['label']} (NFE {r['nfe']})": r["grid"] for r in results
-             if r["target_nfe"] == grid_nfe and r["label"] in args.samplers}
+    grids = {f"{r['label']} (NFE {r['nfe']})": r["grid"] for r in results if r["target_nfe"] == grid_nfe}
     side_by_side(grids, Path(args.out_dir) / f"digits_grids_nfe{grid_nfe}.png")
     for r in results:
         del r["grid"]
@@ -198,13 +193,12 @@ def main():
     parser.add_argument("--report", type=Path, default=ROOT / "BENCHMARKS.md")
     args = parser.parse_args()
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    command = "python scripts/benchmark.py " + " ".join(sys.argv[1:])
     for suite in args.suite:
         suite_args = argparse.Namespace(**vars(args))
         if suite_args.num_samples is None:
             suite_args.num_samples = {"gmm": 10000, "digits": 2000}.get(suite, 0)
         results, name, title, body = SUITES[suite](suite_args)
-        write_section(args.out_dir, name, title, command, body)
+        (args.out_dir / f"{name}.md").write_text(section(title, body))
         (args.out_dir / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
     print(f"wrote {assemble(args.out_dir, args.report)}")
 

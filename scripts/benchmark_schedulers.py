@@ -4,7 +4,9 @@ scheduler's own overhead shows). Runs alternate in one process; each time is the
 repetitions, and each ratio ours / diffusers' the median of the per-repetition ratios (paired runs,
 so a load change on a shared machine cancels out). Writes a markdown table.
 
-    python scripts/benchmark_schedulers.py runs/benchmark_schedulers.md [--steps 10] [--repeats 21]
+    python scripts/benchmark_schedulers.py benchmarks/schedulers.md [--steps 10] [--repeats 21]
+
+The section lands in BENCHMARKS.md at the next `python scripts/benchmark.py` (or assemble it by hand).
 
 Pairs: ddim / DDIMScheduler, euler / EulerDiscreteScheduler, heun / HeunDiscreteScheduler,
 dpmpp_2m / DPMSolverMultistepScheduler (DPM-Solver++, order 2). "scheduler only" times
@@ -26,6 +28,7 @@ from diffusers import (AutoencoderKL, DDIMScheduler, DPMSolverMultistepScheduler
                        HeunDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel)
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from evaluation.report import section
 from samplers import FewstepScheduler
 
 THEIRS = {"ddim": DDIMScheduler, "euler": EulerDiscreteScheduler, "heun": HeunDiscreteScheduler,
@@ -119,9 +122,10 @@ def main():
     note = (f"Tiny random StableDiffusionPipeline (8x8 latents, batch 1, guidance_scale {args.guidance_scale}, "
             f"output_type latent), {args.steps} steps, medians of {args.repeats} interleaved runs, "
             f"torch {torch.__version__}, 1 thread.")
+    text = section("FewstepScheduler against diffusers' own schedulers", "\n".join([note, "", *rows]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join([note, "", *rows]) + "\n")
-    print("\n".join([note, "", *rows]))
+    args.out.write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 import csv
+import errno
 import json
+import signal
 import subprocess
 import sys
-from pathlib import Path
+import time
 
 import pytest
 import torch
@@ -17,10 +19,10 @@ from training import Trainer
 from training.data import ImageFolder, cifar10, digits
 
 
-def make_trainer(out_dir, steps, objective=None):
-    return Trainer(tiny_unet(), objective or DiffusionObjective(), digits(image_size=8), out_dir=out_dir,
-                   steps=steps, batch_size=32, lr=2e-3, warmup_steps=5, checkpoint_every=20, log_every=10,
-                   ema_decay=0.9, cpu=True)
+def make_trainer(out_dir, steps, objective=None, data=None, checkpoint_every=20):
+    return Trainer(tiny_unet(), objective or DiffusionObjective(), digits(image_size=8) if data is None else data,
+                   out_dir=out_dir, steps=steps, batch_size=32, lr=2e-3, warmup_steps=5,
+                   checkpoint_every=checkpoint_every, log_every=10, ema_decay=0.9, cpu=True)
 
 
 def test_training_lowers_the_loss_resumes_and_exports(tmp_path):
@@ -45,6 +47,16 @@ def test_training_lowers_the_loss_resumes_and_exports(tmp_path):
     assert any(not torch.equal(p, ema_params[n]) for n, p in raw.named_parameters())
 
 
+def test_a_stopped_and_resumed_run_ends_exactly_where_an_uninterrupted_one_does(tmp_path):
+    data = digits(image_size=8)[:200]  # 6 batches an epoch: the resume lands mid-epoch
+    straight = make_trainer(tmp_path / "a", 20, data=data, checkpoint_every=7).fit()
+    make_trainer(tmp_path / "b", 13, data=data, checkpoint_every=7).fit()
+    resumed = make_trainer(tmp_path / "b", 20, data=data, checkpoint_every=7).fit()
+    for a, b in [(straight.accelerator.unwrap_model(straight.model), resumed.accelerator.unwrap_model(resumed.model)),
+                 (straight.ema_model(), resumed.ema_model())]:
+        assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
 class NaNObjective(DiffusionObjective):
     def loss(self, model, x0):
         return super().loss(model, x0) * float("nan")
@@ -57,16 +69,60 @@ def test_a_nan_loss_stops_with_the_step_and_keeps_the_checkpoints(tmp_path):
     assert (tmp_path / "checkpoints" / "step_00000020" / "model.safetensors").is_file()
 
 
+WORKER = str(ROOT / "tests" / "train_worker.py")
+
+
 def test_two_cpu_processes_really_train_together(tmp_path):
     subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                     "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                    str(ROOT / "tests" / "dist_train_worker.py"), str(tmp_path)], check=True, capture_output=True)
+                    WORKER, str(tmp_path), "4", "100"], check=True, capture_output=True)
     infos = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert all(info == {"num_processes": 2, "batch_shape": [8, 1, 8, 8]} for info in infos)
     rank0, rank1 = (load_file(str(tmp_path / f"rank{r}.safetensors")) for r in (0, 1))
     initial = tiny_unet().state_dict()
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
-    assert any(not torch.equal(rank0[k], initial[k]) for k in rank0)
+    assert any(not torch.equal(rank0[k], initial[k]) for k in initial)
+
+
+def test_a_run_killed_with_sigkill_resumes_to_the_same_parameters(tmp_path):
+    steps, every = "40", "5"
+    subprocess.run([sys.executable, WORKER, str(tmp_path / "straight"), steps, every], check=True, capture_output=True)
+    victim = subprocess.Popen([sys.executable, WORKER, str(tmp_path / "killed"), steps, every],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = tmp_path / "killed" / "run" / "checkpoints" / "step_00000015"
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and victim.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert not (tmp_path / "killed" / "rank0.safetensors").exists(), "the run finished before the kill"
+    subprocess.run([sys.executable, WORKER, str(tmp_path / "killed"), steps, every], check=True, capture_output=True)
+    straight, resumed = (load_file(str(tmp_path / d / "rank0.safetensors")) for d in ("straight", "killed"))
+    assert max((straight[k] - resumed[k]).abs().max().item() for k in straight) <= 1e-6
+
+
+def test_a_corrupt_latest_checkpoint_is_named_and_the_previous_one_used(tmp_path, capsys):
+    make_trainer(tmp_path, 20, checkpoint_every=10).fit()
+    latest = tmp_path / "checkpoints" / "step_00000020" / "model.safetensors"
+    latest.write_bytes(latest.read_bytes()[:100])  # truncated
+    trainer = make_trainer(tmp_path, 30, checkpoint_every=10)
+    assert trainer.resume() and trainer.step == 10
+    assert f"checkpoint {latest.parent} cannot be loaded" in capsys.readouterr().err
+
+
+def test_a_failed_save_is_reported_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    trainer = make_trainer(tmp_path, 10, checkpoint_every=5)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    trainer.step = 5
+    trainer.save_checkpoint()
+    trainer.step = 10
+    monkeypatch.setattr(trainer.accelerator, "save_state", full_disk)
+    with pytest.raises(OSError, match="could not save checkpoint .*step_00000010: No space left on device"):
+        trainer.save_checkpoint()
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_00000005"]
 
 
 def test_digits_are_16x16_in_the_unit_range():

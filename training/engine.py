@@ -71,8 +71,9 @@ class Trainer:
 
         set_seed(seed)  # the same initial weights on every process
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+        # Its own generator: starting an epoch then never draws from the global RNG (the loss noise).
         loader = DataLoader(dataset, batch_size=batch_size // world, shuffle=True, drop_last=True,
-                            num_workers=num_workers)
+                            num_workers=num_workers, generator=torch.Generator().manual_seed(seed))
         self.model, self.optimizer, self.loader = self.accelerator.prepare(model, optimizer, loader)
         # Stepped by hand once per optimiser step (a prepared scheduler steps once per process).
         self.lr_scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=warmup_steps)
@@ -90,7 +91,12 @@ class Trainer:
         if self.accelerator.is_main_process and tmp.exists():
             shutil.rmtree(tmp)
         self.accelerator.wait_for_everyone()
-        self.accelerator.save_state(str(tmp), safe_serialization=True)
+        try:
+            self.accelerator.save_state(str(tmp), safe_serialization=True)
+        except OSError as err:  # a full disk, a lost mount: say so; the previous checkpoint stays
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise OSError(err.errno, f"could not save checkpoint {final}: {err.strerror or err}; "
+                                     f"the previous checkpoint is kept") from err
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             if final.exists():
@@ -102,14 +108,22 @@ class Trainer:
         return final
 
     def resume(self) -> bool:
-        """Load the latest complete checkpoint of `out_dir`, if there is one."""
+        """Load the latest checkpoint of `out_dir` that loads; a corrupt or truncated one is named
+        on stderr and the one before it is tried."""
         found = _checkpoints(self.checkpoint_dir)
-        if not found:
-            return False
-        self.accelerator.load_state(str(found[-1]))
-        self.step = int(found[-1].name[len(CHECKPOINT_PREFIX):])
-        self.accelerator.print(f"resumed from {found[-1]} at step {self.step}")
-        return True
+        for path in reversed(found):
+            try:
+                self.accelerator.load_state(str(path))
+            except Exception as err:  # anything a damaged file raises: safetensors, pickle, torch
+                print(f"error: checkpoint {path} cannot be loaded ({type(err).__name__}: {err}); "
+                      "trying the previous one", file=sys.stderr)
+                continue
+            self.step = int(path.name[len(CHECKPOINT_PREFIX):])
+            self.accelerator.print(f"resumed from {path} at step {self.step}")
+            return True
+        if found:
+            raise ValueError(f"no checkpoint in {self.checkpoint_dir} can be loaded: {', '.join(p.name for p in found)}")
+        return False
 
     # -- the loop ------------------------------------------------------------------------------
     def _batches(self):
