@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 from .frechet import FeatureStats, frechet_distance, load_stats, save_stats
 
@@ -25,11 +26,12 @@ def accumulate(batches, extractor, device=None) -> FeatureStats:
     return stats
 
 
-def data_stats(images: torch.Tensor, extractor, cache: Path | None = None, batch_size: int = 256, device=None):
+def data_stats(images, extractor, cache: Path | None = None, batch_size: int = 256, device=None):
     """`mu`, `sigma` of a data set's features, read from / written to the `.npz` `cache`."""
     if cache is not None and Path(cache).is_file():
         return load_stats(cache)
-    mu, sigma = accumulate(images.split(batch_size), extractor.to(device), device).mu_sigma()
+    batches = DataLoader(images, batch_size=batch_size)  # a tensor or any data set of image tensors
+    mu, sigma = accumulate(batches, extractor.to(device), device).mu_sigma()
     if cache is not None:
         save_stats(cache, mu, sigma)
     return mu, sigma

@@ -2,6 +2,7 @@
 assembled from the per-suite sections in `benchmarks/`."""
 from __future__ import annotations
 
+import os
 import platform
 import sys
 from pathlib import Path
@@ -12,7 +13,8 @@ import torch
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{platform.system()} {cpu}, {torch.get_num_threads()} torch threads, {gpu}, torch {torch.__version__}"
+    return (f"{platform.system()} {cpu}, {os.cpu_count()} cores, torch threads: {torch.get_num_threads()}, {gpu}, "
+            f"torch {torch.__version__}")
 
 
 def section(title: str, body: str) -> str:

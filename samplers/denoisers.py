@@ -131,8 +131,9 @@ class DiffusersUNetDenoiser(nn.Module):
             raise ValueError(f"unsupported prediction_type {prediction_type!r}: use one of {', '.join(self.PREDICTION_TYPES)}")
         self.unet, self.prediction_type = unet, prediction_type
         table = sigmas_from_alphas_cumprod(alphas_cumprod)
-        self.register_buffer("alphas_cumprod", torch.as_tensor(alphas_cumprod).double().cpu())
-        self.register_buffer("log_sigmas", table.log())
+        # plain float64 attributes, not buffers: `.to(torch.bfloat16)` must not round the table
+        self.alphas_cumprod = torch.as_tensor(alphas_cumprod).double().cpu()
+        self.log_sigmas = table.log()
         self.sigma_min, self.sigma_max = float(table[0]), float(table[-1])
         config = getattr(unet, "config", None)
         size = getattr(config, "sample_size", None)

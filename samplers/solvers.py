@@ -21,12 +21,14 @@ def ddim(x, sigmas, eta: float = 0.0, generator=None):
     `c = eta (sigma_next / sigma) sqrt(sigma^2 - sigma_next^2)`,
     `x_next = D + sqrt(sigma_next^2 - c^2) eps + c z`. `eta = 0` is deterministic (one Euler step of
     the ODE), `eta = 1` is DDPM-ancestral; in VP space this is diffusers' `DDIMScheduler`."""
+    if not 0 <= eta <= 1:
+        raise ValueError(f"ddim eta must be in [0, 1], got {eta}")
     s = sigmas.tolist()
     for i in range(len(s) - 1):
         denoised = yield x, s[i]
         eps = (x - denoised) / s[i]
         c = eta * (s[i + 1] / s[i]) * math.sqrt(s[i] ** 2 - s[i + 1] ** 2)
-        x = denoised + math.sqrt(max(s[i + 1] ** 2 - c ** 2, 0.0)) * eps
+        x = denoised + math.sqrt(max(s[i + 1] ** 2 - c ** 2, 0.0)) * eps  # >= 0 but for rounding
         if c > 0:
             x = x + c * randn_tensor(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     return x

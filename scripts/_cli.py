@@ -14,11 +14,12 @@ import torch
 from hydra.core.config_store import ConfigStore
 from hydra.errors import InstantiationException
 from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OmegaConf.register_new_resolver("repo", lambda: str(REPO_ROOT), replace=True)
 
-USER_ERRORS = (ValueError, OSError, FloatingPointError, InstantiationException)
+USER_ERRORS = (ValueError, OSError, FloatingPointError, InstantiationException, MissingMandatoryValue)
 
 
 def one_line_errors(main):
@@ -58,8 +59,8 @@ class ScheduleConfig:
     rho: float = 7.0
     sigma_min: Optional[float] = None
     sigma_max: Optional[float] = None
-    spacing: Spacing = Spacing.leading
-    steps_offset: int = 0
+    spacing: Optional[Spacing] = None      # discrete only; None: the pipeline's own, else leading
+    steps_offset: Optional[int] = None     # discrete only; None: the pipeline's own, else 0
     eps_s: float = 1e-3
 
 
@@ -169,6 +170,8 @@ def sampling_setup(cfg, device):
     if cfg.num_samples < 1 or cfg.batch_size < 1:
         raise ValueError(f"num_samples and batch_size must be at least 1, got {cfg.num_samples} and {cfg.batch_size}")
     denoiser = instantiate(cfg.model, _convert_="all").to(device).eval()
+    if denoiser.sample_shape is None:
+        raise ValueError(f"{type(denoiser).__name__} does not know its sample shape (no sample_size in its config)")
     shape = tuple(denoiser.sample_shape)
     if cfg.image_size is not None:
         shape = (shape[0], cfg.image_size, cfg.image_size)
@@ -181,8 +184,9 @@ def sampling_setup(cfg, device):
         sc.kind.value, steps,
         sigma_min=denoiser.sigma_min if sc.sigma_min is None else sc.sigma_min,
         sigma_max=denoiser.sigma_max if sc.sigma_max is None else sc.sigma_max,
-        rho=sc.rho, alphas_cumprod=getattr(denoiser, "alphas_cumprod", None), spacing=sc.spacing.value,
-        steps_offset=sc.steps_offset, eps_s=sc.eps_s, device=device)
+        rho=sc.rho, alphas_cumprod=getattr(denoiser, "alphas_cumprod", None),
+        spacing="leading" if sc.spacing is None else sc.spacing.value,
+        steps_offset=sc.steps_offset or 0, eps_s=sc.eps_s, device=device)
     return denoiser, shape, steps, sigmas
 
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 import torch
 from omegaconf import OmegaConf
 
@@ -20,8 +21,8 @@ from hydra.utils import instantiate
 TEMPLATE = """\
 # {name} with Skip-Tuning (samplers.skip_tuning): the UNet's skips scaled from rho_top (outermost)
 # to rho_bottom (innermost), linear in depth. rho_bottom null: the calibrated value at the nearest
-# NFE below; override with sampler.skip.rho_bottom=0.7 (and sampler.skip.rho_top, sampler.skip.sigma_range).
-# by_nfe was calibrated on the embedded digits model ({num_samples} samples, FD-{extractor}) by
+# NFE of by_nfe (ties: the smaller); override with sampler.skip.rho_bottom=0.7 (and sampler.skip.rho_top, sampler.skip.sigma_range).
+# by_nfe was calibrated on model={model} ({num_samples} samples, FD-{extractor}) by
 #   {command}
 # FD per NFE without Skip-Tuning -> with the chosen factors: {summary}
 defaults:
@@ -49,7 +50,8 @@ def write_config(name, results, cfg):
     table = "\n".join(f"    {nfe}: {best[nfe]['rho_bottom']}" for nfe in sorted(best))
     command = "python scripts/calibrate_skiptune.py " + " ".join(sys.argv[1:])
     path = REPO_ROOT / "conf" / "sampler" / f"{name}+skiptune.yaml"
-    path.write_text(TEMPLATE.format(name=name, num_samples=cfg.num_samples, extractor=cfg.extractor, command=command,
+    model = HydraConfig.get().runtime.choices.model
+    path.write_text(TEMPLATE.format(name=name, model=model, num_samples=cfg.num_samples, extractor=cfg.extractor, command=command,
                                     summary=summary, rho_top=next(iter(best.values()))["rho_top"], table=table))
     return path
 

@@ -30,7 +30,9 @@ def reference_stats(cfg, denoiser, extractor, acc):
         return load_stats(cfg.reference)
     if cfg.data is None:
         raise ValueError("reference=data needs a data set (data=...)")
-    key = hashlib.sha1(OmegaConf.to_yaml(cfg.data).encode()).hexdigest()[:10]
+    weights = Path(cfg.extractor_weights).expanduser() if cfg.extractor_weights else None
+    weights_id = f"{weights.resolve()}:{weights.stat().st_size}:{weights.stat().st_mtime_ns}" if weights else ""
+    key = hashlib.sha1((OmegaConf.to_yaml(cfg.data) + weights_id).encode()).hexdigest()[:10]
     cache = Path(cfg.cache_dir) / f"{cfg.data._target_.rsplit('.', 1)[-1]}-{key}-{cfg.extractor}.npz"
     if acc.is_main_process:  # one process fills the cache; the others then read it
         data_stats(instantiate(cfg.data), extractor, cache, device=acc.device)
@@ -46,18 +48,25 @@ def main(cfg):
     extractor = get_extractor(cfg.extractor, cfg.extractor_weights).to(acc.device)
     reference = reference_stats(cfg, denoiser, extractor, acc)
     name, options = cfg.sampler.name, dict(cfg.sampler.options)
-    calls = []
+    calls = 0
+
+    def count(_):
+        nonlocal calls
+        calls += 1
+
+    if cfg.num_samples < 2 * acc.num_processes:
+        raise ValueError(f"num_samples={cfg.num_samples} is too few for {acc.num_processes} processes (need 2 each)")
     seeds = list(range(cfg.seed, cfg.seed + cfg.num_samples))[acc.process_index::acc.num_processes]
     start = time.perf_counter()
     with skip_tuning_for(cfg, denoiser, samplers.nfe(name, sigmas, **options) or 0):
         batches = samplers.sample_seeds(name, denoiser, seeds, sigmas, shape, cfg.batch_size, acc.device,
-                                        callback=calls.append, **options)
+                                        callback=count, **options)
         stats = accumulate(batches, extractor, acc.device).reduce(acc)
     fd = fd_to(reference, stats)
     batches_here = -(-len(seeds) // cfg.batch_size)
     result = {"fd": fd, "extractor": cfg.extractor, "reference": cfg.reference, "num_samples": int(stats.n),
               "model": str(cfg.model.get("path", cfg.model._target_)), "sampler": name, "options": options,
-              "steps": steps, "nfe": len(calls) / batches_here, "schedule": cfg.schedule.kind.value,
+              "steps": steps, "nfe": calls / max(batches_here, 1), "schedule": cfg.schedule.kind.value,
               "num_processes": acc.num_processes, "seconds": round(time.perf_counter() - start, 2)}
     if acc.is_main_process:
         out = Path(cfg.out_dir) / f"fd-{cfg.extractor}-{name}-steps{steps}.json"

@@ -38,10 +38,11 @@ def sample_pipeline(cfg, path: Path, device) -> None:
     steps = cfg.steps if cfg.nfe is None else samplers.steps_for_nfe(name, cfg.nfe, **options)
     pipe = DiffusionPipeline.from_pretrained(str(path)).to(device)
     pipe.set_progress_bar_config(disable=True)
+    own = {k: v for k, v in (("timestep_spacing", sc.spacing and sc.spacing.value), ("steps_offset", sc.steps_offset))
+           if v is not None}  # unset: the pipeline's own
     pipe.scheduler = samplers.FewstepScheduler.from_config(
         pipe.scheduler.config, sampler=name, sampler_options=options, schedule=sc.kind.value, rho=sc.rho,
-        sigma_min=sc.sigma_min, sigma_max=sc.sigma_max, timestep_spacing=sc.spacing.value,
-        steps_offset=sc.steps_offset, eps_s=sc.eps_s)
+        sigma_min=sc.sigma_min, sigma_max=sc.sigma_max, eps_s=sc.eps_s, **own)
     pipe.scheduler.set_timesteps(steps, device=device)
     grid, nfe = pipe.scheduler.grid, len(pipe.scheduler.timesteps)
     size = cfg.image_size or pipe.unet.config.sample_size * pipe.vae_scale_factor

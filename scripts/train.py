@@ -5,6 +5,7 @@
     accelerate launch --multi_gpu --num_processes 2 scripts/train.py   # 2 processes (gloo on CPU)
 """
 import hydra
+from accelerate.utils import set_seed
 from hydra.utils import instantiate
 
 from _cli import one_line_errors
@@ -14,6 +15,7 @@ from training import Trainer
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
 @one_line_errors
 def main(cfg):
+    set_seed(cfg.seed)  # the initial weights
     trainer = Trainer(instantiate(cfg.net, _convert_="all"), instantiate(cfg.objective), instantiate(cfg.data),
                       out_dir=cfg.out_dir, seed=cfg.seed, **cfg.train)
     trainer.fit()

@@ -1,3 +1,4 @@
+import socket
 import sys
 from pathlib import Path
 
@@ -6,6 +7,15 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))  # the entry points' shared module `_cli`
+
+
+def accelerate_launch(processes: int) -> list[str]:
+    """`accelerate launch` for CPU processes over gloo, on a free port (so runs never collide)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port)]
 
 
 def tiny_unet(**overrides):

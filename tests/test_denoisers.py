@@ -146,3 +146,11 @@ def test_sigma_of_timestep_inverts_fractional_timestep():
     sigmas = torch.tensor([0.0101, 0.5, 3.0, 80.0, 157.0], dtype=torch.float64)
     back = sigma_of_timestep(fractional_timestep(sigmas, log_sigmas), log_sigmas)
     assert torch.allclose(back, sigmas, rtol=1e-9)
+
+
+def test_a_bfloat16_unet_keeps_the_float64_table():
+    abar = DDPMScheduler().alphas_cumprod
+    denoiser = samplers.DiffusersUNetDenoiser(tiny_unet(), abar).to(torch.bfloat16)
+    assert denoiser.log_sigmas.dtype == torch.float64
+    assert denoiser.timestep(torch.tensor([denoiser.sigma_max])).item() == 999.0
+    assert denoiser(torch.randn(2, 1, 8, 8), 3.0).dtype == torch.float32

@@ -8,7 +8,7 @@ import torch
 from pytorch_fid.fid_score import calculate_frechet_distance
 from sklearn.datasets import load_digits
 
-from conftest import ROOT
+from conftest import ROOT, accelerate_launch
 from evaluation import FeatureStats, frechet_distance, get_extractor, load_stats, save_stats
 from evaluation.features import DigitsClassifier, InceptionFeatures, check_images
 from evaluation.fid import gmm_stats
@@ -142,8 +142,7 @@ def test_eval_gives_the_same_number_with_one_and_two_processes(tmp_path):
             "steps=6", "num_samples=301", "batch_size=50"]
     script = str(ROOT / "scripts" / "eval_fid.py")
     subprocess.run([sys.executable, script, *args, f"out_dir={tmp_path / 'one'}"], check=True, capture_output=True)
-    subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", script, *args,
+    subprocess.run([*accelerate_launch(2), script, *args,
                     f"out_dir={tmp_path / 'two'}"], check=True, capture_output=True)
     one, two = (json.loads(next((tmp_path / d).glob("*.json")).read_text()) for d in ("one", "two"))
     assert two["num_processes"] == 2 and one["num_samples"] == two["num_samples"] == 301

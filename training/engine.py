@@ -61,8 +61,10 @@ class Trainer:
         world = self.accelerator.num_processes
         if batch_size % world:
             raise ValueError(f"batch_size {batch_size} is not divisible by the number of processes {world}")
-        if len(dataset) < batch_size // world:
-            raise ValueError(f"the data set has {len(dataset)} items, fewer than one batch of {batch_size // world}")
+        if len(dataset) < batch_size:
+            raise ValueError(f"the data set has {len(dataset)} items, fewer than one batch of {batch_size}")
+        if keep_checkpoints < 1:
+            raise ValueError(f"keep_checkpoints must be at least 1, got {keep_checkpoints}")
         self.out_dir = Path(out_dir)
         self.checkpoint_dir = self.out_dir / "checkpoints"
         self.objective, self.steps, self.seed = objective, steps, seed
@@ -120,10 +122,20 @@ class Trainer:
                 continue
             self.step = int(path.name[len(CHECKPOINT_PREFIX):])
             self.accelerator.print(f"resumed from {path} at step {self.step}")
+            self._truncate_log()
             return True
         if found:
             raise ValueError(f"no checkpoint in {self.checkpoint_dir} can be loaded: {', '.join(p.name for p in found)}")
         return False
+
+    def _truncate_log(self) -> None:
+        """Drop the loss rows logged after the checkpoint a resume starts from (they are redone)."""
+        log = self.out_dir / "loss.csv"
+        if self.accelerator.is_main_process and log.exists():
+            rows = list(csv.reader(open(log, newline="")))
+            kept = rows[:1] + [r for r in rows[1:] if int(r[0]) <= self.step]
+            with open(log, "w", newline="") as f:
+                csv.writer(f).writerows(kept)
 
     # -- the loop ------------------------------------------------------------------------------
     def _batches(self):
@@ -152,9 +164,10 @@ class Trainer:
             self.model.train()
             with acc.autocast():
                 loss = self.objective.loss(self.model, batch)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at step {self.step + 1}; "
-                                         f"the last good checkpoint is kept in {self.checkpoint_dir}")
+            # every process stops together (a lone raise would leave the others in an all-reduce)
+            if acc.reduce(torch.isfinite(loss.detach()).float(), reduction="sum") < acc.num_processes:
+                raise FloatingPointError(f"the loss is not finite at step {self.step + 1} (this process: "
+                                         f"{loss.item()}); the last good checkpoint is kept in {self.checkpoint_dir}")
             self.optimizer.zero_grad(set_to_none=True)
             acc.backward(loss)
             if self.grad_clip is not None:
