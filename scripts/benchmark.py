@@ -69,7 +69,7 @@ def sweep(denoiser, rows, seeds, shape, batch_size, measure):
                 x = torch.cat(list(samplers.sample_seeds(name, denoiser, seeds, sigmas, shape, batch_size, **options)))
             row = {"label": label, "sampler": name, "options": options, "target_nfe": target, "steps": steps,
                    "nfe": nfe, "seconds": round(time.perf_counter() - start, 2), **measure(x)}
-            print(json.dumps(row), flush=True)
+            print(json.dumps({k: v for k, v in row.items() if not torch.is_tensor(v)}), flush=True)
             results.append(row)
     return results
 
@@ -140,7 +140,7 @@ def suite_digits(args):
     nfe_plot(results, "fd", Path(args.out_dir) / "digits_fd.png", "digits DDPM: FD-digits")
     body = (f"The embedded digits DDPM (`assets/digits_ddpm`), {args.num_samples} samples (the same seeds for every "
             f"cell), FD-digits against all 1797 digits. For scale: the first half of the real digits (898 images) "
-            f"scores {half_fd:.2f} against the whole set; read differences under ~3 as noise.\n\n"
+            f"scores {half_fd:.2f} against the whole set.\n\n"
             f"{nfe_table(results, 'fd', args.nfe)}\n\n"
             f"`+skiptune` rows: Skip-Tuning (rho_top 1) at the rho_bottom calibrated per NFE in "
             f"`conf/sampler/<sampler>+skiptune.yaml` by `scripts/calibrate_skiptune.py` on 1000 samples of seeds "

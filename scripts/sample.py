@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 
 import hydra
+from accelerate import Accelerator
+from accelerate.utils import gather_object
 import torch
 from tqdm.auto import tqdm
 
@@ -80,9 +82,12 @@ def main(cfg):
     if cfg.prompt is not None or cfg.guidance_scale is not None:
         raise ValueError(f"prompt={cfg.prompt!r} and guidance_scale={cfg.guidance_scale} need a text-to-image "
                          f"pipeline directory (model=diffusers model.path=DIR)")
+    acc = Accelerator(cpu=device.type == "cpu")  # under `accelerate launch`, the seeds are split over processes
+    if acc.num_processes > 1:
+        device = acc.device
     denoiser, shape, steps, sigmas = sampling_setup(cfg, device)
     planned = samplers.nfe(name, sigmas, **options)
-    print(f"{name} {options}: {steps} steps, NFE {planned if planned is not None else 'adaptive'}, "
+    acc.print(f"{name} {options}: {steps} steps, NFE {planned if planned is not None else 'adaptive'}, "
           f"sigma {float(sigmas[0]):.4g} -> {float(sigmas[-2]):.4g} -> 0, {cfg.num_samples} samples of {shape}")
 
     calls = 0
@@ -91,13 +96,18 @@ def main(cfg):
         nonlocal calls
         calls += 1
 
-    seeds = range(cfg.seed, cfg.seed + cfg.num_samples)
+    seeds = list(range(cfg.seed, cfg.seed + cfg.num_samples))[acc.process_index::acc.num_processes]
     with skip_tuning_for(cfg, denoiser, planned or 0):
         batches = [x.cpu() for x in tqdm(samplers.sample_seeds(name, denoiser, seeds, sigmas, shape, cfg.batch_size,
                                                                device, callback=count, **options),
-                                         total=-(-cfg.num_samples // cfg.batch_size), desc="sample")]
-    x = torch.cat(batches)
-    per_batch = calls / len(batches)
+                                         total=-(-len(seeds) // cfg.batch_size), desc="sample",
+                                         disable=not acc.is_main_process)]
+    per_batch = calls / max(len(batches), 1)
+    parts = gather_object([(seeds, torch.cat(batches) if batches else None)])
+    if not acc.is_main_process:
+        return
+    by_seed = {s: x for part_seeds, part in parts if part is not None for s, x in zip(part_seeds, part)}
+    x = torch.stack([by_seed[s] for s in sorted(by_seed)])
     npz, png = save_samples(x, cfg.out_dir, title=f"{name}, NFE {per_batch:g}", sampler=name, steps=steps,
                             nfe=per_batch, sigmas=sigmas.cpu().numpy(), seed=cfg.seed)
     print(f"NFE used per sample: {per_batch:g}")

@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, accelerate_launch
 
 
 def run(script, *overrides):
@@ -21,13 +21,16 @@ def test_sampling_the_embedded_default_model_writes_a_grid_and_the_raw_samples(t
     assert samples.shape == (6, 1, 16, 16) and np.isfinite(samples).all()
 
 
-def test_samples_depend_on_the_seed_not_on_the_batch_size(tmp_path):
+def test_samples_depend_on_the_seed_not_on_the_batch_size_or_the_processes(tmp_path):
     common = ["model=gmm", "sampler=ddim", "sampler.options.eta=1.0", "num_samples=10", "steps=4"]
     for name, batch in [("a", 10), ("b", 3)]:
         done = run("sample.py", *common, f"batch_size={batch}", f"out_dir={tmp_path / name}")
         assert done.returncode == 0, done.stderr
-    a, b = (np.load(tmp_path / n / "samples.npz")["samples"] for n in "ab")
-    assert np.array_equal(a, b)
+    two = subprocess.run([*accelerate_launch(2), str(ROOT / "scripts" / "sample.py"), *common, "batch_size=4",
+                          f"out_dir={tmp_path / 'c'}"], capture_output=True, text=True, cwd=ROOT)
+    assert two.returncode == 0, two.stderr
+    a, b, c = (np.load(tmp_path / n / "samples.npz")["samples"] for n in "abc")
+    assert np.array_equal(a, b) and np.array_equal(a, c)
 
 
 @pytest.mark.parametrize("overrides, message", [

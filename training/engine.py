@@ -42,7 +42,8 @@ class Trainer:
     ema_decay: decay of the exponential moving average of the weights (diffusers `EMAModel`).
     checkpoint_every, keep_checkpoints: checkpoint period in steps, and how many to keep.
     log_every: period of the `loss.csv` rows (the mean loss over all processes).
-    seed: seeds the initialisation, the data order and the per-process noise.
+    seed: seeds the data order and the per-process noise (seed the initial weights before building
+        the model, as scripts/train.py does; DDP copies rank 0's weights to every process anyway).
     mixed_precision: "no", "fp16" or "bf16". cpu: force CPU (gloo between CPU processes);
         `None` means "when no CUDA device is present".
     """
@@ -71,7 +72,6 @@ class Trainer:
         self.grad_clip, self.checkpoint_every, self.keep_checkpoints = grad_clip, checkpoint_every, keep_checkpoints
         self.log_every = log_every
 
-        set_seed(seed)  # the same initial weights on every process
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
         # Its own generator: starting an epoch then never draws from the global RNG (the loss noise).
         loader = DataLoader(dataset, batch_size=batch_size // world, shuffle=True, drop_last=True,
