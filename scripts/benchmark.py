@@ -60,8 +60,12 @@ def sweep(denoiser, rows, seeds, shape, batch_size, measure):
     """Run every row at each of its NFE targets; `measure(samples)` returns a dict of metrics."""
     results = []
     for label, name, options, targets, context in rows:
+        done = {}  # steps -> row: targets that round to the same step count (Heun: odd NFE only) run once
         for target in targets:
             steps = samplers.steps_for_nfe(name, target, **options)
+            if steps in done:
+                results.append({**done[steps], "target_nfe": target})
+                continue
             sigmas = samplers.get_sigmas("karras", steps, denoiser.sigma_min, denoiser.sigma_max)
             nfe = samplers.nfe(name, sigmas, **options)
             start = time.perf_counter()
@@ -69,6 +73,7 @@ def sweep(denoiser, rows, seeds, shape, batch_size, measure):
                 x = torch.cat(list(samplers.sample_seeds(name, denoiser, seeds, sigmas, shape, batch_size, **options)))
             row = {"label": label, "sampler": name, "options": options, "target_nfe": target, "steps": steps,
                    "nfe": nfe, "seconds": round(time.perf_counter() - start, 2), **measure(x)}
+            done[steps] = row
             print(json.dumps({k: v for k, v in row.items() if not torch.is_tensor(v)}), flush=True)
             results.append(row)
     return results
