@@ -1,5 +1,5 @@
 """Model adapters: every model seen as a denoiser `D(x, sigma) -> x0_hat` in the EDM sigma space
-`x = x0 + sigma * eps` (DESIGN §2). Samplers talk to nothing else.
+`x = x0 + sigma * eps` (docs/conventions.md §1-2). Samplers talk to nothing else.
 
 A denoiser is a callable `(x, sigma, **cond) -> D` with `sigma` a number, a 0-d tensor or one
 value per sample; it carries `sigma_min`, `sigma_max` (its trained range) and `sample_shape`.

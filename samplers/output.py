@@ -42,9 +42,12 @@ def save_scatter(points: torch.Tensor, path, title: str = "") -> Path:
 
 def save_samples(samples: torch.Tensor, out_dir, title: str = "", **metadata) -> tuple[Path, Path]:
     """Write `samples.npz` (key `samples`, float32, plus `metadata`) and `samples.png` to
-    `out_dir`; return both paths."""
+    `out_dir`; return both paths. Images (B, C, H, W) are clamped to [-1, 1] first, so the array
+    holds exactly what the picture shows; vector data is written as it is."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if samples.ndim == 4:
+        samples = samples.clamp(-1, 1)
     npz = out_dir / "samples.npz"
     np.savez(npz, samples=samples.float().cpu().numpy(), **{k: np.asarray(v) for k, v in metadata.items()})
     png = out_dir / "samples.png"

@@ -1,6 +1,7 @@
-"""Noise schedules: `n` decreasing sigmas with a final 0 appended (so `n` sampler steps).
+"""Noise schedules: `n` decreasing sigmas with a final 0 appended (so `n` sampler steps); the
+discrete schedule may end at the table's `sigma(0)` instead, as diffusers' `final_sigmas_type`.
 
-All in the EDM sigma space `x = x0 + sigma * eps` (DESIGN §3). Results are float64.
+All in the EDM sigma space `x = x0 + sigma * eps` (docs/conventions.md §3). Results are float64.
 """
 from __future__ import annotations
 
@@ -48,21 +49,52 @@ def time_uniform(n: int, sigma_min: float, sigma_max: float, eps_s: float = 1e-3
     return _append_zero(np.sqrt(np.expm1(beta_d * t ** 2 / 2 + beta_min * t)))
 
 
-def discrete_timesteps(n: int, num_train_timesteps: int, spacing: str = "leading", steps_offset: int = 0) -> np.ndarray:
-    """The integer timesteps diffusers' schedulers pick for `n` inference steps (largest first),
-    for `timestep_spacing` "leading" (DDIM, DDPM), "trailing" or "linspace"."""
+# The diffusers scheduler whose discrete timesteps each sampler mirrors (dopri5 uses only the ends).
+DISCRETE_MIRRORS = {"ddim": "DDIMScheduler", "ipndm": "DDIMScheduler", "dopri5": "DDIMScheduler",
+                    "dpmpp_2m": "DPMSolverMultistepScheduler", "euler": "EulerDiscreteScheduler",
+                    "heun": "HeunDiscreteScheduler"}
+FINAL_SIGMAS = ("zero", "sigma_min")
+
+
+def _spaced(n: int, T: int, spacing: str, steps_offset: int, fractional: bool) -> np.ndarray:
+    """diffusers' `timestep_spacing` for `n` points, largest first: leading
+    `round(i * (T // n)) + steps_offset`, trailing `round(T - i T / n) - 1`, linspace
+    `linspace(0, T - 1, n)` (rounded unless `fractional`, then float32 as Euler's)."""
+    if spacing == "leading":
+        return (np.arange(n) * (T // n)).round()[::-1] + steps_offset
+    if spacing == "trailing":
+        return np.round(np.arange(T, 0, -T / n)) - 1
+    if spacing == "linspace":
+        steps = np.linspace(0, T - 1, n, dtype=np.float32 if fractional else None)[::-1]
+        return steps if fractional else steps.round()
+    raise ValueError(f"unknown spacing {spacing!r}: use leading, trailing or linspace")
+
+
+def discrete_timesteps(n: int, num_train_timesteps: int, spacing: str = "leading", steps_offset: int = 0,
+                       mirror: str = "ddim") -> np.ndarray:
+    """The timesteps (largest first) that the diffusers scheduler `DISCRETE_MIRRORS[mirror]` picks
+    for `n` inference steps with `timestep_spacing` "leading" (+ `steps_offset`), "trailing" or
+    "linspace": DDIMScheduler (ddim, ipndm) `_spaced(n)`, integers; DPMSolverMultistepScheduler
+    (dpmpp_2m) `_spaced(n + 1)` without its last point for leading and linspace, integers;
+    EulerDiscreteScheduler (euler) and HeunDiscreteScheduler (heun) `_spaced(n)` as float32,
+    fractional for linspace (749.25). Heun's own list repeats each but the first (the sampler does)."""
     T = num_train_timesteps
     if int(n) != n or not 1 <= n <= T:
         raise ValueError(f"the number of steps must be a whole number from 1 to {T}, got {n}")
-    if spacing == "leading":
-        steps = (np.arange(n) * (T // n)).round()[::-1] + steps_offset
-    elif spacing == "trailing":
-        steps = np.round(np.arange(T, 0, -T / n)) - 1
-    elif spacing == "linspace":
-        steps = np.linspace(0, T - 1, n).round()[::-1]
+    if mirror not in DISCRETE_MIRRORS:
+        raise ValueError(f"unknown mirror {mirror!r}: use a sampler name, one of {', '.join(DISCRETE_MIRRORS)}")
+    scheduler = DISCRETE_MIRRORS[mirror]
+    fractional = scheduler in ("EulerDiscreteScheduler", "HeunDiscreteScheduler")
+    if scheduler == "DPMSolverMultistepScheduler" and spacing != "trailing":
+        steps = _spaced(n + 1, T, spacing, 0, False)[:-1] + (steps_offset if spacing == "leading" else 0)
     else:
-        raise ValueError(f"unknown spacing {spacing!r}: use leading, trailing or linspace")
-    return steps.astype(np.int64)
+        steps = _spaced(n, T, spacing, steps_offset, fractional)
+    steps = steps.astype(np.float32 if fractional else np.int64)
+    if len(steps) != n or (np.diff(steps) >= 0).any() or steps.min() < 0 or steps.max() > T - 1:
+        shown = steps.tolist() if len(steps) <= 8 else [*steps[:3].tolist(), "...", *steps[-3:].tolist()]
+        raise ValueError(f"{scheduler} cannot take {n} steps with {spacing} spacing and steps_offset {steps_offset}: "
+                         f"its {len(steps)} timesteps {shown} are not {n} distinct ones in 0..{T - 1}")
+    return steps
 
 
 def sigmas_from_alphas_cumprod(alphas_cumprod) -> torch.Tensor:
@@ -71,12 +103,31 @@ def sigmas_from_alphas_cumprod(alphas_cumprod) -> torch.Tensor:
     return ((1 - abar) / abar).sqrt()
 
 
-def discrete(n: int, alphas_cumprod, spacing: str = "leading", steps_offset: int = 0) -> torch.Tensor:
-    """The sigmas of a discrete VP model at diffusers' timesteps, then 0 (DDIM's
-    `set_alpha_to_one=True` final step)."""
-    table = sigmas_from_alphas_cumprod(alphas_cumprod)
-    steps = discrete_timesteps(n, len(table), spacing, steps_offset)
-    return _append_zero(table[torch.from_numpy(steps)].numpy())
+def discrete_grid(n: int, alphas_cumprod, spacing: str = "leading", steps_offset: int = 0, mirror: str = "ddim",
+                  final_sigmas_type: str = "zero") -> tuple[torch.Tensor, np.ndarray]:
+    """The sigmas of a discrete VP model at the `n` timesteps `discrete_timesteps(..., mirror)`,
+    then the final sigma (`n + 1` in all), and those timesteps. `sigma(t)` is the table `sqrt((1 - abar_t) / abar_t)`
+    interpolated linearly in sigma at a fractional `t` (diffusers' `np.interp`). final_sigmas_type:
+    "zero" (DDIM's `set_alpha_to_one=True`) or "sigma_min", the table's `sigma(0)`
+    (DDIM's `set_alpha_to_one=False`, DPM-Solver's and Euler's `final_sigmas_type`)."""
+    if final_sigmas_type not in FINAL_SIGMAS:
+        raise ValueError(f"unknown final_sigmas_type {final_sigmas_type!r}: use zero or sigma_min")
+    table = sigmas_from_alphas_cumprod(alphas_cumprod).numpy()
+    steps = discrete_timesteps(n, len(table), spacing, steps_offset, mirror)
+    sigmas = np.interp(steps.astype(np.float64), np.arange(len(table)), table)
+    final = 0.0 if final_sigmas_type == "zero" else table[0]
+    if final >= sigmas[-1]:
+        raise ValueError(f"final_sigmas_type sigma_min ends at sigma(0) = {final:.6g}, which the last timestep "
+                         f"{steps[-1]} already has: use leading spacing with steps_offset 1, or final_sigmas_type zero "
+                         f"(DDIM's set_alpha_to_one=True)")
+    return torch.from_numpy(np.append(sigmas, final)), steps
+
+
+def discrete(n: int, alphas_cumprod, spacing: str = "leading", steps_offset: int = 0, mirror: str = "ddim",
+             final_sigmas_type: str = "zero") -> torch.Tensor:
+    """The sigmas of a discrete VP model at the timesteps the diffusers scheduler mirrored by the
+    sampler `mirror` picks, then the final sigma (0 by default): `discrete_grid(...)[0]`."""
+    return discrete_grid(n, alphas_cumprod, spacing, steps_offset, mirror, final_sigmas_type)[0]
 
 
 SCHEDULES = {"karras": karras, "logsnr": logsnr, "time_uniform": time_uniform}
@@ -84,18 +135,19 @@ SCHEDULES = {"karras": karras, "logsnr": logsnr, "time_uniform": time_uniform}
 
 def get_sigmas(kind: str, n: int, sigma_min: float | None = None, sigma_max: float | None = None,
                rho: float = 7.0, alphas_cumprod=None, spacing: str = "leading", steps_offset: int = 0,
-               eps_s: float = 1e-3, device=None) -> torch.Tensor:
-    """`n` decreasing sigmas and a final 0 (float64, on `device`).
+               eps_s: float = 1e-3, device=None, mirror: str = "ddim", final_sigmas_type: str = "zero") -> torch.Tensor:
+    """`n` decreasing sigmas and a final 0 (discrete "sigma_min": the table's sigma(0)), float64 on `device`.
 
     kind: "karras" (uses `rho`), "logsnr", "time_uniform" (uses `eps_s`) over
         [sigma_min, sigma_max]; or "discrete": a VP model's own table `alphas_cumprod` at the
         timesteps diffusers picks with `spacing` ("leading", "trailing", "linspace") and
-        `steps_offset`.
+        `steps_offset`, as the scheduler the sampler `mirror` mirrors does (`discrete_timesteps`),
+        ending at `final_sigmas_type` ("zero" or "sigma_min").
     """
     if kind == "discrete":
         if alphas_cumprod is None:
             raise ValueError("the discrete schedule needs the model's alphas_cumprod (a VP model's noise table)")
-        sigmas = discrete(n, alphas_cumprod, spacing, steps_offset)
+        sigmas = discrete(n, alphas_cumprod, spacing, steps_offset, mirror, final_sigmas_type)
     elif kind in SCHEDULES:
         if sigma_min is None or sigma_max is None:
             raise ValueError(f"the {kind} schedule needs sigma_min and sigma_max")

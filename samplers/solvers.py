@@ -1,4 +1,4 @@
-"""Samplers over a denoiser and a sigma list (DESIGN §4), in the EDM sigma space.
+"""Samplers over a denoiser and a sigma list (docs/conventions.md §4), in the EDM sigma space.
 
 Every fixed-grid sampler is written once, as a generator: it yields `(x, sigma)` whenever it needs
 `D(x, sigma)` and receives the denoised value back, and returns the final sample. `sample()` drives
@@ -20,7 +20,10 @@ def ddim(x, sigmas, eta: float = 0.0, generator=None):
     """DDIM (Song et al. 2021) from `sigma` to `sigma_next`: `eps = (x - D) / sigma`,
     `c = eta (sigma_next / sigma) sqrt(sigma^2 - sigma_next^2)`,
     `x_next = D + sqrt(sigma_next^2 - c^2) eps + c z`. `eta = 0` is deterministic (one Euler step of
-    the ODE), `eta = 1` is DDPM-ancestral; in VP space this is diffusers' `DDIMScheduler`."""
+    the ODE), `eta = 1` is DDPM-ancestral; in VP space this is diffusers' `DDIMScheduler`, whose
+    `std_dev_t` is `c / sqrt(1 + sigma_next^2)`. With `eta > 0`, `z` is drawn at every step (as
+    DDIMScheduler does, even where `c = 0`) in float32 from `generator`, as diffusers draws it
+    for a float32 model, then upcast, so a seed gives DDIMScheduler's noise."""
     if not 0 <= eta <= 1:
         raise ValueError(f"ddim eta must be in [0, 1], got {eta}")
     s = sigmas.tolist()
@@ -29,8 +32,9 @@ def ddim(x, sigmas, eta: float = 0.0, generator=None):
         eps = (x - denoised) / s[i]
         c = eta * (s[i + 1] / s[i]) * math.sqrt(s[i] ** 2 - s[i + 1] ** 2)
         x = denoised + math.sqrt(max(s[i + 1] ** 2 - c ** 2, 0.0)) * eps  # >= 0 but for rounding
-        if c > 0:
-            x = x + c * randn_tensor(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        if eta > 0:
+            z = randn_tensor(x.shape, generator=generator, device=x.device, dtype=torch.float32)
+            x = x + c * z.to(x.dtype)
     return x
 
 

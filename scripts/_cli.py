@@ -59,8 +59,8 @@ class ScheduleConfig:
     rho: float = 7.0
     sigma_min: Optional[float] = None
     sigma_max: Optional[float] = None
-    spacing: Optional[Spacing] = None      # discrete only; None: the pipeline's own, else leading
-    steps_offset: Optional[int] = None     # discrete only; None: the pipeline's own, else 0
+    spacing: Optional[Spacing] = None      # discrete only; None: leading (a text-to-image pipeline: its own)
+    steps_offset: Optional[int] = None     # discrete only; None: 0 (a text-to-image pipeline: its own)
     eps_s: float = 1e-3
 
 
@@ -157,6 +157,7 @@ class CalibrateConfig(EvalConfig):
     rho_top_grid: List[float] = field(default_factory=lambda: [1.0])
     nfes: List[int] = field(default_factory=lambda: [5, 10, 20])
     write: bool = False
+    table: Optional[str] = None            # where write=true puts it; None: conf/sampler/<sampler>+skiptune.yaml
 
 
 ConfigStore.instance().store(name="calibrate_schema", node=CalibrateConfig)
@@ -186,7 +187,7 @@ def sampling_setup(cfg, device):
         sigma_max=denoiser.sigma_max if sc.sigma_max is None else sc.sigma_max,
         rho=sc.rho, alphas_cumprod=getattr(denoiser, "alphas_cumprod", None),
         spacing="leading" if sc.spacing is None else sc.spacing.value,
-        steps_offset=sc.steps_offset or 0, eps_s=sc.eps_s, device=device)
+        steps_offset=sc.steps_offset or 0, eps_s=sc.eps_s, mirror=name, device=device)
     return denoiser, shape, steps, sigmas
 
 

@@ -1,7 +1,8 @@
 """Find the Skip-Tuning factors of a model and sampler by Fréchet distance, for several NFEs.
 
-    python scripts/calibrate_skiptune.py sampler=ddim               # writes conf/sampler/ddim+skiptune.yaml
-    python scripts/calibrate_skiptune.py sampler=heun nfes=[5,9] rho_top_grid=[0.9,1.0] write=false
+    python scripts/calibrate_skiptune.py sampler=heun nfes=[5,9] rho_top_grid=[0.9,1.0]   # prints the curve only
+    python scripts/calibrate_skiptune.py sampler=ddim write=true    # writes conf/sampler/ddim+skiptune.yaml
+    python scripts/calibrate_skiptune.py sampler=ddim write=true table=runs/ddim+skiptune.yaml   # or there
 """
 import json
 import sys
@@ -17,6 +18,13 @@ from _cli import REPO_ROOT, one_line_errors, resolve_device, sampling_setup
 from evaluation import get_extractor
 from evaluation.fid import accumulate, data_stats, fd_to
 from hydra.utils import instantiate
+
+
+def table_path(cfg, name) -> Path:
+    if cfg.table is None:
+        return REPO_ROOT / "conf" / "sampler" / f"{name}+skiptune.yaml"
+    return Path(cfg.table).expanduser()
+
 
 TEMPLATE = """\
 # {name} with Skip-Tuning (samplers.skip_tuning): the UNet's skips scaled from rho_top (outermost)
@@ -38,7 +46,7 @@ skip:
 """
 
 
-def write_config(name, results, cfg):
+def write_config(name, results, cfg, path):
     best = {nfe: min(rows, key=lambda r: r["fd"]) for nfe, rows in results.items()}
     plain = {nfe: next(r["fd"] for r in rows if r["rho_top"] == 1.0 and r["rho_bottom"] == 1.0)
              for nfe, rows in results.items() if any(r["rho_top"] == r["rho_bottom"] == 1.0 for r in rows)}
@@ -49,8 +57,8 @@ def write_config(name, results, cfg):
     summary = ", ".join(f"NFE {nfe}: {plain[nfe]:.2f} -> {best[nfe]['fd']:.2f}" for nfe in best if nfe in plain)
     table = "\n".join(f"    {nfe}: {best[nfe]['rho_bottom']}" for nfe in sorted(best))
     command = "python scripts/calibrate_skiptune.py " + " ".join(sys.argv[1:])
-    path = REPO_ROOT / "conf" / "sampler" / f"{name}+skiptune.yaml"
     model = HydraConfig.get().runtime.choices.model
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(TEMPLATE.format(name=name, model=model, num_samples=cfg.num_samples, extractor=cfg.extractor, command=command,
                                     summary=summary, rho_top=next(iter(best.values()))["rho_top"], table=table))
     return path
@@ -63,6 +71,11 @@ def main(cfg):
     name, options = cfg.sampler.name, dict(cfg.sampler.options)
     if name not in samplers.solvers.FIXED_GRID:
         raise ValueError(f"Skip-Tuning is calibrated for fixed-grid samplers, got {name!r}")
+    if cfg.table is not None and not cfg.write:
+        raise ValueError(f"table={cfg.table} is only written with write=true")
+    path = table_path(cfg, name)
+    if cfg.write and path.is_dir():
+        raise ValueError(f"table={path} is a directory; give the path of a .yaml file")
     extractor = get_extractor(cfg.extractor, cfg.extractor_weights).to(device)
     reference = data_stats(instantiate(cfg.data), extractor, device=device)
     results = {}
@@ -85,7 +98,7 @@ def main(cfg):
     out.mkdir(parents=True, exist_ok=True)
     (out / f"calibration-{name}.json").write_text(json.dumps({str(k): v for k, v in results.items()}, indent=1))
     if cfg.write:
-        print(f"wrote {write_config(name, results, cfg)}")
+        print(f"wrote {write_config(name, results, cfg, path)}")
 
 
 if __name__ == "__main__":

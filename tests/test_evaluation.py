@@ -42,6 +42,25 @@ def test_near_singular_covariances_stay_finite_and_real():
     assert np.isfinite(d) and isinstance(d, float) and d > 0
 
 
+@pytest.mark.filterwarnings("ignore:Matrix is singular")
+def test_exactly_singular_covariances_match_the_matrix_square_root():
+    """A feature that never varies (a dead unit) makes `sigma1` exactly singular, so Cholesky fails and the
+    symmetric-root branch runs; it must agree with the textbook route `tr sqrtm(S1 S2)` (scipy)."""
+    from scipy.linalg import sqrtm
+
+    rng = np.random.default_rng(3)
+    f1 = rng.standard_normal((200, 6)) @ rng.standard_normal((6, 6))
+    f1[:, 2] = 0.5                                                       # constant: a zero row and column
+    f1[:, 4] = f1[:, 0] - f1[:, 1]                                       # and a linear dependence
+    f2 = rng.standard_normal((300, 6)) @ rng.standard_normal((6, 6)) + 1.0
+    (mu1, s1), (mu2, s2) = ((f.mean(0), np.cov(f, rowvar=False)) for f in (f1, f2))
+    with pytest.raises(np.linalg.LinAlgError):
+        np.linalg.cholesky(s1)
+    expected = ((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2) - 2 * np.trace(sqrtm(s1 @ s2)).real
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-6)
+    assert frechet_distance(mu2, s2, mu1, s1) == pytest.approx(expected, rel=1e-6)   # S2 singular instead
+
+
 def test_different_dimensions_are_refused():
     with pytest.raises(ValueError, match=r"different dimensions: mu1 \(3,\), sigma1 \(3, 3\), mu2 \(4,\)"):
         frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))

@@ -1,5 +1,7 @@
 """FewstepScheduler: the package's samplers inside diffusers pipelines, and text-to-image sampling
 from the command line."""
+import inspect
+import json
 import math
 import os
 import subprocess
@@ -8,8 +10,11 @@ import sys
 import numpy as np
 import pytest
 import torch
+import diffusers
 from diffusers import (DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, DiffusionPipeline,
                        FlowMatchEulerDiscreteScheduler)
+from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers
+from diffusers.utils import DummyObject
 from diffusers.utils.torch_utils import randn_tensor
 
 import samplers
@@ -47,7 +52,7 @@ def fewstep(name="ddim", **config):
 
 def reference(denoiser, name, grid, shape, seed, **options):
     """`samplers.sample` from the noise a pipeline draws first, scaled to diffusers' unit-variance
-    start (DESIGN §2), with the rest of the seed's stream left for the sampler."""
+    start (docs/conventions.md §2), with the rest of the seed's stream left for the sampler."""
     generator = torch.Generator().manual_seed(seed)
     noise_vp = randn_tensor(shape, generator=generator)
     s0 = float(grid[0])
@@ -202,11 +207,113 @@ def test_misuse_inside_a_pipeline_loop_is_refused():
     x = torch.zeros(1, 1, 4, 4)
     with pytest.raises(ValueError, match="first step must be at timestep"):
         scheduler.step(x, scheduler.timesteps[1], x)
-    with pytest.raises(ValueError, match=r"got \{'eta': 0.5\}; set them in sampler_options"):
-        scheduler.step(x, scheduler.timesteps[0], x, eta=0.5)
+    with pytest.raises(ValueError, match=r"got \{'s_churn': 0.5\}; set them in sampler_options"):
+        scheduler.step(x, scheduler.timesteps[0], x, s_churn=0.5)
     x = scheduler.step(x, scheduler.timesteps[0], x, generator=torch.Generator()).prev_sample
     with pytest.raises(ValueError, match="different generator mid-trajectory"):
         scheduler.step(x, scheduler.timesteps[1], x, generator=torch.Generator())
+
+
+# -- eta, as DDIMScheduler.step takes it ------------------------------------------------------------
+def eta_loop(scheduler, *eta, steps=4, seed=0, **step_kwargs):
+    """A loop with a stand-in model; `eta` (if given) goes to step() as its 4th positional argument."""
+    scheduler.set_timesteps(steps)
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(99))
+    for t in scheduler.timesteps:
+        x = scheduler.step(0.3 * x, t, x, *eta, generator=generator, **step_kwargs).prev_sample
+    return x
+
+
+def test_step_has_the_signature_of_ddim_scheduler_step():
+    ours, theirs = (list(inspect.signature(f).parameters.values())[:9] for f in (FewstepScheduler.step, DDIMScheduler.step))
+    assert [(p.name, p.default) for p in ours] == [(p.name, p.default) for p in theirs]
+
+
+def test_eta_of_step_sets_ddims_eta_for_the_trajectory():
+    """A nonzero eta given to step() (positionally, as DDIMScheduler's 4th argument) acts as
+    sampler_options["eta"] would and overrides it; eta 0 leaves sampler_options' eta."""
+    with_options = eta_loop(fewstep("ddim", sampler_options={"eta": 0.7}))
+    assert torch.equal(eta_loop(fewstep("ddim"), 0.7), with_options)
+    assert torch.equal(eta_loop(fewstep("ddim", sampler_options={"eta": 0.2}), 0.7), with_options)
+    assert torch.equal(eta_loop(fewstep("ddim", sampler_options={"eta": 0.7}), 0.0), with_options)
+    deterministic = eta_loop(fewstep("ddim"), 0.0)
+    assert (with_options - deterministic).abs().max() > 0.05
+    assert torch.equal(eta_loop(fewstep("ddim"), 0.0, seed=1), deterministic)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: eta_loop(fewstep("euler"), 0.5), "sampler 'euler' has no eta, got eta=0.5; only ddim is stochastic"),
+    (lambda: eta_loop(fewstep("ddim"), variance_noise=torch.zeros(2, 1, 4, 4)), "step() takes no variance_noise"),
+    (lambda: eta_loop(fewstep("ddim"), 1.5), "ddim eta must be in [0, 1], got 1.5"),
+])
+def test_bad_eta_is_one_clear_line(make, message):
+    with pytest.raises(ValueError) as error:
+        make()
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_different_eta_mid_trajectory_is_refused_and_zero_or_none_is_not():
+    for name in ("euler", "dpmpp_2m"):  # eta 0 is what DDIMPipeline and StableDiffusionPipeline pass by default
+        for eta in (0.0, None):
+            assert torch.equal(eta_loop(fewstep(name), eta), eta_loop(fewstep(name)))
+    scheduler = fewstep("ddim")
+    scheduler.set_timesteps(3)
+    x = torch.zeros(1, 1, 4, 4)
+    x = scheduler.step(x, scheduler.timesteps[0], x, 0.7).prev_sample
+    x = scheduler.step(x, scheduler.timesteps[1], x, 0.7).prev_sample  # the same eta again
+    with pytest.raises(ValueError, match=r"^step\(\) got eta=0.3 mid-trajectory, which runs with eta=0.7; pass"):
+        scheduler.step(x, scheduler.timesteps[2], x, 0.3)
+
+
+def test_stable_diffusion_eta_reaches_fewstep_ddim_and_reproduces_ddim_scheduler(tmp_path):
+    """StableDiffusionPipeline passes `eta` to step() only if step's signature names it; with the
+    pipeline's own DDIMScheduler (steps_offset 1, set_alpha_to_one False) and the same generator,
+    FewstepScheduler(ddim, discrete) gives the same latents at eta 0.5 and 1, and other ones at eta 0."""
+    pipe = tiny_text_to_image(tmp_path)
+    own = pipe.scheduler
+
+    def latents(scheduler, eta):
+        pipe.scheduler = scheduler
+        return pipe("a cat", guidance_scale=3.0, num_inference_steps=4, eta=eta, output_type="latent",
+                    generator=torch.Generator().manual_seed(0)).images
+
+    ours = FewstepScheduler.from_config(own.config, sampler="ddim", schedule="discrete")
+    deterministic = latents(ours, 0.0)
+    for eta in (0.5, 1.0):
+        theirs, mine = latents(own, eta), latents(ours, eta)
+        assert (mine - theirs).abs().max() < 1e-6 * theirs.abs().max()
+        assert (mine - deterministic).abs().max() > 0.1 * eta * theirs.abs().max()
+    with pytest.raises(ValueError, match="sampler 'euler' has no eta, got eta=0.5"):
+        latents(FewstepScheduler.from_config(own.config, sampler="euler"), 0.5)
+
+
+# -- the schedulers whose configs FewstepScheduler takes -------------------------------------------
+@pytest.mark.parametrize("name", FewstepScheduler._compatibles)
+def test_each_compatible_scheduler_config_round_trips(name):
+    cls = getattr(diffusers, name)
+    if isinstance(cls, DummyObject):
+        pytest.skip(f"{name} needs an optional package (torchsde) that is not installed")
+    made = cls(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type="v_prediction")
+    config = json.loads(made.to_json_string())  # as a pipeline directory's scheduler_config.json holds it
+    ours = FewstepScheduler.from_config(config, sampler="dpmpp_2m")
+    assert ours.config.prediction_type == "v_prediction"
+    assert ours.config.timestep_spacing == config.get("timestep_spacing", "leading")
+    assert torch.allclose(ours.alphas_cumprod, DDPMScheduler.from_config(config).alphas_cumprod.double())
+    back = cls.from_config(ours.config)
+    assert back.config.prediction_type == "v_prediction" and back.config.beta_schedule == "scaled_linear"
+
+
+def test_compatibles_are_every_diffusers_scheduler_with_a_vp_table_and_no_other():
+    listed = set(FewstepScheduler._compatibles)
+    assert not listed & {"EDMEulerScheduler", "EDMDPMSolverMultistepScheduler", "FlowMatchEulerDiscreteScheduler"}
+    for member in KarrasDiffusionSchedulers:
+        cls = getattr(diffusers, member.name)
+        if member.name in listed:
+            continue
+        with pytest.raises(ValueError, match="no noise table"):
+            FewstepScheduler.from_config(cls().config)
+    assert {cls.__name__ for cls in fewstep().compatibles} == listed
 
 
 # -- the command line: any local text-to-image pipeline ------------------------------------------

@@ -99,6 +99,26 @@ def test_bad_arguments_are_named(kwargs, message):
         samplers.skip_tuning(tiny_unet(), **kwargs)
 
 
+@pytest.mark.parametrize("nfe, rho", [(1, 0.85), (5, 0.85), (7, 0.85), (8, 0.9), (10, 0.9), (15, 0.9),
+                                       (16, 0.95), (20, 0.95), (100, 0.95)])
+def test_the_calibrated_rho_is_the_nearest_nfe_s(nfe, rho):
+    """The nearest calibrated NFE wins; halfway between two (15: 10 and 20), the smaller."""
+    from samplers.skip_tuning import calibrated_rho
+
+    assert calibrated_rho({20: 0.95, 5: 0.85, 10: 0.9}, nfe) == rho
+
+
+@pytest.mark.parametrize("nfe, rho", [(4, 0.85), (9, 0.9), (30, 0.95)])
+def test_a_skiptune_config_applies_the_nearest_nfe_s_rho(nfe, rho):
+    from omegaconf import OmegaConf
+    from _cli import skip_tuning_for
+
+    cfg = OmegaConf.create({"sampler": {"skip": {"rho_top": 1.0, "rho_bottom": None, "sigma_range": None,
+                                                 "by_nfe": {5: 0.85, 10: 0.9, 20: 0.95}}}})
+    with skip_tuning_for(cfg, tiny_unet(), nfe) as handle:
+        assert (handle.rho_top, handle.rho_bottom) == (1.0, rho)
+
+
 def test_models_without_skips_are_refused(gmm):
     with pytest.raises(ValueError, match="GMMDenoiser has no UNet skip connections"):
         samplers.skip_tuning(gmm)

@@ -39,6 +39,33 @@ def test_error_falls_with_nfe_at_the_expected_order(problem, name, low, high):
     assert low <= order <= high, f"{name}: observed order {order:.2f}, errors {errors}"
 
 
+def quartic_slope(x, sigma):
+    """`D = x - sigma p(sigma)`, so `dx/dsigma = p(sigma) = (1 - sigma)^4` whatever `x`: from `x(1) = 0`,
+    `x(0) = -1/5`. p and its first three derivatives vanish at sigma = 1, so the first steps (taken
+    with a short history, at lower order) cost only O(h^5) each and the full-history steps decide the
+    order."""
+    return x - sigma * (1 - torch.as_tensor(sigma, dtype=x.dtype)) ** 4
+
+
+@pytest.mark.parametrize("max_order", [1, 2, 3, 4])
+def test_ipndm_reaches_its_order_where_the_history_is_full(max_order):
+    errors = []
+    for n in (8, 16, 32):
+        sigmas = torch.linspace(1, 0, n + 1, dtype=torch.float64)   # uniform: Adams-Bashforth's own grid
+        x = samplers.sample("ipndm", quartic_slope, torch.zeros(1, 1, dtype=torch.float64), sigmas, max_order=max_order)
+        errors.append(abs(x.item() + 0.2))
+    order = -np.polyfit(np.log([8, 16, 32]), np.log(errors), 1)[0]
+    assert max_order - 0.3 <= order <= max_order + 0.5, f"order {order:.2f}, errors {errors}"
+
+
+def test_ipndm_history_beats_a_shorter_one_on_the_mixture(problem):
+    gmm, noise, exact = problem
+    sigmas = samplers.get_sigmas("karras", 64, gmm.sigma_min, gmm.sigma_max)
+    error = {k: (samplers.sample("ipndm", gmm, noise, sigmas, max_order=k) - exact).norm(dim=1).mean().item()
+             for k in (2, 4)}
+    assert error[4] < 0.5 * error[2], error
+
+
 def test_dopri5_is_the_exact_solution(problem):
     gmm, noise, exact = problem
     loose = samplers.sample("dopri5", gmm, noise, samplers.get_sigmas("karras", 4, gmm.sigma_min, gmm.sigma_max),

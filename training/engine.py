@@ -2,7 +2,7 @@
 
 An objective is any object with `loss(model, batch) -> scalar tensor` and
 `export(model, out_dir)`. The loop works unchanged on one CPU, one GPU, several GPUs or nodes
-(`accelerate launch`), and several CPU processes over gloo (`cpu=True`, see DESIGN §9).
+(`accelerate launch`), and several CPU processes over gloo (`cpu=True`, see docs/conventions.md §8).
 """
 from __future__ import annotations
 
@@ -24,6 +24,29 @@ from tqdm.auto import tqdm
 CHECKPOINT_PREFIX = "step_"
 
 
+class RunningLoss:
+    """The sum and count of the losses since the last `loss.csv` row, saved with every checkpoint so
+    that a resumed run logs the same means as one never stopped. At a save the sum becomes the mean
+    over processes (the same value on each), which leaves the next logged mean unchanged."""
+
+    def __init__(self):
+        self.total, self.count = torch.zeros(()), 0
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.total, self.count = self.total.to(loss.device) + loss.detach().float(), self.count + 1
+
+    def pop_mean(self, accelerator) -> float:
+        mean = accelerator.reduce(self.total / max(self.count, 1), reduction="mean").item()
+        self.total, self.count = torch.zeros((), device=self.total.device), 0
+        return mean
+
+    def state_dict(self) -> dict:
+        return {"total": self.total.cpu(), "count": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.total, self.count = state["total"], int(state["count"])
+
+
 def _checkpoints(root: Path) -> list[Path]:
     """Complete checkpoints under `root`, oldest first (a save in progress has a `.tmp` suffix)."""
     found = [p for p in root.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and p.name[len(CHECKPOINT_PREFIX):].isdigit()]
@@ -39,7 +62,9 @@ class Trainer:
     steps: optimiser steps in total. batch_size: global batch, split evenly over processes.
     lr, weight_decay, warmup_steps, grad_clip: AdamW with linear warm-up, then constant;
         gradient-norm clipping (`None` for none).
-    ema_decay: decay of the exponential moving average of the weights (diffusers `EMAModel`).
+    ema_decay: decay of the exponential moving average of the weights (diffusers `EMAModel`): after
+        optimiser step k, `ema = d_k ema + (1 - d_k) theta` with the warm-up
+        `d_k = min(ema_decay, k / (9 + k))` (`d_1 = 0`: the first update copies the weights).
     checkpoint_every, keep_checkpoints: checkpoint period in steps, and how many to keep.
     log_every: period of the `loss.csv` rows (the mean loss over all processes).
     seed: seeds the data order and the per-process noise (seed the initial weights before building
@@ -81,7 +106,8 @@ class Trainer:
         self.lr_scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=warmup_steps)
         self.ema = EMAModel(self.accelerator.unwrap_model(self.model).parameters(), decay=ema_decay)
         self.ema.to(self.accelerator.device)
-        self.accelerator.register_for_checkpointing(self.lr_scheduler, self.ema)
+        self.running = RunningLoss()
+        self.accelerator.register_for_checkpointing(self.lr_scheduler, self.ema, self.running)
         self.step = 0
 
     # -- checkpoints ---------------------------------------------------------------------------
@@ -93,6 +119,7 @@ class Trainer:
         if self.accelerator.is_main_process and tmp.exists():
             shutil.rmtree(tmp)
         self.accelerator.wait_for_everyone()
+        self.running.total = self.accelerator.reduce(self.running.total.to(self.accelerator.device), reduction="mean")
         try:
             self.accelerator.save_state(str(tmp), safe_serialization=True)
         except OSError as err:  # a full disk, a lost mount: say so; the previous checkpoint stays
@@ -157,7 +184,6 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.out_dir / "loss.csv"
         bar = tqdm(total=self.steps, initial=self.step, disable=not acc.is_main_process, desc="train")
-        running, count = 0.0, 0
         batches = self._batches()
         while self.step < self.steps:
             batch = next(batches)
@@ -176,10 +202,9 @@ class Trainer:
             self.lr_scheduler.step()
             self.ema.step(acc.unwrap_model(self.model).parameters())
             self.step += 1
-            running, count = running + loss.detach(), count + 1
+            self.running.add(loss)
             if self.step % self.log_every == 0 or self.step == self.steps:
-                mean = acc.reduce(running / count, reduction="mean").item()
-                running, count = 0.0, 0
+                mean = self.running.pop_mean(acc)
                 bar.set_postfix(loss=f"{mean:.4f}")
                 if acc.is_main_process:
                     new = not log_path.exists()
