@@ -12,8 +12,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DIGITS_CLASSIFIER = REPO_ROOT / "assets" / "digits_classifier" / "model.safetensors"
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 
 
@@ -55,11 +53,15 @@ class DigitsClassifier(nn.Module):
 
 
 class DigitsFeatures(nn.Module):
-    def __init__(self, weights=DIGITS_CLASSIFIER):
+    """The penultimate layer of the shipped digits classifier (or of `weights`, a safetensors file)."""
+
+    def __init__(self, weights=None):
         super().__init__()
         from safetensors.torch import load_file
 
-        weights = Path(weights)
+        from ..assets import path as asset_path
+
+        weights = Path(weights) if weights is not None else asset_path("digits_classifier") / "model.safetensors"
         if not weights.is_file():
             raise FileNotFoundError(f"digits classifier weights not found: {weights} "
                                     "(train them with python scripts/train_digits_classifier.py)")

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .schedules import sigmas_from_alphas_cumprod
+from .vp import fractional_timestep, sigmas_from_alphas_cumprod, vp_output_to_denoised
 
 
 def _per_sample(sigma, x: torch.Tensor) -> torch.Tensor:
@@ -79,42 +79,6 @@ def _network_output(out) -> torch.Tensor:
     return out.sample if hasattr(out, "sample") else out
 
 
-def vp_output_to_denoised(out: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor, prediction_type: str) -> torch.Tensor:
-    """`D` from a VP network's output `out` at `x_vp = x / sqrt(1 + sigma^2)` (`x` in sigma space,
-    `sigma` broadcastable to it): `x - sigma eps` (epsilon), `sqrt(abar) x_vp - sqrt(1 - abar) v`
-    with `abar = 1 / (1 + sigma^2)` (v_prediction), or `out` itself (sample). A learned-variance
-    output (twice the channels of `x`) is cut to its first half."""
-    out = out.to(x.dtype)
-    if out.shape[1] == 2 * x.shape[1]:
-        out = out[:, : x.shape[1]]
-    if prediction_type == "epsilon":
-        return x - sigma * out
-    if prediction_type == "sample":
-        return out
-    abar = 1 / (1 + sigma ** 2)
-    return abar * x - (1 - abar).sqrt() * out  # sqrt(abar) x_vp = abar x
-
-
-def fractional_timestep(sigma: torch.Tensor, log_sigmas: torch.Tensor) -> torch.Tensor:
-    """The fractional timestep of `sigma` on a VP table with increasing `log_sigmas` (`log sigma_t`,
-    t = 0, 1, ...): linear interpolation of `log sigma` between its neighbours, clamped to the
-    table's ends; float64."""
-    log_sigmas = log_sigmas.to(sigma.device, torch.float64)
-    log_sigma = sigma.double().clamp(min=1e-30).log().clamp(log_sigmas[0], log_sigmas[-1])
-    hi = torch.searchsorted(log_sigmas, log_sigma).clamp(1, len(log_sigmas) - 1)
-    lo_val, hi_val = log_sigmas[hi - 1], log_sigmas[hi]
-    frac = (log_sigma - lo_val) / (hi_val - lo_val)
-    return (hi - 1).double() + frac
-
-
-def sigma_of_timestep(t: torch.Tensor, log_sigmas: torch.Tensor) -> torch.Tensor:
-    """The inverse of `fractional_timestep`: `sigma(t)` by linear interpolation of `log sigma`."""
-    t = t.clamp(0, len(log_sigmas) - 1)
-    lo = t.floor().long().clamp(max=len(log_sigmas) - 2)
-    frac = t - lo
-    return torch.exp(log_sigmas[lo] * (1 - frac) + log_sigmas[lo + 1] * frac)
-
-
 class DiffusersUNetDenoiser(nn.Module):
     """A discrete VP model (a diffusers UNet trained on `alphas_cumprod`) as a denoiser.
 
@@ -155,10 +119,18 @@ class DiffusersUNetDenoiser(nn.Module):
     def from_pretrained(cls, path, torch_dtype=None) -> "DiffusersUNetDenoiser":
         """Load a local `UNet2DModel` or `UNet2DConditionModel` with its scheduler config: a
         pipeline directory (`unet/`, `scheduler/`) or a UNet directory whose
-        `scheduler_config.json` lies in it or beside it."""
+        `scheduler_config.json` lies in it or beside it, or a model the project ships, by its name
+        (`"digits_ddpm"`), as diffusers resolves a hub name."""
         import diffusers
 
+        from ..assets import names, path as asset_path
+
         root = Path(path).expanduser()
+        if not root.is_dir() and root.name == str(path):  # a bare name: a shipped model
+            if str(path) not in names():
+                raise FileNotFoundError(f"model path does not exist: {root}, and no shipped model is named so "
+                                        f"(shipped: {', '.join(names())})")
+            root = asset_path(str(path))
         if not root.is_dir():
             raise FileNotFoundError(f"model path does not exist: {root}")
         unet_dir = root / "unet" if (root / "unet" / "config.json").is_file() else root

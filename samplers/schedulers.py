@@ -23,8 +23,9 @@ from diffusers import DDPMScheduler
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 
-from .denoisers import DiffusersUNetDenoiser, fractional_timestep, sigma_of_timestep, vp_output_to_denoised
-from .schedules import DISCRETE_MIRRORS, discrete_grid, get_sigmas, sigmas_from_alphas_cumprod
+from .denoisers import DiffusersUNetDenoiser
+from .schedules import DISCRETE_MIRRORS, discrete_grid, get_sigmas
+from .vp import fractional_timestep, sigma_of_timestep, sigmas_from_alphas_cumprod, vp_output_to_denoised
 from .solvers import ADAPTIVE, FIXED_GRID, check_options, run_steps
 
 NOISE_TABLE_KEYS = ("beta_schedule", "trained_betas")

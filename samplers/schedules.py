@@ -10,6 +10,8 @@ import math
 import numpy as np
 import torch
 
+from .vp import sigmas_from_alphas_cumprod
+
 
 def _append_zero(sigmas) -> torch.Tensor:
     sigmas = torch.as_tensor(np.asarray(sigmas, dtype=np.float64))
@@ -95,12 +97,6 @@ def discrete_timesteps(n: int, num_train_timesteps: int, spacing: str = "leading
         raise ValueError(f"{scheduler} cannot take {n} steps with {spacing} spacing and steps_offset {steps_offset}: "
                          f"its {len(steps)} timesteps {shown} are not {n} distinct ones in 0..{T - 1}")
     return steps
-
-
-def sigmas_from_alphas_cumprod(alphas_cumprod) -> torch.Tensor:
-    """`sigma_t = sqrt((1 - abar_t) / abar_t)`, increasing with `t`, in float64."""
-    abar = torch.as_tensor(alphas_cumprod).double().cpu()
-    return ((1 - abar) / abar).sqrt()
 
 
 def discrete_grid(n: int, alphas_cumprod, spacing: str = "leading", steps_offset: int = 0, mirror: str = "ddim",

@@ -14,8 +14,7 @@ import math
 
 import torch
 
-from .denoisers import sigma_of_timestep
-from .schedules import sigmas_from_alphas_cumprod
+from .vp import sigma_of_timestep, sigmas_from_alphas_cumprod
 
 _ATTRIBUTE = "_fewstep_skip_tuning"
 

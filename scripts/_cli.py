@@ -1,5 +1,5 @@
-"""What the entry points share: the `${repo:}` config resolver, one-line errors and the config
-schemas Hydra validates against."""
+"""What the entry points share: one-line errors, the device choice and the config schemas Hydra
+validates against."""
 from __future__ import annotations
 
 import contextlib
@@ -10,14 +10,21 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from importlib.resources import files
+
 import torch
 from hydra.core.config_store import ConfigStore
 from hydra.errors import InstantiationException
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-OmegaConf.register_new_resolver("repo", lambda: str(REPO_ROOT), replace=True)
+CONFIG_PATH = "pkg://fewstep.conf"  # the configs travel with the package
+
+
+def config_dir() -> Path:
+    """The folder of the Hydra configs (the tracked conf/ in a checkout)."""
+    return Path(str(files("fewstep.conf")))
+
 
 USER_ERRORS = (ValueError, OSError, FloatingPointError, InstantiationException, MissingMandatoryValue)
 
@@ -165,7 +172,7 @@ ConfigStore.instance().store(name="calibrate_schema", node=CalibrateConfig)
 
 def sampling_setup(cfg, device):
     """The denoiser, sample shape, step count and sigma grid a sample config asks for."""
-    import samplers
+    from fewstep import samplers
     from hydra.utils import instantiate
 
     if cfg.num_samples < 1 or cfg.batch_size < 1:
@@ -193,8 +200,8 @@ def sampling_setup(cfg, device):
 
 def skip_tuning_for(cfg, denoiser, nfe):
     """The Skip-Tuning the sampler config asks for at this NFE (a context manager), or a no-op."""
-    import samplers
-    from samplers.skip_tuning import calibrated_rho
+    from fewstep import samplers
+    from fewstep.samplers.skip_tuning import calibrated_rho
 
     skip = cfg.sampler.get("skip")
     if skip is None:

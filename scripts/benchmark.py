@@ -19,14 +19,14 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-import samplers
-from evaluation import FeatureStats, frechet_distance, get_extractor
-from evaluation.fid import accumulate, data_stats, gmm_stats
-from evaluation.report import assemble, nfe_plot, nfe_table, section, side_by_side
-from samplers.skip_tuning import calibrated_rho
-from training.data import digits
+from fewstep import samplers
+from fewstep.evaluation import FeatureStats, frechet_distance, get_extractor
+from fewstep.evaluation.fid import accumulate, data_stats, gmm_stats
+from fewstep.evaluation.report import assemble, nfe_plot, nfe_table, section, side_by_side
+from fewstep.samplers.skip_tuning import calibrated_rho
+from fewstep.training.data import digits
+from fewstep.scripts._cli import config_dir
 
-ROOT = Path(__file__).resolve().parents[1]
 NFE_TARGETS = [3, 4, 5, 6, 8, 10, 20, 50]
 SAMPLERS = ["ddim", "euler", "heun", "dpmpp_2m", "ipndm"]
 
@@ -44,7 +44,7 @@ def skiptune_rows(names, targets):
     """Rows with Skip-Tuning at the calibrated factors of conf/sampler/<name>+skiptune.yaml."""
     rows = []
     for name in names:
-        skip = OmegaConf.load(ROOT / "conf" / "sampler" / f"{name}+skiptune.yaml").skip
+        skip = OmegaConf.load(config_dir() / "sampler" / f"{name}+skiptune.yaml").skip
         if not skip.by_nfe:
             continue
         table = dict(skip.by_nfe)
@@ -93,7 +93,7 @@ def skiptune_summary(results) -> str:
 
 
 def suite_gmm(args):
-    gmm = instantiate(OmegaConf.load(ROOT / "conf" / "model" / "gmm.yaml"), _convert_="all")
+    gmm = instantiate(OmegaConf.load(config_dir() / "model" / "gmm.yaml"), _convert_="all")
     reference = gmm_stats(gmm)
     seeds = range(args.seed, args.seed + args.num_samples)
     exact_sigmas = samplers.get_sigmas("karras", 2, gmm.sigma_min, gmm.sigma_max)
@@ -123,7 +123,7 @@ def suite_gmm(args):
 
 
 def suite_digits(args):
-    denoiser = samplers.DiffusersUNetDenoiser.from_pretrained(ROOT / "assets" / "digits_ddpm").eval()
+    denoiser = samplers.DiffusersUNetDenoiser.from_pretrained("digits_ddpm").eval()
     extractor = get_extractor("digits")
     real = digits()
     reference = data_stats(real, extractor)
@@ -188,6 +188,7 @@ def suite_fd_speed(args):
 SUITES = {"gmm": suite_gmm, "digits": suite_digits, "fd-speed": suite_fd_speed}
 
 
+@torch.no_grad()
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", nargs="+", choices=list(SUITES), default=list(SUITES))
@@ -197,8 +198,8 @@ def main():
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--seed", type=int, default=100_000, help="first seed (away from the calibration's 0-999)")
     parser.add_argument("--repeats", type=int, default=3, help="fd-speed repetitions")
-    parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks")
-    parser.add_argument("--report", type=Path, default=ROOT / "BENCHMARKS.md")
+    parser.add_argument("--out-dir", type=Path, default=Path("benchmarks"))
+    parser.add_argument("--report", type=Path, default=Path("BENCHMARKS.md"))
     args = parser.parse_args()
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for suite in args.suite:
@@ -212,5 +213,4 @@ def main():
 
 
 if __name__ == "__main__":
-    with torch.no_grad():
-        main()
+    main()

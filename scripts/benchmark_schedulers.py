@@ -29,8 +29,8 @@ from diffusers import (AutoencoderKL, DDIMScheduler, DPMSolverMultistepScheduler
                        HeunDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel)
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from evaluation.report import section
-from samplers import FewstepScheduler
+from fewstep.evaluation.report import section
+from fewstep.samplers import FewstepScheduler
 
 THEIRS = {"ddim": DDIMScheduler, "euler": EulerDiscreteScheduler, "heun": HeunDiscreteScheduler,
           "dpmpp_2m": DPMSolverMultistepScheduler}

@@ -13,16 +13,16 @@ from hydra.core.hydra_config import HydraConfig
 import torch
 from omegaconf import OmegaConf
 
-import samplers
-from _cli import REPO_ROOT, one_line_errors, resolve_device, sampling_setup
-from evaluation import get_extractor
-from evaluation.fid import accumulate, data_stats, fd_to
+from fewstep import samplers
+from fewstep.scripts._cli import CONFIG_PATH, config_dir, one_line_errors, resolve_device, sampling_setup
+from fewstep.evaluation import get_extractor
+from fewstep.evaluation.fid import accumulate, data_stats, fd_to
 from hydra.utils import instantiate
 
 
 def table_path(cfg, name) -> Path:
     if cfg.table is None:
-        return REPO_ROOT / "conf" / "sampler" / f"{name}+skiptune.yaml"
+        return config_dir() / "sampler" / f"{name}+skiptune.yaml"
     return Path(cfg.table).expanduser()
 
 
@@ -64,7 +64,7 @@ def write_config(name, results, cfg, path):
     return path
 
 
-@hydra.main(config_path="../conf", config_name="calibrate", version_base="1.3")
+@hydra.main(config_path=CONFIG_PATH, config_name="calibrate", version_base="1.3")
 @one_line_errors
 def main(cfg):
     device = resolve_device(cfg.device)

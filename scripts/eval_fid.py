@@ -15,10 +15,10 @@ from accelerate import Accelerator
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-import samplers
-from _cli import one_line_errors, resolve_device, sampling_setup, skip_tuning_for
-from evaluation import get_extractor, load_stats
-from evaluation.fid import accumulate, data_stats, fd_to, gmm_stats
+from fewstep import samplers
+from fewstep.scripts._cli import CONFIG_PATH, one_line_errors, resolve_device, sampling_setup, skip_tuning_for
+from fewstep.evaluation import get_extractor, load_stats
+from fewstep.evaluation.fid import accumulate, data_stats, fd_to, gmm_stats
 
 
 def reference_stats(cfg, denoiser, extractor, acc):
@@ -40,7 +40,7 @@ def reference_stats(cfg, denoiser, extractor, acc):
     return load_stats(cache)
 
 
-@hydra.main(config_path="../conf", config_name="eval", version_base="1.3")
+@hydra.main(config_path=CONFIG_PATH, config_name="eval", version_base="1.3")
 @one_line_errors
 def main(cfg):
     acc = Accelerator(cpu=resolve_device(cfg.device).type == "cpu")

@@ -16,9 +16,9 @@ from accelerate.utils import gather_object
 import torch
 from tqdm.auto import tqdm
 
-import samplers
-from _cli import one_line_errors, resolve_device, sampling_setup, skip_tuning_for
-from samplers.output import save_samples
+from fewstep import samplers
+from fewstep.scripts._cli import CONFIG_PATH, one_line_errors, resolve_device, sampling_setup, skip_tuning_for
+from fewstep.evaluation.output import save_samples
 
 
 def text_to_image_dir(cfg) -> Path | None:
@@ -69,7 +69,7 @@ def sample_pipeline(cfg, path: Path, device) -> None:
     print(f"wrote {png} and {npz}")
 
 
-@hydra.main(config_path="../conf", config_name="sample", version_base="1.3")
+@hydra.main(config_path=CONFIG_PATH, config_name="sample", version_base="1.3")
 @one_line_errors
 def main(cfg):
     device = resolve_device(cfg.device)

@@ -8,11 +8,11 @@ import hydra
 from accelerate.utils import set_seed
 from hydra.utils import instantiate
 
-from _cli import one_line_errors
-from training import Trainer
+from fewstep.scripts._cli import CONFIG_PATH, one_line_errors
+from fewstep.training import Trainer
 
 
-@hydra.main(config_path="../conf", config_name="train", version_base="1.3")
+@hydra.main(config_path=CONFIG_PATH, config_name="train", version_base="1.3")
 @one_line_errors
 def main(cfg):
     set_seed(cfg.seed)  # the initial weights

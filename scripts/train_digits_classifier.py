@@ -10,18 +10,26 @@ import torch
 from safetensors.torch import save_file
 from sklearn.datasets import load_digits
 
-from evaluation.classifier import train_digits_classifier
-from training.data import digits
+from fewstep.assets import path as asset_path
+from fewstep.evaluation.classifier import train_digits_classifier
+from fewstep.training.data import digits
 
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-parser.add_argument("--steps", type=int, default=1500)
-parser.add_argument("--seed", type=int, default=0)
-parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "assets" / "digits_classifier")
-args = parser.parse_args()
 
-net, accuracy = train_digits_classifier(digits(), torch.as_tensor(load_digits().target), steps=args.steps, seed=args.seed)
-args.out.mkdir(parents=True, exist_ok=True)
-save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(args.out / "model.safetensors"))
-(args.out / "metrics.json").write_text(json.dumps({"held_out_accuracy": accuracy, "steps": args.steps,
-                                                   "seed": args.seed}, indent=2) + "\n")
-print(f"held-out accuracy {accuracy:.4f}; wrote {args.out / 'model.safetensors'}")
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None, help="default: the shipped assets/digits_classifier")
+    args = parser.parse_args()
+    out = args.out or asset_path("digits_classifier")
+    net, accuracy = train_digits_classifier(digits(), torch.as_tensor(load_digits().target), steps=args.steps,
+                                            seed=args.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out / "model.safetensors"))
+    (out / "metrics.json").write_text(json.dumps({"held_out_accuracy": accuracy, "steps": args.steps,
+                                                  "seed": args.seed}, indent=2) + "\n")
+    print(f"held-out accuracy {accuracy:.4f}; wrote {out / 'model.safetensors'}")
+
+
+if __name__ == "__main__":
+    main()

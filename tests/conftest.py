@@ -6,7 +6,6 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))  # the entry points' shared module `_cli`
 
 
 def accelerate_launch(processes: int) -> list[str]:
@@ -37,7 +36,6 @@ def unet():
 
 @pytest.fixture
 def gmm():
-    import samplers
-
+    from fewstep import samplers
     return samplers.GMMDenoiser(means=[[-2.0, 0.0], [2.0, 1.0], [0.0, -3.0]], stds=[0.3, 0.5, 0.2],
                                 weights=[0.3, 0.5, 0.2])

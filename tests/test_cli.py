@@ -17,7 +17,7 @@ def test_sampling_the_embedded_default_model_writes_a_grid_and_the_samples_it_sh
     """`samples.npz` holds the images of `samples.png`, in [-1, 1] (few-step Skip-Tuning overshoots it)."""
     import torch
     from PIL import Image
-    from samplers.output import save_grid
+    from fewstep.evaluation.output import save_grid
 
     done = run("sample.py", "sampler=ddim+skiptune", "num_samples=6", "steps=3", f"out_dir={tmp_path}")
     assert done.returncode == 0, done.stderr

@@ -25,9 +25,9 @@ from omegaconf import OmegaConf
 from PIL import Image
 from safetensors.torch import load_file
 
-import samplers
+from fewstep import samplers
 from conftest import ROOT
-from evaluation import frechet_distance, save_stats
+from fewstep.evaluation import frechet_distance, save_stats
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 # A 45k-parameter 8x8 UNet on 8x8 digits, 12 steps, a checkpoint every 4 steps (2 kept), a loss row every 2.
@@ -344,14 +344,14 @@ def test_eval_against_saved_statistics_is_the_frechet_distance_of_the_samples_st
 def calibrate_config(*overrides):
     from hydra import compose, initialize_config_dir
 
-    import calibrate_skiptune  # noqa: F401  (registers the schema conf/calibrate.yaml names)
+    from fewstep.scripts import calibrate_skiptune  # noqa: F401  (registers the schema conf/calibrate.yaml names)
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return compose("calibrate", overrides=list(overrides))
 
 
 def test_calibration_writes_no_table_unless_asked(tmp_path):
-    import calibrate_skiptune
+    from fewstep.scripts import calibrate_skiptune
 
     cfg = calibrate_config()
     assert cfg.write is False and cfg.table is None

@@ -8,7 +8,7 @@ from diffusers import (DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler,
 from diffusers.models.unets.unet_2d import UNet2DOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-import samplers
+from fewstep import samplers
 from conftest import tiny_unet
 
 TABLE = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")

@@ -9,10 +9,10 @@ from pytorch_fid.fid_score import calculate_frechet_distance
 from sklearn.datasets import load_digits
 
 from conftest import ROOT, accelerate_launch
-from evaluation import FeatureStats, frechet_distance, get_extractor, load_stats, save_stats
-from evaluation.features import DigitsClassifier, InceptionFeatures, check_images
-from evaluation.fid import gmm_stats
-from training.data import digits
+from fewstep.evaluation import FeatureStats, frechet_distance, get_extractor, load_stats, save_stats
+from fewstep.evaluation.features import DigitsClassifier, InceptionFeatures, check_images
+from fewstep.evaluation.fid import gmm_stats
+from fewstep.training.data import digits
 
 
 def random_stats(d, n, seed):

@@ -13,8 +13,7 @@ import pytest
 import torch
 from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler, IPNDMScheduler
 
-import samplers
-
+from fewstep import samplers
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # numpy, in diffusers
 
 STEPS = [4, 7, 10]

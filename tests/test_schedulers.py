@@ -17,10 +17,10 @@ from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers
 from diffusers.utils import DummyObject
 from diffusers.utils.torch_utils import randn_tensor
 
-import samplers
-from benchmark_schedulers import tiny_text_to_image
+from fewstep import samplers
+from fewstep.scripts.benchmark_schedulers import tiny_text_to_image
 from conftest import ROOT, tiny_unet
-from samplers import FewstepScheduler
+from fewstep.samplers import FewstepScheduler
 from test_diffusers_parity import TABLE, NoiseLikeUNet
 
 SAMPLERS = ["ddim", "euler", "heun", "dpmpp_2m", "ipndm"]

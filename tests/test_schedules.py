@@ -5,8 +5,8 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler
 
-from samplers import get_sigmas
-from samplers.schedules import DISCRETE_MIRRORS, discrete_grid, discrete_timesteps
+from fewstep.samplers import get_sigmas
+from fewstep.samplers.schedules import DISCRETE_MIRRORS, discrete_grid, discrete_timesteps
 
 
 @pytest.mark.parametrize("kind", ["karras", "logsnr", "time_uniform"])

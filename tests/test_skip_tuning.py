@@ -2,7 +2,7 @@ import pytest
 import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
 
-import samplers
+from fewstep import samplers
 from conftest import tiny_unet
 
 
@@ -103,7 +103,7 @@ def test_bad_arguments_are_named(kwargs, message):
                                        (16, 0.95), (20, 0.95), (100, 0.95)])
 def test_the_calibrated_rho_is_the_nearest_nfe_s(nfe, rho):
     """The nearest calibrated NFE wins; halfway between two (15: 10 and 20), the smaller."""
-    from samplers.skip_tuning import calibrated_rho
+    from fewstep.samplers.skip_tuning import calibrated_rho
 
     assert calibrated_rho({20: 0.95, 5: 0.85, 10: 0.9}, nfe) == rho
 
@@ -111,7 +111,7 @@ def test_the_calibrated_rho_is_the_nearest_nfe_s(nfe, rho):
 @pytest.mark.parametrize("nfe, rho", [(4, 0.85), (9, 0.9), (30, 0.95)])
 def test_a_skiptune_config_applies_the_nearest_nfe_s_rho(nfe, rho):
     from omegaconf import OmegaConf
-    from _cli import skip_tuning_for
+    from fewstep.scripts._cli import skip_tuning_for
 
     cfg = OmegaConf.create({"sampler": {"skip": {"rho_top": 1.0, "rho_bottom": None, "sigma_range": None,
                                                  "by_nfe": {5: 0.85, 10: 0.9, 20: 0.95}}}})

@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-import samplers
-
+from fewstep import samplers
 STEPS = [16, 32, 64]
 
 

@@ -12,11 +12,11 @@ from diffusers import DDPMPipeline
 from PIL import Image
 from safetensors.torch import load_file
 
-import samplers
+from fewstep import samplers
 from conftest import ROOT, accelerate_launch, tiny_unet
-from flows import DiffusionObjective
-from training import Trainer
-from training.data import ImageFolder, cifar10, digits
+from fewstep.flows import DiffusionObjective
+from fewstep.training import Trainer
+from fewstep.training.data import ImageFolder, cifar10, digits
 
 
 def make_trainer(out_dir, steps, objective=None, data=None, checkpoint_every=20):

@@ -11,9 +11,9 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from conftest import tiny_unet
-from flows import DiffusionObjective
-from training import Trainer
-from training.data import digits
+from fewstep.flows import DiffusionObjective
+from fewstep.training import Trainer
+from fewstep.training.data import digits
 
 out, steps, every = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 trainer = Trainer(tiny_unet(), DiffusionObjective(), digits(image_size=8)[:256], out_dir=out / "run", steps=steps,

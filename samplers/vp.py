@@ -1,0 +1,47 @@
+"""The maths of a discrete VP noise table (docs/conventions.md §2): sigma from `alphas_cumprod`,
+fractional timesteps and back, and a VP network's output turned into the denoised `D`."""
+from __future__ import annotations
+
+import torch
+
+
+def sigmas_from_alphas_cumprod(alphas_cumprod) -> torch.Tensor:
+    """`sigma_t = sqrt((1 - abar_t) / abar_t)`, increasing with `t`, in float64."""
+    abar = torch.as_tensor(alphas_cumprod).double().cpu()
+    return ((1 - abar) / abar).sqrt()
+
+
+def fractional_timestep(sigma: torch.Tensor, log_sigmas: torch.Tensor) -> torch.Tensor:
+    """The fractional timestep of `sigma` on a VP table with increasing `log_sigmas` (`log sigma_t`,
+    t = 0, 1, ...): linear interpolation of `log sigma` between its neighbours, clamped to the
+    table's ends; float64."""
+    log_sigmas = log_sigmas.to(sigma.device, torch.float64)
+    log_sigma = sigma.double().clamp(min=1e-30).log().clamp(log_sigmas[0], log_sigmas[-1])
+    hi = torch.searchsorted(log_sigmas, log_sigma).clamp(1, len(log_sigmas) - 1)
+    lo_val, hi_val = log_sigmas[hi - 1], log_sigmas[hi]
+    frac = (log_sigma - lo_val) / (hi_val - lo_val)
+    return (hi - 1).double() + frac
+
+
+def sigma_of_timestep(t: torch.Tensor, log_sigmas: torch.Tensor) -> torch.Tensor:
+    """The inverse of `fractional_timestep`: `sigma(t)` by linear interpolation of `log sigma`."""
+    t = t.clamp(0, len(log_sigmas) - 1)
+    lo = t.floor().long().clamp(max=len(log_sigmas) - 2)
+    frac = t - lo
+    return torch.exp(log_sigmas[lo] * (1 - frac) + log_sigmas[lo + 1] * frac)
+
+
+def vp_output_to_denoised(out: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor, prediction_type: str) -> torch.Tensor:
+    """`D` from a VP network's output `out` at `x_vp = x / sqrt(1 + sigma^2)` (`x` in sigma space,
+    `sigma` broadcastable to it): `x - sigma eps` (epsilon), `sqrt(abar) x_vp - sqrt(1 - abar) v`
+    with `abar = 1 / (1 + sigma^2)` (v_prediction), or `out` itself (sample). A learned-variance
+    output (twice the channels of `x`) is cut to its first half."""
+    out = out.to(x.dtype)
+    if out.shape[1] == 2 * x.shape[1]:
+        out = out[:, : x.shape[1]]
+    if prediction_type == "epsilon":
+        return x - sigma * out
+    if prediction_type == "sample":
+        return out
+    abar = 1 / (1 + sigma ** 2)
+    return abar * x - (1 - abar).sqrt() * out  # sqrt(abar) x_vp = abar x
