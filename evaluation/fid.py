@@ -1,4 +1,5 @@
-"""Fréchet distance of a sampler's output to reference statistics, over any number of processes."""
+"""Fréchet distance of any generator's output (a `sample_fn`, evaluation.seeds) to reference
+statistics, over any number of processes."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .frechet import FeatureStats, frechet_distance, load_stats, save_stats
+from .seeds import generate, split
 
 
 @torch.no_grad()
@@ -51,3 +53,21 @@ def gmm_stats(gmm) -> tuple[np.ndarray, np.ndarray]:
 def fd_to(mu_sigma_ref, stats: FeatureStats) -> float:
     mu, sigma = stats.mu_sigma()
     return frechet_distance(mu, sigma, *mu_sigma_ref)
+
+
+@torch.no_grad()
+def statistics_of(sample_fn, seeds, extractor, accelerator=None, batch_size: int = 64, device=None) -> FeatureStats:
+    """The feature statistics of the samples of `seeds` (sample `i` from `seeds[i]`): each process
+    runs its share of the seeds (`seeds.split`) in batches and sums in float64, then the sums of all
+    processes are added, so every process returns the statistics of all the seeds."""
+    processes = 1 if accelerator is None else accelerator.num_processes
+    if len(seeds) < 2 * processes:
+        raise ValueError(f"num_samples={len(seeds)} is too few for {processes} processes (need 2 each)")
+    stats = accumulate(generate(sample_fn, split(seeds, accelerator), batch_size), extractor, device)
+    return stats if accelerator is None else stats.reduce(accelerator)
+
+
+def frechet_of(sample_fn, seeds, extractor, reference, accelerator=None, batch_size: int = 64, device=None) -> float:
+    """The Fréchet distance of the samples of `seeds` to `reference` (`mu`, `sigma`) in the feature
+    space of `extractor` (statistics_of)."""
+    return fd_to(reference, statistics_of(sample_fn, seeds, extractor, accelerator, batch_size, device))

@@ -1,6 +1,7 @@
 """Fréchet distance between Gaussians, and feature statistics accumulated in float64."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -64,10 +65,13 @@ class FeatureStats:
 
 
 def save_stats(path, mu, sigma) -> Path:
-    """An `.npz` with keys `mu` and `sigma` (as pytorch-fid and EDM read them)."""
+    """An `.npz` with keys `mu` and `sigma` (as pytorch-fid and EDM read them), written whole or not at all."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, mu=np.asarray(mu, dtype=np.float64), sigma=np.asarray(sigma, dtype=np.float64))
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")  # renamed when complete: a reader never sees half
+    with open(partial, "wb") as f:
+        np.savez(f, mu=np.asarray(mu, dtype=np.float64), sigma=np.asarray(sigma, dtype=np.float64))
+    os.replace(partial, path)
     return path
 
 

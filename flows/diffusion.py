@@ -14,9 +14,13 @@ class DiffusionObjective:
     or `x0` (sample). The noise table is a diffusers `DDPMScheduler`, so the exported model is a
     standard `DDPMPipeline` directory.
 
+    It trains one network, `net`, at every step (the `training.Trainer` protocol, docs/conventions.md §8).
+
     num_train_timesteps, beta_start, beta_end, beta_schedule: the DDPM noise table.
     prediction_type: "epsilon", "v_prediction" or "sample".
     """
+
+    networks = ("net",)
 
     def __init__(self, num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
                  beta_schedule: str = "linear", prediction_type: str = "epsilon"):
@@ -26,7 +30,12 @@ class DiffusionObjective:
                                        beta_end=beta_end, beta_schedule=beta_schedule,
                                        prediction_type=prediction_type, clip_sample=False)
 
+    def losses(self, nets, x0: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
+        """`{"net": loss}` at every step."""
+        return {"net": self.loss(nets["net"], x0)}
+
     def loss(self, model, x0: torch.Tensor) -> torch.Tensor:
+        """The loss above on the batch `x0`: the noise first, then the timesteps."""
         noise = torch.randn_like(x0)
         t = torch.randint(0, self.scheduler.config.num_train_timesteps, (x0.shape[0],), device=x0.device)
         noisy = self.scheduler.add_noise(x0, noise, t)
@@ -37,7 +46,7 @@ class DiffusionObjective:
         prediction = model(noisy, t).sample
         return F.mse_loss(prediction.float(), target.float())
 
-    def export(self, model, out_dir: str | Path) -> None:
-        """Write a `DDPMPipeline` directory (unet/ + scheduler/), loadable by diffusers and by
-        `samplers.DiffusersUNetDenoiser.from_pretrained`."""
-        DDPMPipeline(unet=model, scheduler=self.scheduler).save_pretrained(str(out_dir))
+    def export(self, nets, out_dir: str | Path) -> None:
+        """Write `nets["net"]` as a `DDPMPipeline` directory (unet/ + scheduler/), loadable by
+        diffusers and by `samplers.DiffusersUNetDenoiser.from_pretrained`."""
+        DDPMPipeline(unet=nets["net"], scheduler=self.scheduler).save_pretrained(str(out_dir))

@@ -5,7 +5,7 @@
 The pipeline stays in VP space: it starts from unit-variance noise (`init_noise_sigma = 1`,
 `scale_model_input` is the identity) and feeds the UNet `x_vp = x / sqrt(1 + sigma^2)` at the
 fractional timestep `t(sigma)`. Each `step()` turns the model output into `D(x, sigma)`
-(`vp_output_to_denoised`), sends it to the sampler's step generator (`solvers.FIXED_GRID`, the one
+(`vp_output_to_denoised`), sends it to the sampler's step generator (`solvers.SOLVERS`, the one
 implementation of each algorithm) and returns the next point the generator asks about,
 `x_next / sqrt(1 + sigma_next^2)`, or the final sample at the grid's last sigma (0, or DDIM's
 `sigma(t=0)` with `set_alpha_to_one=False`). The generator keeps its own
@@ -14,7 +14,6 @@ trajectory: it reads the pipeline's `sample` only at the first step.
 """
 from __future__ import annotations
 
-import inspect
 import math
 import numbers
 
@@ -26,7 +25,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutpu
 from .denoisers import DiffusersUNetDenoiser
 from .schedules import DISCRETE_MIRRORS, discrete_grid, get_sigmas
 from .vp import fractional_timestep, sigma_of_timestep, sigmas_from_alphas_cumprod, vp_output_to_denoised
-from .solvers import ADAPTIVE, FIXED_GRID, check_options, run_steps
+from .solvers import FIXED_GRID_NAMES, SOLVERS, resolve_options, run_steps
 
 NOISE_TABLE_KEYS = ("beta_schedule", "trained_betas")
 # diffusers' schedulers on a VP noise table (beta_schedule, trained_betas), whose configs
@@ -69,13 +68,12 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
                  sampler: str = "ddim", sampler_options: dict | None = None, schedule: str = "karras",
                  rho: float = 7.0, sigma_min: float | None = None, sigma_max: float | None = None,
                  eps_s: float = 1e-3):
-        if sampler in ADAPTIVE:
+        if sampler in SOLVERS and SOLVERS[sampler].adaptive:
             raise ValueError(f"sampler {sampler!r} is adaptive and cannot run one step() at a time; "
-                             f"use one of {', '.join(FIXED_GRID)}")
-        if sampler not in FIXED_GRID:
-            raise ValueError(f"unknown sampler {sampler!r}: use one of {', '.join(FIXED_GRID)}")
-        self._options = dict(sampler_options or {})
-        check_options(sampler, FIXED_GRID[sampler].steps, self._options)
+                             f"use one of {', '.join(FIXED_GRID_NAMES)}")
+        if sampler not in FIXED_GRID_NAMES:
+            raise ValueError(f"unknown sampler {sampler!r}: use one of {', '.join(FIXED_GRID_NAMES)}")
+        self._options = resolve_options(sampler, sampler_options)
         if prediction_type not in DiffusersUNetDenoiser.PREDICTION_TYPES:
             raise ValueError(f"unsupported prediction_type {prediction_type!r}: "
                              f"use one of {', '.join(DiffusersUNetDenoiser.PREDICTION_TYPES)}")
@@ -90,12 +88,15 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"unsupported beta_schedule {beta_schedule!r}") from None
         self.alphas_cumprod = table.alphas_cumprod.double()
         self.log_sigmas = sigmas_from_alphas_cumprod(self.alphas_cumprod).log()
-        takes = inspect.signature(FIXED_GRID[sampler].steps).parameters
-        self._takes_generator, self._takes_eta = "generator" in takes, "eta" in takes
-        self.order = FIXED_GRID[sampler].nfe(1, False)  # evaluations per step: 2 for heun
+        self.order = SOLVERS[sampler].nfe(1, False)  # evaluations per step: 2 for heun
         self.num_inference_steps = self.grid = self.sigmas = self.timesteps = self._plan_key = None
         self._step_index, self._set_generator = 0, None
         self._steps = self._request = self._generator = self._eta = None  # the running trajectory
+
+    @property
+    def _solver(self):
+        """The registry entry of the configured sampler (looked up, not stored: schedulers pickle)."""
+        return SOLVERS[self.config.sampler]
 
     @classmethod
     def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
@@ -112,14 +113,14 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
 
     def _trajectory(self, x: torch.Tensor, grid: torch.Tensor, generator, options: dict):
         """The sampler's step generator down `grid`, starting at `x` (sigma space)."""
-        extra = {"generator": generator} if self._takes_generator else {}
-        return FIXED_GRID[self.config.sampler].steps(x, grid, **options, **extra)
+        extra = {"generator": generator} if self._solver.stochastic else {}
+        return self._solver.run(x, grid, **options, **extra)
 
     def _with_eta(self, eta) -> dict:
         """`sampler_options`, with a nonzero `step()` eta in place of theirs (0 or None: theirs)."""
         if not eta:
             return self._options
-        if not self._takes_eta:
+        if "eta" not in self._solver.options:
             raise ValueError(f"sampler {self.config.sampler!r} has no eta, got eta={eta}; "
                              f"only ddim is stochastic (eta 0 or None is accepted)")
         return {**self._options, "eta": float(eta)}
@@ -162,7 +163,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         evaluated = []
 
         def record(x, sigma):
-            evaluated.append(sigma)
+            evaluated.append(float(sigma))
             return x
 
         run_steps(self._trajectory(torch.zeros(1, dtype=torch.float64), grid, torch.Generator(), self._options), record)
@@ -201,15 +202,15 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         else:
             self._check_same(generator, eta)
         x, sigma = self._request
-        denoised = vp_output_to_denoised(model_output, x, torch.tensor(sigma, dtype=x.dtype, device=x.device),
+        denoised = vp_output_to_denoised(model_output, x, torch.tensor(float(sigma), dtype=x.dtype, device=x.device),
                                          self.config.prediction_type)
         try:
             self._request = self._steps.send(denoised)
             x_next, sigma_next = self._request
         except StopIteration as done:
-            x_next, sigma_next = done.value, float(self.grid[-1])
+            x_next, sigma_next = done.value, self.grid[-1]
         self._step_index += 1
-        prev_sample = (x_next / math.sqrt(1 + sigma_next ** 2)).to(sample.dtype)
+        prev_sample = (x_next / math.sqrt(1 + float(sigma_next) ** 2)).to(sample.dtype)
         return SchedulerOutput(prev_sample=prev_sample) if return_dict else (prev_sample,)
 
     def _start(self, timestep, sample: torch.Tensor, generator, eta) -> None:
@@ -225,7 +226,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
 
     def _check_same(self, generator, eta) -> None:
         """Mid-trajectory, `step()` may repeat the first step's generator and eta, not change them."""
-        if generator is not None and self._takes_generator and generator is not self._generator:
+        if generator is not None and self._solver.stochastic and generator is not self._generator:
             raise ValueError("step() got a different generator mid-trajectory; pass the same one to every step")
         if eta and self._with_eta(eta)["eta"] != self._eta:
             raise ValueError(f"step() got eta={eta} mid-trajectory, which runs with eta={self._eta}; "

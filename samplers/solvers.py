@@ -1,19 +1,24 @@
 """Samplers over a denoiser and a sigma list (docs/conventions.md §4), in the EDM sigma space.
 
 Every fixed-grid sampler is written once, as a generator: it yields `(x, sigma)` whenever it needs
-`D(x, sigma)` and receives the denoised value back, and returns the final sample. `sample()` drives
-it with a denoiser; a diffusers scheduler can drive the same generator one `step()` at a time.
+`D(x, sigma)` and receives the denoised value back, and returns the final sample. `solve()` drives
+it with a denoiser, differentiably; `sample()` is `solve()` from noise, without gradients; a
+diffusers scheduler drives the same generator one `step()` at a time. `SOLVERS` is the one registry.
 With `h = sigma_next - sigma` and `d = (x - D) / sigma`, the ODE is `dx/dsigma = d`.
+
+The generators do their arithmetic on 0-d tensors (`sigma` in `zip(sigmas[:-1], sigmas[1:])`), so
+gradients reach `x`, the sigmas and anything inside the denoiser.
 """
 from __future__ import annotations
 
-import inspect
-import math
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Callable, Mapping
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
+
+TINY = torch.finfo(torch.float64).tiny
 
 
 def ddim(x, sigmas, eta: float = 0.0, generator=None):
@@ -26,39 +31,29 @@ def ddim(x, sigmas, eta: float = 0.0, generator=None):
     for a float32 model, then upcast, so a seed gives DDIMScheduler's noise."""
     if not 0 <= eta <= 1:
         raise ValueError(f"ddim eta must be in [0, 1], got {eta}")
-    s = sigmas.tolist()
-    for i in range(len(s) - 1):
-        denoised = yield x, s[i]
-        eps = (x - denoised) / s[i]
-        c = eta * (s[i + 1] / s[i]) * math.sqrt(s[i] ** 2 - s[i + 1] ** 2)
-        x = denoised + math.sqrt(max(s[i + 1] ** 2 - c ** 2, 0.0)) * eps  # >= 0 but for rounding
+    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+        denoised = yield x, sigma
+        eps = (x - denoised) / sigma
+        c = eta * (sigma_next / sigma) * (sigma ** 2 - sigma_next ** 2).sqrt()
+        # sqrt(sigma_next^2 - c^2) is >= 0 but for rounding; kept off 0, where sqrt's slope is infinite
+        x = denoised + (sigma_next if eta == 0 else (sigma_next ** 2 - c ** 2).clamp(min=TINY).sqrt()) * eps
         if eta > 0:
             z = randn_tensor(x.shape, generator=generator, device=x.device, dtype=torch.float32)
             x = x + c * z.to(x.dtype)
     return x
 
 
-def euler(x, sigmas):
-    """Euler's method on the probability-flow ODE: `x_next = x + h d`."""
-    s = sigmas.tolist()
-    for i in range(len(s) - 1):
-        d = (x - (yield x, s[i])) / s[i]
-        x = x + (s[i + 1] - s[i]) * d
-    return x
-
-
 def heun(x, sigmas):
     """Heun's second-order method (Karras et al. 2022, Algorithm 1, deterministic): an Euler
     predictor, then the trapezoid `x + h (d + d') / 2`; the last step to sigma = 0 is Euler."""
-    s = sigmas.tolist()
-    for i in range(len(s) - 1):
-        h = s[i + 1] - s[i]
-        d = (x - (yield x, s[i])) / s[i]
+    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+        h = sigma_next - sigma
+        d = (x - (yield x, sigma)) / sigma
         x_euler = x + h * d
-        if s[i + 1] == 0:
+        if sigma_next == 0:
             x = x_euler
         else:
-            d_next = (x_euler - (yield x_euler, s[i + 1])) / s[i + 1]
+            d_next = (x_euler - (yield x_euler, sigma_next)) / sigma_next
             x = x + h * (d + d_next) / 2
     return x
 
@@ -68,19 +63,18 @@ def dpmpp_2m(x, sigmas):
     `x_next = (sigma_next / sigma) x - expm1(-h) D'` with `h = lambda_next - lambda` and
     `D' = (1 + 1/(2r)) D_i - 1/(2r) D_{i-1}`, `r = h_{i-1} / h`; first order on the first step and
     on the last step to sigma = 0 (where it gives `x = D`)."""
-    s = sigmas.tolist()
     previous, h_previous = None, None
-    for i in range(len(s) - 1):
-        denoised = yield x, s[i]
-        if s[i + 1] == 0:
+    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+        denoised = yield x, sigma
+        if sigma_next == 0:
             x = denoised
             continue
-        h = math.log(s[i] / s[i + 1])
+        h = (sigma / sigma_next).log()
         corrected = denoised
         if previous is not None:
             r = h_previous / h
             corrected = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * previous
-        x = (s[i + 1] / s[i]) * x - math.expm1(-h) * corrected
+        x = (sigma_next / sigma) * x - (-h).expm1() * corrected
         previous, h_previous = denoised, h
     return x
 
@@ -95,13 +89,12 @@ def ipndm(x, sigmas, max_order: int = 4):
     is short. max_order: 1 to 4."""
     if max_order not in ADAMS_BASHFORTH:
         raise ValueError(f"ipndm max_order must be 1, 2, 3 or 4, got {max_order}")
-    s = sigmas.tolist()
     history = []  # newest first
-    for i in range(len(s) - 1):
-        d = (x - (yield x, s[i])) / s[i]
+    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+        d = (x - (yield x, sigma)) / sigma
         history = [d, *history][:max_order]
         slope = sum(b * d_j for b, d_j in zip(ADAMS_BASHFORTH[len(history)], history))
-        x = x + (s[i + 1] - s[i]) * slope
+        x = x + (sigma_next - sigma) * slope
     return x
 
 
@@ -111,52 +104,73 @@ def dopri5(denoise, x, sigmas, rtol: float = 1e-5, atol: float = 1e-5):
     Euler step to 0). Only the two ends of the list matter; the reference solver."""
     from torchdiffeq import odeint
 
-    s_end = float(sigmas[-2] if sigmas[-1] == 0 else sigmas[-1])
+    s_end = sigmas[-2] if sigmas[-1] == 0 else sigmas[-1]
     if s_end < sigmas[0]:
-        log_sigmas = torch.tensor([math.log(float(sigmas[0])), math.log(s_end)], dtype=torch.float64, device=x.device)
-        x = odeint(lambda u, y: y - denoise(y, math.exp(float(u))), x, log_sigmas, rtol=rtol, atol=atol,
-                   method="dopri5")[-1]
+        log_sigmas = torch.stack([sigmas[0], s_end]).log().to(x.device)
+        x = odeint(lambda u, y: y - denoise(y, u.exp()), x, log_sigmas, rtol=rtol, atol=atol, method="dopri5")[-1]
     return denoise(x, s_end) if sigmas[-1] == 0 else x
 
 
+def one_per_step(steps: int, ends_at_zero: bool) -> int:
+    return steps
+
+
+def two_per_step(steps: int, ends_at_zero: bool) -> int:
+    """Heun's: a step to sigma = 0 is Euler, one call."""
+    return 2 * steps - int(ends_at_zero)
+
+
+def counted_as_it_goes(steps: int, ends_at_zero: bool) -> None:
+    return None
+
+
 @dataclass(frozen=True)
-class FixedGrid:
-    """A sampler on a given sigma grid: its step generator and its NFE as a function of the
-    number of steps and of whether the grid ends at sigma = 0."""
+class Solver:
+    """A sampler. run: its step generator `(x, sigmas, **options)`, or if `adaptive` a function
+    `(denoise, x, sigmas, **options)` that calls the denoiser itself. options: the keywords it
+    takes, with their defaults. nfe: `(steps, ends_at_zero) -> denoiser calls` (None: adaptive).
+    stochastic: it takes `generator` (the noise of `ddim` with eta > 0)."""
 
-    steps: Callable
-    nfe: Callable[[int, bool], int] = lambda n, ends_at_zero: n
+    run: Callable
+    options: Mapping[str, object] = field(default_factory=dict)
+    nfe: Callable[[int, bool], int | None] = one_per_step
+    adaptive: bool = False
+    stochastic: bool = False
 
 
-FIXED_GRID = {
-    "ddim": FixedGrid(ddim),
-    "euler": FixedGrid(euler),
-    "heun": FixedGrid(heun, lambda n, ends_at_zero: 2 * n - int(ends_at_zero)),
-    "dpmpp_2m": FixedGrid(dpmpp_2m),
-    "ipndm": FixedGrid(ipndm),
+SOLVERS: dict[str, Solver] = {
+    "ddim": Solver(ddim, {"eta": 0.0}, stochastic=True),
+    "euler": Solver(partial(ddim, eta=0.0)),  # Euler's x + h d is DDIM's eta = 0 step, D + sigma_next eps
+    "heun": Solver(heun, nfe=two_per_step),
+    "dpmpp_2m": Solver(dpmpp_2m),
+    "ipndm": Solver(ipndm, {"max_order": 4}),
+    "dopri5": Solver(dopri5, {"rtol": 1e-5, "atol": 1e-5}, nfe=counted_as_it_goes, adaptive=True),
 }
-ADAPTIVE = {"dopri5": dopri5}
-SAMPLER_NAMES = (*FIXED_GRID, *ADAPTIVE)
+SAMPLER_NAMES = tuple(SOLVERS)
+FIXED_GRID_NAMES = tuple(name for name, solver in SOLVERS.items() if not solver.adaptive)
 
 
-def _lookup(name: str):
-    fn = FIXED_GRID[name].steps if name in FIXED_GRID else ADAPTIVE.get(name)
-    if fn is None:
+def get_solver(name: str) -> Solver:
+    """The registry entry of sampler `name`."""
+    if name not in SOLVERS:
         raise ValueError(f"unknown sampler {name!r}: use one of {', '.join(SAMPLER_NAMES)}")
-    return fn
+    return SOLVERS[name]
 
 
-def check_options(name: str, fn, options: dict) -> None:
-    """Refuse keywords the sampler function `fn` does not take, naming them and the ones it does."""
-    params = [p for p in inspect.signature(fn).parameters if p not in ("x", "sigmas", "denoise", "generator")]
-    unknown = sorted(set(options) - set(params))
+def resolve_options(name: str, options: Mapping | None) -> dict:
+    """`options` over sampler `name`'s declared defaults; an undeclared one is refused in one line
+    naming it and the ones the sampler takes."""
+    declared = get_solver(name).options
+    unknown = sorted(set(options or {}) - set(declared))
     if unknown:
-        raise ValueError(f"unknown option(s) {', '.join(unknown)} for sampler {name!r}; it takes: {', '.join(params) or 'none'}")
+        raise ValueError(f"unknown option(s) {', '.join(unknown)} for sampler {name!r}; "
+                         f"it takes: {', '.join(declared) or 'none'}")
+    return {**declared, **(options or {})}
 
 
 def check_sigmas(sigmas) -> torch.Tensor:
-    """Sigmas as a float64 tensor: at least two, finite, strictly decreasing, positive but the last
-    (which may be 0)."""
+    """Sigmas as a float64 tensor (differentiably, if they require grad): at least two, finite,
+    strictly decreasing, positive but the last (which may be 0)."""
     sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
     if sigmas.ndim != 1 or len(sigmas) < 2:
         raise ValueError(f"need at least one step (two sigmas), got sigmas of shape {tuple(sigmas.shape)}")
@@ -169,22 +183,21 @@ def check_sigmas(sigmas) -> torch.Tensor:
     return sigmas
 
 
-def nfe(name: str, sigmas, **options) -> int | None:
+def nfe(name: str, sigmas, options: Mapping | None = None) -> int | None:
     """The exact number of denoiser calls `sample(name, ..., sigmas, **options)` makes; `None` for
     an adaptive sampler (count its calls with a `callback`)."""
-    check_options(name, _lookup(name), options)
-    if name in ADAPTIVE:
-        return None
+    resolve_options(name, options)
     sigmas = check_sigmas(sigmas)
-    return FIXED_GRID[name].nfe(len(sigmas) - 1, bool(sigmas[-1] == 0))
+    return SOLVERS[name].nfe(len(sigmas) - 1, bool(sigmas[-1] == 0))
 
 
-def steps_for_nfe(name: str, target: int, **options) -> int:
+def steps_for_nfe(name: str, target: int, options: Mapping | None = None) -> int:
     """The largest number of steps (on a grid ending at 0) whose NFE is at most `target`."""
-    if name not in FIXED_GRID:
+    resolve_options(name, options)
+    if SOLVERS[name].adaptive:
         raise ValueError(f"sampler {name!r} has no fixed grid, so no step count for an NFE budget")
     steps = 0
-    while FIXED_GRID[name].nfe(steps + 1, True) <= target:
+    while SOLVERS[name].nfe(steps + 1, True) <= target:
         steps += 1
     if steps == 0:
         raise ValueError(f"sampler {name!r} needs more than {target} NFE for one step")
@@ -201,49 +214,66 @@ def run_steps(steps, denoise: Callable) -> torch.Tensor:
         return done.value
 
 
-def sample(name: str, denoiser, noise: torch.Tensor, sigmas, generator=None, callback=None, **options) -> torch.Tensor:
-    """Sample with sampler `name` from standard-normal `noise` (scaled here by `sigmas[0]`) down the
-    decreasing `sigmas`, and return the final `x` in the dtype of `noise`.
-
-    denoiser: `(x, sigma) -> D`. generator: a `torch.Generator` or a list of one per sample, for
-    the stochastic samplers (`ddim` with `eta > 0`). callback: called after every denoiser call
-    with a dict `{"nfe", "x", "sigma", "denoised"}`. options: the sampler's keywords (e.g. `eta`,
-    `max_order`, `rtol`, `atol`). The arithmetic runs in float64 (float32 on MPS).
-    """
-    fn = _lookup(name)
-    check_options(name, fn, options)
+def solve(name: str, denoiser, x: torch.Tensor, sigmas, /, *, generator=None, callback=None,
+          **options) -> torch.Tensor:
+    """Run sampler `name` from the sigma-space point `x` at `sigmas[0]` down `sigmas`, keeping
+    gradients and `x`'s dtype: autograd reaches `x`, tensor `sigmas` that require grad and the
+    denoiser's parameters (a distillation teacher, a schedule search). Arguments as `sample`'s."""
+    solver, options = get_solver(name), resolve_options(name, options)
     sigmas = check_sigmas(sigmas)
-    if not torch.isfinite(noise).all():
-        raise ValueError(f"the noise has {int((~torch.isfinite(noise)).sum())} NaN or inf values")
-    work = torch.float32 if noise.device.type == "mps" else torch.float64
-    x = noise.to(work) * float(sigmas[0])
     calls = 0
 
     def denoise(x, sigma):
         nonlocal calls
         denoised = denoiser(x, sigma)
         calls += 1
-        if not torch.isfinite(denoised).all():
-            raise FloatingPointError(f"the model output has NaN or inf at sigma={float(sigma):.6g} (denoiser call {calls})")
         if callback is not None:
             callback({"nfe": calls, "x": x, "sigma": float(sigma), "denoised": denoised})
         return denoised
 
+    if solver.adaptive:
+        return solver.run(denoise, x, sigmas, **options)
+    extra = {"generator": generator} if solver.stochastic else {}
+    return run_steps(solver.run(x, sigmas, **options, **extra), denoise)
+
+
+def sample(name: str, denoiser, noise: torch.Tensor, sigmas, /, *, generator=None, callback=None,
+           **options) -> torch.Tensor:
+    """Sample with sampler `name` from standard-normal `noise` (scaled here by `sigmas[0]`) down the
+    decreasing `sigmas`, without gradients, and return the final `x` in the dtype of `noise`.
+
+    denoiser: `(x, sigma) -> D`, `sigma` a 0-d tensor. generator: a `torch.Generator` or a list of
+    one per sample, for the stochastic samplers (`ddim` with `eta > 0`). callback: called after
+    every denoiser call with a dict `{"nfe", "x", "sigma", "denoised"}`. options: the sampler's
+    declared keywords (`SOLVERS[name].options`, e.g. `eta`, `max_order`, `rtol`, `atol`). The
+    arithmetic runs in float64 (float32 on MPS); a NaN or inf model output stops it.
+    """
+    resolve_options(name, options)
+    sigmas = check_sigmas(sigmas)
+    if not torch.isfinite(noise).all():
+        raise ValueError(f"the noise has {int((~torch.isfinite(noise)).sum())} NaN or inf values")
+    work = torch.float32 if noise.device.type == "mps" else torch.float64
+
+    def check(call):
+        if not torch.isfinite(call["denoised"]).all():
+            raise FloatingPointError(f"the model output has NaN or inf at sigma={call['sigma']:.6g} "
+                                     f"(denoiser call {call['nfe']})")
+        if callback is not None:
+            callback(call)
+
     with torch.no_grad():
-        if name in ADAPTIVE:
-            x = fn(denoise, x, sigmas, **options)
-        else:
-            if "generator" in inspect.signature(fn).parameters:
-                options = {**options, "generator": generator}
-            x = run_steps(fn(x, sigmas, **options), denoise)
+        x = solve(name, denoiser, noise.to(work) * float(sigmas[0]), sigmas, generator=generator, callback=check,
+                  **options)
     return x.to(noise.dtype)
 
 
 def sample_seeds(name: str, denoiser, seeds, sigmas, shape, batch_size: int = 64, device=None, callback=None,
-                 **options):
+                 options: Mapping | None = None):
     """Yield batches of samples, sample `i` drawn from its own seed `seeds[i]` (its noise and any
     sampler noise come from `torch.Generator().manual_seed(seeds[i])`), so the samples depend
-    neither on the batch size nor on how the seeds are split over processes or devices."""
+    neither on the batch size nor on how the seeds are split over processes or devices. options:
+    the sampler's keywords, as one mapping."""
+    options = resolve_options(name, options)
     seeds = list(seeds)
     for start in range(0, len(seeds), batch_size):
         generators = [torch.Generator().manual_seed(int(s)) for s in seeds[start:start + batch_size]]

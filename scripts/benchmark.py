@@ -9,7 +9,6 @@ model against the 1797 digits, plus sample grids at 5 NFE), `fd-speed` (our Fré
 against pytorch-fid's on 2048-d statistics). Schedules: Karras (rho 7) over the model's range.
 """
 import argparse
-import contextlib
 import json
 import time
 from pathlib import Path
@@ -20,10 +19,11 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from fewstep import samplers
-from fewstep.evaluation import FeatureStats, frechet_distance, get_extractor
-from fewstep.evaluation.fid import accumulate, data_stats, gmm_stats
+from fewstep.evaluation import FeatureStats, frechet_distance, frechet_of, get_extractor
+from fewstep.evaluation.fid import accumulate, data_stats, fd_to, gmm_stats
+from fewstep.evaluation.generators import SamplerFn
 from fewstep.evaluation.report import assemble, nfe_plot, nfe_table, section, side_by_side
-from fewstep.samplers.skip_tuning import calibrated_rho
+from fewstep.samplers.skip_tuning import load_table, skip_tuning_for
 from fewstep.training.data import digits
 from fewstep.scripts._cli import config_dir
 
@@ -36,43 +36,42 @@ SKIPTUNE_NFE = [5, 10, 20]
 
 
 def plain_rows(names, targets):
-    """(label, sampler, options, NFE targets, context(denoiser, nfe)) rows of the samplers as they are."""
-    return [(name, name, {}, targets, lambda denoiser, nfe: contextlib.nullcontext()) for name in names]
+    """(label, sampler, options, NFE targets, Skip-Tuning settings) rows of the samplers as they are."""
+    return [(name, name, {}, targets, None) for name in names]
 
 
 def skiptune_rows(names, targets):
     """Rows with Skip-Tuning at the calibrated factors of conf/sampler/<name>+skiptune.yaml."""
-    rows = []
-    for name in names:
-        skip = OmegaConf.load(config_dir() / "sampler" / f"{name}+skiptune.yaml").skip
-        if not skip.by_nfe:
-            continue
-        table = dict(skip.by_nfe)
-
-        def context(denoiser, nfe, table=table, rho_top=skip.rho_top):
-            return samplers.skip_tuning(denoiser, rho_top, calibrated_rho(table, nfe))
-
-        rows.append((f"{name}+skiptune", name, {}, [t for t in targets if t in SKIPTUNE_NFE], context))
-    return rows
+    tables = {name: load_table(name) for name in names}
+    return [(f"{name}+skiptune", name, {}, [t for t in targets if t in SKIPTUNE_NFE], skip)
+            for name, skip in tables.items() if skip.by_nfe]
 
 
-def sweep(denoiser, rows, seeds, shape, batch_size, measure):
-    """Run every row at each of its NFE targets; `measure(samples)` returns a dict of metrics."""
+def sweep(denoiser, rows, seeds, shape, batch_size, extractor, reference, measure):
+    """Run every row at each of its NFE targets: the FD of its samples to `reference`, and
+    `measure(samples)`, a dict of further metrics."""
     results = []
-    for label, name, options, targets, context in rows:
+    for label, name, options, targets, skip in rows:
         done = {}  # steps -> row: targets that round to the same step count (Heun: odd NFE only) run once
         for target in targets:
-            steps = samplers.steps_for_nfe(name, target, **options)
+            steps = samplers.steps_for_nfe(name, target, options)
             if steps in done:
                 results.append({**done[steps], "target_nfe": target})
                 continue
             sigmas = samplers.get_sigmas("karras", steps, denoiser.sigma_min, denoiser.sigma_max)
-            nfe = samplers.nfe(name, sigmas, **options)
+            nfe = samplers.nfe(name, sigmas, options)
+            sample_fn, kept = SamplerFn(name, denoiser, sigmas, shape, options=options), []
+
+            def keep(seeds):
+                kept.append(sample_fn(seeds))
+                return kept[-1]
+
             start = time.perf_counter()
-            with context(denoiser, nfe):
-                x = torch.cat(list(samplers.sample_seeds(name, denoiser, seeds, sigmas, shape, batch_size, **options)))
+            with skip_tuning_for(skip, denoiser, nfe):
+                fd = frechet_of(keep, seeds, extractor, reference, batch_size=batch_size)
             row = {"label": label, "sampler": name, "options": options, "target_nfe": target, "steps": steps,
-                   "nfe": nfe, "seconds": round(time.perf_counter() - start, 2), **measure(x)}
+                   "nfe": nfe, "seconds": round(time.perf_counter() - start, 2), "fd": fd,
+                   **measure(torch.cat(kept))}
             done[steps] = row
             print(json.dumps({k: v for k, v in row.items() if not torch.is_tensor(v)}), flush=True)
             results.append(row)
@@ -98,27 +97,26 @@ def suite_gmm(args):
     seeds = range(args.seed, args.seed + args.num_samples)
     exact_sigmas = samplers.get_sigmas("karras", 2, gmm.sigma_min, gmm.sigma_max)
     exact = torch.cat(list(samplers.sample_seeds("dopri5", gmm, seeds, exact_sigmas, gmm.sample_shape,
-                                                 args.batch_size, rtol=1e-8, atol=1e-8)))
-    exact_fd = frechet_distance(*accumulate([exact], get_extractor("raw")).mu_sigma(), *reference)
+                                                 args.batch_size, options={"rtol": 1e-8, "atol": 1e-8})))
+    raw = get_extractor("raw")
+    exact_fd = fd_to(reference, accumulate([exact], raw))
 
     def measure(x):
-        stats = accumulate([x], get_extractor("raw"))
-        return {"fd": frechet_distance(*stats.mu_sigma(), *reference),
-                "ode_error": (x.double() - exact.double()).norm(dim=1).mean().item()}
+        return {"ode_error": (x.double() - exact.double()).norm(dim=1).mean().item()}
 
-    results = sweep(gmm, plain_rows(args.samplers, args.nfe), seeds, gmm.sample_shape, args.batch_size, measure)
+    results = sweep(gmm, plain_rows(args.samplers, args.nfe), seeds, gmm.sample_shape, args.batch_size, raw, reference,
+                    measure)
     nfe_plot(results, "fd", Path(args.out_dir) / "gmm_fd.png", "analytic mixture: FD to the truth")
     nfe_plot(results, "ode_error", Path(args.out_dir) / "gmm_ode_error.png", "analytic mixture: error vs exact ODE")
-    body = (f"{args.num_samples} samples of the 2-D mixture in `conf/model/gmm.yaml`, the same seeds for every "
-            f"cell. The exact ODE solution (dopri5, rtol = atol = 1e-8) of the same noise has FD "
-            f"{exact_fd:.4f} to the truth: that is the floor the sample size allows. The Fréchet distance "
-            f"compares only means and covariances, so on a mixture it can be small for a wrong distribution and "
-            f"need not fall monotonically with NFE; the distance to the exact ODE solution is the sharper "
-            f"measure of a sampler's error.\n\n"
-            f"Fréchet distance to the true mixture (exact moments):\n\n{nfe_table(results, 'fd', args.nfe)}\n\n"
-            f"Mean distance to the exact ODE solution from the same noise:\n\n"
-            f"{nfe_table(results, 'ode_error', args.nfe)}\n\n![FD](benchmarks/gmm_fd.png) "
-            f"![ODE error](benchmarks/gmm_ode_error.png)")
+    intro = (f"{args.num_samples} samples of the 2-D mixture in `conf/model/gmm.yaml`, the same seeds for every cell. "
+             f"The exact ODE solution (dopri5, rtol = atol = 1e-8) of the same noise has FD {exact_fd:.4f} to the "
+             "truth: that is the floor the sample size allows. The Fréchet distance compares only means and "
+             "covariances, so on a mixture it can be small for a wrong distribution and need not fall monotonically "
+             "with NFE; the distance to the exact ODE solution is the sharper measure of a sampler's error.")
+    tables = [f"{title}:\n\n{nfe_table(results, metric, args.nfe)}" for title, metric in (
+        ("Fréchet distance to the true mixture (exact moments)", "fd"),
+        ("Mean distance to the exact ODE solution from the same noise", "ode_error"))]
+    body = "\n\n".join([intro, *tables, "![FD](benchmarks/gmm_fd.png) ![ODE error](benchmarks/gmm_ode_error.png)"])
     return results, "gmm", "Analytic Gaussian mixture", body
 
 
@@ -128,15 +126,11 @@ def suite_digits(args):
     real = digits()
     reference = data_stats(real, extractor)
     seeds = range(args.seed, args.seed + args.num_samples)
-    half_fd = frechet_distance(*accumulate(real[: len(real) // 2].split(256), extractor).mu_sigma(), *reference)
-
-    def measure(x):
-        return {"fd": frechet_distance(*accumulate(x.split(256), extractor).mu_sigma(), *reference),
-                "grid": x[:16]}
-
+    half_fd = fd_to(reference, accumulate(real[: len(real) // 2].split(256), extractor))
     rows = plain_rows(args.samplers, args.nfe) + skiptune_rows([s for s in SKIPTUNE_SAMPLERS if s in args.samplers],
                                                                args.nfe)
-    results = sweep(denoiser, rows, seeds, denoiser.sample_shape, args.batch_size, measure)
+    results = sweep(denoiser, rows, seeds, denoiser.sample_shape, args.batch_size, extractor, reference,
+                    lambda x: {"grid": x[:16]})
     grid_nfe = 5 if 5 in args.nfe else args.nfe[0]
     grids = {f"{r['label']} (NFE {r['nfe']})": r["grid"] for r in results if r["target_nfe"] == grid_nfe}
     side_by_side(grids, Path(args.out_dir) / f"digits_grids_nfe{grid_nfe}.png")

@@ -1,23 +1,27 @@
-"""Train a network with one objective through the shared Accelerate loop.
+"""Train the networks of one objective through the shared Accelerate loop.
 
     python scripts/train.py                                   # the digits DDPM (conf/train.yaml)
     python scripts/train.py train.steps=200 out_dir=runs/try
+    python scripts/train.py train.networks.net.lr=1e-4        # a setting of one network
     accelerate launch --multi_gpu --num_processes 2 scripts/train.py   # 2 processes (gloo on CPU)
 """
 import hydra
 from accelerate.utils import set_seed
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from fewstep.scripts._cli import CONFIG_PATH, one_line_errors
 from fewstep.training import Trainer
+from fewstep.training import config as _schema  # noqa: F401  (registers train_schema, which conf/train.yaml names)
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="train", version_base="1.3")
 @one_line_errors
 def main(cfg):
     set_seed(cfg.seed)  # the initial weights
-    trainer = Trainer(instantiate(cfg.net, _convert_="all"), instantiate(cfg.objective), instantiate(cfg.data),
-                      out_dir=cfg.out_dir, seed=cfg.seed, **cfg.train)
+    nets = instantiate(cfg.net, _convert_="all")  # one module, or {name: module}
+    trainer = Trainer(nets, instantiate(cfg.objective), instantiate(cfg.data), out_dir=cfg.out_dir, seed=cfg.seed,
+                      **OmegaConf.to_container(cfg.train, resolve=True))
     trainer.fit()
 
 

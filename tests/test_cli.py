@@ -1,9 +1,11 @@
 """The entry points as a user runs them."""
+import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import ROOT, accelerate_launch
 
@@ -40,15 +42,41 @@ def test_samples_depend_on_the_seed_not_on_the_batch_size_or_the_processes(tmp_p
     assert np.array_equal(a, b) and np.array_equal(a, c)
 
 
+def without(available: bool, device: str):
+    return pytest.mark.skipif(available, reason=f"{device} is available here")
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["model=diffusers", "model.path=/nonexistent/model"], "error: model path does not exist: /nonexistent/model"),
     (["steps=0"], "error: the number of steps must be a whole number of at least 1, got 0"),
     (["image_size=15"], "error: the model takes image sizes divisible by 4, got (15, 15)"),
+    pytest.param(["device=cuda"], "error: device=cuda asked for, but torch sees no CUDA device",
+                 marks=without(torch.cuda.is_available(), "CUDA")),
+    pytest.param(["device=mps"], "error: device=mps asked for, but torch sees no MPS device",
+                 marks=without(torch.backends.mps.is_available(), "MPS")),
+    (["device=gpu:0"], "error: device=gpu:0 is not a device to run on: use auto, cpu, cuda, cuda:N or mps"),
 ])
 def test_bad_input_gives_one_clear_line(tmp_path, overrides, message):
     done = run("sample.py", *overrides, f"out_dir={tmp_path}")
-    assert done.returncode == 2
+    assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1] == message
+    assert not (tmp_path / "samples.npz").exists()
+
+
+@pytest.mark.parametrize("name, message", [
+    ("cuda:x", "device=cuda:x is not a device to run on"),
+    ("meta", "device=meta is not a device to run on"),
+    ("", "device= is not a device to run on"),
+    pytest.param("cuda:7", "device=cuda:7 asked for, but torch sees no CUDA device",
+                 marks=without(torch.cuda.is_available(), "CUDA")),
+])
+def test_devices_torch_cannot_use_are_refused_by_name(name, message):
+    from fewstep.scripts._cli import resolve_device
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        resolve_device(name)
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @pytest.mark.parametrize("script, overrides, message", [

@@ -155,7 +155,8 @@ def _eval_missing(tmp):
 def _calibrate(tmp):
     table = tmp / "tables" / "ddim+skiptune.yaml"
     tracked = (ROOT / "conf" / "sampler" / "ddim+skiptune.yaml").read_bytes()
-    done = run("calibrate_skiptune.py", *CALIBRATE, f"table={table}", f"out_dir={tmp / 'calibrate'}")
+    done = run("calibrate_skiptune.py", *CALIBRATE, f"table={table}", f"cache_dir={tmp / 'cache'}",
+               f"out_dir={tmp / 'calibrate'}")
     return {"done": done, "table": table, "tracked_before": tracked,
             "tracked_after": (ROOT / "conf" / "sampler" / "ddim+skiptune.yaml").read_bytes()}
 
@@ -269,7 +270,7 @@ def test_training_reads_an_image_folder_and_names_a_missing_one(runs):
     config = json.loads((out / "model" / "unet" / "config.json").read_text())
     assert (config["in_channels"], config["out_channels"], config["sample_size"]) == (1, 1, 8)
     resolved = OmegaConf.load(out / ".hydra" / "config.yaml")
-    assert resolved.data == {"_target_": "training.data.ImageFolder", "root": str(runs.tmp / "images"),
+    assert resolved.data == {"_target_": "fewstep.training.data.ImageFolder", "root": str(runs.tmp / "images"),
                              "image_size": 8, "channels": 1}
 
     missing = runs.get("train_image_folder_missing")
@@ -351,18 +352,21 @@ def calibrate_config(*overrides):
 
 
 def test_calibration_writes_no_table_unless_asked(tmp_path):
+    from fewstep.samplers.skip_tuning import table_path
     from fewstep.scripts import calibrate_skiptune
 
     cfg = calibrate_config()
     assert cfg.write is False and cfg.table is None
-    assert calibrate_skiptune.table_path(cfg, "heun") == ROOT / "conf" / "sampler" / "heun+skiptune.yaml"
-    assert calibrate_skiptune.table_path(calibrate_config(f"table={tmp_path}/t.yaml"), "heun") == tmp_path / "t.yaml"
+    assert table_path("heun", cfg.table) == ROOT / "conf" / "sampler" / "heun+skiptune.yaml"
+    assert table_path("heun", calibrate_config(f"table={tmp_path}/t.yaml").table) == tmp_path / "t.yaml"
     # A table path without write=true is refused before any sampling (main as Hydra calls it, unwrapped).
     unwrapped = calibrate_skiptune.main.__wrapped__.__wrapped__
     with pytest.raises(ValueError, match=re.escape(f"table={tmp_path}/t.yaml is only written with write=true")):
         unwrapped(calibrate_config(f"table={tmp_path}/t.yaml"))
     with pytest.raises(ValueError, match=re.escape(f"table={tmp_path} is a directory")):
         unwrapped(calibrate_config(f"table={tmp_path}", "write=true"))
+    with pytest.raises(ValueError, match=re.escape("Skip-Tuning is calibrated for fixed-grid samplers, got 'dopri5'")):
+        unwrapped(calibrate_config("sampler=dopri5"))
 
 
 @needs("calibrate")
@@ -370,6 +374,7 @@ def test_calibration_writes_the_best_rho_per_nfe_where_asked(runs):
     r = runs.get("calibrate")
     done = ok(r["done"])
     assert r["tracked_after"] == r["tracked_before"]  # the tracked table is left alone
+    assert len(list((runs.tmp / "cache").glob("digits-*-digits.npz"))) == 1  # the reference statistics, cached
     assert f"wrote {r['table']}" in done.stdout
     scores = {float(m["rho"]): float(m["fd"]) for m in re.finditer(
         r"^ddim NFE 3 \(3 steps\) rho_top 1\.0 rho_bottom (?P<rho>[\d.]+): FD-digits (?P<fd>[\d.]+)$",
@@ -384,7 +389,7 @@ def test_calibration_writes_the_best_rho_per_nfe_where_asked(runs):
     assert table["skip"]["rho_top"] == 1.0 and table["skip"]["rho_bottom"] is None
     header = [line for line in text.splitlines() if line.startswith("#")]
     command = "python scripts/calibrate_skiptune.py " + " ".join(
-        [*CALIBRATE, f"table={r['table']}", f"out_dir={runs.tmp / 'calibrate'}"])
+        [*CALIBRATE, f"table={r['table']}", f"cache_dir={runs.tmp / 'cache'}", f"out_dir={runs.tmp / 'calibrate'}"])
     assert f"#   {command}" in header
     assert f"NFE 3: {scores[1.0]:.2f} -> {scores[best]:.2f}" in text
 

@@ -180,3 +180,114 @@ def test_benchmark_writes_its_table_plots_and_report(tmp_path):
     euler = {r["nfe"]: r["ode_error"] for r in rows if r["label"] == "euler"}
     assert euler[10] < euler[3]
     assert (tmp_path / "gmm_fd.png").stat().st_size > 1000
+
+
+# -- any generator as a sample_fn: seeds split over processes, statistics, the reference -----------
+def seeded_points(seeds):
+    """A sample_fn: sample i is a 3-d Gaussian point drawn from seeds[i] alone."""
+    return torch.stack([torch.randn(3, generator=torch.Generator().manual_seed(s)) * 2 + 1 for s in seeds])
+
+
+class FakeAccelerator:
+    def __init__(self, index, processes):
+        self.process_index, self.num_processes = index, processes
+
+
+def test_seeds_split_over_processes_and_gather_back_in_their_order(monkeypatch):
+    import accelerate.utils
+
+    from fewstep.evaluation.seeds import gather_by_seed, generate, split
+
+    seeds = [7, 3, 11, 5, 2, 9, 4]
+    shares = [split(seeds, FakeAccelerator(i, 3)) for i in range(3)]
+    assert shares == [[7, 5, 4], [3, 2], [11, 9]] and split(seeds) == seeds
+    batches = [list(generate(seeded_points, share, batch_size=2)) for share in shares]
+    assert [len(b) for b in batches[0]] == [2, 1]
+    # Every process sends its samples; gather_object hands each process all of them, in process order.
+    monkeypatch.setattr(accelerate.utils, "gather_object", lambda obj: [[x for b in part for x in b] for part in batches])
+    gathered = gather_by_seed(seeds, batches[1], FakeAccelerator(1, 3))
+    assert torch.equal(gathered, seeded_points(seeds))
+    assert torch.equal(gather_by_seed(seeds, generate(seeded_points, seeds, 3)), seeded_points(seeds))
+
+
+def test_a_sample_fn_must_give_one_sample_per_seed():
+    from fewstep.evaluation.seeds import generate
+
+    with pytest.raises(ValueError, match="the sample_fn gave 1 samples for 2 seeds"):
+        list(generate(lambda seeds: torch.zeros(1, 3), [0, 1], batch_size=4))
+    with pytest.raises(ValueError, match="batch_size must be at least 1, got 0"):
+        list(generate(seeded_points, [0, 1], batch_size=0))
+
+
+def test_frechet_of_a_sample_fn_is_the_distance_of_its_samples_whatever_the_batch_size():
+    from fewstep.evaluation import frechet_of, statistics_of
+
+    seeds = list(range(100, 150))
+    x = seeded_points(seeds).double().numpy()
+    reference = (np.zeros(3), np.eye(3))
+    expected = frechet_distance(x.mean(0), np.cov(x, rowvar=False), *reference)
+    raw = get_extractor("raw")
+    for batch_size in (7, 50):
+        assert frechet_of(seeded_points, seeds, raw, reference, batch_size=batch_size) == pytest.approx(expected, rel=1e-12)
+    assert int(statistics_of(seeded_points, seeds, raw).n) == 50
+    with pytest.raises(ValueError, match=r"num_samples=3 is too few for 2 processes \(need 2 each\)"):
+        statistics_of(seeded_points, [0, 1, 2], raw, FakeAccelerator(0, 2))
+
+
+def test_a_denoiser_and_a_sampler_as_a_sample_fn_count_their_nfe(gmm):
+    from fewstep import samplers
+    from fewstep.evaluation.generators import SamplerFn
+
+    sigmas = samplers.get_sigmas("karras", 4, gmm.sigma_min, gmm.sigma_max)
+    fn = SamplerFn("heun", gmm, sigmas, gmm.sample_shape)
+    x = torch.cat([fn([3, 4, 5]), fn([6])])
+    expected = torch.cat(list(samplers.sample_seeds("heun", gmm, [3, 4, 5, 6], sigmas, gmm.sample_shape)))
+    assert torch.equal(x, expected) and fn.nfe == 7 and fn.batches == 2
+    eta = SamplerFn("ddim", gmm, sigmas, gmm.sample_shape, options={"eta": 1.0})
+    assert torch.equal(torch.cat([eta([3]), eta([4, 5])]), eta([3, 4, 5]))  # sampler noise from each seed too
+
+
+def test_the_reference_cache_key_follows_the_data_config_and_the_weights_file(tmp_path):
+    import os
+
+    from omegaconf import OmegaConf
+
+    from fewstep.evaluation.reference import cache_path
+
+    data = OmegaConf.create({"_target_": "fewstep.training.data.digits", "image_size": 16})
+    path = cache_path(data, "digits", None, tmp_path)
+    assert path.parent == tmp_path and path.name.startswith("digits-") and path.name.endswith("-digits.npz")
+    assert cache_path(OmegaConf.create({**data, "image_size": 8}), "digits", None, tmp_path) != path
+    assert cache_path(data, "raw", None, tmp_path) != path
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"1")
+    with_weights = cache_path(data, "digits", weights, tmp_path)
+    assert with_weights != path and cache_path(data, "digits", weights, tmp_path) == with_weights
+    os.utime(weights, ns=(0, 0))  # the same path, another file
+    assert cache_path(data, "digits", weights, tmp_path) != with_weights
+
+
+def test_reference_statistics_of_each_kind(tmp_path, gmm):
+    from omegaconf import OmegaConf
+
+    from fewstep.evaluation.reference import reference_stats
+
+    def cfg(**kw):
+        return OmegaConf.create({"reference": "data", "extractor": "raw", "extractor_weights": None,
+                                 "cache_dir": str(tmp_path / "cache"), "data": None, **kw})
+
+    mu, sigma = reference_stats(cfg(reference="analytic"), gmm, get_extractor("raw"))
+    np.testing.assert_array_equal(mu, gmm_stats(gmm)[0])
+    with pytest.raises(ValueError, match="reference=analytic needs model=gmm and extractor=raw"):
+        reference_stats(cfg(reference="analytic", extractor="digits"), gmm, get_extractor("raw"))
+    with pytest.raises(ValueError, match=r"reference=data needs a data set \(data=...\)"):
+        reference_stats(cfg(), gmm, get_extractor("raw"))
+    saved = save_stats(tmp_path / "ref.npz", np.ones(2), np.eye(2))
+    np.testing.assert_array_equal(reference_stats(cfg(reference=str(saved)), gmm, get_extractor("raw"))[0], np.ones(2))
+    data = {"_target_": "fewstep.training.data.digits", "image_size": 8}
+    mu, sigma = reference_stats(cfg(data=data), None, get_extractor("raw"))
+    assert mu.shape == (64,) and sigma.shape == (64, 64)
+    (cached,) = (tmp_path / "cache").iterdir()
+    stamp = cached.stat().st_mtime_ns
+    np.testing.assert_array_equal(reference_stats(cfg(data=data), None, get_extractor("raw"))[1], sigma)
+    assert cached.stat().st_mtime_ns == stamp and not list(tmp_path.glob("cache/.*"))  # read, not rewritten

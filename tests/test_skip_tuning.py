@@ -3,7 +3,7 @@ import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
 
 from fewstep import samplers
-from conftest import tiny_unet
+from conftest import ROOT, tiny_unet
 
 
 def tiny_conditional_unet():
@@ -109,14 +109,52 @@ def test_the_calibrated_rho_is_the_nearest_nfe_s(nfe, rho):
 
 
 @pytest.mark.parametrize("nfe, rho", [(4, 0.85), (9, 0.9), (30, 0.95)])
-def test_a_skiptune_config_applies_the_nearest_nfe_s_rho(nfe, rho):
+def test_a_skiptune_config_applies_the_nearest_nfe_s_rho(nfe, rho, capsys, caplog):
+    """It logs what it applied (the scripts print the handle); the library prints nothing."""
+    import logging
+
     from omegaconf import OmegaConf
-    from fewstep.scripts._cli import skip_tuning_for
+    from fewstep.samplers.skip_tuning import skip_tuning_for
 
     cfg = OmegaConf.create({"sampler": {"skip": {"rho_top": 1.0, "rho_bottom": None, "sigma_range": None,
                                                  "by_nfe": {5: 0.85, 10: 0.9, 20: 0.95}}}})
-    with skip_tuning_for(cfg, tiny_unet(), nfe) as handle:
-        assert (handle.rho_top, handle.rho_bottom) == (1.0, rho)
+    unet = tiny_unet()
+    with caplog.at_level(logging.DEBUG, logger="fewstep.samplers.skip_tuning"):
+        with skip_tuning_for(cfg.sampler.skip, unet, nfe) as handle:
+            assert (handle.rho_top, handle.rho_bottom) == (1.0, rho)
+            assert str(handle) == f"Skip-Tuning: rho_top 1.0, rho_bottom {rho}"
+    assert not any(block._forward_pre_hooks for block in unet.up_blocks)
+    assert capsys.readouterr().out == "" and f"rho_bottom {rho} at NFE {nfe}" in caplog.text
+
+
+def test_a_set_rho_bottom_and_sigma_range_win_over_the_table_and_no_settings_tune_nothing():
+    from contextlib import nullcontext
+
+    from fewstep.samplers.skip_tuning import skip_tuning_for
+
+    denoiser = samplers.DiffusersUNetDenoiser(tiny_unet(), DDPMScheduler().alphas_cumprod)
+    skip = {"rho_top": 0.9, "rho_bottom": 0.6, "sigma_range": [1, 80], "by_nfe": {5: 0.85}}
+    with skip_tuning_for(skip, denoiser, 5) as handle:
+        assert str(handle) == "Skip-Tuning: rho_top 0.9, rho_bottom 0.6, sigma in [1.0, 80.0]"
+    assert isinstance(skip_tuning_for(None, denoiser, 5), nullcontext)
+    with pytest.raises(ValueError, match="no calibrated Skip-Tuning table"):
+        skip_tuning_for({"rho_top": 1.0, "rho_bottom": None, "by_nfe": {}}, denoiser, 5)
+
+
+def test_tables_round_trip_and_the_shipped_ones_load(tmp_path):
+    from fewstep.samplers.skip_tuning import load_table, table_path, write_table
+
+    path = write_table(tmp_path / "t" / "heun+skiptune.yaml", "heun", 0.95, {10: 0.9, 5: 0.8}, ["made by hand"])
+    text = path.read_text()
+    assert "# made by hand\n" in text and text.index("5: 0.8") < text.index("10: 0.9")
+    skip = load_table("heun", path)
+    assert (skip.rho_top, skip.rho_bottom, skip.sigma_range, dict(skip.by_nfe)) == (0.95, None, None, {5: 0.8, 10: 0.9})
+    assert table_path("ddim") == ROOT / "conf" / "sampler" / "ddim+skiptune.yaml"
+    assert dict(load_table("ddim").by_nfe) == {5: 0.85, 10: 0.9, 20: 0.95}
+    with pytest.raises(FileNotFoundError, match="no Skip-Tuning table for sampler 'lms'"):
+        load_table("lms")
+    with pytest.raises(ValueError, match="is no Skip-Tuning table"):
+        load_table("ddim", ROOT / "conf" / "sampler" / "ddim.yaml")
 
 
 def test_models_without_skips_are_refused(gmm):
@@ -151,10 +189,8 @@ def test_skiptune_sampler_configs_change_the_samples(tmp_path, tiny_pipeline):
 
 
 def test_every_fixed_grid_sampler_has_a_skiptune_config():
-    from conftest import ROOT
-
     names = {p.name.removesuffix("+skiptune.yaml") for p in (ROOT / "conf" / "sampler").glob("*+skiptune.yaml")}
-    assert names == set(samplers.solvers.FIXED_GRID)
+    assert names == set(samplers.FIXED_GRID_NAMES) and len(names) == 5
 
 
 def test_calibration_scans_the_grid_and_writes_nothing_unasked(tmp_path, tiny_pipeline):
@@ -164,8 +200,23 @@ def test_calibration_scans_the_grid_and_writes_nothing_unasked(tmp_path, tiny_pi
 
     done = run("calibrate_skiptune.py", "model=diffusers", f"model.path={tiny_pipeline}", "data.image_size=8",
                "extractor=raw", "num_samples=40", "batch_size=40", "rho_grid=[0.5,1.0]", "nfes=[2]", "write=false",
-               f"out_dir={tmp_path}")
+               f"cache_dir={tmp_path / 'cache'}", f"out_dir={tmp_path}")
     assert done.returncode == 0, done.stderr
     rows = json.loads((tmp_path / "calibration-ddim.json").read_text())["2"]
     assert [r["rho_bottom"] for r in rows] == [0.5, 1.0]
     assert rows[0]["fd"] != rows[1]["fd"] and "wrote" not in done.stdout
+    assert [p.name.split("-")[-1] for p in (tmp_path / "cache").iterdir()] == ["raw.npz"]  # the reference, cached
+
+
+def test_the_best_factors_share_one_rho_top_and_the_summary_compares_with_the_plain_sampler():
+    from fewstep.evaluation.calibration import best_factors
+
+    def rows(*fds):  # (rho_top, rho_bottom) over [1.0, 0.9] x [1.0, 0.8]
+        grid = [(1.0, 1.0), (1.0, 0.8), (0.9, 1.0), (0.9, 0.8)]
+        return [{"rho_top": t, "rho_bottom": b, "fd": fd} for (t, b), fd in zip(grid, fds)]
+
+    # NFE 5 and 20 are best at rho_top 0.9, NFE 10 at 1.0: 0.9 is kept and NFE 10 re-picked under it.
+    results = {5: rows(50, 40, 45, 30), 10: rows(20, 10, 25, 15), 20: rows(8, 9, 7, 9)}
+    rho_top, by_nfe, summary = best_factors(results)
+    assert (rho_top, by_nfe) == (0.9, {5: 0.8, 10: 0.8, 20: 1.0})
+    assert summary == "NFE 5: 50.00 -> 30.00, NFE 10: 20.00 -> 15.00, NFE 20: 8.00 -> 7.00"

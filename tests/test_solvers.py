@@ -99,7 +99,7 @@ def test_nfe_is_exact(gmm, name, options, n):
     sigmas = samplers.get_sigmas("karras", n, gmm.sigma_min, gmm.sigma_max)
     calls = []
     samplers.sample(name, gmm, torch.randn(8, 2), sigmas, callback=calls.append, **options)
-    expected = samplers.nfe(name, sigmas, **options)
+    expected = samplers.nfe(name, sigmas, options)
     if name == "dopri5":  # adaptive: no count in advance; one dopri5 step alone takes 6 calls
         assert expected is None and (len(calls) == 1 if n == 1 else len(calls) > 6)
     else:
@@ -156,7 +156,7 @@ def nan_model(x, sigma):
     (lambda g: samplers.sample("lms", g, torch.zeros(2, 2), [1.0, 0.0]), ValueError, "unknown sampler 'lms'"),
     (lambda g: samplers.sample("euler", g, torch.zeros(2, 2), [1.0, 0.0], eta=1.0), ValueError, "unknown option.*eta.*'euler'"),
     (lambda g: samplers.sample("ipndm", g, torch.zeros(2, 2), [1.0, 0.0], max_order=5), ValueError, "max_order must be 1, 2, 3 or 4, got 5"),
-    (lambda g: samplers.nfe("dopri5", [1.0, 0.0], order=2), ValueError, "unknown option"),
+    (lambda g: samplers.nfe("dopri5", [1.0, 0.0], {"order": 2}), ValueError, "unknown option"),
     (lambda g: samplers.steps_for_nfe("dopri5", 10), ValueError, "no fixed grid"),
     (lambda g: samplers.sample("ddim", g, torch.zeros(2, 2), [1.0, 0.0], eta=1.5), ValueError, r"eta must be in \[0, 1\], got 1.5"),
     (lambda g: samplers.steps_for_nfe("euler", 0), ValueError, "more than 0 NFE"),

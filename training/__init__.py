@@ -1,5 +1,5 @@
 """The shared Accelerate training loop that every objective (diffusion, rectified flow, GAN,
 AMED distillation) plugs into, and the training data sets."""
-from .engine import Trainer
+from .engine import NetworkOptim, Trainer
 
-__all__ = ["Trainer"]
+__all__ = ["NetworkOptim", "Trainer"]

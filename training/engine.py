@@ -1,8 +1,26 @@
-"""One Accelerate training loop: data, optimiser, EMA, checkpoint/resume, logging, export.
+"""One Accelerate training loop for named networks: data, optimisers, EMAs, checkpoint/resume,
+logging, export.
 
-An objective is any object with `loss(model, batch) -> scalar tensor` and
-`export(model, out_dir)`. The loop works unchanged on one CPU, one GPU, several GPUs or nodes
-(`accelerate launch`), and several CPU processes over gloo (`cpu=True`, see docs/conventions.md §8).
+The objective protocol (docs/conventions.md §8):
+
+* `losses(nets, batch, step) -> dict[str, Tensor]`: `nets` maps each network's name to the module,
+  `batch` is this process's share of the batch, `step` the number of training steps already taken
+  (0 on the first). Each key names the network its scalar loss updates, and only the losses due at
+  this step are returned: that is how an objective says how often each network is updated (a GAN
+  returns the critic loss `n_critic` steps out of `n_critic + 1` and the generator loss on the
+  others). Every process must return the same keys.
+* `export(nets, out_dir)`: write the trained networks; it receives copies carrying the EMA weights
+  (the raw weights for a network trained without an EMA).
+* `networks` (optional): the names of the networks it trains, checked against the trainer's.
+
+Each returned loss is backpropagated into its own network's parameters only
+(`backward(inputs=...)`; a generator loss may run through the critic without touching the critic's
+gradients), then that network's gradient is averaged over processes, clipped, and its optimiser,
+learning-rate schedule and EMA are stepped. All losses of a step are backpropagated before any
+network is stepped, so several losses may share one graph.
+
+The loop works unchanged on one CPU, one GPU, several GPUs or nodes (`accelerate launch`), and
+several CPU processes over gloo (`cpu=True`, see docs/conventions.md §8).
 """
 from __future__ import annotations
 
@@ -11,23 +29,80 @@ import csv
 import json
 import shutil
 import sys
+import warnings
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Mapping
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.utils import set_seed
+from accelerate.logging import get_logger
+from accelerate.utils import DistributedType, broadcast, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 CHECKPOINT_PREFIX = "step_"
+OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class NetworkOptim:
+    """How one network is trained. The `Trainer` keywords of the same names are the defaults of every
+    network; its `networks` keyword overrides them per network.
+
+    lr: the peak learning rate.
+    optimizer: "adamw" (weight decay decoupled from the gradient, Loshchilov & Hutter 2019) or "adam"
+        (weight decay added to the gradient). betas, weight_decay: the optimiser's.
+    warmup_steps: linear warm-up: this network's update k (counted from 0) uses the learning rate
+        `lr * min(1, k / warmup_steps)` (diffusers "constant_with_warmup").
+    grad_clip: clip the norm of this network's gradient to this value (`None`: no clipping).
+    ema_decay: decay of the exponential moving average of the weights (diffusers `EMAModel`): after
+        this network's update k, `ema = d_k ema + (1 - d_k) theta` with the warm-up
+        `d_k = min(ema_decay, k / (9 + k))` (`d_1 = 0`: the first update copies the weights).
+        `None`: no EMA; the weights themselves are exported.
+    """
+
+    lr: float
+    optimizer: str = "adamw"
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    grad_clip: float | None = 1.0
+    ema_decay: float | None = 0.999
+
+    def __post_init__(self):
+        # Values from the command line arrive unchecked (train.networks.<name>.<setting> has no schema).
+        for name, kinds in [("lr", (int, float)), ("weight_decay", (int, float)), ("warmup_steps", (int,)),
+                            ("grad_clip", (int, float, type(None))), ("ema_decay", (int, float, type(None)))]:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, kinds):
+                raise ValueError(f"{name} must be {'an integer' if kinds == (int,) else 'a number'}, got {value!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}: use {' or '.join(OPTIMIZERS)}")
+        if (isinstance(self.betas, str) or len(self.betas) != 2
+                or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas)):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip}")
+        if self.ema_decay is not None and not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1) or None, got {self.ema_decay}")
+
+    def build(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        return OPTIMIZERS[self.optimizer](params, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
 
 
 class RunningLoss:
-    """The sum and count of the losses since the last `loss.csv` row, saved with every checkpoint so
-    that a resumed run logs the same means as one never stopped. At a save the sum becomes the mean
-    over processes (the same value on each), which leaves the next logged mean unchanged."""
+    """The sum and count of one network's losses since the last `loss.csv` row, saved with every
+    checkpoint so that a resumed run logs the same means as one never stopped. At a save the sum
+    becomes the mean over processes (the same value on each), which leaves the next logged mean
+    unchanged."""
 
     def __init__(self):
         self.total, self.count = torch.zeros(()), 0
@@ -35,8 +110,12 @@ class RunningLoss:
     def add(self, loss: torch.Tensor) -> None:
         self.total, self.count = self.total.to(loss.device) + loss.detach().float(), self.count + 1
 
-    def pop_mean(self, accelerator) -> float:
-        mean = accelerator.reduce(self.total / max(self.count, 1), reduction="mean").item()
+    def pop_mean(self, accelerator) -> float | None:
+        """The mean over processes of the losses added since the last call; `None` if there were none
+        (every process has the same count: the objective's schedule is the same on all)."""
+        if self.count == 0:
+            return None
+        mean = accelerator.reduce(self.total / self.count, reduction="mean").item()
         self.total, self.count = torch.zeros((), device=self.total.device), 0
         return mean
 
@@ -53,102 +132,167 @@ def _checkpoints(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
 
 
-class Trainer:
-    """Trains `model` on `dataset` with `objective`.
+def _network_settings(names, defaults: dict, networks) -> dict[str, NetworkOptim]:
+    """Each network's NetworkOptim: the defaults, overridden by its entry of `networks` (a mapping
+    of some settings, or a whole NetworkOptim)."""
+    networks = dict(networks or {})
+    unknown = sorted(set(networks) - set(names))
+    if unknown:
+        raise ValueError(f"networks names {unknown[0]!r}, which is not a network of this run ({', '.join(names)})")
+    allowed = [f.name for f in fields(NetworkOptim)]
+    settings = {}
+    for name in names:
+        given = networks.get(name) or {}
+        if not isinstance(given, NetworkOptim):
+            bad = sorted(set(given) - set(allowed))
+            if bad:
+                raise ValueError(f"network {name!r}: unknown setting {bad[0]!r}; use {', '.join(allowed)}")
+        try:
+            settings[name] = given if isinstance(given, NetworkOptim) else NetworkOptim(**{**defaults, **given})
+        except ValueError as err:
+            raise ValueError(f"network {name!r}: {err}") from None
+    return settings
 
+
+class Trainer:
+    """Trains the networks `nets` on `dataset` with `objective` (the protocol is in this module's
+    docstring).
+
+    nets: `{name: nn.Module}`; a single module means `{"net": module}`. The networks are kept, saved
+        and logged in the order of their sorted names.
     out_dir: run directory; holds `checkpoints/`, `loss.csv`, `train_summary.json` and, at the
-        end, the EMA weights exported by the objective to `out_dir/model`. A run started again
-        with the same `out_dir` resumes from its latest checkpoint.
-    steps: optimiser steps in total. batch_size: global batch, split evenly over processes.
-    lr, weight_decay, warmup_steps, grad_clip: AdamW with linear warm-up, then constant;
-        gradient-norm clipping (`None` for none).
-    ema_decay: decay of the exponential moving average of the weights (diffusers `EMAModel`): after
-        optimiser step k, `ema = d_k ema + (1 - d_k) theta` with the warm-up
-        `d_k = min(ema_decay, k / (9 + k))` (`d_1 = 0`: the first update copies the weights).
+        end, the networks exported by the objective to `out_dir/model`. A run started again with
+        the same `out_dir` resumes from its latest checkpoint.
+    steps: training steps in total; each takes one batch and one call of `objective.losses`.
+    batch_size: global batch, split evenly over processes.
+    lr, optimizer, betas, weight_decay, warmup_steps, grad_clip, ema_decay: the settings of every
+        network (see `NetworkOptim`).
+    networks: per-network overrides, `{name: {setting: value}}` (or `{name: NetworkOptim}`), e.g.
+        `{"critic": {"optimizer": "adam", "betas": (0, 0.9), "ema_decay": None}}`.
     checkpoint_every, keep_checkpoints: checkpoint period in steps, and how many to keep.
-    log_every: period of the `loss.csv` rows (the mean loss over all processes).
+    log_every: period of the `loss.csv` rows: the mean of each network's losses over the steps that
+        updated it and over all processes (an empty cell if none did), and its learning rate.
     seed: seeds the data order and the per-process noise (seed the initial weights before building
-        the model, as scripts/train.py does; DDP copies rank 0's weights to every process anyway).
+        the networks, as scripts/train.py does; every process starts from process 0's weights).
     mixed_precision: "no", "fp16" or "bf16". cpu: force CPU (gloo between CPU processes);
-        `None` means "when no CUDA device is present".
+        `None` means "when no CUDA device is present". num_workers: data-loader worker processes.
+
+    Between processes the networks are not wrapped in DistributedDataParallel: DDP averages
+    gradients from hooks armed by each forward of the wrapped module and does not support
+    `torch.autograd.grad` (a gradient penalty), and a generator loss that runs through the critic
+    without updating it is outside its contract. The trainer instead averages each network's
+    gradient over the processes itself, one all-reduce per update, starts every process from
+    process 0's weights and copies process 0's buffers (batch-norm statistics) to the others after
+    every step.
     """
 
-    def __init__(self, model, objective, dataset, *, out_dir, steps: int, batch_size: int, lr: float,
-                 weight_decay: float = 0.0, warmup_steps: int = 0, grad_clip: float | None = 1.0,
-                 ema_decay: float = 0.999, checkpoint_every: int = 500, keep_checkpoints: int = 2,
-                 log_every: int = 50, seed: int = 0, mixed_precision: str = "no", cpu: bool | None = None,
-                 num_workers: int = 0):
+    def __init__(self, nets, objective, dataset, *, out_dir, steps: int, batch_size: int, lr: float,
+                 optimizer: str = "adamw", betas=(0.9, 0.999), weight_decay: float = 0.0, warmup_steps: int = 0,
+                 grad_clip: float | None = 1.0, ema_decay: float | None = 0.999,
+                 networks: Mapping[str, Mapping | NetworkOptim] | None = None, checkpoint_every: int = 500,
+                 keep_checkpoints: int = 2, log_every: int = 50, seed: int = 0, mixed_precision: str = "no",
+                 cpu: bool | None = None, num_workers: int = 0):
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
+        if keep_checkpoints < 1:
+            raise ValueError(f"keep_checkpoints must be at least 1, got {keep_checkpoints}")
+        if not callable(getattr(objective, "losses", None)):
+            raise ValueError(f"{type(objective).__name__} is no objective: it has no losses(nets, batch, step) method")
+        nets = {"net": nets} if isinstance(nets, torch.nn.Module) else dict(nets)
+        expected = getattr(objective, "networks", None)
+        if expected is not None and sorted(expected) != sorted(nets):
+            raise ValueError(f"{type(objective).__name__} trains the networks {', '.join(sorted(expected))}; "
+                             f"got {', '.join(sorted(nets))}")
+        names = sorted(nets)
+        for name in names:
+            if not any(p.requires_grad for p in nets[name].parameters()):
+                raise ValueError(f"network {name!r} has no trainable parameters")
+        defaults = dict(lr=lr, optimizer=optimizer, betas=betas, weight_decay=weight_decay,
+                        warmup_steps=warmup_steps, grad_clip=grad_clip, ema_decay=ema_decay)
+        self.settings = _network_settings(names, defaults, networks)
+
         cpu = (not torch.cuda.is_available()) if cpu is None else cpu
-        self.accelerator = Accelerator(
+        self.accelerator = acc = Accelerator(
             cpu=cpu, mixed_precision=mixed_precision,
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=seed))
-        world = self.accelerator.num_processes
+        if acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
+            raise ValueError(f"the trainer is data parallel only; {acc.distributed_type.value} is not supported")
+        world = acc.num_processes
         if batch_size % world:
             raise ValueError(f"batch_size {batch_size} is not divisible by the number of processes {world}")
         if len(dataset) < batch_size:
             raise ValueError(f"the data set has {len(dataset)} items, fewer than one batch of {batch_size}")
-        if keep_checkpoints < 1:
-            raise ValueError(f"keep_checkpoints must be at least 1, got {keep_checkpoints}")
         self.out_dir = Path(out_dir)
         self.checkpoint_dir = self.out_dir / "checkpoints"
         self.objective, self.steps, self.seed = objective, steps, seed
-        self.grad_clip, self.checkpoint_every, self.keep_checkpoints = grad_clip, checkpoint_every, keep_checkpoints
-        self.log_every = log_every
+        self.checkpoint_every, self.keep_checkpoints, self.log_every = checkpoint_every, keep_checkpoints, log_every
 
-        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+        # Placed on the device and given the autocast of mixed precision, but not wrapped for DDP.
+        self.nets = {name: acc.prepare_model(nets[name], evaluation_mode=True) for name in names}
+        if world > 1:  # every process starts from process 0's weights
+            for net in self.nets.values():
+                broadcast([t.detach() for t in (*net.parameters(), *net.buffers())])
+        raw = {name: self.settings[name].build(list(self.nets[name].parameters())) for name in names}
         # Its own generator: starting an epoch then never draws from the global RNG (the loss noise).
         loader = DataLoader(dataset, batch_size=batch_size // world, shuffle=True, drop_last=True,
                             num_workers=num_workers, generator=torch.Generator().manual_seed(seed))
-        self.model, self.optimizer, self.loader = self.accelerator.prepare(model, optimizer, loader)
-        # Stepped by hand once per optimiser step (a prepared scheduler steps once per process).
-        self.lr_scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=warmup_steps)
-        self.ema = EMAModel(self.accelerator.unwrap_model(self.model).parameters(), decay=ema_decay)
-        self.ema.to(self.accelerator.device)
-        self.running = RunningLoss()
-        self.accelerator.register_for_checkpointing(self.lr_scheduler, self.ema, self.running)
+        *prepared, self.loader = acc.prepare(*raw.values(), loader)
+        self.optimizers = dict(zip(names, prepared))
+        self.lr_schedulers, self.emas, self.running = {}, {}, {}
+        for name in names:
+            # Stepped by hand once per update of this network (a prepared scheduler steps once per process).
+            self.lr_schedulers[name] = get_scheduler("constant_with_warmup", raw[name],
+                                                     num_warmup_steps=self.settings[name].warmup_steps)
+            decay = self.settings[name].ema_decay
+            self.emas[name] = None if decay is None else EMAModel(self.nets[name].parameters(), decay=decay)
+            if self.emas[name] is not None:
+                self.emas[name].to(acc.device)
+            self.running[name] = RunningLoss()
+            acc.register_for_checkpointing(*(obj for obj in (self.lr_schedulers[name], self.emas[name],
+                                                             self.running[name]) if obj is not None))
         self.step = 0
 
     # -- checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
         """Save everything needed to resume; written under a temporary name, then renamed, so a
         kill during the save never leaves a half-written checkpoint under a final name."""
+        acc = self.accelerator
         final = self.checkpoint_dir / f"{CHECKPOINT_PREFIX}{self.step:08d}"
         tmp = final.with_name(final.name + ".tmp")
-        if self.accelerator.is_main_process and tmp.exists():
+        if acc.is_main_process and tmp.exists():
             shutil.rmtree(tmp)
-        self.accelerator.wait_for_everyone()
-        self.running.total = self.accelerator.reduce(self.running.total.to(self.accelerator.device), reduction="mean")
+        acc.wait_for_everyone()
+        for running in self.running.values():
+            running.total = acc.reduce(running.total.to(acc.device), reduction="mean")
         try:
-            self.accelerator.save_state(str(tmp), safe_serialization=True)
+            acc.save_state(str(tmp), safe_serialization=True)
         except OSError as err:  # a full disk, a lost mount: say so; the previous checkpoint stays
             shutil.rmtree(tmp, ignore_errors=True)
             raise OSError(err.errno, f"could not save checkpoint {final}: {err.strerror or err}; "
                                      f"the previous checkpoint is kept") from err
-        self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
+        acc.wait_for_everyone()
+        if acc.is_main_process:
             if final.exists():
                 shutil.rmtree(final)
             tmp.rename(final)
             for old in _checkpoints(self.checkpoint_dir)[:-self.keep_checkpoints]:
                 shutil.rmtree(old)
-        self.accelerator.wait_for_everyone()
+        acc.wait_for_everyone()
         return final
 
     def resume(self) -> bool:
         """Load the latest checkpoint of `out_dir` that loads; a corrupt or truncated one is named
-        on stderr and the one before it is tried."""
+        in a warning and the one before it is tried."""
         found = _checkpoints(self.checkpoint_dir)
         for path in reversed(found):
             try:
                 self.accelerator.load_state(str(path))
             except Exception as err:  # anything a damaged file raises: safetensors, pickle, torch
-                print(f"error: checkpoint {path} cannot be loaded ({type(err).__name__}: {err}); "
-                      "trying the previous one", file=sys.stderr)
+                warnings.warn(f"checkpoint {path} cannot be loaded ({type(err).__name__}: {err}); "
+                              "trying the previous one", RuntimeWarning, stacklevel=2)
                 continue
             self.step = int(path.name[len(CHECKPOINT_PREFIX):])
-            self.accelerator.print(f"resumed from {path} at step {self.step}")
+            log.info(f"resumed from {path} at step {self.step}")
             self._truncate_log()
             return True
         if found:
@@ -157,12 +301,85 @@ class Trainer:
 
     def _truncate_log(self) -> None:
         """Drop the loss rows logged after the checkpoint a resume starts from (they are redone)."""
-        log = self.out_dir / "loss.csv"
-        if self.accelerator.is_main_process and log.exists():
-            rows = list(csv.reader(open(log, newline="")))
+        path = self.out_dir / "loss.csv"
+        if self.accelerator.is_main_process and path.exists():
+            rows = list(csv.reader(open(path, newline="")))
             kept = rows[:1] + [r for r in rows[1:] if int(r[0]) <= self.step]
-            with open(log, "w", newline="") as f:
+            with open(path, "w", newline="") as f:
                 csv.writer(f).writerows(kept)
+
+    # -- one step ------------------------------------------------------------------------------
+    def _check(self, losses) -> None:
+        """The objective's answer is a non-empty dict of scalars, one per network of this run, and
+        every loss is finite on every process (all stop together: a lone raise would leave the
+        others waiting in an all-reduce)."""
+        acc, at = self.accelerator, self.step + 1
+        if not isinstance(losses, dict) or not losses:
+            got = "an empty dict" if isinstance(losses, dict) else f"a {type(losses).__name__}"
+            raise ValueError(f"{type(self.objective).__name__}.losses returned {got} at step {at}: "
+                             "expected a dict of losses by network name")
+        for name, loss in losses.items():
+            if name not in self.nets:
+                raise ValueError(f"{type(self.objective).__name__}.losses returned a loss for {name!r}, which is not "
+                                 f"one of the networks ({', '.join(self.nets)})")
+            if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
+                got = f"shape {list(loss.shape)}" if isinstance(loss, torch.Tensor) else f"a {type(loss).__name__}"
+                raise ValueError(f"the loss of {name!r} at step {at} is not a scalar tensor ({got})")
+        if len(losses) > 1 and acc.scaler is not None:
+            raise ValueError(f"fp16 scales one loss per step, but the objective returned {len(losses)} at step {at} "
+                             f"({', '.join(losses)}): use mixed_precision bf16 or no")
+        finite = torch.stack([torch.isfinite(loss.detach()) for loss in losses.values()]).float()
+        everywhere = acc.reduce(finite, reduction="sum")
+        for (name, loss), count in zip(losses.items(), everywhere.tolist()):
+            if count < acc.num_processes:
+                which = "" if len(self.nets) == 1 else f"{name} "
+                raise FloatingPointError(f"the {which}loss is not finite at step {at} (this process: {loss.item()}); "
+                                         f"the last good checkpoint is kept in {self.checkpoint_dir}")
+
+    def _average_gradients(self, params) -> None:
+        """Replace each gradient by its mean over processes: one all-reduce of all of them laid end to end."""
+        grads = [p.grad for p in params if p.grad is not None]
+        mean = self.accelerator.reduce(torch.cat([g.flatten() for g in grads]), reduction="mean")
+        for g, m in zip(grads, mean.split([g.numel() for g in grads])):
+            g.copy_(m.view_as(g))
+
+    def _update(self, name: str) -> None:
+        """One update of network `name` from the gradient its loss left: average, clip, step the
+        optimiser, the schedule and the EMA, then free the gradient."""
+        acc, net, optimizer = self.accelerator, self.nets[name], self.optimizers[name]
+        if acc.num_processes > 1:
+            self._average_gradients(net.parameters())
+        if self.settings[name].grad_clip is not None:
+            acc.clip_grad_norm_(net.parameters(), self.settings[name].grad_clip)
+        optimizer.step()
+        self.lr_schedulers[name].step()
+        if self.emas[name] is not None:
+            self.emas[name].step(net.parameters())
+        optimizer.zero_grad(set_to_none=True)
+
+    def train_step(self, batch) -> dict[str, torch.Tensor]:
+        """One training step: the losses due at this step, each backpropagated into its own network,
+        then each of those networks updated. Returns the losses."""
+        acc = self.accelerator
+        for net in self.nets.values():
+            net.train()
+        with acc.autocast():
+            losses = self.objective.losses(self.nets, batch, self.step)
+        self._check(losses)
+        last = len(losses) - 1
+        for i, (name, loss) in enumerate(losses.items()):  # every backward before any update: graphs may be shared
+            self.optimizers[name].zero_grad(set_to_none=True)
+            trainable = [p for p in self.nets[name].parameters() if p.requires_grad]
+            acc.backward(loss, inputs=trainable, retain_graph=i < last)
+        for name in losses:
+            self._update(name)
+        if acc.num_processes > 1:
+            for net in self.nets.values():
+                buffers = [b.detach() for b in net.buffers()]
+                if buffers:
+                    broadcast(buffers)
+        self.step += 1
+        return losses
 
     # -- the loop ------------------------------------------------------------------------------
     def _batches(self):
@@ -175,6 +392,30 @@ class Trainer:
             yield from batches
             epoch, skip = epoch + 1, 0
 
+    def _log_header(self) -> list[str]:
+        """`step,loss,lr` for one network; `step,loss_<name>...,lr_<name>...` for several."""
+        if len(self.nets) == 1:
+            return ["step", "loss", "lr"]
+        return ["step", *(f"loss_{n}" for n in self.nets), *(f"lr_{n}" for n in self.nets)]
+
+    def _log_row(self, bar) -> None:
+        """Append the mean losses since the last row and the current learning rates to `loss.csv`."""
+        means = {name: running.pop_mean(self.accelerator) for name, running in self.running.items()}
+        shown = {name: f"{m:.4f}" for name, m in means.items() if m is not None}
+        if len(self.nets) == 1:
+            bar.set_postfix(loss=next(iter(shown.values()), ""))
+        else:
+            bar.set_postfix(shown)
+        if self.accelerator.is_main_process:
+            path = self.out_dir / "loss.csv"
+            new = not path.exists()
+            with open(path, "a", newline="") as f:
+                writer = csv.writer(f)
+                if new:
+                    writer.writerow(self._log_header())
+                writer.writerow([self.step, *("" if m is None else f"{m:.6f}" for m in means.values()),
+                                 *(s.get_last_lr()[0] for s in self.lr_schedulers.values())])
+
     def fit(self):
         """Train to `steps`, checkpointing on the way; export the EMA weights at the end."""
         acc = self.accelerator
@@ -182,37 +423,14 @@ class Trainer:
             set_seed(self.seed + 1, device_specific=True)  # per-process noise; a resume restores saved RNG states
         if acc.is_main_process:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-        log_path = self.out_dir / "loss.csv"
         bar = tqdm(total=self.steps, initial=self.step, disable=not acc.is_main_process, desc="train")
         batches = self._batches()
         while self.step < self.steps:
-            batch = next(batches)
-            self.model.train()
-            with acc.autocast():
-                loss = self.objective.loss(self.model, batch)
-            # every process stops together (a lone raise would leave the others in an all-reduce)
-            if acc.reduce(torch.isfinite(loss.detach()).float(), reduction="sum") < acc.num_processes:
-                raise FloatingPointError(f"the loss is not finite at step {self.step + 1} (this process: "
-                                         f"{loss.item()}); the last good checkpoint is kept in {self.checkpoint_dir}")
-            self.optimizer.zero_grad(set_to_none=True)
-            acc.backward(loss)
-            if self.grad_clip is not None:
-                acc.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-            self.optimizer.step()
-            self.lr_scheduler.step()
-            self.ema.step(acc.unwrap_model(self.model).parameters())
-            self.step += 1
-            self.running.add(loss)
+            losses = self.train_step(next(batches))
+            for name, loss in losses.items():
+                self.running[name].add(loss)
             if self.step % self.log_every == 0 or self.step == self.steps:
-                mean = self.running.pop_mean(acc)
-                bar.set_postfix(loss=f"{mean:.4f}")
-                if acc.is_main_process:
-                    new = not log_path.exists()
-                    with open(log_path, "a", newline="") as f:
-                        writer = csv.writer(f)
-                        if new:
-                            writer.writerow(["step", "loss", "lr"])
-                        writer.writerow([self.step, f"{mean:.6f}", self.lr_scheduler.get_last_lr()[0]])
+                self._log_row(bar)
             bar.update(1)
             if self.step % self.checkpoint_every == 0 or self.step == self.steps:
                 self.save_checkpoint()
@@ -222,18 +440,27 @@ class Trainer:
         acc.wait_for_everyone()
         return self
 
-    def ema_model(self):
-        """A copy of the network carrying the EMA weights."""
-        model = copy.deepcopy(self.accelerator.unwrap_model(self.model))
-        self.ema.copy_to(model.parameters())
-        return model
+    def updates(self) -> dict[str, int]:
+        """How many times each network has been updated (its schedule counts them)."""
+        return {name: scheduler.last_epoch for name, scheduler in self.lr_schedulers.items()}
+
+    def ema_nets(self) -> dict[str, torch.nn.Module]:
+        """Copies of the networks carrying the EMA weights (the weights themselves where there is no EMA)."""
+        copies = {}
+        for name, net in self.nets.items():
+            copies[name] = copy.deepcopy(net)
+            if self.emas[name] is not None:
+                self.emas[name].copy_to(copies[name].parameters())
+        return copies
 
     def export(self) -> Path:
-        """Export the EMA network through the objective and write `train_summary.json`."""
+        """Export the EMA networks through the objective and write `train_summary.json`."""
         target = self.out_dir / "model"
-        self.objective.export(self.ema_model().eval(), target)
-        summary = {"steps": self.step, "num_processes": self.accelerator.num_processes,
+        self.objective.export({name: net.eval() for name, net in self.ema_nets().items()}, target)
+        summary = {"steps": self.step, "updates": self.updates(), "num_processes": self.accelerator.num_processes,
                    "command": " ".join(sys.argv), "model": str(target)}
         (self.out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        self.accelerator.print(f"exported the EMA model to {target}")
+        raw = [name for name, ema in self.emas.items() if ema is None]
+        log.info(f"exported the EMA model to {target}" if not raw else
+                 f"exported the model to {target} (the raw weights of {', '.join(raw)}, which keeps no EMA)")
         return target

@@ -1,0 +1,94 @@
+"""The wheel, as a user installs it: built from (a copy of) the checkout, installed into a folder
+outside it, and used from another working directory with the checkout's editable install out of
+sight (`python -S` skips the .pth file that installs it; PYTHONPATH is the wheel's folder, then the
+dependencies of this environment). The default model, the FD-digits extractor and the Skip-Tuning
+tables must come from the wheel, found by name, and the console command must sample."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+NOT_SHIPPED = shutil.ignore_patterns(".git", ".venv", ".ci", "runs", "outputs", "multirun", "build", "dist",
+                                     "mutants", "*.egg-info", "__pycache__", ".pytest_cache", "tests")
+
+
+def pip(*args, cwd=None):
+    done = subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input", *args],
+                          capture_output=True, text=True, cwd=cwd, timeout=300)
+    assert done.returncode == 0, f"pip {' '.join(args)}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+    return done
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """(the folder the wheel is installed into, a working directory outside the checkout, the environment)."""
+    tmp = tmp_path_factory.mktemp("install")
+    source = tmp / "source"  # a copy, so that the build leaves nothing (build/, *.egg-info) in the checkout
+    shutil.copytree(ROOT, source, ignore=NOT_SHIPPED)
+    # The build backend of pyproject.toml: from this environment when it has it, else pip fetches it.
+    have_backend = int(version("setuptools").split(".")[0]) >= 68
+    pip("wheel", "--no-deps", *(["--no-build-isolation"] if have_backend else []), "-w", str(tmp / "dist"),
+        str(source))
+    (wheel,) = (tmp / "dist").glob("fewstep-*.whl")
+    target = tmp / "site"
+    pip("install", "--no-deps", "--no-compile", "--target", str(target), str(wheel))
+    elsewhere = tmp / "elsewhere"
+    elsewhere.mkdir()
+    dependencies = sysconfig.get_paths()["purelib"]  # this environment's site-packages: torch, diffusers, ...
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), dependencies]), "OMP_NUM_THREADS": "1",
+           "PYTHONNOUSERSITE": "1"}
+    return target, elsewhere, env
+
+
+def python(installed, *args):
+    target, elsewhere, env = installed
+    return subprocess.run([sys.executable, "-S", *args], capture_output=True, text=True, cwd=elsewhere, env=env,
+                          timeout=300)
+
+
+PROBE = """
+import json, torch
+import fewstep.samplers as samplers, fewstep.evaluation, fewstep.conf, fewstep.assets, fewstep.scripts
+from fewstep.evaluation import get_extractor
+from fewstep.samplers.skip_tuning import load_table, table_path
+
+denoiser = samplers.DiffusersUNetDenoiser.from_pretrained("digits_ddpm")
+sigmas = samplers.get_sigmas("karras", 2, denoiser.sigma_min, denoiser.sigma_max)
+x = samplers.sample("ddim", denoiser, torch.randn(2, *denoiser.sample_shape, generator=torch.Generator().manual_seed(0)), sigmas)
+features = get_extractor("digits")(x.clamp(-1, 1))
+print(json.dumps({"files": [m.__file__ for m in (samplers, fewstep.evaluation, fewstep.conf, fewstep.assets, fewstep.scripts)],
+                  "table": str(table_path("ddim")), "by_nfe": {str(k): v for k, v in load_table("ddim").by_nfe.items()},
+                  "features": list(features.shape)}))
+"""
+
+
+def test_the_installed_wheel_finds_its_model_extractor_and_tables_by_name(installed):
+    target = installed[0]
+    done = python(installed, "-c", PROBE)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert all(Path(f).is_relative_to(target) for f in [*found["files"], found["table"]]), found
+    assert found["by_nfe"] == {"5": 0.85, "10": 0.9, "20": 0.95} and found["features"] == [2, 64]
+
+
+def test_the_installed_console_command_samples_the_default_model(installed):
+    target = installed[0]
+    out = installed[1] / "run"
+    done = python(installed, str(target / "bin" / "fewstep-sample"), "sampler=ddim+skiptune", "num_samples=2", "steps=2",
+                  f"out_dir={out}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Skip-Tuning: rho_top 1.0, rho_bottom 0.85" in done.stdout  # the shipped table, nearest NFE 5
+    assert f"wrote {out / 'samples.png'}" in done.stdout and (out / "samples.png").stat().st_size > 100
+    module = python(installed, "-m", "fewstep.scripts.sample", "num_samples=2", "steps=2", f"out_dir={out}-m")
+    assert module.returncode == 0, module.stderr[-3000:]
+    assert f"wrote {out}-m/samples.png" in module.stdout
