@@ -29,6 +29,15 @@ def tiny_unet(**overrides):
     return UNet2DModel(**config).eval()
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, and two threads spin badly when another job holds the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def unet():
     return tiny_unet()

@@ -22,13 +22,7 @@ class NoiseLikeUNet(UNet2DModel):
         return UNet2DOutput(sample=sample + 0.1 * super().forward(sample, timestep).sample)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and two threads spin badly when another job holds the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models on one thread
 
 
 @pytest.fixture

@@ -26,13 +26,7 @@ from test_diffusers_parity import TABLE, NoiseLikeUNet
 SAMPLERS = ["ddim", "euler", "heun", "dpmpp_2m", "ipndm"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and two threads spin badly when another job holds the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models on one thread
 
 
 def run(*overrides):
