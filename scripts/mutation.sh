@@ -6,11 +6,16 @@
 #   scripts/mutation.sh --survivors [MODULE...]  # only the mutants that survived the last run
 #   scripts/mutation.sh --summary                # only the table of the last results
 #
-# The configuration is [tool.mutmut] in pyproject.toml: mutmut copies the packages into mutants/,
-# mutates the core modules there and runs, for each mutant, only the tests that call the mutated
-# function (which tests call what is recorded afresh at every run, so edited code and tests are
-# seen). One worker process, torch on one thread (override: MUTMUT_MAX_CHILDREN, OMP_NUM_THREADS).
-# The log is mutants/mutation.log; look at one mutant with `mutmut show NAME`.
+# mutmut runs in .mutation/ (git-ignored), which this script fills with links into the checkout:
+# fewstep/<package> for the five code packages (mutmut's source, so that mutants are named
+# fewstep.samplers.solvers.x_... like the modules the tests import) and the checkout's own layout
+# (tests/, conf/, scripts/, assets/, the packages, pyproject.toml) for what the tests read there.
+# The configuration is [tool.mutmut] in pyproject.toml (paths relative to .mutation/): mutmut copies
+# all this into .mutation/mutants/, mutates the core modules there and runs, for each mutant, only
+# the tests that call the mutated function (which tests call what is recorded afresh at every run,
+# so edited code and tests are seen). One worker process, torch on one thread (override:
+# MUTMUT_MAX_CHILDREN, OMP_NUM_THREADS). The log is .mutation/mutants/mutation.log; look at one
+# mutant with `(cd .mutation && mutmut show NAME)`.
 #
 # Exit status: 0 when every module run kills at least 90% of its mutants and every survivor is
 # listed in MUTATION.md; 1 when not (the unlisted survivors are printed); 2 when the run cannot
@@ -20,10 +25,12 @@ cd "$(dirname "$0")/.." || exit 2
 
 MODULES=(evaluation/frechet.py samplers/schedules.py samplers/schedulers.py samplers/skip_tuning.py
          samplers/solvers.py training/engine.py)
+PACKAGES=(samplers evaluation training flows gan)  # staged as fewstep/<package>: source_paths in [tool.mutmut]
+STAGE=.mutation                                   # mutmut's project folder; its working copy is $STAGE/mutants
 PYTHON=${PYTHON:-python}
 MUTMUT=${MUTMUT:-mutmut}
 if ! command -v "$MUTMUT" >/dev/null 2>&1 && [ -x .venv/bin/mutmut ]; then
-    MUTMUT=.venv/bin/mutmut PYTHON=.venv/bin/python
+    MUTMUT=$PWD/.venv/bin/mutmut PYTHON=$PWD/.venv/bin/python  # absolute: mutmut runs in $STAGE
 fi
 if ! command -v "$MUTMUT" >/dev/null 2>&1 \
    || ! "$PYTHON" -c 'import sys, mutmut; sys.exit(int(mutmut.__version__.split(".")[0]) < 3)' 2>/dev/null; then
@@ -32,17 +39,17 @@ if ! command -v "$MUTMUT" >/dev/null 2>&1 \
 fi
 
 results() {  # MODE MODULE...: MODE "table" prints the results and exits 0/1; "survivors" prints their names
-    "$PYTHON" - "$@" <<'EOF'
+    "$PYTHON" - "$STAGE" "$@" <<'EOF'
 import json, re, sys
 from pathlib import Path
 from mutmut.stats import status_by_exit_code
 
-mode, modules = sys.argv[1], sys.argv[2:]
+stage, mode, modules = sys.argv[1], sys.argv[2], sys.argv[3:]
 NOT_KILLED = ("survived", "no tests", "suspicious", "segfault")
 listed = set(re.findall(r"[\w.]+__mutmut_\d+", Path("MUTATION.md").read_text())) if Path("MUTATION.md").exists() else set()
 rows, unlisted, ok = [], [], True
 for module in modules:
-    meta = Path("mutants") / (module + ".meta")
+    meta = Path(stage, "mutants", "fewstep") / (module + ".meta")
     codes = json.loads(meta.read_text())["exit_code_by_key"] if meta.exists() else {}
     statuses = {name: status_by_exit_code[code] for name, code in codes.items()}
     if mode == "survivors":
@@ -63,7 +70,7 @@ if mode == "table":
     print(f"{'module':28} {'total':>6} {'killed':>7} {'survived':>9} {'no tests':>9} {'timeout':>8} {'other':>6} {'score':>7}")
     print("\n".join(rows))
     if unlisted:
-        print(f"\n{len(unlisted)} survivor(s) neither killed nor listed in MUTATION.md (see `mutmut show NAME`):")
+        print(f"\n{len(unlisted)} survivor(s) neither killed nor listed in MUTATION.md (see `mutmut show NAME` in {stage}/):")
         print("\n".join("  " + u for u in unlisted))
     sys.exit(0 if ok and not unlisted else 1)
 EOF
@@ -74,8 +81,8 @@ for arg in "$@"; do
     case "$arg" in
         --summary) mode=summary ;;
         --survivors) mode=survivors ;;
-        -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-        *) path=${arg%.py}; path=${path//.//}.py
+        -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) path=${arg#./}; path=${path%.py}; path=${path//.//}.py; path=${path#fewstep/}
            [[ " ${MODULES[*]} " == *" $path "* ]] \
                || { echo "mutation: cannot run: $arg is not one of the core modules: ${MODULES[*]}" >&2; exit 2; }
            targets+=("$path") ;;
@@ -89,22 +96,36 @@ if [ "$mode" = survivors ]; then
     mapfile -t names < <(results survivors "${targets[@]}" | sed '/^$/d')
     [ ${#names[@]} -gt 0 ] || { echo "mutation: no survivors to re-test in ${targets[*]}"; results table "${targets[@]}"; exit $?; }
 else
-    for path in "${targets[@]}"; do module=${path%.py}; names+=("${module//\//.}.*"); done
+    for path in "${targets[@]}"; do module=${path%.py}; names+=("fewstep.${module//\//.}.*"); done
 fi
 
-mkdir -p mutants
-rm -f mutants/mutmut-stats.json  # mutmut would keep old test-to-function links for code edited since
-log=mutants/mutation.log
+# Stage: links only (mutmut copies through them), and a fewstep/__init__.py that makes the staged
+# fewstep a regular package, found on sys.path before the editable install's finder.
+mkdir -p "$STAGE/fewstep" "$STAGE/mutants" || exit 2
+ln -sfn ../pyproject.toml "$STAGE/pyproject.toml" || exit 2
+for dir in tests scripts conf assets "${PACKAGES[@]}"; do ln -sfn "../$dir" "$STAGE/$dir" || exit 2; done
+for dir in "${PACKAGES[@]}"; do ln -sfn "../../$dir" "$STAGE/fewstep/$dir" || exit 2; done
+cat > "$STAGE/fewstep/__init__.py" <<'EOF'
+# Written by scripts/mutation.sh, for mutmut only. The code packages are here (in mutants/, mutmut's
+# mutated copies); fewstep.conf, fewstep.assets and fewstep.scripts come from the folder above, the
+# checkout's layout, where the tests look for them too (ROOT / "conf" in tests/conftest.py).
+import os
+
+__path__.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+EOF
+rm -f "$STAGE/mutants/mutmut-stats.json"  # mutmut would keep old test-to-function links for code edited since
+log=$STAGE/mutants/mutation.log
 start=$(date +%s)
-OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1} \
-    "$MUTMUT" run --max-children "${MUTMUT_MAX_CHILDREN:-1}" "${names[@]}" > "$log" 2>&1
+(cd "$STAGE" && OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1} \
+    "$MUTMUT" run --max-children "${MUTMUT_MAX_CHILDREN:-1}" "${names[@]}" > mutants/mutation.log 2>&1)
 status=$?
 elapsed=$(( $(date +%s) - start ))
 if [ "$status" -ne 0 ]; then
     if grep -a -q -e "failed to collect stats" -e "Failed to run clean test" "$log"; then
         echo "mutation: cannot run: the selected tests fail without any mutant (baseline); see $log" >&2
-    elif grep -a -q "Unable to force test failures" "$log"; then
-        echo "mutation: cannot run: the tests do not import the mutated code in mutants/; see $log" >&2
+    elif grep -a -q -e "Unable to force test failures" -e "none match any mutant key" \
+                   -e "could not find any test case for any mutant" "$log"; then
+        echo "mutation: cannot run: the tests do not import the mutated code in $STAGE/mutants/; see $log" >&2
     else
         echo "mutation: cannot run: mutmut exited with status $status; see $log" >&2
     fi
