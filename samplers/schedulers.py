@@ -9,11 +9,14 @@ fractional timestep `t(sigma)`. Each `step()` turns the model output into `D(x, 
 implementation of each algorithm) and returns the next point the generator asks about,
 `x_next / sqrt(1 + sigma_next^2)`, or the final sample at the grid's last sigma (0, or DDIM's
 `sigma(t=0)` with `set_alpha_to_one=False`). The generator keeps its own
-float64 state (`x = x_vp sqrt(1 + sigma^2)`, multistep history), so the scheduler follows its own
-trajectory: it reads the pipeline's `sample` only at the first step.
+float64 state (`x = x_vp sqrt(1 + sigma^2)`, multistep history). At every step it compares the
+pipeline's `sample` with the point it returned: where the pipeline changed it (an inpainting blend,
+a `callback_on_step_end` edit), the sampler continues from the pipeline's point, as diffusers'
+schedulers do; otherwise from its own float64 one.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 
@@ -25,7 +28,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutpu
 from .denoisers import DiffusersUNetDenoiser
 from .schedules import DISCRETE_MIRRORS, discrete_grid, get_sigmas
 from .vp import fractional_timestep, sigma_of_timestep, sigmas_from_alphas_cumprod, vp_output_to_denoised
-from .solvers import FIXED_GRID_NAMES, SOLVERS, resolve_options, run_steps
+from .solvers import FIXED_GRID_NAMES, SOLVERS, check_sigmas, resolve_options, run_steps
 
 NOISE_TABLE_KEYS = ("beta_schedule", "trained_betas")
 # diffusers' schedulers on a VP noise table (beta_schedule, trained_betas), whose configs
@@ -86,12 +89,19 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
                                   beta_schedule=beta_schedule, trained_betas=trained_betas)
         except NotImplementedError:
             raise ValueError(f"unsupported beta_schedule {beta_schedule!r}") from None
+        if not table.alphas_cumprod[-1] > 0:
+            raise ValueError(f"the noise table reaches alphas_cumprod = 0 (sigma infinite) at timestep "
+                             f"{int((table.alphas_cumprod > 0).sum())} of {num_train_timesteps}; use a table "
+                             f"whose betas stay below 1")
+        self.betas, self.alphas = table.betas, table.alphas
         self.alphas_cumprod = table.alphas_cumprod.double()
         self.log_sigmas = sigmas_from_alphas_cumprod(self.alphas_cumprod).log()
         self.order = SOLVERS[sampler].nfe(1, False)  # evaluations per step: 2 for heun
-        self.num_inference_steps = self.grid = self.sigmas = self.timesteps = self._plan_key = None
-        self._step_index, self._set_generator = 0, None
-        self._steps = self._request = self._generator = self._eta = None  # the running trajectory
+        # before set_timesteps, as diffusers' VP schedulers: every training timestep, descending
+        self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1)
+        self.num_inference_steps = self.grid = self.sigmas = self._plan_key = None
+        self._step_index = self._begin_index = self._set_generator = None
+        self._steps = self._request = self._generator = self._eta = self._shape = self._returned = None
 
     @property
     def _solver(self):
@@ -101,7 +111,13 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
     @classmethod
     def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
         """As `ConfigMixin.from_config`, but a config without a VP noise table (a flow-matching or
-        EDM scheduler's) is refused instead of silently getting the default betas."""
+        EDM scheduler's) is refused instead of silently getting the default betas, and so is a keyword
+        that is not an option of this scheduler (the config's own keys belong to the scheduler it
+        replaces and are left out)."""
+        unknown = sorted(set(kwargs) - set(inspect.signature(cls.__init__).parameters) - {"sampler_options"})
+        if unknown:
+            options = ", ".join(name for name in inspect.signature(cls.__init__).parameters if name != "self")
+            raise ValueError(f"FewstepScheduler has no option {', '.join(unknown)}; its options: {options}")
         if isinstance(config, dict) and not any(key in config or key in kwargs for key in NOISE_TABLE_KEYS):
             keys = ", ".join(sorted(k for k in config if not k.startswith("_")))
             raise ValueError(f"the scheduler config has no noise table (no beta_schedule or trained_betas): "
@@ -125,21 +141,70 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
                              f"only ddim is stochastic (eta 0 or None is accepted)")
         return {**self._options, "eta": float(eta)}
 
-    def set_timesteps(self, num_inference_steps: int, device=None, generator=None) -> None:
-        """`num_inference_steps` sampler steps on the configured schedule: the sigma `grid` (then its
-        final sigma, 0 but for DDIM's set_alpha_to_one=False), the sigmas the sampler evaluates, in
-        order (`sigmas`, then that final sigma), and their timesteps
-        `t(sigma)` (`timesteps`, float32 on `device`). A pipeline calls this once per generation, so
-        the last plan is kept and reused for the same step count and device."""
-        if not isinstance(num_inference_steps, numbers.Integral) or num_inference_steps < 1:
+    def set_timesteps(self, num_inference_steps: int | None = None, device=None, timesteps=None, sigmas=None,
+                      generator=None) -> None:
+        """Plan a trajectory, from exactly one of: `num_inference_steps` sampler steps on the
+        configured schedule; `sigmas`, a strictly decreasing sigma list (sigma space, the
+        `sqrt((1 - abar) / abar)` of diffusers' Euler and Heun schedulers) whose last entry is where
+        the sampler ends (0, or a sigma at which the sample is returned), as EulerDiscreteScheduler
+        takes it; or `timesteps`, training timesteps in decreasing order, each the start of a step,
+        then a last step to sigma 0, as DPMSolverMultistepScheduler takes them.
+
+        Sets `grid` (the sigma list), `sigmas` (the sigmas the sampler evaluates, in order, then
+        the grid's last) and their timesteps `t(sigma)` (`timesteps`, float32 on `device`).
+        A pipeline calls this once per generation, so the last plan is reused when nothing changed."""
+        given = [name for name, value in (("num_inference_steps", num_inference_steps), ("timesteps", timesteps),
+                                          ("sigmas", sigmas)) if value is not None]
+        if len(given) != 1:
+            raise ValueError(f"set_timesteps takes exactly one of num_inference_steps, timesteps, sigmas; "
+                             f"got {', '.join(given) or 'none'}")
+        if num_inference_steps is not None and (not isinstance(num_inference_steps, numbers.Integral)
+                                                or num_inference_steps < 1):
             raise ValueError(f"num_inference_steps must be a whole number of at least 1 for sampler "
                              f"{self.config.sampler!r}, got {num_inference_steps}")
-        key = (int(num_inference_steps), torch.device(device if device is not None else "cpu"))
+        custom = None
+        if timesteps is not None or sigmas is not None:
+            custom = ("timesteps" if sigmas is None else "sigmas",
+                      tuple(torch.as_tensor(sigmas if sigmas is not None else timesteps, dtype=torch.float64).reshape(-1).tolist()))
+        key = (num_inference_steps, custom, torch.device(device if device is not None else "cpu"))
         if key != self._plan_key:
-            self.grid, self.sigmas, self.timesteps = self._plan(*key)
+            grid, timestep_of = self._grid(num_inference_steps) if custom is None else self._custom_grid(*custom)
+            self.grid, self.sigmas, self.timesteps = self._plan(grid, timestep_of, key[-1])
             self._plan_key = key
-        self.num_inference_steps = key[0]
-        self._step_index, self._set_generator = 0, generator
+        self.num_inference_steps = len(self.grid) - 1
+        self._step_index, self._begin_index, self._set_generator = None, None, generator
+        self._steps = None
+
+    def _custom_grid(self, kind: str, values: tuple) -> tuple[torch.Tensor, dict]:
+        """The grid of a pipeline's own `sigmas` (as given) or `timesteps` (their sigmas, then 0),
+        and `{sigma: timestep}` for the given timesteps."""
+        if len(values) < (2 if kind == "sigmas" else 1):
+            raise ValueError(f"set_timesteps got {kind}={list(values)}: too few for one step")
+        if kind == "sigmas":
+            return check_sigmas(torch.tensor(values, dtype=torch.float64)), {}
+        steps = torch.tensor(values, dtype=torch.float64)
+        last = len(self.log_sigmas) - 1
+        if not ((steps >= 0) & (steps <= last)).all() or not (steps[1:] < steps[:-1]).all():
+            raise ValueError(f"set_timesteps got timesteps={list(values)}: they must decrease strictly "
+                             f"within 0..{last}")
+        sigmas = sigma_of_timestep(steps, self.log_sigmas)
+        grid = check_sigmas(torch.cat([sigmas, sigmas.new_zeros(1)]))
+        return grid, dict(zip(sigmas.tolist(), values))
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Start the next trajectory at `timesteps[begin_index]` (diffusers' convention: img2img and
+        inpainting pipelines with strength < 1 call it with `t_start * order` after cutting the first
+        timesteps off); it must be the start of a sampler step."""
+        self._begin_index = int(begin_index)
+
+    @property
+    def begin_index(self) -> int | None:
+        return self._begin_index
+
+    @property
+    def step_index(self) -> int | None:
+        """The index in `timesteps` of the next evaluation (None before the first step)."""
+        return self._step_index
 
     def _grid(self, steps: int) -> tuple[torch.Tensor, dict]:
         """The sigma grid of the configured schedule, and `{sigma: timestep}` for the discrete
@@ -155,11 +220,11 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
                           float(table[-1]) if c.sigma_max is None else c.sigma_max, rho=c.rho, eps_s=c.eps_s)
         return grid, {}
 
-    def _plan(self, steps: int, device: torch.device):
+    def _plan(self, grid: torch.Tensor, timestep_of: dict, device: torch.device):
         """The grid does not depend on `x`, so one dry run of the step generator on a one-element
         `x` (with a throwaway generator: no random state is consumed) lists the sigmas it evaluates;
-        each one's timestep is the schedule's own (discrete) or `fractional_timestep(sigma)`."""
-        grid, timestep_of = self._grid(steps)
+        each one's timestep is the given one (discrete schedule, custom timesteps) or
+        `fractional_timestep(sigma)`."""
         evaluated = []
 
         def record(x, sigma):
@@ -172,6 +237,11 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         timesteps = [timestep_of.get(sigma, t) for sigma, t in zip(evaluated, fractional)]
         return grid, sigmas, torch.tensor(timesteps, dtype=torch.float64).float().to(device)
 
+    def _step_starts(self) -> dict[int, int]:
+        """`{index in timesteps: index in grid}` of the evaluations that start a sampler step (where
+        a trajectory may begin): step `k` starts after the evaluations of the `k` steps before it."""
+        return {self._solver.nfe(k, False): k for k in range(len(self.grid) - 1)}
+
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
         """The identity: the pipeline's sample is already the UNet input `x_vp`."""
         return sample
@@ -183,49 +253,72 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         `D = vp_output_to_denoised(model_output, x, sigma)` and return the next request's
         `x_vp = x_next / sqrt(1 + sigma_next^2)` (the final sample after the last evaluation).
 
-        The signature is DDIMScheduler's, so pipelines that look for `eta` pass it. The first step
-        starts the trajectory at `x = sample sqrt(1 + sigma_0^2)`, binds `generator` (else the one
-        given to `set_timesteps`) and `eta`: a nonzero eta replaces `sampler_options["eta"]` for
-        the trajectory (ddim only; another sampler refuses it), 0 or None leaves sampler_options'
-        (pipelines pass eta=0 by default); a different nonzero eta later is refused.
-        use_clipped_model_output is ignored (nothing is clipped); variance_noise is refused (the
-        sampler draws its own noise). `timestep` is checked at the first step only; the trajectory
-        knows where it is."""
+        `x` is the sampler's own float64 point, unless the pipeline's `sample` differs from what the
+        last step returned (the pipeline edited it): then `x = sample sqrt(1 + sigma^2)`.
+        The first step starts the trajectory at `timesteps[begin_index]` (set_begin_index; else the
+        position of `timestep` in the plan), binds `generator` (else the one given to
+        `set_timesteps`) and `eta`. The signature is DDIMScheduler's, so pipelines that look for
+        `eta` pass it: a nonzero eta replaces `sampler_options["eta"]` for the trajectory (ddim only;
+        another sampler refuses it), 0 or None leaves sampler_options' (pipelines pass eta=0 by
+        default); a different nonzero eta later is refused. use_clipped_model_output is ignored
+        (nothing is clipped); variance_noise is refused (the sampler draws its own noise)."""
         if pipeline_kwargs:
             raise ValueError(f"step() takes no sampler keywords, got {pipeline_kwargs}; set them in sampler_options")
         if variance_noise is not None:
             raise ValueError("step() takes no variance_noise: the sampler draws its own noise from generator")
-        if self.timesteps is None or self._step_index == len(self.timesteps):
+        if self.grid is None or (self._steps is None and self._step_index is not None):
             raise ValueError("call set_timesteps(num_inference_steps) before stepping a new trajectory")
-        if self._step_index == 0:
+        if self._steps is None:
             self._start(timestep, sample, generator if generator is not None else self._set_generator, eta)
         else:
-            self._check_same(generator, eta)
+            self._check_same(timestep, sample, generator, eta)
         x, sigma = self._request
+        if not torch.equal(sample, self._returned):  # the pipeline changed the point: continue from its
+            x = sample.to(x.dtype) * math.sqrt(1 + float(sigma) ** 2)
         denoised = vp_output_to_denoised(model_output, x, torch.tensor(float(sigma), dtype=x.dtype, device=x.device),
                                          self.config.prediction_type)
+        self._step_index += 1
         try:
-            self._request = self._steps.send(denoised)
+            self._request = self._steps.send((x, denoised))
             x_next, sigma_next = self._request
         except StopIteration as done:
-            x_next, sigma_next = done.value, self.grid[-1]
-        self._step_index += 1
+            x_next, sigma_next, self._steps = done.value, self.grid[-1], None
         prev_sample = (x_next / math.sqrt(1 + float(sigma_next) ** 2)).to(sample.dtype)
+        self._returned = prev_sample
         return SchedulerOutput(prev_sample=prev_sample) if return_dict else (prev_sample,)
 
     def _start(self, timestep, sample: torch.Tensor, generator, eta) -> None:
-        if float(timestep) != float(self.timesteps[0]):
-            raise ValueError(f"the first step must be at timestep {float(self.timesteps[0]):.6g}, got "
-                             f"{float(timestep):.6g}; starting part-way (img2img strength < 1) is not supported")
+        """Begin the sampler's trajectory at the step that starts at `timesteps[begin]`, from `sample`."""
+        starts = self._step_starts()
+        begin = self._begin_index
+        if begin is None:  # a pipeline that does not call set_begin_index: find the timestep
+            begin = next((i for i in starts if float(self.timesteps[i]) == float(timestep)), None)
+            if begin is None:
+                raise ValueError(f"step() at timestep {float(timestep):.6g}, which starts no step of the plan "
+                                 f"(timesteps {[round(float(t), 3) for t in self.timesteps]})")
+        elif begin not in starts:
+            raise ValueError(f"begin_index={begin} is not the start of a sampler step: use one of {sorted(starts)}")
+        elif float(timestep) != float(self.timesteps[begin]):
+            raise ValueError(f"the first step must be at timestep {float(self.timesteps[begin]):.6g} "
+                             f"(begin_index {begin}), got {float(timestep):.6g}")
         options = self._with_eta(eta)
         work = torch.float32 if sample.device.type == "mps" else torch.float64
-        self._generator, self._eta = generator, options.get("eta", 0.0)
-        x = sample.to(work) * math.sqrt(1 + float(self.sigmas[0]) ** 2)
-        self._steps = self._trajectory(x, self.grid, generator, options)
+        self._generator, self._eta, self._shape = generator, options.get("eta", 0.0), sample.shape
+        grid = self.grid[starts[begin]:]
+        x = sample.to(work) * math.sqrt(1 + float(grid[0]) ** 2)
+        self._steps = self._trajectory(x, grid, generator, options)
         self._request = next(self._steps)
+        self._step_index, self._returned = begin, sample
 
-    def _check_same(self, generator, eta) -> None:
-        """Mid-trajectory, `step()` may repeat the first step's generator and eta, not change them."""
+    def _check_same(self, timestep, sample, generator, eta) -> None:
+        """Mid-trajectory, `step()` must come at the planned timestep with a sample of the first
+        one's shape, and may repeat the first step's generator and eta, not change them."""
+        if float(timestep) != float(self.timesteps[self._step_index]):
+            raise ValueError(f"step() at timestep {float(timestep):.6g}, but the plan's next timestep is "
+                             f"{float(self.timesteps[self._step_index]):.6g} (step index {self._step_index})")
+        if sample.shape != self._shape:
+            raise ValueError(f"step() got a sample of shape {tuple(sample.shape)}; the trajectory started with "
+                             f"shape {tuple(self._shape)}")
         if generator is not None and self._solver.stochastic and generator is not self._generator:
             raise ValueError("step() got a different generator mid-trajectory; pass the same one to every step")
         if eta and self._with_eta(eta)["eta"] != self._eta:
@@ -234,9 +327,14 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
         """`x_vp = (x0 + sigma_t noise) / sqrt(1 + sigma_t^2)` (= `sqrt(abar_t) x0 + sqrt(1 - abar_t) noise`)
-        with `log sigma_t` interpolated linearly at (fractional) `timesteps`, one per sample or one
-        for all (`sigma_of_timestep`)."""
-        sigma = sigma_of_timestep(torch.as_tensor(timesteps).double().cpu().reshape(-1), self.log_sigmas)
+        for `timesteps`, one per sample or one for all: a timestep of the plan gets the plan's own
+        sigma (so a trajectory started there begins on its grid), any other `log sigma_t`
+        interpolated linearly (`sigma_of_timestep`)."""
+        t = torch.as_tensor(timesteps).double().cpu().reshape(-1)
+        sigma = sigma_of_timestep(t, self.log_sigmas)
+        if self.grid is not None:
+            planned = dict(zip(self.timesteps.double().cpu().tolist(), self.sigmas.tolist()))
+            sigma = torch.tensor([planned.get(v, s) for v, s in zip(t.tolist(), sigma.tolist())], dtype=torch.float64)
         sigma = sigma.to(original_samples.device).reshape(-1, *[1] * (original_samples.ndim - 1))
         x = (original_samples.double() + sigma * noise.double()) / (1 + sigma ** 2).sqrt()
         return x.to(original_samples.dtype)

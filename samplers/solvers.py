@@ -1,7 +1,9 @@
 """Samplers over a denoiser and a sigma list (docs/conventions.md §4), in the EDM sigma space.
 
 Every fixed-grid sampler is written once, as a generator: it yields `(x, sigma)` whenever it needs
-`D(x, sigma)` and receives the denoised value back, and returns the final sample. `solve()` drives
+`D(x, sigma)`, receives back `(x, D)` (the point that was evaluated, which a driver may have
+changed, e.g. a pipeline that blends a known region back in, and its denoised value) and
+continues from that point; it returns the final sample. `solve()` drives
 it with a denoiser, differentiably; `sample()` is `solve()` from noise, without gradients; a
 diffusers scheduler drives the same generator one `step()` at a time. `SOLVERS` is the one registry.
 With `h = sigma_next - sigma` and `d = (x - D) / sigma`, the ODE is `dx/dsigma = d`.
@@ -32,7 +34,7 @@ def ddim(x, sigmas, eta: float = 0.0, generator=None):
     if not 0 <= eta <= 1:
         raise ValueError(f"ddim eta must be in [0, 1], got {eta}")
     for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
-        denoised = yield x, sigma
+        x, denoised = yield x, sigma
         eps = (x - denoised) / sigma
         c = eta * (sigma_next / sigma) * (sigma ** 2 - sigma_next ** 2).sqrt()
         # sqrt(sigma_next^2 - c^2) is >= 0 but for rounding; kept off 0, where sqrt's slope is infinite
@@ -48,12 +50,14 @@ def heun(x, sigmas):
     predictor, then the trapezoid `x + h (d + d') / 2`; the last step to sigma = 0 is Euler."""
     for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
         h = sigma_next - sigma
-        d = (x - (yield x, sigma)) / sigma
+        x, denoised = yield x, sigma
+        d = (x - denoised) / sigma
         x_euler = x + h * d
         if sigma_next == 0:
             x = x_euler
         else:
-            d_next = (x_euler - (yield x_euler, sigma_next)) / sigma_next
+            x_euler, denoised_next = yield x_euler, sigma_next
+            d_next = (x_euler - denoised_next) / sigma_next
             x = x + h * (d + d_next) / 2
     return x
 
@@ -65,7 +69,7 @@ def dpmpp_2m(x, sigmas):
     on the last step to sigma = 0 (where it gives `x = D`)."""
     previous, h_previous = None, None
     for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
-        denoised = yield x, sigma
+        x, denoised = yield x, sigma
         if sigma_next == 0:
             x = denoised
             continue
@@ -91,7 +95,8 @@ def ipndm(x, sigmas, max_order: int = 4):
         raise ValueError(f"ipndm max_order must be 1, 2, 3 or 4, got {max_order}")
     history = []  # newest first
     for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
-        d = (x - (yield x, sigma)) / sigma
+        x, denoised = yield x, sigma
+        d = (x - denoised) / sigma
         history = [d, *history][:max_order]
         slope = sum(b * d_j for b, d_j in zip(ADAMS_BASHFORTH[len(history)], history))
         x = x + (sigma_next - sigma) * slope
@@ -205,11 +210,11 @@ def steps_for_nfe(name: str, target: int, options: Mapping | None = None) -> int
 
 
 def run_steps(steps, denoise: Callable) -> torch.Tensor:
-    """Drive a step generator: answer each `(x, sigma)` it yields with `denoise(x, sigma)`."""
+    """Drive a step generator: answer each `(x, sigma)` it yields with `(x, denoise(x, sigma))`."""
     request = next(steps)
     try:
         while True:
-            request = steps.send(denoise(*request))
+            request = steps.send((request[0], denoise(*request)))
     except StopIteration as done:
         return done.value
 

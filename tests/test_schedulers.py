@@ -199,8 +199,8 @@ def test_misuse_inside_a_pipeline_loop_is_refused():
     scheduler = fewstep("ddim", sampler_options={"eta": 1.0})
     scheduler.set_timesteps(3)
     x = torch.zeros(1, 1, 4, 4)
-    with pytest.raises(ValueError, match="first step must be at timestep"):
-        scheduler.step(x, scheduler.timesteps[1], x)
+    with pytest.raises(ValueError, match="step\\(\\) at timestep 500.5, which starts no step of the plan"):
+        scheduler.step(x, 500.5, x)
     with pytest.raises(ValueError, match=r"got \{'s_churn': 0.5\}; set them in sampler_options"):
         scheduler.step(x, scheduler.timesteps[0], x, s_churn=0.5)
     x = scheduler.step(x, scheduler.timesteps[0], x, generator=torch.Generator()).prev_sample
