@@ -20,6 +20,7 @@ import inspect
 import math
 import numbers
 
+import numpy as np
 import torch
 from diffusers import DDPMScheduler
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -50,8 +51,11 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         table's range), or discrete: exactly the timesteps and sigmas of the diffusers scheduler
         the sampler mirrors (`schedules.DISCRETE_MIRRORS`: DDIMScheduler for ddim and ipndm,
         DPMSolverMultistepScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler) for
-        timestep_spacing and steps_offset, ending at 0, or for ddim and ipndm with
-        `set_alpha_to_one=False` at the table's `sigma(0)` as DDIMScheduler does.
+        timestep_spacing and steps_offset, ending at 0, or at the table's `sigma(0)`: for ddim and
+        ipndm with `set_alpha_to_one=False` as DDIMScheduler does, for the others with
+        `final_sigmas_type="sigma_min"` as DPM-Solver and Euler do.
+    rescale_betas_zero_snr: the zero-terminal-SNR table (Lin et al. 2024), whose last
+        `alphas_cumprod` (0) is set to 2^-24 as EulerDiscreteScheduler does (sigma_max about 4096).
         `set_timesteps(n)` makes `n` sampler steps; `timesteps` lists one (fractional) timestep per
         network evaluation, so heun interleaves them and has `order` 2.
     A stochastic sampler (ddim with eta > 0) draws from the generator given to the first `step()`
@@ -67,7 +71,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
     def __init__(self, num_train_timesteps: int = 1000, beta_start: float = 0.0001, beta_end: float = 0.02,
                  beta_schedule: str | None = "linear", trained_betas=None, prediction_type: str = "epsilon",
                  rescale_betas_zero_snr: bool = False, timestep_spacing: str = "leading", steps_offset: int = 0,
-                 set_alpha_to_one: bool = True,
+                 set_alpha_to_one: bool = True, final_sigmas_type: str = "zero",
                  sampler: str = "ddim", sampler_options: dict | None = None, schedule: str = "karras",
                  rho: float = 7.0, sigma_min: float | None = None, sigma_max: float | None = None,
                  eps_s: float = 1e-3):
@@ -82,19 +86,23 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
                              f"use one of {', '.join(DiffusersUNetDenoiser.PREDICTION_TYPES)}")
         if beta_schedule is None and trained_betas is None:
             raise ValueError("the scheduler config has no noise table: beta_schedule and trained_betas are both None")
-        if rescale_betas_zero_snr:
-            raise ValueError("rescale_betas_zero_snr=True is not supported: its sigma_max is infinite")
+        if final_sigmas_type not in ("zero", "sigma_min"):
+            raise ValueError(f"unknown final_sigmas_type {final_sigmas_type!r}: use zero or sigma_min")
         try:
             table = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
-                                  beta_schedule=beta_schedule, trained_betas=trained_betas)
+                                  beta_schedule=beta_schedule, trained_betas=trained_betas,
+                                  rescale_betas_zero_snr=rescale_betas_zero_snr)
         except NotImplementedError:
             raise ValueError(f"unsupported beta_schedule {beta_schedule!r}") from None
-        if not table.alphas_cumprod[-1] > 0:
-            raise ValueError(f"the noise table reaches alphas_cumprod = 0 (sigma infinite) at timestep "
-                             f"{int((table.alphas_cumprod > 0).sum())} of {num_train_timesteps}; use a table "
-                             f"whose betas stay below 1")
+        alphas_cumprod = table.alphas_cumprod.double()
+        if rescale_betas_zero_snr:
+            alphas_cumprod[-1] = 2.0 ** -24
+        if not alphas_cumprod[-1] > 0:
+            raise ValueError(f"the noise table's alphas_cumprod reaches 0 in float32 at timestep "
+                             f"{int((alphas_cumprod > 0).sum())} of {num_train_timesteps} (sigma infinite): use a "
+                             f"table with less total noise, or rescale_betas_zero_snr=True")
         self.betas, self.alphas = table.betas, table.alphas
-        self.alphas_cumprod = table.alphas_cumprod.double()
+        self.alphas_cumprod = alphas_cumprod
         self.log_sigmas = sigmas_from_alphas_cumprod(self.alphas_cumprod).log()
         self.order = SOLVERS[sampler].nfe(1, False)  # evaluations per step: 2 for heun
         # before set_timesteps, as diffusers' VP schedulers: every training timestep, descending
@@ -187,7 +195,8 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         if not ((steps >= 0) & (steps <= last)).all() or not (steps[1:] < steps[:-1]).all():
             raise ValueError(f"set_timesteps got timesteps={list(values)}: they must decrease strictly "
                              f"within 0..{last}")
-        sigmas = sigma_of_timestep(steps, self.log_sigmas)
+        table = self.log_sigmas.exp().numpy()  # sigma(t) linear in sigma between integers, as diffusers' np.interp
+        sigmas = torch.from_numpy(np.interp(steps.numpy(), np.arange(len(table)), table))
         grid = check_sigmas(torch.cat([sigmas, sigmas.new_zeros(1)]))
         return grid, dict(zip(sigmas.tolist(), values))
 
@@ -211,9 +220,12 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         schedule, whose timesteps are the mirrored diffusers scheduler's (empty otherwise)."""
         c = self.config
         if c.schedule == "discrete":
-            ddim_final = not c.set_alpha_to_one and DISCRETE_MIRRORS[c.sampler] == "DDIMScheduler"
+            if DISCRETE_MIRRORS[c.sampler] == "DDIMScheduler":
+                final = "zero" if c.set_alpha_to_one else "sigma_min"
+            else:
+                final = c.final_sigmas_type
             grid, timesteps = discrete_grid(steps, self.alphas_cumprod, c.timestep_spacing, c.steps_offset,
-                                            c.sampler, "sigma_min" if ddim_final else "zero")
+                                            c.sampler, final)
             return grid, dict(zip(grid.tolist(), timesteps.tolist()))
         table = self.log_sigmas.exp()
         grid = get_sigmas(c.schedule, steps, float(table[0]) if c.sigma_min is None else c.sigma_min,
@@ -258,7 +270,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         The first step starts the trajectory at `timesteps[begin_index]` (set_begin_index; else the
         position of `timestep` in the plan), binds `generator` (else the one given to
         `set_timesteps`) and `eta`. The signature is DDIMScheduler's, so pipelines that look for
-        `eta` pass it: a nonzero eta replaces `sampler_options["eta"]` for the trajectory (ddim only;
+        `eta` pass it (without a set_timesteps first, the plan is `num_train_timesteps` steps): a nonzero eta replaces `sampler_options["eta"]` for the trajectory (ddim only;
         another sampler refuses it), 0 or None leaves sampler_options' (pipelines pass eta=0 by
         default); a different nonzero eta later is refused. use_clipped_model_output is ignored
         (nothing is clipped); variance_noise is refused (the sampler draws its own noise)."""
@@ -266,7 +278,9 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"step() takes no sampler keywords, got {pipeline_kwargs}; set them in sampler_options")
         if variance_noise is not None:
             raise ValueError("step() takes no variance_noise: the sampler draws its own noise from generator")
-        if self.grid is None or (self._steps is None and self._step_index is not None):
+        if self.grid is None:  # as diffusers' Euler and Heun: without set_timesteps, every training timestep
+            self.set_timesteps(self.config.num_train_timesteps, device=sample.device)
+        if self._steps is None and self._step_index is not None:
             raise ValueError("call set_timesteps(num_inference_steps) before stepping a new trajectory")
         if self._steps is None:
             self._start(timestep, sample, generator if generator is not None else self._set_generator, eta)

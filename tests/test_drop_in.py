@@ -202,8 +202,38 @@ def test_custom_sigmas_and_timesteps_plan_the_sampler_on_that_grid(name):
     assert len(scheduler.timesteps) == samplers.nfe(name, scheduler.grid)
     scheduler.set_timesteps(timesteps=[900, 500, 100])
     expected = sigma_of_timestep(torch.tensor([900.0, 500.0, 100.0], dtype=torch.float64), scheduler.log_sigmas)
-    assert scheduler.grid[:-1].tolist() == expected.tolist()
+    assert scheduler.grid[:-1].tolist() == pytest.approx(expected.tolist(), rel=1e-12)
     assert float(scheduler.grid[-1]) == 0 and scheduler.timesteps[0] == 900
+
+
+def test_fractional_custom_timesteps_take_diffusers_sigmas():
+    """Between two training timesteps sigma is interpolated linearly, as Euler's and Heun's np.interp do."""
+    timesteps = [900.5, 500.25, 100.75]
+    theirs = EulerDiscreteScheduler(**TABLE)
+    theirs.set_timesteps(timesteps=timesteps)
+    ours = FewstepScheduler(**TABLE, sampler="euler")
+    ours.set_timesteps(timesteps=timesteps)
+    assert ours.grid.tolist() == pytest.approx(theirs.sigmas.tolist(), rel=1e-6)
+    assert ours.timesteps.tolist() == timesteps
+
+
+def test_dpm_solvers_final_sigmas_type_is_kept():
+    theirs = DPMSolverMultistepScheduler(**TABLE, final_sigmas_type="sigma_min")
+    ours = FewstepScheduler.from_config(theirs.config, sampler="dpmpp_2m", schedule="discrete",
+                                        timestep_spacing=theirs.config.timestep_spacing)
+    for scheduler in (theirs, ours):
+        scheduler.set_timesteps(6)
+    assert ours.grid.tolist() == pytest.approx(theirs.sigmas.tolist(), rel=1e-6) and float(ours.grid[-1]) > 0
+
+
+def test_zero_terminal_snr_tables_end_at_sigma_4096_as_euler_does():
+    ours = FewstepScheduler(**TABLE, rescale_betas_zero_snr=True, sampler="euler", schedule="discrete",
+                            timestep_spacing="trailing")
+    theirs = EulerDiscreteScheduler(**TABLE, rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    ours.set_timesteps(8)
+    theirs.set_timesteps(8)
+    assert float(ours.log_sigmas[-1].exp()) == pytest.approx(4096.0, rel=1e-4)
+    assert ours.grid.tolist() == pytest.approx(theirs.sigmas.tolist(), rel=1e-5)
 
 
 # -- the attributes of diffusers' VP schedulers, and bad input --------------------------------------
@@ -216,7 +246,8 @@ def test_betas_alphas_and_initial_timesteps_are_diffusers():
 
 @pytest.mark.parametrize("make, message", [
     (lambda: FewstepScheduler(beta_start=0.01, beta_end=0.2),
-     "the noise table reaches alphas_cumprod = 0 (sigma infinite) at timestep"),
+     "the noise table's alphas_cumprod reaches 0 in float32 at timestep"),
+    (lambda: FewstepScheduler(final_sigmas_type="one"), "unknown final_sigmas_type 'one': use zero or sigma_min"),
     (lambda: FewstepScheduler().set_timesteps(5, sigmas=[3.0, 1.0, 0.0]),
      "set_timesteps takes exactly one of num_inference_steps, timesteps, sigmas; got num_inference_steps, sigmas"),
     (lambda: FewstepScheduler().set_timesteps(sigmas=[1.0, 3.0, 0.0]), "sigmas must be strictly decreasing"),
@@ -254,3 +285,16 @@ def test_an_option_the_scheduler_does_not_have_is_refused():
     assert str(error.value).startswith("FewstepScheduler has no option solver_order; its options: num_train_timesteps")
     assert "\n" not in str(error.value)
     assert FewstepScheduler.from_config(config, sampler="heun").config.sampler == "heun"  # the config's own keys pass
+
+
+def test_without_set_timesteps_the_plan_is_every_training_timestep_and_a_used_plan_is_not_rerun():
+    scheduler = FewstepScheduler(num_train_timesteps=20, sampler="euler", schedule="discrete",
+                                 timestep_spacing="trailing")
+    x = torch.ones(1, 1, 2, 2)
+    x = scheduler.step(torch.zeros_like(x), 19, x).prev_sample  # diffusers' Euler and Heun step at once too
+    assert scheduler.num_inference_steps == 20 and scheduler.timesteps.tolist() == list(range(19, -1, -1))
+    scheduler.set_timesteps(2)
+    for t in scheduler.timesteps:
+        x = scheduler.step(torch.zeros_like(x), t, x).prev_sample
+    with pytest.raises(ValueError, match=r"call set_timesteps\(num_inference_steps\) before stepping a new trajectory"):
+        scheduler.step(torch.zeros_like(x), scheduler.timesteps[0], x)
