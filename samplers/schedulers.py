@@ -268,12 +268,13 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         `x` is the sampler's own float64 point, unless the pipeline's `sample` differs from what the
         last step returned (the pipeline edited it): then `x = sample sqrt(1 + sigma^2)`.
         The first step starts the trajectory at `timesteps[begin_index]` (set_begin_index; else the
-        position of `timestep` in the plan), binds `generator` (else the one given to
-        `set_timesteps`) and `eta`. The signature is DDIMScheduler's, so pipelines that look for
-        `eta` pass it (without a set_timesteps first, the plan is `num_train_timesteps` steps): a nonzero eta replaces `sampler_options["eta"]` for the trajectory (ddim only;
-        another sampler refuses it), 0 or None leaves sampler_options' (pipelines pass eta=0 by
-        default); a different nonzero eta later is refused. use_clipped_model_output is ignored
-        (nothing is clipped); variance_noise is refused (the sampler draws its own noise)."""
+        position of `timestep` in the plan; without any set_timesteps, the plan is
+        `num_train_timesteps` steps, as diffusers' Euler has it), binds `generator` (else the one
+        given to `set_timesteps`) and `eta`. The signature is DDIMScheduler's, so pipelines that
+        look for `eta` pass it: a nonzero eta replaces `sampler_options["eta"]` for the trajectory
+        (ddim only; another sampler refuses it), 0 or None leaves sampler_options' (pipelines pass
+        eta=0 by default); a different nonzero eta later is refused. use_clipped_model_output is
+        ignored (nothing is clipped); variance_noise is refused (the sampler draws its own noise)."""
         if pipeline_kwargs:
             raise ValueError(f"step() takes no sampler keywords, got {pipeline_kwargs}; set them in sampler_options")
         if variance_noise is not None:
@@ -287,7 +288,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         else:
             self._check_same(timestep, sample, generator, eta)
         x, sigma = self._request
-        if not torch.equal(sample, self._returned):  # the pipeline changed the point: continue from its
+        if not torch.equal(sample, self._returned):  # the pipeline changed the point: continue from there
             x = sample.to(x.dtype) * math.sqrt(1 + float(sigma) ** 2)
         denoised = vp_output_to_denoised(model_output, x, torch.tensor(float(sigma), dtype=x.dtype, device=x.device),
                                          self.config.prediction_type)
