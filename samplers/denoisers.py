@@ -74,6 +74,73 @@ def _dtype(module: nn.Module) -> torch.dtype:
     return next(itertools.chain(module.parameters(), module.buffers()), torch.empty(0)).dtype
 
 
+def _unet_sample_shape(unet: nn.Module):
+    """(C, H, W) from a diffusers UNet's config, or None for a network without one."""
+    config = getattr(unet, "config", None)
+    size = getattr(config, "sample_size", None)
+    if isinstance(size, int):
+        size = (size, size)
+    return (config.in_channels, *size) if size is not None else None
+
+
+def _check_unet_shape(unet: nn.Module, shape) -> None:
+    """Raise if a diffusers UNet cannot take images of `shape` (C, H, W)."""
+    config = unet.config
+    if shape[0] != config.in_channels:
+        raise ValueError(f"the model takes {config.in_channels} channels, got {shape[0]}")
+    factor = 2 ** (len(config.down_block_types) - 1)
+    if any(int(s) % factor for s in shape[1:]):
+        raise ValueError(f"the model takes image sizes divisible by {factor}, got {tuple(shape[1:])}")
+
+
+def _is_flow_matching(scheduler_config: dict) -> bool:
+    return scheduler_config.get("_class_name") == "FlowMatchEulerDiscreteScheduler"
+
+
+def _load_unet(path, torch_dtype=None):
+    """The UNet of a local pipeline or UNet directory, or of a shipped model named `path`, with its
+    scheduler config and the directory it was found in."""
+    import diffusers
+
+    from ..assets import names, path as asset_path
+
+    root = Path(path).expanduser()
+    if not root.is_dir() and root.name == str(path):  # a bare name: a shipped model
+        if str(path) not in names():
+            raise FileNotFoundError(f"model path does not exist: {root}, and no shipped model is named so "
+                                    f"(shipped: {', '.join(names())})")
+        root = asset_path(str(path))
+    if not root.is_dir():
+        raise FileNotFoundError(f"model path does not exist: {root}")
+    unet_dir = root / "unet" if (root / "unet" / "config.json").is_file() else root
+    candidates = [root / "scheduler" / "scheduler_config.json", unet_dir / "scheduler_config.json",
+                  root / "scheduler_config.json"]
+    scheduler_file = next((p for p in candidates if p.is_file()), None)
+    if not (unet_dir / "config.json").is_file():
+        raise FileNotFoundError(f"no UNet config.json in {root} or {root / 'unet'}")
+    if scheduler_file is None:
+        raise FileNotFoundError(f"no scheduler_config.json in {root}, {root / 'scheduler'} or {unet_dir}")
+    class_name = json.loads((unet_dir / "config.json").read_text()).get("_class_name", "UNet2DModel")
+    unet_cls = getattr(diffusers, class_name, None)
+    if unet_cls is None:
+        raise ValueError(f"unknown UNet class {class_name!r} in {unet_dir / 'config.json'}")
+    unet = unet_cls.from_pretrained(str(unet_dir), torch_dtype=torch_dtype).eval()
+    return unet, json.loads(scheduler_file.read_text()), root
+
+
+def from_pretrained(path, torch_dtype=None):
+    """Any local diffusers UNet model as a denoiser, by its scheduler config: a VP noise table gives a
+    `DiffusersUNetDenoiser`, diffusers' `FlowMatchEulerDiscreteScheduler` a `FlowDenoiser` (its UNet
+    sees `t * num_train_timesteps`). `path`: a pipeline or UNet directory, or a shipped model's name."""
+    unet, scheduler_config, _ = _load_unet(path, torch_dtype)
+    if _is_flow_matching(scheduler_config):
+        if scheduler_config.get("shift", 1.0) != 1.0 or scheduler_config.get("use_dynamic_shifting"):
+            raise ValueError(f"a flow-matching model with shift={scheduler_config.get('shift')} or dynamic "
+                             f"shifting is not supported (shift 1.0 only)")
+        return FlowDenoiser(unet, time_scale=float(scheduler_config.get("num_train_timesteps", 1000)))
+    return DiffusersUNetDenoiser.from_config(unet, scheduler_config)
+
+
 def _network_output(out) -> torch.Tensor:
     """A diffusers model returns an output object with `.sample`; a plain module, a tensor."""
     return out.sample if hasattr(out, "sample") else out
@@ -99,11 +166,7 @@ class DiffusersUNetDenoiser(nn.Module):
         self.alphas_cumprod = torch.as_tensor(alphas_cumprod).double().cpu()
         self.log_sigmas = table.log()
         self.sigma_min, self.sigma_max = float(table[0]), float(table[-1])
-        config = getattr(unet, "config", None)
-        size = getattr(config, "sample_size", None)
-        if isinstance(size, int):
-            size = (size, size)
-        self.sample_shape = (config.in_channels, *size) if size is not None else None
+        self.sample_shape = _unet_sample_shape(unet)
 
     @classmethod
     def from_config(cls, unet: nn.Module, scheduler_config: dict) -> "DiffusersUNetDenoiser":
@@ -117,36 +180,16 @@ class DiffusersUNetDenoiser(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path, torch_dtype=None) -> "DiffusersUNetDenoiser":
-        """Load a local `UNet2DModel` or `UNet2DConditionModel` with its scheduler config: a
-        pipeline directory (`unet/`, `scheduler/`) or a UNet directory whose
+        """Load a local `UNet2DModel` or `UNet2DConditionModel` trained on a VP noise table, with its
+        scheduler config: a pipeline directory (`unet/`, `scheduler/`) or a UNet directory whose
         `scheduler_config.json` lies in it or beside it, or a model the project ships, by its name
-        (`"digits_ddpm"`), as diffusers resolves a hub name."""
-        import diffusers
-
-        from ..assets import names, path as asset_path
-
-        root = Path(path).expanduser()
-        if not root.is_dir() and root.name == str(path):  # a bare name: a shipped model
-            if str(path) not in names():
-                raise FileNotFoundError(f"model path does not exist: {root}, and no shipped model is named so "
-                                        f"(shipped: {', '.join(names())})")
-            root = asset_path(str(path))
-        if not root.is_dir():
-            raise FileNotFoundError(f"model path does not exist: {root}")
-        unet_dir = root / "unet" if (root / "unet" / "config.json").is_file() else root
-        candidates = [root / "scheduler" / "scheduler_config.json", unet_dir / "scheduler_config.json",
-                      root / "scheduler_config.json"]
-        scheduler_file = next((p for p in candidates if p.is_file()), None)
-        if not (unet_dir / "config.json").is_file():
-            raise FileNotFoundError(f"no UNet config.json in {root} or {root / 'unet'}")
-        if scheduler_file is None:
-            raise FileNotFoundError(f"no scheduler_config.json in {root}, {root / 'scheduler'} or {unet_dir}")
-        class_name = json.loads((unet_dir / "config.json").read_text()).get("_class_name", "UNet2DModel")
-        unet_cls = getattr(diffusers, class_name, None)
-        if unet_cls is None:
-            raise ValueError(f"unknown UNet class {class_name!r} in {unet_dir / 'config.json'}")
-        unet = unet_cls.from_pretrained(str(unet_dir), torch_dtype=torch_dtype).eval()
-        return cls.from_config(unet, json.loads(scheduler_file.read_text()))
+        (`"digits_ddpm"`), as diffusers resolves a hub name. `samplers.from_pretrained` also loads
+        flow-matching models."""
+        unet, scheduler_config, root = _load_unet(path, torch_dtype)
+        if _is_flow_matching(scheduler_config):
+            raise ValueError(f"{root} is a flow-matching model ({scheduler_config['_class_name']}): "
+                             f"load it with samplers.from_pretrained")
+        return cls.from_config(unet, scheduler_config)
 
     def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
         """The fractional timestep of `sigma` on the model's table (`fractional_timestep`)."""
@@ -154,12 +197,7 @@ class DiffusersUNetDenoiser(nn.Module):
 
     def check_shape(self, shape) -> None:
         """Raise if the UNet cannot take images of `shape` (C, H, W)."""
-        config = self.unet.config
-        if shape[0] != config.in_channels:
-            raise ValueError(f"the model takes {config.in_channels} channels, got {shape[0]}")
-        factor = 2 ** (len(config.down_block_types) - 1)
-        if any(int(s) % factor for s in shape[1:]):
-            raise ValueError(f"the model takes image sizes divisible by {factor}, got {tuple(shape[1:])}")
+        _check_unet_shape(self.unet, shape)
 
     def forward(self, x: torch.Tensor, sigma, **cond) -> torch.Tensor:
         s = _per_sample(sigma, x)
@@ -187,7 +225,12 @@ class FlowDenoiser(nn.Module):
         super().__init__()
         self.velocity_model, self.time_scale = velocity_model, time_scale
         self.sigma_min, self.sigma_max = sigma_min, sigma_max
-        self.sample_shape = tuple(sample_shape) if sample_shape is not None else None
+        self.sample_shape = tuple(sample_shape) if sample_shape is not None else _unet_sample_shape(velocity_model)
+
+    def check_shape(self, shape) -> None:
+        """Raise if a diffusers UNet velocity model cannot take images of `shape` (C, H, W)."""
+        if hasattr(getattr(self.velocity_model, "config", None), "down_block_types"):
+            _check_unet_shape(self.velocity_model, shape)
 
     def forward(self, x: torch.Tensor, sigma, **cond) -> torch.Tensor:
         s = _per_sample(sigma, x)

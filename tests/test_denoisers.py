@@ -154,3 +154,23 @@ def test_a_bfloat16_unet_keeps_the_float64_table():
     assert denoiser.log_sigmas.dtype == torch.float64
     assert denoiser.timestep(torch.tensor([denoiser.sigma_max])).item() == 999.0
     assert denoiser(torch.randn(2, 1, 8, 8), 3.0).dtype == torch.float32
+
+
+def test_an_exported_rectified_flow_loads_as_a_flow_denoiser(tmp_path):
+    """RectifiedFlowObjective exports a pipeline directory with FlowMatchEulerDiscreteScheduler;
+    samplers.from_pretrained gives a FlowDenoiser whose UNet sees t * 1000, and the VP loader refuses it."""
+    from fewstep.flows import RectifiedFlowObjective
+
+    net = tiny_unet()
+    RectifiedFlowObjective().export({"net": net}, tmp_path / "flow")
+    denoiser = samplers.from_pretrained(tmp_path / "flow")
+    assert isinstance(denoiser, samplers.FlowDenoiser) and denoiser.sample_shape == (1, 8, 8)
+    x, sigma = torch.randn(2, 1, 8, 8), 3.0
+    t = sigma / (1 + sigma)
+    with torch.no_grad():
+        expected = x / (1 + sigma) - t * net(x / (1 + sigma), torch.full((2,), t * 1000.0)).sample
+        assert torch.allclose(denoiser(x, sigma), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="is a flow-matching model .* load it with samplers.from_pretrained"):
+        samplers.DiffusersUNetDenoiser.from_pretrained(tmp_path / "flow")
+    with pytest.raises(ValueError, match="the model takes image sizes divisible by 2, got \\(7, 7\\)"):
+        denoiser.check_shape((1, 7, 7))
