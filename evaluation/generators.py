@@ -106,5 +106,6 @@ def from_config(cfg, device) -> Sampling:
         fn = SamplerFn(name, model, sigmas, shape, device, options)
         planned, first, metadata = nfe(name, sigmas, options), [], {}
     line = (f"{name} {options}: {steps} steps, NFE {planned if planned is not None else 'adaptive'}, "
-            f"sigma {float(sigmas[0]):.4g} -> {float(sigmas[-2]):.4g} -> 0, {cfg.num_samples} samples of {shape}")
+            f"sigma {' -> '.join(f'{float(s):.4g}' for s in (sigmas[0], sigmas[-2], sigmas[-1]))}, "
+            f"{cfg.num_samples} samples of {shape}")
     return Sampling(fn, model, name, options, steps, sigmas, planned, [*first, line], metadata)

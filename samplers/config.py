@@ -20,6 +20,11 @@ class ScheduleKind(Enum):
     discrete = "discrete"
 
 
+class FinalSigmas(Enum):
+    zero = "zero"
+    sigma_min = "sigma_min"
+
+
 class Spacing(Enum):
     leading = "leading"
     trailing = "trailing"
@@ -36,6 +41,7 @@ class ScheduleConfig:
     spacing: Optional[Spacing] = None      # discrete only; None: leading (a text-to-image pipeline: its own)
     steps_offset: Optional[int] = None     # discrete only; None: 0 (a text-to-image pipeline: its own)
     eps_s: float = 1e-3
+    final_sigmas_type: FinalSigmas = FinalSigmas.zero   # zero: a last step to 0; sigma_min: stop there
 
 
 @dataclass
@@ -80,7 +86,8 @@ def steps_of(cfg) -> int:
 
     if cfg.nfe is None:
         return cfg.steps
-    return steps_for_nfe(cfg.sampler.name, cfg.nfe, dict(cfg.sampler.options))
+    return steps_for_nfe(cfg.sampler.name, cfg.nfe, dict(cfg.sampler.options),
+                         ends_at_zero=cfg.schedule.final_sigmas_type.value == "zero")
 
 
 def sampling_setup(cfg, device):
@@ -104,7 +111,8 @@ def sampling_setup(cfg, device):
         sigma_max=denoiser.sigma_max if sc.sigma_max is None else sc.sigma_max,
         rho=sc.rho, alphas_cumprod=getattr(denoiser, "alphas_cumprod", None),
         spacing="leading" if sc.spacing is None else sc.spacing.value,
-        steps_offset=sc.steps_offset or 0, eps_s=sc.eps_s, mirror=cfg.sampler.name, device=device)
+        steps_offset=sc.steps_offset or 0, eps_s=sc.eps_s, mirror=cfg.sampler.name,
+        final_sigmas_type=sc.final_sigmas_type.value, device=device)
     return denoiser, shape, steps, sigmas
 
 
@@ -134,6 +142,7 @@ def pipeline_setup(cfg, path: Path, device):
            if v is not None}  # unset: the pipeline's own
     pipe.scheduler = FewstepScheduler.from_config(
         pipe.scheduler.config, sampler=cfg.sampler.name, sampler_options=dict(cfg.sampler.options),
-        schedule=sc.kind.value, rho=sc.rho, sigma_min=sc.sigma_min, sigma_max=sc.sigma_max, eps_s=sc.eps_s, **own)
+        schedule=sc.kind.value, rho=sc.rho, sigma_min=sc.sigma_min, sigma_max=sc.sigma_max, eps_s=sc.eps_s,
+        final_sigmas_type=sc.final_sigmas_type.value, **own)
     pipe.scheduler.set_timesteps(steps, device=device)
     return pipe, steps

@@ -53,7 +53,8 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         DPMSolverMultistepScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler) for
         timestep_spacing and steps_offset, ending at 0, or at the table's `sigma(0)`: for ddim and
         ipndm with `set_alpha_to_one=False` as DDIMScheduler does, for the others with
-        `final_sigmas_type="sigma_min"` as DPM-Solver and Euler do.
+        `final_sigmas_type="sigma_min"` as DPM-Solver and Euler do; the other schedules end with a
+        step to 0, or with `final_sigmas_type="sigma_min"` return the sample at sigma_min.
     rescale_betas_zero_snr: the zero-terminal-SNR table (Lin et al. 2024), whose last
         `alphas_cumprod` (0) is set to 2^-24 as EulerDiscreteScheduler does (sigma_max about 4096).
         `set_timesteps(n)` makes `n` sampler steps; `timesteps` lists one (fractional) timestep per
@@ -229,7 +230,8 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
             return grid, dict(zip(grid.tolist(), timesteps.tolist()))
         table = self.log_sigmas.exp()
         grid = get_sigmas(c.schedule, steps, float(table[0]) if c.sigma_min is None else c.sigma_min,
-                          float(table[-1]) if c.sigma_max is None else c.sigma_max, rho=c.rho, eps_s=c.eps_s)
+                          float(table[-1]) if c.sigma_max is None else c.sigma_max, rho=c.rho, eps_s=c.eps_s,
+                          final_sigmas_type=c.final_sigmas_type)
         return grid, {}
 
     def _plan(self, grid: torch.Tensor, timestep_of: dict, device: torch.device):

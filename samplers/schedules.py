@@ -1,5 +1,5 @@
-"""Noise schedules: `n` decreasing sigmas with a final 0 appended (so `n` sampler steps); the
-discrete schedule may end at the table's `sigma(0)` instead, as diffusers' `final_sigmas_type`.
+"""Noise schedules: grids of `n` sampler steps, `n` decreasing sigmas with a final 0 appended, or
+(`final_sigmas_type="sigma_min"`) `n + 1` sigmas ending at sigma_min, as diffusers' `final_sigmas_type`.
 
 All in the EDM sigma space `x = x0 + sigma * eps` (docs/conventions.md §3). Results are float64.
 """
@@ -132,14 +132,19 @@ SCHEDULES = {"karras": karras, "logsnr": logsnr, "time_uniform": time_uniform}
 def get_sigmas(kind: str, n: int, sigma_min: float | None = None, sigma_max: float | None = None,
                rho: float = 7.0, alphas_cumprod=None, spacing: str = "leading", steps_offset: int = 0,
                eps_s: float = 1e-3, device=None, mirror: str = "ddim", final_sigmas_type: str = "zero") -> torch.Tensor:
-    """`n` decreasing sigmas and a final 0 (discrete "sigma_min": the table's sigma(0)), float64 on `device`.
+    """The grid of `n` sampler steps, float64 on `device`: `n + 1` decreasing sigmas.
 
     kind: "karras" (uses `rho`), "logsnr", "time_uniform" (uses `eps_s`) over
         [sigma_min, sigma_max]; or "discrete": a VP model's own table `alphas_cumprod` at the
         timesteps diffusers picks with `spacing` ("leading", "trailing", "linspace") and
-        `steps_offset`, as the scheduler the sampler `mirror` mirrors does (`discrete_timesteps`),
-        ending at `final_sigmas_type` ("zero" or "sigma_min").
+        `steps_offset`, as the scheduler the sampler `mirror` mirrors does (`discrete_timesteps`).
+    final_sigmas_type: how the grid ends. "zero": `n` points from sigma_max to sigma_min, then a
+        last step to 0 (the sampler's final step returns its denoised value); "sigma_min": `n + 1`
+        points from sigma_max to sigma_min, the sample returned at sigma_min (one network call less
+        for samplers that evaluate at the end of a step; discrete: the table's sigma(0)).
     """
+    if final_sigmas_type not in FINAL_SIGMAS:
+        raise ValueError(f"unknown final_sigmas_type {final_sigmas_type!r}: use zero or sigma_min")
     if kind == "discrete":
         if alphas_cumprod is None:
             raise ValueError("the discrete schedule needs the model's alphas_cumprod (a VP model's noise table)")
@@ -148,7 +153,11 @@ def get_sigmas(kind: str, n: int, sigma_min: float | None = None, sigma_max: flo
         if sigma_min is None or sigma_max is None:
             raise ValueError(f"the {kind} schedule needs sigma_min and sigma_max")
         extra = {"karras": {"rho": rho}, "time_uniform": {"eps_s": eps_s}}.get(kind, {})
-        sigmas = SCHEDULES[kind](n, float(sigma_min), float(sigma_max), **extra)
+        if final_sigmas_type == "zero":
+            sigmas = SCHEDULES[kind](n, float(sigma_min), float(sigma_max), **extra)
+        else:
+            _check_range(n, float(sigma_min), float(sigma_max))
+            sigmas = SCHEDULES[kind](n + 1, float(sigma_min), float(sigma_max), **extra)[:-1]
     else:
         raise ValueError(f"unknown schedule {kind!r}: use one of {', '.join([*SCHEDULES, 'discrete'])}")
     return sigmas.to(device)

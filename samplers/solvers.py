@@ -196,13 +196,14 @@ def nfe(name: str, sigmas, options: Mapping | None = None) -> int | None:
     return SOLVERS[name].nfe(len(sigmas) - 1, bool(sigmas[-1] == 0))
 
 
-def steps_for_nfe(name: str, target: int, options: Mapping | None = None) -> int:
-    """The largest number of steps (on a grid ending at 0) whose NFE is at most `target`."""
+def steps_for_nfe(name: str, target: int, options: Mapping | None = None, ends_at_zero: bool = True) -> int:
+    """The largest number of steps whose NFE is at most `target`, on a grid ending at 0 or not
+    (`final_sigmas_type="sigma_min"`: Heun then pays for its last corrector)."""
     resolve_options(name, options)
     if SOLVERS[name].adaptive:
         raise ValueError(f"sampler {name!r} has no fixed grid, so no step count for an NFE budget")
     steps = 0
-    while SOLVERS[name].nfe(steps + 1, True) <= target:
+    while SOLVERS[name].nfe(steps + 1, ends_at_zero) <= target:
         steps += 1
     if steps == 0:
         raise ValueError(f"sampler {name!r} needs more than {target} NFE for one step")

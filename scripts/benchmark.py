@@ -6,7 +6,8 @@
 Suites: `gmm` (the analytic 2-D mixture: exact Fréchet distance to the true distribution, and the
 mean distance to the exact ODE solution from the same noise), `digits` (FD-digits of the embedded
 model against the 1797 digits, plus sample grids at 5 NFE), `fd-speed` (our Fréchet distance
-against pytorch-fid's on 2048-d statistics). Schedules: Karras (rho 7) over the model's range.
+against pytorch-fid's on 2048-d statistics). Schedules: Karras (rho 7) over the model's range
+by default; --schedule, --rho, --sigma-min, --sigma-max and --final-sigmas-type change the grid.
 """
 import argparse
 import json
@@ -47,18 +48,21 @@ def skiptune_rows(names, targets):
             for name, skip in tables.items() if skip.by_nfe]
 
 
-def sweep(denoiser, rows, seeds, shape, batch_size, extractor, reference, measure):
-    """Run every row at each of its NFE targets: the FD of its samples to `reference`, and
+def sweep(denoiser, rows, seeds, shape, batch_size, extractor, reference, measure, grid):
+    """Run every row at each of its NFE targets on the grid `grid` (get_sigmas keywords; sigma_min,
+    sigma_max None: the model's range): the FD of its samples to `reference`, and
     `measure(samples)`, a dict of further metrics."""
     results = []
     for label, name, options, targets, skip in rows:
         done = {}  # steps -> row: targets that round to the same step count (Heun: odd NFE only) run once
         for target in targets:
-            steps = samplers.steps_for_nfe(name, target, options)
+            steps = samplers.steps_for_nfe(name, target, options, ends_at_zero=grid["final_sigmas_type"] == "zero")
             if steps in done:
                 results.append({**done[steps], "target_nfe": target})
                 continue
-            sigmas = samplers.get_sigmas("karras", steps, denoiser.sigma_min, denoiser.sigma_max)
+            sigmas = samplers.get_sigmas(grid["kind"], steps, grid["sigma_min"] or denoiser.sigma_min,
+                                         grid["sigma_max"] or denoiser.sigma_max, rho=grid["rho"],
+                                         final_sigmas_type=grid["final_sigmas_type"])
             nfe = samplers.nfe(name, sigmas, options)
             sample_fn, kept = SamplerFn(name, denoiser, sigmas, shape, options=options), []
 
@@ -91,6 +95,12 @@ def skiptune_summary(results) -> str:
 
 
 
+def grid_of(args) -> dict:
+    """The grid levers of the command line (get_sigmas keywords)."""
+    return {"kind": args.schedule, "rho": args.rho, "sigma_min": args.sigma_min, "sigma_max": args.sigma_max,
+            "final_sigmas_type": args.final_sigmas_type}
+
+
 def suite_gmm(args):
     gmm = instantiate(OmegaConf.load(config_dir() / "model" / "gmm.yaml"), _convert_="all")
     reference = gmm_stats(gmm)
@@ -105,7 +115,7 @@ def suite_gmm(args):
         return {"ode_error": (x.double() - exact.double()).norm(dim=1).mean().item()}
 
     results = sweep(gmm, plain_rows(args.samplers, args.nfe), seeds, gmm.sample_shape, args.batch_size, raw, reference,
-                    measure)
+                    measure, grid_of(args))
     nfe_plot(results, "fd", Path(args.out_dir) / "gmm_fd.png", "analytic mixture: FD to the truth")
     nfe_plot(results, "ode_error", Path(args.out_dir) / "gmm_ode_error.png", "analytic mixture: error vs exact ODE")
     intro = (f"{args.num_samples} samples of the 2-D mixture in `conf/model/gmm.yaml`, the same seeds for every cell. "
@@ -130,7 +140,7 @@ def suite_digits(args):
     rows = plain_rows(args.samplers, args.nfe) + skiptune_rows([s for s in SKIPTUNE_SAMPLERS if s in args.samplers],
                                                                args.nfe)
     results = sweep(denoiser, rows, seeds, denoiser.sample_shape, args.batch_size, extractor, reference,
-                    lambda x: {"grid": x[:16]})
+                    lambda x: {"grid": x[:16]}, grid_of(args))
     grid_nfe = 5 if 5 in args.nfe else args.nfe[0]
     grids = {f"{r['label']} (NFE {r['nfe']})": r["grid"] for r in results if r["target_nfe"] == grid_nfe}
     side_by_side(grids, Path(args.out_dir) / f"digits_grids_nfe{grid_nfe}.png")
@@ -192,6 +202,12 @@ def main():
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--seed", type=int, default=100_000, help="first seed (away from the calibration's 0-999)")
     parser.add_argument("--repeats", type=int, default=3, help="fd-speed repetitions")
+    parser.add_argument("--schedule", choices=["karras", "logsnr", "time_uniform"], default="karras")
+    parser.add_argument("--rho", type=float, default=7.0, help="karras only")
+    parser.add_argument("--sigma-min", type=float, default=None, help="default: the model's own")
+    parser.add_argument("--sigma-max", type=float, default=None, help="default: the model's own")
+    parser.add_argument("--final-sigmas-type", choices=["zero", "sigma_min"], default="zero",
+                        help="zero: a last step to 0; sigma_min: the sample returned at sigma_min")
     parser.add_argument("--out-dir", type=Path, default=Path("benchmarks"))
     parser.add_argument("--report", type=Path, default=Path("BENCHMARKS.md"))
     args = parser.parse_args()

@@ -298,3 +298,13 @@ def test_without_set_timesteps_the_plan_is_every_training_timestep_and_a_used_pl
         x = scheduler.step(torch.zeros_like(x), t, x).prev_sample
     with pytest.raises(ValueError, match=r"call set_timesteps\(num_inference_steps\) before stepping a new trajectory"):
         scheduler.step(torch.zeros_like(x), scheduler.timesteps[0], x)
+
+
+def test_every_schedule_may_stop_at_sigma_min_in_the_scheduler_too():
+    scheduler = FewstepScheduler(**TABLE, sampler="heun", final_sigmas_type="sigma_min")
+    scheduler.set_timesteps(3)
+    table_min = float(scheduler.log_sigmas.exp()[0])
+    assert float(scheduler.grid[-1]) == pytest.approx(table_min) and len(scheduler.timesteps) == 6
+    assert scheduler.grid.tolist() == pytest.approx(
+        samplers.get_sigmas("karras", 3, table_min, float(scheduler.log_sigmas.exp()[-1]),
+                            final_sigmas_type="sigma_min").tolist())

@@ -5,6 +5,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler
 
+from fewstep import samplers
 from fewstep.samplers import get_sigmas
 from fewstep.samplers.schedules import DISCRETE_MIRRORS, discrete_grid, discrete_timesteps
 
@@ -129,3 +130,18 @@ def test_bad_schedule_requests_name_the_value(call, message):
     with pytest.raises(ValueError) as error:
         call()
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("kind", ["karras", "logsnr", "time_uniform"])
+def test_a_grid_may_end_at_sigma_min_instead_of_a_step_to_zero(kind):
+    """`final_sigmas_type="sigma_min"`: n steps over n + 1 points from sigma_max down to sigma_min,
+    the same kind of spacing as n + 1 points followed by 0; NFE stays exact."""
+    to_zero = get_sigmas(kind, 5, 0.01, 80.0)
+    at_min = get_sigmas(kind, 5, 0.01, 80.0, final_sigmas_type="sigma_min")
+    assert len(to_zero) == len(at_min) == 6 and float(to_zero[-1]) == 0
+    assert float(at_min[0]) == pytest.approx(80.0) and float(at_min[-1]) == pytest.approx(0.01)
+    assert torch.equal(at_min, get_sigmas(kind, 6, 0.01, 80.0)[:-1])
+    assert samplers.nfe("heun", at_min) == 10 and samplers.nfe("heun", to_zero) == 9
+    assert samplers.nfe("dpmpp_2m", at_min) == 5
+    with pytest.raises(ValueError, match="unknown final_sigmas_type 'min': use zero or sigma_min"):
+        get_sigmas(kind, 5, 0.01, 80.0, final_sigmas_type="min")

@@ -155,3 +155,12 @@ def test_each_nfe_rule_counts_the_calls(gmm, name, ends_at_zero):
         calls = []
         samplers.solve(name, gmm, start(), sigmas, callback=calls.append)
         assert len(calls) == samplers.nfe(name, sigmas) == SOLVERS[name].nfe(steps, ends_at_zero)
+
+
+@pytest.mark.parametrize("target", [2, 3, 4, 9, 10])
+def test_an_nfe_budget_is_exact_on_grids_that_end_at_sigma_min_too(gmm, target):
+    for final, ends_at_zero in (("zero", True), ("sigma_min", False)):
+        steps = samplers.steps_for_nfe("heun", target, ends_at_zero=ends_at_zero)
+        sigmas = samplers.get_sigmas("karras", steps, gmm.sigma_min, gmm.sigma_max, final_sigmas_type=final)
+        used = samplers.nfe("heun", sigmas)
+        assert used <= target and used + 2 > target  # the most steps that fit: one more would not
