@@ -3,6 +3,8 @@
     python scripts/train.py                                   # the digits DDPM (conf/train.yaml)
     python scripts/train.py train.steps=200 out_dir=runs/try
     python scripts/train.py train.networks.net.lr=1e-4        # a setting of one network
+    python scripts/train.py objective=rectified_flow net=mlp2d data=moons train.steps=2000
+    python scripts/train.py objective=rectified_flow net=mlp2d data=pairs data.root=PAIRS init_from=MODEL
     accelerate launch --multi_gpu --num_processes 2 scripts/train.py   # 2 processes (gloo on CPU)
 """
 import hydra
@@ -13,6 +15,7 @@ from omegaconf import OmegaConf
 from fewstep.scripts._cli import CONFIG_PATH, one_line_errors
 from fewstep.training import Trainer
 from fewstep.training import config as _schema  # noqa: F401  (registers train_schema, which conf/train.yaml names)
+from fewstep.training.init import init_from
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="train", version_base="1.3")
@@ -20,6 +23,7 @@ from fewstep.training import config as _schema  # noqa: F401  (registers train_s
 def main(cfg):
     set_seed(cfg.seed)  # the initial weights
     nets = instantiate(cfg.net, _convert_="all")  # one module, or {name: module}
+    init_from(nets, cfg.init_from, cfg.out_dir)  # a fresh start only: a resume loads its checkpoint
     trainer = Trainer(nets, instantiate(cfg.objective), instantiate(cfg.data), out_dir=cfg.out_dir, seed=cfg.seed,
                       **OmegaConf.to_container(cfg.train, resolve=True))
     trainer.fit()

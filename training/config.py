@@ -33,12 +33,15 @@ class TrainerConfig:
 
 @dataclass
 class TrainConfig:
-    """net: one network config, or `{name: network config}` for an objective that trains several."""
+    """net: one network config, or `{name: network config}` for an objective that trains several.
+    init_from: a pipeline (`PATH/unet/`) or model directory whose weights a fresh run starts from
+    (training.init.init_from); kept out of `train`, whose keys are exactly the Trainer's keywords."""
     net: Any = MISSING
     data: Any = MISSING
     objective: Any = MISSING
     seed: int = 0
     out_dir: str = MISSING
+    init_from: Optional[str] = None
     train: TrainerConfig = field(default_factory=TrainerConfig)
 
 

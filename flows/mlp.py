@@ -1,0 +1,62 @@
+"""A small MLP velocity field for low-dimensional data (2-D toy sets), saved as diffusers saves a UNet
+(`config.json` + `diffusion_pytorch_model.safetensors`), so that the objectives' `export` writes it
+into the same pipeline directory a UNet goes to."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
+from torch import nn
+
+from ..samplers import FlowDenoiser
+
+
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """`[cos(t f_j), sin(t f_j)]`, `f_j = 10000^(-j / (dim/2))`, j < dim/2: the DDPM embedding,
+    which resolves timesteps on the scale 0..1000 (the objectives' `time_scale`)."""
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(dim // 2, device=t.device, dtype=torch.float32) / (dim // 2))
+    angles = t.float()[:, None] * freqs[None]
+    return torch.cat([angles.cos(), angles.sin()], dim=1)
+
+
+class MLPVelocity(ModelMixin, ConfigMixin):
+    """`v(x, t)` for `x` of shape (B, dim) and `t` of shape (B,) (a timestep on the scale 0..1000):
+    `depth` hidden layers of width `hidden`, `h <- SiLU(W h + b + E t_emb)`, each adding its own
+    projection of the timestep embedding, then a linear read-out."""
+
+    @register_to_config
+    def __init__(self, dim: int = 2, hidden: int = 128, depth: int = 3):
+        super().__init__()
+        if dim < 1 or hidden < 2 or hidden % 2 or depth < 1:
+            raise ValueError(f"need dim >= 1, an even hidden >= 2 and depth >= 1, got dim={dim}, hidden={hidden}, "
+                             f"depth={depth}")
+        self.layers = nn.ModuleList([nn.Linear(dim if i == 0 else hidden, hidden) for i in range(depth)])
+        self.times = nn.ModuleList([nn.Linear(hidden, hidden) for _ in range(depth)])
+        self.out = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        t = torch.as_tensor(t, device=x.device).reshape(-1).expand(len(x))
+        emb = timestep_embedding(t, self.config.hidden).to(x.dtype)
+        h = x
+        for layer, time in zip(self.layers, self.times):
+            h = nn.functional.silu(layer(h) + time(emb))
+        return self.out(h)
+
+
+def mlp_flow(path, sigma_min: float = 0.002, sigma_max: float = 999.0) -> FlowDenoiser:
+    """The rectified flow an objective exported with an `MLPVelocity` (a pipeline directory with
+    `unet/` and a flow-matching `scheduler/`) as a denoiser: its timesteps are `t * num_train_timesteps`."""
+    root = Path(path).expanduser()
+    scheduler = root / "scheduler" / "scheduler_config.json"
+    if not scheduler.is_file():
+        raise FileNotFoundError(f"no scheduler/scheduler_config.json in {root}: not an exported flow")
+    config = json.loads(scheduler.read_text())
+    if config.get("_class_name") != "FlowMatchEulerDiscreteScheduler":
+        raise ValueError(f"{scheduler} names {config.get('_class_name')}, not FlowMatchEulerDiscreteScheduler")
+    net = MLPVelocity.from_pretrained(str(root / "unet")).eval()
+    return FlowDenoiser(net, time_scale=float(config.get("num_train_timesteps", 1000)), sigma_min=sigma_min,
+                        sigma_max=sigma_max, sample_shape=(net.config.dim,))

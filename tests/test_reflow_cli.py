@@ -1,0 +1,72 @@
+"""A ReFlow round from the command line, as a user runs it: train a rectified flow on 2-D moons
+(net=mlp2d), write its reflow pairs (scripts/reflow_pairs.py), train the next round on them from the
+first round's weights (data=pairs, init_from), and check that the second flow is straighter."""
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT
+from fewstep.flows import PairsDataset, mlp_flow, straightness
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+TRAIN = ["objective=rectified_flow", "net=mlp2d", "train.batch_size=256", "train.warmup_steps=0", "train.log_every=100",
+         "train.ema_decay=0.99", "train.cpu=true"]
+
+
+def run(script, *overrides):
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / script), *map(str, overrides)], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+
+
+def ok(done):
+    assert done.returncode == 0, f"{' '.join(done.args[1:])}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+    return done
+
+
+@pytest.fixture(scope="module")
+def rounds(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("reflow")
+    ok(run("train.py", *TRAIN, "data=moons", "train.steps=500", "train.lr=3e-3", "train.checkpoint_every=500",
+           f"out_dir={tmp / 'round1'}"))
+    pairs = ok(run("reflow_pairs.py", "model=mlp2d", f"model.path={tmp / 'round1' / 'model'}", "sampler=euler",
+                   "steps=40", "num_pairs=2000", "shard_size=512", "batch_size=500", "device=cpu",
+                   f"out_dir={tmp / 'pairs'}"))
+    ok(run("train.py", *TRAIN, "data=pairs", f"data.root={tmp / 'pairs'}", f"init_from={tmp / 'round1' / 'model'}",
+           "train.steps=300", "train.lr=1e-3", "train.checkpoint_every=300", f"out_dir={tmp / 'round2'}"))
+    return tmp, pairs
+
+
+def losses(run_dir):
+    return [float(row["loss"]) for row in csv.DictReader(open(run_dir / "loss.csv"))]
+
+
+def test_the_second_round_is_straighter_and_starts_from_the_first(rounds, one_thread):
+    tmp, pairs = rounds
+    assert f"wrote 2000 pairs to {tmp / 'pairs'}" in pairs.stdout
+    data = PairsDataset(tmp / "pairs", expect={"sampler": "euler", "shape": [2], "seed_start": 1000000})
+    assert len(data) == 2000 and len(list((tmp / "pairs").glob("shard_*.safetensors"))) == 4
+    first, second = losses(tmp / "round1"), losses(tmp / "round2")
+    assert first[-1] < first[0]
+    # round 2 starts from round 1's field, which already transports noise to these samples
+    assert second[0] < 0.2 * first[-1], (first, second)
+    noise = torch.randn(500, 2, generator=torch.Generator().manual_seed(0))
+    s1, s2 = (straightness(mlp_flow(tmp / r / "model").velocity_model, noise, steps=30, time_scale=1000.0)
+              for r in ("round1", "round2"))
+    assert s2 < 0.1 * s1, (s1, s2)
+
+
+def test_another_sampler_into_the_same_pairs_and_a_missing_start_are_one_line(rounds):
+    tmp, _ = rounds
+    again = run("reflow_pairs.py", "model=mlp2d", f"model.path={tmp / 'round1' / 'model'}", "sampler=heun", "steps=40",
+                "num_pairs=2000", "shard_size=512", "device=cpu", f"out_dir={tmp / 'pairs'}")
+    assert again.returncode == 2
+    assert again.stderr.strip().splitlines()[-1] == (f"error: {tmp / 'pairs' / 'pairs.json'} has sampler='euler', this "
+                                                     f"run sampler='heun': use another out_dir or the same settings")
+    missing = run("train.py", *TRAIN, "data=moons", f"init_from={tmp / 'nowhere'}", "train.steps=1",
+                  f"out_dir={tmp / 'round3'}")
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines()[-1] == f"error: init_from path does not exist: {tmp / 'nowhere'}"
