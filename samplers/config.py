@@ -17,6 +17,7 @@ class ScheduleKind(Enum):
     karras = "karras"
     logsnr = "logsnr"
     time_uniform = "time_uniform"
+    flow_uniform = "flow_uniform"
     discrete = "discrete"
 
 

@@ -47,7 +47,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
     Noise table (as diffusers' schedulers): num_train_timesteps, beta_start, beta_end,
         beta_schedule, trained_betas; prediction_type: epsilon, v_prediction or sample.
     sampler: ddim, euler, heun, dpmpp_2m or ipndm; sampler_options: its keywords, e.g. {"eta": 1.0}.
-    schedule: karras (rho), logsnr, time_uniform (eps_s) over [sigma_min, sigma_max] (None: the
+    schedule: karras (rho), logsnr, time_uniform (eps_s), flow_uniform over [sigma_min, sigma_max] (None: the
         table's range), or discrete: exactly the timesteps and sigmas of the diffusers scheduler
         the sampler mirrors (`schedules.DISCRETE_MIRRORS`: DDIMScheduler for ddim and ipndm,
         DPMSolverMultistepScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler) for

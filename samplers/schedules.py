@@ -51,6 +51,15 @@ def time_uniform(n: int, sigma_min: float, sigma_max: float, eps_s: float = 1e-3
     return _append_zero(np.sqrt(np.expm1(beta_d * t ** 2 / 2 + beta_min * t)))
 
 
+def flow_uniform(n: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
+    """Uniform in a rectified flow's time `t = sigma / (1 + sigma)` (docs/conventions.md §2), from
+    `t(sigma_max)` to `t(sigma_min)`: `sigma = t / (1 - t)`, the grid of diffusers'
+    FlowMatchEulerDiscreteScheduler (shift 1) in sigma space."""
+    _check_range(n, sigma_min, sigma_max)
+    t = np.linspace(sigma_max / (1 + sigma_max), sigma_min / (1 + sigma_min), n)
+    return _append_zero(t / (1 - t))
+
+
 # The diffusers scheduler whose discrete timesteps each sampler mirrors (dopri5 uses only the ends).
 DISCRETE_MIRRORS = {"ddim": "DDIMScheduler", "ipndm": "DDIMScheduler", "dopri5": "DDIMScheduler",
                     "dpmpp_2m": "DPMSolverMultistepScheduler", "euler": "EulerDiscreteScheduler",
@@ -126,7 +135,7 @@ def discrete(n: int, alphas_cumprod, spacing: str = "leading", steps_offset: int
     return discrete_grid(n, alphas_cumprod, spacing, steps_offset, mirror, final_sigmas_type)[0]
 
 
-SCHEDULES = {"karras": karras, "logsnr": logsnr, "time_uniform": time_uniform}
+SCHEDULES = {"karras": karras, "logsnr": logsnr, "time_uniform": time_uniform, "flow_uniform": flow_uniform}
 
 
 def get_sigmas(kind: str, n: int, sigma_min: float | None = None, sigma_max: float | None = None,
@@ -134,7 +143,8 @@ def get_sigmas(kind: str, n: int, sigma_min: float | None = None, sigma_max: flo
                eps_s: float = 1e-3, device=None, mirror: str = "ddim", final_sigmas_type: str = "zero") -> torch.Tensor:
     """The grid of `n` sampler steps, float64 on `device`: `n + 1` decreasing sigmas.
 
-    kind: "karras" (uses `rho`), "logsnr", "time_uniform" (uses `eps_s`) over
+    kind: "karras" (uses `rho`), "logsnr", "time_uniform" (uses `eps_s`), "flow_uniform" (uniform in
+        a flow's `t`) over
         [sigma_min, sigma_max]; or "discrete": a VP model's own table `alphas_cumprod` at the
         timesteps diffusers picks with `spacing` ("leading", "trailing", "linspace") and
         `steps_offset`, as the scheduler the sampler `mirror` mirrors does (`discrete_timesteps`).

@@ -202,7 +202,7 @@ def main():
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--seed", type=int, default=100_000, help="first seed (away from the calibration's 0-999)")
     parser.add_argument("--repeats", type=int, default=3, help="fd-speed repetitions")
-    parser.add_argument("--schedule", choices=["karras", "logsnr", "time_uniform"], default="karras")
+    parser.add_argument("--schedule", choices=["karras", "logsnr", "time_uniform", "flow_uniform"], default="karras")
     parser.add_argument("--rho", type=float, default=7.0, help="karras only")
     parser.add_argument("--sigma-min", type=float, default=None, help="default: the model's own")
     parser.add_argument("--sigma-max", type=float, default=None, help="default: the model's own")

@@ -145,3 +145,28 @@ def test_a_grid_may_end_at_sigma_min_instead_of_a_step_to_zero(kind):
     assert samplers.nfe("dpmpp_2m", at_min) == 5
     with pytest.raises(ValueError, match="unknown final_sigmas_type 'min': use zero or sigma_min"):
         get_sigmas(kind, 5, 0.01, 80.0, final_sigmas_type="min")
+
+
+def test_flow_uniform_is_uniform_in_the_flows_time_and_euler_on_it_is_the_flows_euler():
+    """t = sigma / (1 + sigma) equally spaced; and an Euler step in sigma space on a FlowDenoiser is
+    x_t + (t_next - t) v in the flow's own variables (docs/conventions.md §9)."""
+    sigmas = get_sigmas("flow_uniform", 4, 0.25, 3.0)
+    t = sigmas[:-1] / (1 + sigmas[:-1])
+    assert t.tolist() == pytest.approx([0.75, 0.75 - 0.55 / 3, 0.75 - 1.1 / 3, 0.2], abs=1e-12) and float(sigmas[-1]) == 0
+    class Field(torch.nn.Module):  # any velocity field, in float64 (the dtype FlowDenoiser feeds it)
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("k", torch.tensor(3.0, dtype=torch.float64))
+
+        def forward(self, x_t, t):
+            return torch.sin(self.k * x_t) + t.reshape(-1, 1)
+
+    velocity = Field()
+    flow = samplers.FlowDenoiser(velocity, sample_shape=(2,))
+    z = torch.randn(3, 2, dtype=torch.float64)
+    grid = sigmas[:-1]  # stop at sigma_min (t = 0.2)
+    ours = samplers.solve("euler", flow, z * (1 + grid[0]), grid) / (1 + grid[-1])
+    x_t = z.clone()
+    for a, b in zip(t[:-1], t[1:]):
+        x_t = x_t + (b - a) * velocity(x_t, a.expand(3))
+    assert (ours - x_t).abs().max() < 1e-12
