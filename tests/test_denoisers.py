@@ -174,3 +174,12 @@ def test_an_exported_rectified_flow_loads_as_a_flow_denoiser(tmp_path):
         samplers.DiffusersUNetDenoiser.from_pretrained(tmp_path / "flow")
     with pytest.raises(ValueError, match="the model takes image sizes divisible by 2, got \\(7, 7\\)"):
         denoiser.check_shape((1, 7, 7))
+
+
+def test_the_shipped_rectified_flow_loads_by_name():
+    denoiser = samplers.from_pretrained("digits_rf1")
+    assert isinstance(denoiser, samplers.FlowDenoiser)
+    assert denoiser.time_scale == 1000.0 and denoiser.sample_shape == (1, 16, 16)
+    x = samplers.sample("euler", denoiser, torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(0)),
+                        samplers.get_sigmas("flow_uniform", 2, denoiser.sigma_min, denoiser.sigma_max))
+    assert x.shape == (2, 1, 16, 16) and 0.2 < float(x.std()) < 2.0
