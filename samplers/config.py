@@ -62,18 +62,24 @@ class SamplerConfig:
 
 
 @dataclass
-class SampleConfig:
+class SamplingConfig:
+    """What every command that samples a model shares (sample, eval, reflow pairs): the model, the
+    sampler, the step count or NFE budget, the grid, the batch and the device."""
     model: Any = MISSING
     sampler: SamplerConfig = MISSING
     steps: int = 10
     nfe: Optional[int] = None
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    num_samples: int = 64
     batch_size: int = 64
     image_size: Optional[int] = None
-    seed: int = 0
     device: str = "auto"
     out_dir: str = MISSING
+
+
+@dataclass
+class SampleConfig(SamplingConfig):
+    num_samples: int = 64
+    seed: int = 0
     prompt: Optional[str] = None             # text-to-image pipelines only
     guidance_scale: Optional[float] = None   # text-to-image pipelines only; None: the pipeline's default
 
