@@ -94,7 +94,9 @@ def _check_unet_shape(unet: nn.Module, shape) -> None:
 
 
 def _is_flow_matching(scheduler_config: dict) -> bool:
-    return scheduler_config.get("_class_name") == "FlowMatchEulerDiscreteScheduler"
+    """A FlowMatchEulerDiscreteScheduler config: by its class name (a saved config) or its keys (`.config`)."""
+    return (scheduler_config.get("_class_name") == "FlowMatchEulerDiscreteScheduler"
+            or {"shift", "use_dynamic_shifting"} <= set(scheduler_config))
 
 
 def _load_unet(path, torch_dtype=None):

@@ -9,7 +9,13 @@ fractional timestep `t(sigma)`. Each `step()` turns the model output into `D(x, 
 implementation of each algorithm) and returns the next point the generator asks about,
 `x_next / sqrt(1 + sigma_next^2)`, or the final sample at the grid's last sigma (0, or DDIM's
 `sigma(t=0)` with `set_alpha_to_one=False`). The generator keeps its own
-float64 state (`x = x_vp sqrt(1 + sigma^2)`, multistep history). At every step it compares the
+float64 state (`x = x_vp sqrt(1 + sigma^2)`, multistep history).
+
+Flow-matching pipelines (`prediction_type="flow_prediction"`, which `from_config` sets for a
+FlowMatchEulerDiscreteScheduler config) work the same way in the flow's own coordinates
+(`scheduler_spaces.FlowTime`): the pipeline's sample is `x_t = x / (1 + sigma)`, the UNet sees
+`t * num_train_timesteps` and returns the velocity. Euler on the `flow_uniform` grid is then exactly
+FlowMatchEulerDiscreteScheduler's Euler. At every step it compares the
 pipeline's `sample` with the point it returned: where the pipeline changed it (an inpainting blend,
 a `callback_on_step_end` edit), the sampler continues from the pipeline's point, as diffusers'
 schedulers do; otherwise from its own float64 one.
@@ -26,29 +32,34 @@ from diffusers import DDPMScheduler
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 
-from .denoisers import DiffusersUNetDenoiser
+from .denoisers import DiffusersUNetDenoiser, _is_flow_matching
+from .scheduler_spaces import FlowTime, VPTable
 from .schedules import DISCRETE_MIRRORS, discrete_grid, get_sigmas
-from .vp import fractional_timestep, sigma_of_timestep, sigmas_from_alphas_cumprod, vp_output_to_denoised
 from .solvers import FIXED_GRID_NAMES, SOLVERS, check_sigmas, resolve_options, run_steps
 
 NOISE_TABLE_KEYS = ("beta_schedule", "trained_betas")
-# diffusers' schedulers on a VP noise table (beta_schedule, trained_betas), whose configs
-# `from_config` takes; not EDM's or flow matching's, which have no table.
+FLOW = "flow_prediction"  # diffusers' name (DPMSolverMultistepScheduler, UniPC) for a velocity-predicting flow
+# diffusers' schedulers whose configs `from_config` takes: those on a VP noise table (beta_schedule,
+# trained_betas) and flow matching with shift 1; not EDM's, which has no table.
 COMPATIBLES = ["DDIMScheduler", "DDPMScheduler", "PNDMScheduler", "LMSDiscreteScheduler", "EulerDiscreteScheduler",
                "HeunDiscreteScheduler", "EulerAncestralDiscreteScheduler", "DPMSolverMultistepScheduler",
                "DPMSolverSinglestepScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler",
-               "DEISMultistepScheduler", "UniPCMultistepScheduler", "DPMSolverSDEScheduler"]
+               "DEISMultistepScheduler", "UniPCMultistepScheduler", "DPMSolverSDEScheduler",
+               "FlowMatchEulerDiscreteScheduler"]
 
 
 class FewstepScheduler(SchedulerMixin, ConfigMixin):
-    """Any fixed-grid sampler of `samplers.solvers` on a discrete VP model, one `step()` per
-    network evaluation.
+    """Any fixed-grid sampler of `samplers.solvers` on a discrete VP model or a flow-matching model,
+    one `step()` per network evaluation.
 
     Noise table (as diffusers' schedulers): num_train_timesteps, beta_start, beta_end,
         beta_schedule, trained_betas; prediction_type: epsilon, v_prediction or sample.
+        prediction_type="flow_prediction": a rectified flow / flow-matching model instead (no table;
+        diffusers' FlowMatchEulerDiscreteScheduler with shift 1, `t = timestep / num_train_timesteps`).
     sampler: ddim, euler, heun, dpmpp_2m or ipndm; sampler_options: its keywords, e.g. {"eta": 1.0}.
     schedule: karras (rho), logsnr, time_uniform (eps_s), flow_uniform over [sigma_min, sigma_max] (None: the
-        table's range), or discrete: exactly the timesteps and sigmas of the diffusers scheduler
+        table's range; a flow's is t from 1 / num_train_timesteps to 1); None: karras on a VP table,
+        flow_uniform (FlowMatchEulerDiscreteScheduler's own grid) on a flow; or discrete (VP only): exactly the timesteps and sigmas of the diffusers scheduler
         the sampler mirrors (`schedules.DISCRETE_MIRRORS`: DDIMScheduler for ddim and ipndm,
         DPMSolverMultistepScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler) for
         timestep_spacing and steps_offset, ending at 0, or at the table's `sigma(0)`: for ddim and
@@ -73,7 +84,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
                  beta_schedule: str | None = "linear", trained_betas=None, prediction_type: str = "epsilon",
                  rescale_betas_zero_snr: bool = False, timestep_spacing: str = "leading", steps_offset: int = 0,
                  set_alpha_to_one: bool = True, final_sigmas_type: str = "zero",
-                 sampler: str = "ddim", sampler_options: dict | None = None, schedule: str = "karras",
+                 sampler: str = "ddim", sampler_options: dict | None = None, schedule: str | None = None,
                  rho: float = 7.0, sigma_min: float | None = None, sigma_max: float | None = None,
                  eps_s: float = 1e-3):
         if sampler in SOLVERS and SOLVERS[sampler].adaptive:
@@ -82,13 +93,25 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         if sampler not in FIXED_GRID_NAMES:
             raise ValueError(f"unknown sampler {sampler!r}: use one of {', '.join(FIXED_GRID_NAMES)}")
         self._options = resolve_options(sampler, sampler_options)
-        if prediction_type not in DiffusersUNetDenoiser.PREDICTION_TYPES:
+        if prediction_type not in (*DiffusersUNetDenoiser.PREDICTION_TYPES, FLOW):
             raise ValueError(f"unsupported prediction_type {prediction_type!r}: "
-                             f"use one of {', '.join(DiffusersUNetDenoiser.PREDICTION_TYPES)}")
-        if beta_schedule is None and trained_betas is None:
-            raise ValueError("the scheduler config has no noise table: beta_schedule and trained_betas are both None")
+                             f"use one of {', '.join(DiffusersUNetDenoiser.PREDICTION_TYPES)}, {FLOW}")
         if final_sigmas_type not in ("zero", "sigma_min"):
             raise ValueError(f"unknown final_sigmas_type {final_sigmas_type!r}: use zero or sigma_min")
+        self.order = SOLVERS[sampler].nfe(1, False)  # evaluations per step: 2 for heun
+        self.num_inference_steps = self.grid = self.sigmas = self._plan_key = None
+        self._step_index = self._begin_index = self._set_generator = None
+        self._steps = self._request = self._generator = self._eta = self._shape = self._returned = None
+        if prediction_type == FLOW:
+            if schedule == "discrete":
+                raise ValueError("schedule 'discrete' needs a VP noise table; a flow's own grid is flow_uniform")
+            self._space, self._schedule = FlowTime(num_train_timesteps), schedule or "flow_uniform"
+            self.betas = self.alphas = self.alphas_cumprod = self.log_sigmas = None
+            # before set_timesteps, as FlowMatchEulerDiscreteScheduler: every training timestep, descending
+            self.timesteps = torch.arange(num_train_timesteps, 0, -1, dtype=torch.float32)
+            return
+        if beta_schedule is None and trained_betas is None:
+            raise ValueError("the scheduler config has no noise table: beta_schedule and trained_betas are both None")
         try:
             table = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
                                   beta_schedule=beta_schedule, trained_betas=trained_betas,
@@ -103,14 +126,10 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
                              f"{int((alphas_cumprod > 0).sum())} of {num_train_timesteps} (sigma infinite): use a "
                              f"table with less total noise, or rescale_betas_zero_snr=True")
         self.betas, self.alphas = table.betas, table.alphas
-        self.alphas_cumprod = alphas_cumprod
-        self.log_sigmas = sigmas_from_alphas_cumprod(self.alphas_cumprod).log()
-        self.order = SOLVERS[sampler].nfe(1, False)  # evaluations per step: 2 for heun
+        self._space, self._schedule = VPTable(alphas_cumprod), schedule or "karras"
+        self.alphas_cumprod, self.log_sigmas = alphas_cumprod, self._space.log_sigmas
         # before set_timesteps, as diffusers' VP schedulers: every training timestep, descending
         self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1)
-        self.num_inference_steps = self.grid = self.sigmas = self._plan_key = None
-        self._step_index = self._begin_index = self._set_generator = None
-        self._steps = self._request = self._generator = self._eta = self._shape = self._returned = None
 
     @property
     def _solver(self):
@@ -119,15 +138,21 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
 
     @classmethod
     def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
-        """As `ConfigMixin.from_config`, but a config without a VP noise table (a flow-matching or
-        EDM scheduler's) is refused instead of silently getting the default betas, and so is a keyword
-        that is not an option of this scheduler (the config's own keys belong to the scheduler it
-        replaces and are left out)."""
-        unknown = sorted(set(kwargs) - set(inspect.signature(cls.__init__).parameters) - {"sampler_options"})
+        """As `ConfigMixin.from_config`, but a FlowMatchEulerDiscreteScheduler config gives the flow
+        mode (`prediction_type="flow_prediction"`; shift 1 only), a config without a VP noise table
+        (an EDM scheduler's) is refused instead of silently getting the default betas, and so is a
+        keyword that is not an option of this scheduler (the config's own keys belong to the scheduler
+        it replaces and are left out)."""
+        params = [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
+        unknown = sorted(set(kwargs) - set(params))
         if unknown:
-            options = ", ".join(name for name in inspect.signature(cls.__init__).parameters if name != "self")
-            raise ValueError(f"FewstepScheduler has no option {', '.join(unknown)}; its options: {options}")
-        if isinstance(config, dict) and not any(key in config or key in kwargs for key in NOISE_TABLE_KEYS):
+            raise ValueError(f"FewstepScheduler has no option {', '.join(unknown)}; its options: {', '.join(params)}")
+        if isinstance(config, dict) and _is_flow_matching(config):
+            if config.get("shift", 1.0) != 1.0 or config.get("use_dynamic_shifting"):
+                raise ValueError(f"a flow-matching scheduler with shift={config.get('shift')} or dynamic shifting "
+                                 f"is not supported (shift 1.0 only)")
+            kwargs.setdefault("prediction_type", FLOW)
+        elif isinstance(config, dict) and not any(key in config or key in kwargs for key in NOISE_TABLE_KEYS):
             keys = ", ".join(sorted(k for k in config if not k.startswith("_")))
             raise ValueError(f"the scheduler config has no noise table (no beta_schedule or trained_betas): "
                              f"{config.get('_class_name', 'a config')} with keys {keys}")
@@ -189,15 +214,19 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         and `{sigma: timestep}` for the given timesteps."""
         if len(values) < (2 if kind == "sigmas" else 1):
             raise ValueError(f"set_timesteps got {kind}={list(values)}: too few for one step")
-        if kind == "sigmas":
+        flow = self.config.prediction_type == FLOW
+        if kind == "sigmas" and not flow:
             return check_sigmas(torch.tensor(values, dtype=torch.float64)), {}
         steps = torch.tensor(values, dtype=torch.float64)
-        last = len(self.log_sigmas) - 1
+        if kind == "sigmas":  # a flow pipeline's sigmas are its times t in [0, 1], the 0 at the end added
+            steps = steps * self.config.num_train_timesteps
+        last = self.config.num_train_timesteps - (0 if flow else 1)
         if not ((steps >= 0) & (steps <= last)).all() or not (steps[1:] < steps[:-1]).all():
-            raise ValueError(f"set_timesteps got timesteps={list(values)}: they must decrease strictly "
-                             f"within 0..{last}")
-        table = self.log_sigmas.exp().numpy()  # sigma(t) linear in sigma between integers, as diffusers' np.interp
-        sigmas = torch.from_numpy(np.interp(steps.numpy(), np.arange(len(table)), table))
+            raise ValueError(f"set_timesteps got {kind}={list(values)}: they must decrease strictly "
+                             f"within 0..{last if kind == 'timesteps' else 1}")
+        if kind == "sigmas":
+            values = tuple(steps.tolist())
+        sigmas = self._space.custom_timesteps(steps)
         grid = check_sigmas(torch.cat([sigmas, sigmas.new_zeros(1)]))
         return grid, dict(zip(sigmas.tolist(), values))
 
@@ -220,7 +249,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         """The sigma grid of the configured schedule, and `{sigma: timestep}` for the discrete
         schedule, whose timesteps are the mirrored diffusers scheduler's (empty otherwise)."""
         c = self.config
-        if c.schedule == "discrete":
+        if self._schedule == "discrete":
             if DISCRETE_MIRRORS[c.sampler] == "DDIMScheduler":
                 final = "zero" if c.set_alpha_to_one else "sigma_min"
             else:
@@ -228,9 +257,8 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
             grid, timesteps = discrete_grid(steps, self.alphas_cumprod, c.timestep_spacing, c.steps_offset,
                                             c.sampler, final)
             return grid, dict(zip(grid.tolist(), timesteps.tolist()))
-        table = self.log_sigmas.exp()
-        grid = get_sigmas(c.schedule, steps, float(table[0]) if c.sigma_min is None else c.sigma_min,
-                          float(table[-1]) if c.sigma_max is None else c.sigma_max, rho=c.rho, eps_s=c.eps_s,
+        grid = get_sigmas(self._schedule, steps, self._space.sigma_min if c.sigma_min is None else c.sigma_min,
+                          self._space.sigma_max if c.sigma_max is None else c.sigma_max, rho=c.rho, eps_s=c.eps_s,
                           final_sigmas_type=c.final_sigmas_type)
         return grid, {}
 
@@ -247,7 +275,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
 
         run_steps(self._trajectory(torch.zeros(1, dtype=torch.float64), grid, torch.Generator(), self._options), record)
         sigmas = torch.tensor([*evaluated, float(grid[-1])], dtype=torch.float64)
-        fractional = fractional_timestep(sigmas[:-1], self.log_sigmas).tolist()
+        fractional = self._space.timestep(sigmas[:-1]).tolist()
         timesteps = [timestep_of.get(sigma, t) for sigma, t in zip(evaluated, fractional)]
         return grid, sigmas, torch.tensor(timesteps, dtype=torch.float64).float().to(device)
 
@@ -291,16 +319,16 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
             self._check_same(timestep, sample, generator, eta)
         x, sigma = self._request
         if not torch.equal(sample, self._returned):  # the pipeline changed the point: continue from there
-            x = sample.to(x.dtype) * math.sqrt(1 + float(sigma) ** 2)
-        denoised = vp_output_to_denoised(model_output, x, torch.tensor(float(sigma), dtype=x.dtype, device=x.device),
-                                         self.config.prediction_type)
+            x = sample.to(x.dtype) * self._space.scale(float(sigma))
+        denoised = self._space.denoised(model_output, x, torch.tensor(float(sigma), dtype=x.dtype, device=x.device),
+                                        self.config.prediction_type)
         self._step_index += 1
         try:
             self._request = self._steps.send((x, denoised))
             x_next, sigma_next = self._request
         except StopIteration as done:
             x_next, sigma_next, self._steps = done.value, self.grid[-1], None
-        prev_sample = (x_next / math.sqrt(1 + float(sigma_next) ** 2)).to(sample.dtype)
+        prev_sample = (x_next / self._space.scale(float(sigma_next))).to(sample.dtype)
         self._returned = prev_sample
         return SchedulerOutput(prev_sample=prev_sample) if return_dict else (prev_sample,)
 
@@ -322,7 +350,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         work = torch.float32 if sample.device.type == "mps" else torch.float64
         self._generator, self._eta, self._shape = generator, options.get("eta", 0.0), sample.shape
         grid = self.grid[starts[begin]:]
-        x = sample.to(work) * math.sqrt(1 + float(grid[0]) ** 2)
+        x = sample.to(work) * self._space.scale(float(grid[0]))
         self._steps = self._trajectory(x, grid, generator, options)
         self._request = next(self._steps)
         self._step_index, self._returned = begin, sample
@@ -343,15 +371,20 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
                              f"pass the same eta to every step")
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
-        """`x_vp = (x0 + sigma_t noise) / sqrt(1 + sigma_t^2)` (= `sqrt(abar_t) x0 + sqrt(1 - abar_t) noise`)
-        for `timesteps`, one per sample or one for all: a timestep of the plan gets the plan's own
-        sigma (so a trajectory started there begins on its grid), any other `log sigma_t`
-        interpolated linearly (`sigma_of_timestep`)."""
+        """The pipeline's sample `(x0 + sigma_t noise) / scale(sigma_t)` for `timesteps`, one per sample
+        or one for all: on a VP table `sqrt(abar_t) x0 + sqrt(1 - abar_t) noise`, on a flow
+        `(1 - t) x0 + t noise`. A timestep of the plan gets the plan's own sigma (so a trajectory
+        started there begins on its grid), any other the space's `sigma(t)` (VP: `log sigma_t`
+        interpolated linearly)."""
         t = torch.as_tensor(timesteps).double().cpu().reshape(-1)
-        sigma = sigma_of_timestep(t, self.log_sigmas)
+        sigma = self._space.sigma(t)
         if self.grid is not None:
             planned = dict(zip(self.timesteps.double().cpu().tolist(), self.sigmas.tolist()))
             sigma = torch.tensor([planned.get(v, s) for v, s in zip(t.tolist(), sigma.tolist())], dtype=torch.float64)
         sigma = sigma.to(original_samples.device).reshape(-1, *[1] * (original_samples.ndim - 1))
-        x = (original_samples.double() + sigma * noise.double()) / (1 + sigma ** 2).sqrt()
+        x = (original_samples.double() + sigma * noise.double()) / self._space.scale(sigma)
         return x.to(original_samples.dtype)
+
+    def scale_noise(self, sample: torch.Tensor, timestep, noise: torch.Tensor) -> torch.Tensor:
+        """FlowMatchEulerDiscreteScheduler's name and argument order for `add_noise` (flow image-to-image pipelines)."""
+        return self.add_noise(sample, noise, timestep)

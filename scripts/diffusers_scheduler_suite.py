@@ -35,6 +35,9 @@ Suites (`--suite` picks by name prefix, `--sampler` by sampler; `-k` is pytest's
     common-<sampler>   SchedulerCommonTest (the tests every diffusers scheduler passes), for each of
                        ddim, euler, heun, dpmpp_2m, ipndm, on a linear 1000-step table with
                        `--schedule` (default karras, FewstepScheduler's default)
+    common-flow-<sampler>  the same in flow-matching mode (prediction_type="flow_prediction", the
+                       flow_uniform grid: FlowMatchEulerDiscreteScheduler's); test_trained_betas does
+                       not apply (a flow has no betas)
     ddim               DDIMSchedulerTest                  sampler=ddim      schedule=discrete
     dpm_multi          DPMSolverMultistepSchedulerTest    sampler=dpmpp_2m  schedule=discrete
     euler              EulerDiscreteSchedulerTest         sampler=euler     schedule=discrete
@@ -73,6 +76,7 @@ SAMPLERS = ("ddim", "euler", "heun", "dpmpp_2m", "ipndm")
 
 # name: (test module in tests/schedulers, test class, sampler, schedule or None for --schedule)
 SUITES = {**{f"common-{s}": ("test_schedulers", "SchedulerCommonTest", s, None) for s in SAMPLERS},
+          **{f"common-flow-{s}": ("test_schedulers", "SchedulerCommonTest", s, "flow_uniform") for s in SAMPLERS},
           "ddim": ("test_scheduler_ddim", "DDIMSchedulerTest", "ddim", "discrete"),
           "dpm_multi": ("test_scheduler_dpm_multi", "DPMSolverMultistepSchedulerTest", "dpmpp_2m", "discrete"),
           "euler": ("test_scheduler_euler", "EulerDiscreteSchedulerTest", "euler", "discrete"),
@@ -82,6 +86,9 @@ SUITES = {**{f"common-{s}": ("test_schedulers", "SchedulerCommonTest", s, None) 
 # The noise table of the common suites (SchedulerCommonTest has no config of its own): diffusers'
 # usual test table.
 COMMON_TABLE = {"num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear"}
+# ... and of the common-flow suites: a flow-matching model (what from_config makes of a
+# FlowMatchEulerDiscreteScheduler config).
+FLOW_TABLE = {"num_train_timesteps": 1000, "prediction_type": "flow_prediction"}
 
 
 def import_diffusers_tests(checkout: Path) -> types.ModuleType:
@@ -134,7 +141,7 @@ def make_suite(name: str, parent: type, sampler: str, schedule: str) -> type:
 
     def get_scheduler_config(self, **kwargs):
         if common:
-            native = dict(COMMON_TABLE)
+            native = dict(FLOW_TABLE if name.startswith("common-flow") else COMMON_TABLE)
         else:  # the full config of the diffusers scheduler under test, built from diffusers' test config
             native = dict(native_class(**parent.get_scheduler_config(self)).config)
         config = fewstep_config(native, sampler, schedule)

@@ -1,0 +1,80 @@
+"""The two kinds of model `FewstepScheduler` drives, as the pipeline sees them: where a pipeline's
+`sample` lies for a sigma, which timestep the network gets, and how its output becomes `D`
+(docs/conventions.md §2 and §5). The samplers themselves only see sigma space.
+
+`VPTable`: a discrete VP noise table; the pipeline's sample is `x_vp = x / sqrt(1 + sigma^2)`.
+`FlowTime`: a rectified flow / flow matching model (diffusers' FlowMatchEulerDiscreteScheduler,
+shift 1); the pipeline's sample is `x_t = x / (1 + sigma)` at `t = sigma / (1 + sigma)`, the network
+sees `t * num_train_timesteps` and predicts the velocity `v`, so `D = x_t - t v`.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .vp import fractional_timestep, sigma_of_timestep, sigmas_from_alphas_cumprod, vp_output_to_denoised
+
+# The noise end of a flow, t = 1, has an infinite sigma; it is planned at t = 1 - 1e-8, whose float32
+# timestep is num_train_timesteps itself and whose sigma-space point x = x_t * 1e8 float64 holds exactly.
+FLOW_SIGMA_MAX = 1e8
+
+
+class VPTable:
+    """`sigma_t = sqrt((1 - abar_t) / abar_t)` on the table `alphas_cumprod`, t = 0 .. T-1."""
+
+    def __init__(self, alphas_cumprod: torch.Tensor):
+        self.alphas_cumprod = alphas_cumprod.double()
+        self.log_sigmas = sigmas_from_alphas_cumprod(self.alphas_cumprod).log()
+        self.sigma_min, self.sigma_max = float(self.log_sigmas[0].exp()), float(self.log_sigmas[-1].exp())
+
+    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The fractional timestep of each sigma (log-sigma interpolation, `vp.fractional_timestep`)."""
+        return fractional_timestep(sigma, self.log_sigmas)
+
+    def sigma(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """`sigma(t)` by log-sigma interpolation (the inverse of `timestep`)."""
+        return sigma_of_timestep(timesteps.double(), self.log_sigmas)
+
+    def custom_timesteps(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """The sigmas of a pipeline's own timesteps, interpolated linearly in sigma as diffusers' `np.interp`."""
+        table = self.log_sigmas.exp().numpy()
+        return torch.from_numpy(np.interp(timesteps.numpy(), np.arange(len(table)), table))
+
+    @staticmethod
+    def scale(sigma: float) -> float:
+        """x = sample * scale: `sqrt(1 + sigma^2)`."""
+        return (1 + sigma ** 2) ** 0.5
+
+    @staticmethod
+    def denoised(out, x, sigma, prediction_type: str) -> torch.Tensor:
+        return vp_output_to_denoised(out, x, sigma, prediction_type)
+
+
+class FlowTime:
+    """`sigma = t / (1 - t)`, timestep `t * num_train_timesteps`; sigmas from `t = 1 / num_train_timesteps`
+    (FlowMatchEulerDiscreteScheduler's `sigma_min`) to t = 1 (`FLOW_SIGMA_MAX`)."""
+
+    def __init__(self, num_train_timesteps: int):
+        self.n = num_train_timesteps
+        self.sigma_min, self.sigma_max = 1 / (num_train_timesteps - 1), FLOW_SIGMA_MAX
+
+    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
+        sigma = sigma.double()
+        return sigma / (1 + sigma) * self.n
+
+    def sigma(self, timesteps: torch.Tensor) -> torch.Tensor:
+        t = (timesteps.double() / self.n).clamp(0, 1)
+        return torch.where(t < 1, t / (1 - t).clamp(min=1 / FLOW_SIGMA_MAX), torch.full_like(t, FLOW_SIGMA_MAX))
+
+    def custom_timesteps(self, timesteps: torch.Tensor) -> torch.Tensor:
+        return self.sigma(timesteps)
+
+    @staticmethod
+    def scale(sigma: float) -> float:
+        """x = sample * scale: `1 + sigma` (= 1 / (1 - t))."""
+        return 1 + sigma
+
+    @staticmethod
+    def denoised(out, x, sigma, prediction_type: str) -> torch.Tensor:
+        """`D = x_t - t v` with `x_t = x / (1 + sigma)`, `t = sigma / (1 + sigma)`."""
+        return (x - sigma * out.to(x.dtype)) / (1 + sigma)
