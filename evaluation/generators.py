@@ -1,5 +1,5 @@
 """Generators as `sample_fn(seeds) -> samples` (evaluation.seeds): a denoiser with a sampler, a
-text-to-image pipeline, and the one a sample config asks for. Each counts the network evaluations
+one-step generator, a text-to-image pipeline, and the one a sample config asks for. Each counts the network evaluations
 (NFE) a sample cost."""
 from __future__ import annotations
 
@@ -42,6 +42,25 @@ class SamplerFn:
         return self.calls / max(self.batches, 1)
 
 
+class GeneratorFn:
+    """A one-step generator `g(z)` (`gan.generators`) as a sample_fn: sample `i` from the latent
+    `randn(latent_shape)` of a `torch.Generator` seeded with `seeds[i]` alone, one network
+    evaluation per sample."""
+
+    nfe = 1
+
+    def __init__(self, generator, device=None):
+        self.generator, self.device = generator, device
+
+    @torch.no_grad()
+    def __call__(self, seeds) -> torch.Tensor:
+        shape = tuple(self.generator.latent_shape)
+        z = [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+        if not z:
+            return torch.empty(0, *self.generator.sample_shape)
+        return self.generator(torch.stack(z).to(self.device)).float().cpu()
+
+
 class PipelineFn:
     """A diffusers text-to-image pipeline as a sample_fn: `prompt` at `size` x `size`, images in
     [-1, 1], image `i` from a `torch.Generator` seeded with `seeds[i]` (as the pipeline draws its
@@ -69,7 +88,7 @@ class Sampling:
     """What a sample config sets up. `model` is what Skip-Tuning tunes (the denoiser or the
     pipeline); `planned_nfe` is None for an adaptive sampler; `lines` say what will run;
     `metadata` are the extra keys of samples.npz."""
-    sample_fn: SamplerFn | PipelineFn
+    sample_fn: SamplerFn | GeneratorFn | PipelineFn
     model: Any
     name: str
     options: dict
@@ -80,9 +99,31 @@ class Sampling:
     metadata: dict = field(default_factory=dict)
 
 
+def sampler_given() -> bool:
+    """Whether the command line of the running Hydra app names a sampler (`sampler=...`)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.initialized() and any(o.lstrip("+~").split("=")[0] == "sampler"
+                                             for o in HydraConfig.get().overrides.task)
+
+
+def _one_step(cfg, generator, device) -> Sampling:
+    """A one-step generator's Sampling: no sampler, no grid, 1 NFE."""
+    if sampler_given():
+        raise ValueError(f"the model is a one-step generator ({type(generator).__name__}) and takes no sampler; "
+                         f"got sampler={cfg.sampler.name}")
+    generator = generator.to(device).eval()
+    line = (f"one-step generator {type(generator).__name__}: NFE 1, latent {tuple(generator.latent_shape)}, "
+            f"{cfg.num_samples} samples of {tuple(generator.sample_shape)}")
+    return Sampling(GeneratorFn(generator, device), generator, "generator", {}, 1, torch.zeros(0), 1, [line])
+
+
 def from_config(cfg, device) -> Sampling:
     """The generator of a sample config (samplers.config.SampleConfig): a text-to-image pipeline
-    when `model.path` holds one, else the model's denoiser with the sampler on the sigma grid."""
+    when `model.path` holds one, a one-step generator (`gan.load_generator`: a model with a
+    `latent_shape`) as it is, else the model's denoiser with the sampler on the sigma grid."""
+    from hydra.utils import instantiate
+
     from ..samplers import nfe
     from ..samplers.config import pipeline_setup, sampling_setup, text_to_image_dir
 
@@ -102,7 +143,10 @@ def from_config(cfg, device) -> Sampling:
         if cfg.prompt is not None or cfg.guidance_scale is not None:
             raise ValueError(f"prompt={cfg.prompt!r} and guidance_scale={cfg.guidance_scale} need a text-to-image "
                              f"pipeline directory (model=diffusers model.path=DIR)")
-        model, shape, steps, sigmas = sampling_setup(cfg, device)
+        model = instantiate(cfg.model, _convert_="all")
+        if getattr(model, "latent_shape", None) is not None:
+            return _one_step(cfg, model, device)
+        model, shape, steps, sigmas = sampling_setup(cfg, device, model)
         fn = SamplerFn(name, model, sigmas, shape, device, options)
         planned, first, metadata = nfe(name, sigmas, options), [], {}
     line = (f"{name} {options}: {steps} steps, NFE {planned if planned is not None else 'adaptive'}, "

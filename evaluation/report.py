@@ -80,6 +80,46 @@ def side_by_side(grids: dict[str, torch.Tensor], path, nrow: int = 4) -> Path:
     return Path(path)
 
 
+def trajectory_plot(paths: dict[str, torch.Tensor], data: torch.Tensor, path, shown: int = 200) -> Path:
+    """2-D ODE paths, one panel per label: `paths[label]` of shape (steps + 1, n, 2) from the noise
+    (grey dots) to the samples (blue), over the data (light); the picture of rectified flow
+    straightening its paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(paths), figsize=(3.6 * len(paths), 3.6), squeeze=False)
+    for ax, (label, xs) in zip(axes[0], paths.items()):
+        xs = xs[:, :shown].double().cpu().numpy()
+        ax.scatter(data[:, 0], data[:, 1], s=1, color="0.85")
+        ax.plot(xs[:, :, 0], xs[:, :, 1], color="tab:orange", alpha=0.25, linewidth=0.6)
+        ax.scatter(xs[0, :, 0], xs[0, :, 1], s=3, color="0.4")
+        ax.scatter(xs[-1, :, 0], xs[-1, :, 1], s=3, color="tab:blue")
+        ax.set(title=label, xlim=(-3.2, 3.2), ylim=(-3.2, 3.2), aspect="equal", xticks=[], yticks=[])
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return Path(path)
+
+
+def scatter_panels(points: dict[str, torch.Tensor], data: torch.Tensor, path, shown: int = 2000) -> Path:
+    """2-D samples, one panel per label, over the data (light)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(points), figsize=(3.2 * len(points), 3.2), squeeze=False)
+    for ax, (label, x) in zip(axes[0], points.items()):
+        x = x[:shown].double().cpu().numpy()
+        ax.scatter(data[:shown, 0], data[:shown, 1], s=1, color="0.8")
+        ax.scatter(x[:, 0], x[:, 1], s=1, color="tab:blue")
+        ax.set(title=label, xlim=(-3, 3), ylim=(-3, 3), aspect="equal", xticks=[], yticks=[])
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return Path(path)
+
+
 def assemble(sections_dir, out) -> Path:
     """BENCHMARKS.md: a header, then every `*.md` section of `sections_dir` in name order."""
     sections = sorted(Path(sections_dir).glob("*.md"))

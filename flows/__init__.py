@@ -7,10 +7,10 @@ returns `{network name: scalar loss}` for the networks due an update at this ste
 """
 from .diffusion import DiffusionObjective
 from .distill import DistillationObjective
-from .mlp import MLPVelocity, mlp_flow
+from .mlp import MLPVelocity
 from .pairs import PairsDataset, write_pairs
 from .rectified_flow import RectifiedFlowObjective, rectified_flow_loss
-from .straightness import straightness
+from .straightness import record_straightness, straightness
 
 __all__ = ["DiffusionObjective", "DistillationObjective", "MLPVelocity", "PairsDataset", "RectifiedFlowObjective",
-           "mlp_flow", "rectified_flow_loss", "straightness", "write_pairs"]
+           "record_straightness", "rectified_flow_loss", "straightness", "write_pairs"]

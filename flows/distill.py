@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .rectified_flow import RectifiedFlowObjective, velocity
+from .rectified_flow import save_flow, velocity
 
 LOSSES = ("l2", "pseudo_huber")
 
@@ -54,5 +54,5 @@ class DistillationObjective:
         return {"net": pseudo_huber(d).mean()}
 
     def export(self, nets, out_dir: str | Path) -> None:
-        """As `RectifiedFlowObjective.export`: a pipeline directory with a flow-matching scheduler."""
-        RectifiedFlowObjective(time_scale=self.time_scale).export(nets, out_dir)
+        """A pipeline directory with a flow-matching scheduler (`rectified_flow.save_flow`)."""
+        save_flow(nets["net"], out_dir, self.time_scale)

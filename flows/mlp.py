@@ -3,16 +3,12 @@
 into the same pipeline directory a UNet goes to."""
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import torch
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from torch import nn
-
-from ..samplers import FlowDenoiser
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -37,6 +33,7 @@ class MLPVelocity(ModelMixin, ConfigMixin):
         self.layers = nn.ModuleList([nn.Linear(dim if i == 0 else hidden, hidden) for i in range(depth)])
         self.times = nn.ModuleList([nn.Linear(hidden, hidden) for _ in range(depth)])
         self.out = nn.Linear(hidden, dim)
+        self.sample_shape = (dim,)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         t = torch.as_tensor(t, device=x.device).reshape(-1).expand(len(x))
@@ -45,18 +42,3 @@ class MLPVelocity(ModelMixin, ConfigMixin):
         for layer, time in zip(self.layers, self.times):
             h = nn.functional.silu(layer(h) + time(emb))
         return self.out(h)
-
-
-def mlp_flow(path, sigma_min: float = 0.002, sigma_max: float = 999.0) -> FlowDenoiser:
-    """The rectified flow an objective exported with an `MLPVelocity` (a pipeline directory with
-    `unet/` and a flow-matching `scheduler/`) as a denoiser: its timesteps are `t * num_train_timesteps`."""
-    root = Path(path).expanduser()
-    scheduler = root / "scheduler" / "scheduler_config.json"
-    if not scheduler.is_file():
-        raise FileNotFoundError(f"no scheduler/scheduler_config.json in {root}: not an exported flow")
-    config = json.loads(scheduler.read_text())
-    if config.get("_class_name") != "FlowMatchEulerDiscreteScheduler":
-        raise ValueError(f"{scheduler} names {config.get('_class_name')}, not FlowMatchEulerDiscreteScheduler")
-    net = MLPVelocity.from_pretrained(str(root / "unet")).eval()
-    return FlowDenoiser(net, time_scale=float(config.get("num_train_timesteps", 1000)), sigma_min=sigma_min,
-                        sigma_max=sigma_max, sample_shape=(net.config.dim,))

@@ -69,10 +69,24 @@ class RectifiedFlowObjective:
         return {"net": rectified_flow_loss(nets["net"], x0, noise, t, self.time_scale)}
 
     def export(self, nets, out_dir: str | Path) -> None:
-        """Write `nets["net"]` as a diffusers pipeline directory (unet/ + scheduler/) whose scheduler
-        is `FlowMatchEulerDiscreteScheduler` (the same convention, timesteps `t * 1000`), loadable by
-        `samplers.DiffusersUNetDenoiser.from_pretrained`."""
-        from diffusers import DDPMPipeline, FlowMatchEulerDiscreteScheduler
+        """`save_flow(nets["net"])`, with the flow's straightness (`record_straightness`) in
+        out_dir/straightness.json, also printed."""
+        from ..samplers import FlowDenoiser
+        from .straightness import record_straightness
 
-        scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=int(self.time_scale), shift=1.0)
-        DDPMPipeline(unet=nets["net"], scheduler=scheduler).save_pretrained(str(out_dir))
+        save_flow(nets["net"], out_dir, self.time_scale)
+        shape = FlowDenoiser(nets["net"]).sample_shape
+        if shape is not None:  # a network that knows its sample shape (a diffusers UNet, flows.MLPVelocity)
+            with torch.no_grad():
+                value = record_straightness(nets["net"], shape, out_dir, self.time_scale)
+            print(f"straightness {value:.6f} (256 noises, 50 Euler steps): {Path(out_dir) / 'straightness.json'}")
+
+
+def save_flow(net, out_dir: str | Path, time_scale: float = 1000.0) -> None:
+    """Write a velocity network as a diffusers pipeline directory (unet/ + scheduler/) whose scheduler
+    is `FlowMatchEulerDiscreteScheduler` (the same convention, timesteps `t * time_scale`), loadable
+    by `samplers.from_pretrained`."""
+    from diffusers import DDPMPipeline, FlowMatchEulerDiscreteScheduler
+
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=int(time_scale), shift=1.0)
+    DDPMPipeline(unet=net, scheduler=scheduler).save_pretrained(str(out_dir))

@@ -1,6 +1,9 @@
 """How straight a rectified flow's paths are (Liu et al. 2022, "Flow Straight and Fast", eq. 4)."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 
 from .rectified_flow import velocity as _velocity
@@ -30,3 +33,15 @@ def straightness(velocity, noise: torch.Tensor, steps: int = 100, time_scale: fl
             u = v.double() - first
             total, total_sq = total + u, total_sq + u ** 2
     return float((total_sq / steps - (total / steps) ** 2).mean())
+
+
+def record_straightness(velocity, shape, out_dir, time_scale: float = 1.0, n: int = 256, steps: int = 50,
+                        seed: int = 0) -> float:
+    """`straightness` of `velocity` on `n` noises of shape `shape` (the generator seeded `seed`),
+    written with its settings to `out_dir/straightness.json`; returns it."""
+    device = next(velocity.parameters()).device
+    noise = torch.randn(n, *shape, generator=torch.Generator().manual_seed(seed)).to(device)
+    value = straightness(velocity, noise, steps=steps, time_scale=time_scale)
+    record = {"straightness": value, "noises": n, "steps": steps, "seed": seed}
+    (Path(out_dir) / "straightness.json").write_text(json.dumps(record, indent=2) + "\n")
+    return value

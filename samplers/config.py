@@ -97,13 +97,14 @@ def steps_of(cfg) -> int:
                          ends_at_zero=cfg.schedule.final_sigmas_type.value == "zero")
 
 
-def sampling_setup(cfg, device):
-    """The denoiser, sample shape, step count and sigma grid a sample config asks for."""
+def sampling_setup(cfg, device, denoiser=None):
+    """The denoiser (`denoiser`, else the config's model), sample shape, step count and sigma grid a
+    sample config asks for."""
     from hydra.utils import instantiate
 
     from . import get_sigmas
 
-    denoiser = instantiate(cfg.model, _convert_="all").to(device).eval()
+    denoiser = (instantiate(cfg.model, _convert_="all") if denoiser is None else denoiser).to(device).eval()
     if denoiser.sample_shape is None:
         raise ValueError(f"{type(denoiser).__name__} does not know its sample shape (no sample_size in its config)")
     shape = tuple(denoiser.sample_shape)

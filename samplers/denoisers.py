@@ -6,6 +6,7 @@ value per sample; it carries `sigma_min`, `sigma_max` (its trained range) and `s
 """
 from __future__ import annotations
 
+import importlib
 import itertools
 import json
 from pathlib import Path
@@ -75,7 +76,9 @@ def _dtype(module: nn.Module) -> torch.dtype:
 
 
 def _unet_sample_shape(unet: nn.Module):
-    """(C, H, W) from a diffusers UNet's config, or None for a network without one."""
+    """The network's own `sample_shape`, else (C, H, W) from a diffusers UNet's config, else None."""
+    if getattr(unet, "sample_shape", None) is not None:
+        return tuple(unet.sample_shape)
     config = getattr(unet, "config", None)
     size = getattr(config, "sample_size", None)
     if isinstance(size, int):
@@ -99,11 +102,24 @@ def _is_flow_matching(scheduler_config: dict) -> bool:
             or {"shift", "use_dynamic_shifting"} <= set(scheduler_config))
 
 
+# Model classes a saved config.json may name besides diffusers' own, as "module:Class" (imported when
+# first needed); add an entry to load another ModelMixin through `from_pretrained`.
+MODEL_CLASSES: dict[str, str] = {"MLPVelocity": "fewstep.flows.mlp:MLPVelocity"}
+
+
+def _model_class(class_name: str):
+    """The class a saved config names: one of MODEL_CLASSES, else diffusers', else None."""
+    import diffusers
+
+    if class_name in MODEL_CLASSES:
+        module, name = MODEL_CLASSES[class_name].split(":")
+        return getattr(importlib.import_module(module), name)
+    return getattr(diffusers, class_name, None)
+
+
 def _load_unet(path, torch_dtype=None):
     """The UNet of a local pipeline or UNet directory, or of a shipped model named `path`, with its
     scheduler config and the directory it was found in."""
-    import diffusers
-
     from ..assets import names, path as asset_path
 
     root = Path(path).expanduser()
@@ -123,23 +139,29 @@ def _load_unet(path, torch_dtype=None):
     if scheduler_file is None:
         raise FileNotFoundError(f"no scheduler_config.json in {root}, {root / 'scheduler'} or {unet_dir}")
     class_name = json.loads((unet_dir / "config.json").read_text()).get("_class_name", "UNet2DModel")
-    unet_cls = getattr(diffusers, class_name, None)
+    unet_cls = _model_class(class_name)
     if unet_cls is None:
         raise ValueError(f"unknown UNet class {class_name!r} in {unet_dir / 'config.json'}")
     unet = unet_cls.from_pretrained(str(unet_dir), torch_dtype=torch_dtype).eval()
     return unet, json.loads(scheduler_file.read_text()), root
 
 
-def from_pretrained(path, torch_dtype=None):
-    """Any local diffusers UNet model as a denoiser, by its scheduler config: a VP noise table gives a
-    `DiffusersUNetDenoiser`, diffusers' `FlowMatchEulerDiscreteScheduler` a `FlowDenoiser` (its UNet
-    sees `t * num_train_timesteps`). `path`: a pipeline or UNet directory, or a shipped model's name."""
-    unet, scheduler_config, _ = _load_unet(path, torch_dtype)
+def from_pretrained(path, torch_dtype=None, sigma_max: float | None = None):
+    """Any local diffusers model as a denoiser, by its scheduler config: a VP noise table gives a
+    `DiffusersUNetDenoiser`, diffusers' `FlowMatchEulerDiscreteScheduler` a `FlowDenoiser` (its
+    network sees `t * num_train_timesteps`). `path`: a pipeline or model directory, or a shipped
+    model's name. The network is a diffusers model or one of MODEL_CLASSES (the 2-D
+    `flows.MLPVelocity`). sigma_max: a flow's upper sigma (None: FlowDenoiser's, t = 0.999; a
+    one-step model distilled at t = 1 uses 1e8, whose float32 t is 1)."""
+    unet, scheduler_config, root = _load_unet(path, torch_dtype)
     if _is_flow_matching(scheduler_config):
         if scheduler_config.get("shift", 1.0) != 1.0 or scheduler_config.get("use_dynamic_shifting"):
             raise ValueError(f"a flow-matching model with shift={scheduler_config.get('shift')} or dynamic "
                              f"shifting is not supported (shift 1.0 only)")
-        return FlowDenoiser(unet, time_scale=float(scheduler_config.get("num_train_timesteps", 1000)))
+        extra = {} if sigma_max is None else {"sigma_max": float(sigma_max)}
+        return FlowDenoiser(unet, time_scale=float(scheduler_config.get("num_train_timesteps", 1000)), **extra)
+    if sigma_max is not None:
+        raise ValueError(f"sigma_max={sigma_max} is for flow-matching models; {root} has a VP noise table")
     return DiffusersUNetDenoiser.from_config(unet, scheduler_config)
 
 

@@ -52,11 +52,14 @@ class VPTable:
 
 class FlowTime:
     """`sigma = t / (1 - t)`, timestep `t * num_train_timesteps`; sigmas from `t = 1 / num_train_timesteps`
-    (FlowMatchEulerDiscreteScheduler's `sigma_min`) to t = 1 (`FLOW_SIGMA_MAX`)."""
+    (FlowMatchEulerDiscreteScheduler's `sigma_min`) to t = 1 (`FLOW_SIGMA_MAX`), or to t = 0.999
+    (sigma 999) for heun: its trapezoid in sigma space weights the slope at the end of the first step
+    by `(sigma_0 - sigma_1) / 2`, which from sigma 1e8 turns the network's error into noise of that size."""
 
-    def __init__(self, num_train_timesteps: int):
+    def __init__(self, num_train_timesteps: int, sampler: str):
         self.n = num_train_timesteps
-        self.sigma_min, self.sigma_max = 1 / (num_train_timesteps - 1), FLOW_SIGMA_MAX
+        self.sigma_min = 1 / (num_train_timesteps - 1)
+        self.sigma_max = 999.0 if sampler == "heun" else FLOW_SIGMA_MAX
 
     def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
         sigma = sigma.double()

@@ -58,7 +58,8 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         diffusers' FlowMatchEulerDiscreteScheduler with shift 1, `t = timestep / num_train_timesteps`).
     sampler: ddim, euler, heun, dpmpp_2m or ipndm; sampler_options: its keywords, e.g. {"eta": 1.0}.
     schedule: karras (rho), logsnr, time_uniform (eps_s), flow_uniform over [sigma_min, sigma_max] (None: the
-        table's range; a flow's is t from 1 / num_train_timesteps to 1); None: karras on a VP table,
+        table's range; a flow's is t from 1 / num_train_timesteps to 1, to 0.999 for heun:
+        `scheduler_spaces.FlowTime`); None: karras on a VP table,
         flow_uniform (FlowMatchEulerDiscreteScheduler's own grid) on a flow; or discrete (VP only): exactly the timesteps and sigmas of the diffusers scheduler
         the sampler mirrors (`schedules.DISCRETE_MIRRORS`: DDIMScheduler for ddim and ipndm,
         DPMSolverMultistepScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler) for
@@ -105,7 +106,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         if prediction_type == FLOW:
             if schedule == "discrete":
                 raise ValueError("schedule 'discrete' needs a VP noise table; a flow's own grid is flow_uniform")
-            self._space, self._schedule = FlowTime(num_train_timesteps), schedule or "flow_uniform"
+            self._space, self._schedule = FlowTime(num_train_timesteps, sampler), schedule or "flow_uniform"
             self.betas = self.alphas = self.alphas_cumprod = self.log_sigmas = None
             # before set_timesteps, as FlowMatchEulerDiscreteScheduler: every training timestep, descending
             self.timesteps = torch.arange(num_train_timesteps, 0, -1, dtype=torch.float32)

@@ -5,12 +5,17 @@
 
 Suites: `gmm` (the analytic 2-D mixture: exact Fréchet distance to the true distribution, and the
 mean distance to the exact ODE solution from the same noise), `digits` (FD-digits of the embedded
-model against the 1797 digits, plus sample grids at 5 NFE), `fd-speed` (our Fréchet distance
-against pytorch-fid's on 2048-d statistics). Schedules: Karras (rho 7) over the model's range
+model against the 1797 digits, plus sample grids at 5 NFE), `reflow` (FD-digits of the shipped
+rectified flows digits_rf1, digits_rf2 and digits_rf_1step beside the DDPM at 1-10 NFE, dopri5,
+straightness), `reflow-2d` (1-RF, 2-RF and a distilled one-step flow trained here on 2-D moons and
+checkerboard: FD to fresh data, straightness, trajectory pictures), `gan-2d` (the ReFlow-derived
+GAN against WGAN-GP on 8 Gaussians and moons at equal generator updates: modes covered, FD),
+`fd-speed` (our Fréchet distance against pytorch-fid's on 2048-d statistics). Schedules: Karras (rho 7) over the model's range
 by default; --schedule, --rho, --sigma-min, --sigma-max and --final-sigmas-type change the grid.
 """
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
@@ -22,14 +27,24 @@ from omegaconf import OmegaConf
 from fewstep import samplers
 from fewstep.evaluation import FeatureStats, frechet_distance, frechet_of, get_extractor
 from fewstep.evaluation.fid import accumulate, data_stats, fd_to, gmm_stats
-from fewstep.evaluation.generators import SamplerFn
-from fewstep.evaluation.report import assemble, nfe_plot, nfe_table, section, side_by_side
+from fewstep.evaluation.generators import GeneratorFn, SamplerFn
+from fewstep.evaluation.report import assemble, nfe_plot, nfe_table, scatter_panels, section, side_by_side
 from fewstep.samplers.skip_tuning import load_table, skip_tuning_for
+from fewstep.evaluation.report import trajectory_plot
+from fewstep.gan import GANObjective, MLPCritic, MLPGenerator, load_generator
+from fewstep.flows import (DistillationObjective, MLPVelocity, PairsDataset, RectifiedFlowObjective, straightness,
+                           write_pairs)
+from fewstep.training import Trainer, data2d
 from fewstep.training.data import digits
+from fewstep.training.init import load_weights
 from fewstep.scripts._cli import config_dir
 
 NFE_TARGETS = [3, 4, 5, 6, 8, 10, 20, 50]
 SAMPLERS = ["ddim", "euler", "heun", "dpmpp_2m", "ipndm"]
+REFLOW_NFE = [1, 2, 3, 5, 10]
+REFLOW_SAMPLERS = ["euler", "dpmpp_2m", "ipndm"]
+# A flow's own grid: uniform in t from the model's sigma_max (t = 0.999; 1e8 for a one-step model) to sigma_min.
+FLOW_GRID = {"kind": "flow_uniform", "rho": 7.0, "sigma_min": None, "sigma_max": None, "final_sigmas_type": "zero"}
 
 
 SKIPTUNE_SAMPLERS = ["ddim", "heun", "dpmpp_2m", "ipndm"]
@@ -80,6 +95,24 @@ def sweep(denoiser, rows, seeds, shape, batch_size, extractor, reference, measur
             print(json.dumps({k: v for k, v in row.items() if not torch.is_tensor(v)}), flush=True)
             results.append(row)
     return results
+
+
+def adaptive_row(label, denoiser, seeds, shape, batch_size, extractor, reference, options=None) -> dict:
+    """dopri5 (torchdiffeq) from the model's sigma_max to 0: its FD and the NFE it took per sample."""
+    sigmas = samplers.get_sigmas("karras", 2, denoiser.sigma_min, denoiser.sigma_max)  # [sigma_max, sigma_min, 0]
+    sample_fn = SamplerFn("dopri5", denoiser, sigmas, shape, options=options)
+    start = time.perf_counter()
+    fd = frechet_of(sample_fn, seeds, extractor, reference, batch_size=batch_size)
+    row = {"label": label, "sampler": "dopri5", "options": options or {}, "target_nfe": "dopri5",
+           "nfe": round(sample_fn.nfe, 1), "seconds": round(time.perf_counter() - start, 2), "fd": fd}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def flow_straightness(denoiser, seed: int, n: int = 500, steps: int = 100) -> float:
+    """`flows.straightness` of a FlowDenoiser's velocity network on `n` noises of seed `seed`."""
+    noise = torch.randn(n, *denoiser.sample_shape, generator=torch.Generator().manual_seed(seed))
+    return straightness(denoiser.velocity_model, noise, steps=steps, time_scale=denoiser.time_scale)
 
 
 def skiptune_summary(results) -> str:
@@ -161,6 +194,183 @@ def suite_digits(args):
     return results, "digits", "Digits DDPM (FD-digits)", body
 
 
+def suite_reflow(args):
+    extractor = get_extractor("digits")
+    reference = data_stats(digits(), extractor)
+    seeds = range(args.seed, args.seed + args.num_samples)
+    models = {"digits_ddpm": (samplers.DiffusersUNetDenoiser.from_pretrained("digits_ddpm").eval(), grid_of(args)),
+              "digits_rf1": (samplers.from_pretrained("digits_rf1").eval(), FLOW_GRID),
+              "digits_rf2": (samplers.from_pretrained("digits_rf2").eval(), FLOW_GRID)}
+    results, straight = [], {}
+    for model, (denoiser, grid) in models.items():
+        rows = [(f"{model} {name}", name, {}, args.nfe, None) for name in args.samplers]
+        results += sweep(denoiser, rows, seeds, denoiser.sample_shape, args.batch_size, extractor, reference,
+                         lambda x: {}, grid)
+        if model in args.dopri5:
+            results.append(adaptive_row(f"{model} dopri5", denoiser, seeds, denoiser.sample_shape, args.batch_size,
+                                        extractor, reference))
+        if isinstance(denoiser, samplers.FlowDenoiser):
+            straight[model] = flow_straightness(denoiser, args.seed)
+    one_step = samplers.from_pretrained("digits_rf_1step", sigma_max=1e8).eval()
+    results += sweep(one_step, [("digits_rf_1step euler", "euler", {}, [1], None)], seeds, one_step.sample_shape,
+                     args.batch_size, extractor, reference, lambda x: {}, FLOW_GRID)
+    plotted = [r for r in results if r["target_nfe"] != "dopri5"]
+    nfe_plot(plotted, "fd", Path(args.out_dir) / "reflow_fd.png", "digits: DDPM and rectified flows")
+    adaptive = "\n".join(f"| {r['label']} | {r['fd']:.3g} | {r['nfe']:g} |" for r in results
+                          if r["target_nfe"] == "dopri5")
+    body = (f"{args.num_samples} samples (seeds {args.seed}-{args.seed + args.num_samples - 1}, the same noise for "
+            f"every cell), FD-digits against the 1797 digits. The flows sample on their own grid (uniform in t, "
+            f"`schedule.kind=flow_uniform`, from t = 0.999), the DDPM on its default grid "
+            f"({args.schedule}). digits_rf_1step is one Euler step from t = 1.\n\n"
+            f"{nfe_table([r for r in plotted], 'fd', args.nfe)}\n\n"
+            + (f"Adaptive `dopri5` (rtol = atol = 1e-5), the NFE it took per sample:\n\n| model | FD | NFE |\n"
+               f"|---|---|---|\n{adaptive}\n\n" if adaptive else "")
+            + "Straightness (`flows.straightness`, 500 noises, 100 Euler steps; 0: straight paths): "
+            + ", ".join(f"{m} {v:.4f}" for m, v in straight.items()) + ".\n\n![FD](benchmarks/reflow_fd.png)")
+    return results, "reflow", "Rectified flows on the digits (FD-digits)", body
+
+
+def train_2d(net, objective, data, out_dir, steps, lr, init=None):
+    """Train a 2-D network with `objective` on `data` (one CPU process) and return the exported flow."""
+    if init is not None:
+        load_weights(net, init)
+    with torch.enable_grad():  # main() samples without gradients
+        Trainer(net, objective, data, out_dir=out_dir, steps=steps, batch_size=512, lr=lr, warmup_steps=0,
+                ema_decay=0.999, checkpoint_every=steps, log_every=max(steps // 10, 1), cpu=True).fit()
+    return Path(out_dir) / "model"
+
+
+def ode_paths(denoiser, noise, steps: int = 100) -> torch.Tensor:
+    """The Euler path of a flow in its own coordinates `x_t = x / (1 + sigma)`: (steps + 1, n, 2)."""
+    sigmas = samplers.get_sigmas("flow_uniform", steps, denoiser.sigma_min, 1e8)
+    xs = []
+    final = samplers.sample("euler", denoiser, noise.double(), sigmas,
+                            callback=lambda c: xs.append(c["x"] / (1 + c["sigma"])))
+    return torch.stack([*xs, final])
+
+
+def suite_reflow_2d(args):
+    seeds = range(args.seed, args.seed + args.num_samples)
+    raw = get_extractor("raw")
+    work = Path("runs") / "benchmark-reflow-2d"  # the trained flows and pairs, kept for a look (git-ignored)
+    results, straight, paths, sections = [], {}, {}, []
+    for name in ("moons", "checkerboard"):
+        make = getattr(data2d, name)
+        train, truth = make(n=20000, seed=0), make(n=args.num_samples, seed=1)
+        reference = accumulate([truth], raw).mu_sigma()
+        floor = fd_to(reference, accumulate([make(n=args.num_samples, seed=2)], raw))
+        torch.manual_seed(0)
+        rf1 = train_2d(MLPVelocity(), RectifiedFlowObjective(), train, work / name / "rf1", args.steps_2d, 2e-3)
+        flows = {"rf1": samplers.from_pretrained(rf1)}
+        pairs = write_pairs(flows["rf1"], "heun", samplers.get_sigmas("flow_uniform", 50, 0.002, 999.0), (2,),
+                            range(1_000_000, 1_020_000), work / name / "pairs1", shard_size=5000, batch_size=5000)
+        rf2 = train_2d(MLPVelocity(), RectifiedFlowObjective(), PairsDataset(pairs), work / name / "rf2",
+                       args.steps_2d // 2, 1e-3, init=rf1)
+        flows["rf2"] = samplers.from_pretrained(rf2)
+        pairs2 = write_pairs(flows["rf2"], "heun", samplers.get_sigmas("flow_uniform", 50, 0.002, 999.0), (2,),
+                             range(1_000_000, 1_020_000), work / name / "pairs2", shard_size=5000, batch_size=5000)
+        one = train_2d(MLPVelocity(), DistillationObjective(), PairsDataset(pairs2), work / name / "one_step",
+                       args.steps_2d // 2, 1e-3, init=rf2)
+        one_step = samplers.from_pretrained(one, sigma_max=1e8)
+        for label, denoiser in flows.items():
+            rows = [(f"{name} {label} {s}", s, {}, args.nfe, None) for s in args.samplers]
+            results += sweep(denoiser, rows, seeds, (2,), args.batch_size, raw, reference, lambda x: {}, FLOW_GRID)
+            results.append(adaptive_row(f"{name} {label} dopri5", denoiser, seeds, (2,), args.batch_size, raw,
+                                        reference))
+            straight[f"{name} {label}"] = flow_straightness(denoiser, args.seed, n=2000)
+        results += sweep(one_step, [(f"{name} one-step euler", "euler", {}, [1], None)], seeds, (2,), args.batch_size,
+                         raw, reference, lambda x: {}, FLOW_GRID)
+        noise = torch.randn(200, 2, generator=torch.Generator().manual_seed(args.seed))
+        for label, denoiser in flows.items():
+            paths[f"{name}: {label}"] = ode_paths(denoiser, noise)
+        sections.append(f"{name}: a second sample of {args.num_samples} points of the data scores {floor:.4f} "
+                        f"(the floor the sample size allows)")
+        trajectory_plot({k: v for k, v in paths.items() if k.startswith(name)}, truth,
+                        Path(args.out_dir) / f"reflow_2d_{name}.png")
+    plotted = [r for r in results if r["target_nfe"] != "dopri5"]
+    adaptive = "\n".join(f"| {r['label']} | {r['fd']:.3g} | {r['nfe']:g} |" for r in results
+                          if r["target_nfe"] == "dopri5")
+    body = (f"An MLP velocity field (`net=mlp2d`) per data set, trained here: 1-RF {args.steps_2d} steps on "
+            f"20000 points, 2-RF {args.steps_2d // 2} steps on 20000 pairs of the 1-RF (heun, 50 steps) from its "
+            f"weights, and a one-step model distilled {args.steps_2d // 2} steps on 20000 pairs of the 2-RF from the "
+            f"2-RF's weights (batch 512, EMA 0.999). Fréchet distance (exact moments of the 2-D points) of "
+            f"{args.num_samples} samples to {args.num_samples} fresh points of the data; "
+            + "; ".join(sections) + ". The Fréchet distance sees only means and covariances: the pictures show "
+            "what it misses.\n\n"
+            f"{nfe_table(plotted, 'fd', args.nfe)}\n\n| flow | FD | NFE |\n|---|---|---|\n{adaptive}\n\n"
+            "Straightness (2000 noises, 100 Euler steps): "
+            + ", ".join(f"{m} {v:.4f}" for m, v in straight.items()) + ".\n\n"
+            "Euler paths (100 steps) of the same 200 noises before and after one reflow round:\n\n"
+            "![moons](benchmarks/reflow_2d_moons.png)\n\n![checkerboard](benchmarks/reflow_2d_checkerboard.png)")
+    return results, "reflow-2d", "Rectified flows in 2-D: reflow and one-step distillation", body
+
+
+def mode_coverage(samples: torch.Tensor, truth: torch.Tensor, modes: int = 8) -> tuple[int, float]:
+    """(modes covered, share of good samples) for the 8 Gaussians: the modes are the data's angle
+    sectors, a sample is good within 3 standard deviations of its nearest mode's centre, and a mode
+    is covered when it holds at least a quarter of its fair share (n / 8) of good samples."""
+    sector = (torch.atan2(truth[:, 1], truth[:, 0]) / (2 * math.pi / modes)).round().remainder(modes).long()
+    centres = torch.stack([truth[sector == k].mean(0) for k in range(modes)])
+    spread = torch.stack([(truth[sector == k] - centres[k]).norm(dim=1).pow(2).mean().div(2).sqrt()
+                          for k in range(modes)]).mean()
+    distance = torch.cdist(samples.double(), centres.double())
+    nearest, which = distance.min(dim=1)
+    good = nearest < 3 * spread
+    counts = torch.bincount(which[good], minlength=modes)
+    return int((counts >= len(samples) / modes / 4).sum()), float(good.double().mean())
+
+
+def suite_gan_2d(args):
+    seeds = range(args.seed, args.seed + args.num_samples)
+    raw = get_extractor("raw")
+    work = Path("runs") / "benchmark-gan-2d"  # the trained networks (git-ignored)
+    objectives = {"reflow_gan": GANObjective(), "wgan_gp": GANObjective("wgan_gp", "plain", penalty_weight=10.0,
+                                                                        n_critic=5)}
+    results, panels, lines = [], {}, []
+    for name in ("gaussians8", "moons"):
+        make = getattr(data2d, name)
+        train, truth = make(n=20000, seed=0), make(n=args.num_samples, seed=1)
+        reference = accumulate([truth], raw).mu_sigma()
+        floor = fd_to(reference, accumulate([make(n=args.num_samples, seed=2)], raw))
+        lines.append(f"{name}: a second sample of the data scores FD {floor:.4f}")
+        for label, objective in objectives.items():
+            torch.manual_seed(0)
+            nets = {"generator": MLPGenerator(), "critic": MLPCritic()}
+            with torch.enable_grad():
+                trainer = Trainer(nets, objective, train, out_dir=work / name / label, steps=args.gan_steps,
+                                  batch_size=256, lr=1e-4, optimizer="adam", betas=(0.0, 0.9), grad_clip=None,
+                                  ema_decay=0.999, networks={"critic": {"ema_decay": None}},
+                                  checkpoint_every=args.gan_steps, log_every=args.gan_steps // 10, cpu=True).fit()
+            generator = load_generator(work / name / label / "model")
+            samples = GeneratorFn(generator)(seeds)
+            row = {"data": name, "objective": label, "generator_updates": trainer.updates()["generator"],
+                   "fd": fd_to(reference, accumulate([samples], raw))}
+            if name == "gaussians8":
+                row["modes"], row["good"] = mode_coverage(samples, truth)
+            print(json.dumps(row), flush=True)
+            results.append(row)
+            panels[f"{name}: {label}"] = samples
+        scatter_panels({k: v for k, v in panels.items() if k.startswith(name)}, truth,
+                       Path(args.out_dir) / f"gan_2d_{name}.png")
+    table = ["| data | objective | generator updates | FD | modes covered (of 8) | good samples |",
+             "|---|---|---|---|---|---|"]
+    for r in results:
+        table.append(f"| {r['data']} | {r['objective']} | {r['generator_updates']} | {r['fd']:.4f} | "
+                     f"{r.get('modes', '–')} | {100 * r['good']:.1f}% |" if "good" in r else
+                     f"| {r['data']} | {r['objective']} | {r['generator_updates']} | {r['fd']:.4f} | – | – |")
+    body = (f"An MLP generator and critic (`net=gan2d`) per data set and objective, {args.gan_steps} training steps "
+            f"each (5 critic updates per generator update for both, so equal numbers of generator updates), Adam "
+            f"1e-4 with betas (0, 0.9) for both networks, batch 256, the generator's EMA (0.999) evaluated. "
+            f"`reflow_gan`: the critic loss with the zero-centred penalty of weight 1/2 and the regression "
+            f"generator update (K = 1, eta 1); `wgan_gp`: lambda 10. Fréchet distance (exact moments of the 2-D "
+            f"points) of {args.num_samples} samples to {args.num_samples} fresh points; "
+            + "; ".join(lines) + ". On the 8 Gaussians a sample is good within 3 standard deviations of a mode, "
+            "and a mode is covered with at least a quarter of its fair share of good samples.\n\n"
+            + "\n".join(table) + "\n\n![8 Gaussians](benchmarks/gan_2d_gaussians8.png)\n\n"
+            "![moons](benchmarks/gan_2d_moons.png)")
+    return results, "gan-2d", "ReFlow-derived GAN against WGAN-GP in 2-D", body
+
+
 def suite_fd_speed(args):
     from pytorch_fid.fid_score import calculate_frechet_distance
 
@@ -189,16 +399,28 @@ def suite_fd_speed(args):
     return [], "fd-speed", "Fréchet distance: agreement and speed", body
 
 
-SUITES = {"gmm": suite_gmm, "digits": suite_digits, "fd-speed": suite_fd_speed}
+SUITES = {"gmm": suite_gmm, "digits": suite_digits, "reflow": suite_reflow, "reflow-2d": suite_reflow_2d,
+          "gan-2d": suite_gan_2d, "fd-speed": suite_fd_speed}
+# Each suite's sample count, NFE targets and samplers, where the command line gives none.
+DEFAULTS = {"gmm": (10000, NFE_TARGETS, SAMPLERS), "digits": (2000, NFE_TARGETS, SAMPLERS),
+            "reflow": (2000, REFLOW_NFE, REFLOW_SAMPLERS), "reflow-2d": (5000, REFLOW_NFE, REFLOW_SAMPLERS),
+            "gan-2d": (5000, [], [])}
 
 
 @torch.no_grad()
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", nargs="+", choices=list(SUITES), default=list(SUITES))
-    parser.add_argument("--samplers", nargs="+", choices=SAMPLERS, default=SAMPLERS)
-    parser.add_argument("--nfe", nargs="+", type=int, default=NFE_TARGETS)
-    parser.add_argument("--num-samples", type=int, default=None, help="default: 10000 (gmm), 2000 (digits)")
+    parser.add_argument("--samplers", nargs="+", choices=SAMPLERS, default=None,
+                        help="default: all five (gmm, digits), euler dpmpp_2m ipndm (reflow suites)")
+    parser.add_argument("--nfe", nargs="+", type=int, default=None,
+                        help=f"default: {NFE_TARGETS} (gmm, digits), {REFLOW_NFE} (reflow suites)")
+    parser.add_argument("--num-samples", type=int, default=None,
+                        help="default: 10000 (gmm), 2000 (digits, reflow), 5000 (reflow-2d)")
+    parser.add_argument("--dopri5", nargs="*", default=["digits_ddpm", "digits_rf1", "digits_rf2"],
+                        help="reflow: the models also sampled with dopri5 (slow: hundreds of NFE)")
+    parser.add_argument("--steps-2d", type=int, default=4000, help="reflow-2d: 1-RF training steps (half for the others)")
+    parser.add_argument("--gan-steps", type=int, default=12000, help="gan-2d: training steps of each GAN")
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--seed", type=int, default=100_000, help="first seed (away from the calibration's 0-999)")
     parser.add_argument("--repeats", type=int, default=3, help="fd-speed repetitions")
@@ -214,8 +436,10 @@ def main():
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for suite in args.suite:
         suite_args = argparse.Namespace(**vars(args))
-        if suite_args.num_samples is None:
-            suite_args.num_samples = {"gmm": 10000, "digits": 2000}.get(suite, 0)
+        count, nfe, names = DEFAULTS.get(suite, (0, [], []))
+        suite_args.num_samples = count if args.num_samples is None else args.num_samples
+        suite_args.nfe = nfe if args.nfe is None else args.nfe
+        suite_args.samplers = names if args.samplers is None else args.samplers
         results, name, title, body = SUITES[suite](suite_args)
         (args.out_dir / f"{name}.md").write_text(section(title, body))
         (args.out_dir / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")

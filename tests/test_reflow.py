@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fewstep import samplers
-from fewstep.flows import (DistillationObjective, MLPVelocity, PairsDataset, RectifiedFlowObjective, mlp_flow,
+from fewstep.flows import (DistillationObjective, MLPVelocity, PairsDataset, RectifiedFlowObjective,
                            straightness, write_pairs)
 from fewstep.flows.distill import pseudo_huber
 from fewstep.training import Trainer, data2d
@@ -306,7 +306,7 @@ def test_distillation_trains_a_one_step_student_on_pairs(tmp_path, gmm):
                       grad_clip=None, checkpoint_every=200, cpu=True).fit()
     losses = [float(line.split(",")[1]) for line in (tmp_path / "run" / "loss.csv").read_text().splitlines()[1:]]
     assert losses[-1] < 0.1 * losses[0], losses
-    student = mlp_flow(tmp_path / "run" / "model")
+    student = samplers.from_pretrained(tmp_path / "run" / "model")
     assert student.time_scale == 1000.0 and student.sample_shape == (2,)
     sample, noise = pairs_of(tmp_path / "pairs")
     one = samplers.sample("euler", student, noise, [1e8, 0.0])
@@ -357,8 +357,11 @@ def test_the_mlp_takes_a_batch_of_times_and_exports_like_a_unet(tmp_path):
     assert torch.allclose(net(x, torch.tensor(250.0)), net(x, torch.full((5,), 250.0)))
     RectifiedFlowObjective().export({"net": net}, tmp_path)
     assert sorted(os.listdir(tmp_path / "unet")) == ["config.json", "diffusion_pytorch_model.safetensors"]
-    loaded = mlp_flow(tmp_path)
-    assert torch.allclose(loaded.velocity_model(x, t), out)
+    loaded = samplers.from_pretrained(tmp_path)  # the MLP is one of samplers.denoisers.MODEL_CLASSES
+    assert torch.allclose(loaded.velocity_model(x, t), out) and loaded.sample_shape == (3,)
+    assert loaded.sigma_max == 999.0 and samplers.from_pretrained(tmp_path, sigma_max=1e8).sigma_max == 1e8
+    with pytest.raises(ValueError, match="sigma_max=100.0 is for flow-matching models; .* has a VP noise table"):
+        samplers.from_pretrained("digits_ddpm", sigma_max=100.0)
     with pytest.raises(ValueError, match="need dim >= 1, an even hidden >= 2 and depth >= 1, got dim=2, hidden=7"):
         MLPVelocity(hidden=7)
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from conftest import ROOT
-from fewstep.flows import PairsDataset, mlp_flow, straightness
+from fewstep import samplers
+from fewstep.flows import PairsDataset, straightness
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 TRAIN = ["objective=rectified_flow", "net=mlp2d", "train.batch_size=256", "train.warmup_steps=0", "train.log_every=100",
@@ -54,7 +55,7 @@ def test_the_second_round_is_straighter_and_starts_from_the_first(rounds, one_th
     # round 2 starts from round 1's field, which already transports noise to these samples
     assert second[0] < 0.2 * first[-1], (first, second)
     noise = torch.randn(500, 2, generator=torch.Generator().manual_seed(0))
-    s1, s2 = (straightness(mlp_flow(tmp / r / "model").velocity_model, noise, steps=30, time_scale=1000.0)
+    s1, s2 = (straightness(samplers.from_pretrained(tmp / r / "model").velocity_model, noise, steps=30, time_scale=1000.0)
               for r in ("round1", "round2"))
     assert s2 < 0.1 * s1, (s1, s2)
 

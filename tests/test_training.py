@@ -48,6 +48,25 @@ def test_training_lowers_the_loss_resumes_and_exports(tmp_path):
     assert any(not torch.equal(p, ema_params[n]) for n, p in raw.named_parameters())
 
 
+@pytest.mark.parametrize("change, message", [
+    (dict(batch_size=16), "holds a run made with batch_size=32; this run has batch_size=16"),
+    (dict(lr=1e-3), "holds a run made with networks={'net': {"),
+    (dict(objective=DiffusionObjective(prediction_type="v_prediction")), "holds a run made with objective_settings="),
+])
+def test_resuming_with_settings_that_mix_runs_is_one_line_and_writes_nothing(tmp_path, change, message):
+    make_trainer(tmp_path, steps=20).fit()
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    settings = dict(steps=40, batch_size=32, lr=2e-3)
+    settings.update({k: v for k, v in change.items() if k != "objective"})
+    other = Trainer(tiny_unet(), change.get("objective", DiffusionObjective()), digits(image_size=8), out_dir=tmp_path,
+                    warmup_steps=5, checkpoint_every=20, log_every=10, ema_decay=0.9, cpu=True, **settings)
+    with pytest.raises(ValueError) as error:
+        other.fit()
+    assert message in str(error.value) and "use another out_dir or the same settings" in str(error.value)
+    assert "\n" not in str(error.value)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
 def test_the_exported_model_is_the_moving_average_of_the_weights(tmp_path):
     """EMA by hand: `ema_k = d_k ema_{k-1} + (1 - d_k) theta_k` after optimiser step k, with diffusers'
     warm-up `d_k = min(ema_decay, k / (9 + k))` (so `d_1 = 0`: the first update copies the weights)."""
@@ -77,15 +96,18 @@ def test_a_stopped_and_resumed_run_ends_exactly_where_an_uninterrupted_one_does(
         assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
 
 
-class NaNObjective(DiffusionObjective):
-    def loss(self, model, x0):
-        return super().loss(model, x0) * float("nan")
+def nan_objective():
+    """The diffusion objective (so the run resumes) whose loss has turned NaN."""
+    objective = DiffusionObjective()
+    loss = objective.loss
+    objective.loss = lambda model, x0: loss(model, x0) * float("nan")
+    return objective
 
 
 def test_a_nan_loss_stops_with_the_step_and_keeps_the_checkpoints(tmp_path):
     make_trainer(tmp_path, steps=20).fit()
     with pytest.raises(FloatingPointError, match=r"loss is not finite at step 21 \(this process: nan\)"):
-        make_trainer(tmp_path, steps=40, objective=NaNObjective()).fit()
+        make_trainer(tmp_path, steps=40, objective=nan_objective()).fit()
     assert (tmp_path / "checkpoints" / "step_00000020" / "model.safetensors").is_file()
 
 

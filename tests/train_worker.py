@@ -69,19 +69,18 @@ def gan_trainer(out_dir, steps, checkpoint_every, objective=None, **overrides):
                    checkpoint_every=checkpoint_every, **{**GAN_SETTINGS, **overrides})
 
 
-class DieAt:
-    """`objective`, except that the process kills itself with SIGKILL when step `at` (0-based) begins."""
+def die_at(objective, at: int):
+    """`objective`, its `losses` made to kill the process with SIGKILL when step `at` (0-based)
+    begins; still the same objective, so the restarted run (without it) resumes its checkpoints."""
+    losses = objective.losses
 
-    def __init__(self, objective, at: int):
-        self.objective, self.at, self.networks = objective, at, objective.networks
-
-    def losses(self, nets, batch, step):
-        if step == self.at:
+    def dying(nets, batch, step):
+        if step == at:
             os.kill(os.getpid(), signal.SIGKILL)
-        return self.objective.losses(nets, batch, step)
+        return losses(nets, batch, step)
 
-    def export(self, nets, out_dir):
-        self.objective.export(nets, out_dir)
+    objective.losses = dying
+    return objective
 
 
 def snapshot(trainer) -> dict:
@@ -97,7 +96,7 @@ def snapshot(trainer) -> dict:
 
 def main(out: Path, steps: int, every: int, kind: str = "unet", kill_at: int | None = None):
     if kind == "gan":
-        objective = TinyWGAN() if kill_at is None else DieAt(TinyWGAN(), kill_at)
+        objective = TinyWGAN() if kill_at is None else die_at(TinyWGAN(), kill_at)
         trainer = gan_trainer(out / "run", steps, every, objective=objective)
     else:
         from conftest import tiny_unet
@@ -105,7 +104,7 @@ def main(out: Path, steps: int, every: int, kind: str = "unet", kill_at: int | N
         from fewstep.training import Trainer
         from fewstep.training.data import digits
 
-        objective = DiffusionObjective() if kill_at is None else DieAt(DiffusionObjective(), kill_at)
+        objective = DiffusionObjective() if kill_at is None else die_at(DiffusionObjective(), kill_at)
         trainer = Trainer(tiny_unet(), objective, digits(image_size=8)[:256], out_dir=out / "run", steps=steps,
                           batch_size=16, lr=1e-3, checkpoint_every=every, log_every=2)
     trainer.fit()

@@ -7,11 +7,16 @@ The objective protocol (docs/conventions.md §8):
   `batch` is this process's share of the batch, `step` the number of training steps already taken
   (0 on the first). Each key names the network its scalar loss updates, and only the losses due at
   this step are returned: that is how an objective says how often each network is updated (a GAN
-  returns the critic loss `n_critic` steps out of `n_critic + 1` and the generator loss on the
-  others). Every process must return the same keys.
+  returns the critic loss on `n_critic` steps of each cycle and the generator loss on the others).
+  Every process must return the same keys.
 * `export(nets, out_dir)`: write the trained networks; it receives copies carrying the EMA weights
   (the raw weights for a network trained without an EMA).
 * `networks` (optional): the names of the networks it trains, checked against the trainer's.
+* `state_dict()` / `load_state_dict(state)` (optional): state the objective carries from step to
+  step (a GAN's regression target), saved with every checkpoint by each process for itself.
+* `report(nets, step, out_dir) -> dict[str, float]` (optional): called by the main process after
+  every checkpoint with the EMA networks; it may write files (a sample grid), and the metrics it
+  returns (FD-digits) are appended to `out_dir/metrics.csv`.
 
 Each returned loss is backpropagated into its own network's parameters only
 (`backward(inputs=...)`; a generator loss may run through the critic without touching the critic's
@@ -30,7 +35,7 @@ import json
 import shutil
 import sys
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Mapping
 
@@ -251,6 +256,34 @@ class Trainer:
             acc.register_for_checkpointing(*(obj for obj in (self.lr_schedulers[name], self.emas[name],
                                                              self.running[name]) if obj is not None))
         self.step = 0
+        self.run_settings = self._settings(dataset, batch_size, mixed_precision)
+
+    def _settings(self, dataset, batch_size: int, mixed_precision: str) -> dict:
+        """What a resumed run must share with the run that wrote the checkpoints (run.json): the
+        objective and its settings, each network's size and training settings, the data size, the
+        batch, the seed, the processes. The step count and the checkpoint and log periods may change."""
+        objective = {k: v for k, v in vars(self.objective).items()
+                     if not k.startswith("_") and (v is None or isinstance(v, (str, int, float, bool)))}
+        nets = {name: {"parameters": sum(p.numel() for p in net.parameters()), **asdict(self.settings[name])}
+                for name, net in self.nets.items()}
+        return json.loads(json.dumps({"objective": type(self.objective).__name__, "objective_settings": objective,
+                                      "networks": nets, "data_size": len(dataset), "batch_size": batch_size,
+                                      "seed": self.seed, "num_processes": self.accelerator.num_processes,
+                                      "mixed_precision": mixed_precision}))
+
+    def _check_run(self) -> None:
+        """Refuse to resume into an out_dir whose run.json says the run was made otherwise; a fresh
+        run writes run.json."""
+        path = self.out_dir / "run.json"
+        if _checkpoints(self.checkpoint_dir) and path.is_file():
+            old = json.loads(path.read_text())
+            for key in sorted(set(old) | set(self.run_settings)):
+                if old.get(key) != self.run_settings.get(key):
+                    raise ValueError(f"{self.out_dir} holds a run made with {key}={old.get(key)}; this run has "
+                                     f"{key}={self.run_settings.get(key)}: use another out_dir or the same settings")
+        elif self.accelerator.is_main_process:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(self.run_settings, indent=2) + "\n")
 
     # -- checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
@@ -266,6 +299,9 @@ class Trainer:
             running.total = acc.reduce(running.total.to(acc.device), reduction="mean")
         try:
             acc.save_state(str(tmp), safe_serialization=True)
+            if hasattr(self.objective, "state_dict"):  # each process's own (its noise differs)
+                tmp.mkdir(parents=True, exist_ok=True)
+                torch.save(self.objective.state_dict(), tmp / f"objective_{acc.process_index}.pt")
         except OSError as err:  # a full disk, a lost mount: say so; the previous checkpoint stays
             shutil.rmtree(tmp, ignore_errors=True)
             raise OSError(err.errno, f"could not save checkpoint {final}: {err.strerror or err}; "
@@ -287,6 +323,9 @@ class Trainer:
         for path in reversed(found):
             try:
                 self.accelerator.load_state(str(path))
+                if hasattr(self.objective, "load_state_dict"):
+                    self.objective.load_state_dict(
+                        torch.load(path / f"objective_{self.accelerator.process_index}.pt", weights_only=True))
             except Exception as err:  # anything a damaged file raises: safetensors, pickle, torch
                 warnings.warn(f"checkpoint {path} cannot be loaded ({type(err).__name__}: {err}); "
                               "trying the previous one", RuntimeWarning, stacklevel=2)
@@ -300,13 +339,32 @@ class Trainer:
         return False
 
     def _truncate_log(self) -> None:
-        """Drop the loss rows logged after the checkpoint a resume starts from (they are redone)."""
-        path = self.out_dir / "loss.csv"
-        if self.accelerator.is_main_process and path.exists():
-            rows = list(csv.reader(open(path, newline="")))
-            kept = rows[:1] + [r for r in rows[1:] if int(r[0]) <= self.step]
-            with open(path, "w", newline="") as f:
-                csv.writer(f).writerows(kept)
+        """Drop the loss and metric rows logged after the checkpoint a resume starts from (they are redone)."""
+        for path in (self.out_dir / "loss.csv", self.out_dir / "metrics.csv"):
+            if self.accelerator.is_main_process and path.exists():
+                rows = list(csv.reader(open(path, newline="")))
+                kept = rows[:1] + [r for r in rows[1:] if int(r[0]) <= self.step]
+                with open(path, "w", newline="") as f:
+                    csv.writer(f).writerows(kept)
+
+    def _report(self) -> None:
+        """The objective's `report` on the EMA networks (main process), its metrics appended to metrics.csv."""
+        if not hasattr(self.objective, "report"):
+            return
+        if self.accelerator.is_main_process:
+            # its own random numbers: a run resumed from this checkpoint continues exactly as this one does
+            with torch.no_grad(), torch.random.fork_rng(devices=[self.accelerator.device] if self.accelerator.device.type == "cuda" else []):
+                metrics = self.objective.report(self.ema_nets(), self.step, self.out_dir)
+            if metrics:
+                path = self.out_dir / "metrics.csv"
+                new = not path.exists()
+                with open(path, "a", newline="") as f:
+                    writer = csv.writer(f)
+                    if new:
+                        writer.writerow(["step", *metrics])
+                    writer.writerow([self.step, *(f"{v:.6g}" for v in metrics.values())])
+                log.info(f"step {self.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+        self.accelerator.wait_for_everyone()
 
     # -- one step ------------------------------------------------------------------------------
     def _check(self, losses) -> None:
@@ -419,6 +477,7 @@ class Trainer:
     def fit(self):
         """Train to `steps`, checkpointing on the way; export the EMA weights at the end."""
         acc = self.accelerator
+        self._check_run()
         if not self.resume():
             set_seed(self.seed + 1, device_specific=True)  # per-process noise; a resume restores saved RNG states
         if acc.is_main_process:
@@ -434,6 +493,7 @@ class Trainer:
             bar.update(1)
             if self.step % self.checkpoint_every == 0 or self.step == self.steps:
                 self.save_checkpoint()
+                self._report()
         bar.close()
         if acc.is_main_process:
             self.export()

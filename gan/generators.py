@@ -1,0 +1,57 @@
+"""One-step generators as the commands load them: a GAN generator (`gan.nets`) saved by
+`GANObjective.export`, or a one-step rectified flow (a distilled or GAN-tuned flow pipeline) seen
+as `g(z) = z - v(z, 1)`. Either has `latent_shape` and `sample_shape`, and `g(z)` is one network
+evaluation (`evaluation.generators.GeneratorFn` samples it by seed)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import nets
+from ..flows.rectified_flow import save_flow
+from ..samplers import FlowDenoiser, from_pretrained
+from ..samplers.scheduler_spaces import FLOW_SIGMA_MAX
+
+
+class FlowGenerator(nn.Module):
+    """A rectified flow's one Euler step from t = 1 as a generator: `g(z) = D(z S, S)` with
+    `S = 1e8` (t = 1 in float32), i.e. `z - v(z, 1)` (`flows.DistillationObjective.one_step`).
+    Differentiable, so a GAN can fine-tune the flow's network; saved as the flow pipeline it came from."""
+
+    def __init__(self, flow: FlowDenoiser):
+        super().__init__()
+        self.flow = flow
+        self.latent_shape = self.sample_shape = tuple(flow.sample_shape)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.flow(z * FLOW_SIGMA_MAX, torch.full((len(z),), FLOW_SIGMA_MAX, device=z.device, dtype=z.dtype))
+
+    def save_pretrained(self, out_dir) -> None:
+        save_flow(self.flow.velocity_model, out_dir, self.flow.time_scale)
+
+
+def load_generator(path) -> nn.Module:
+    """The one-step generator at `path` (a directory, or a shipped model's name): `PATH/generator/`
+    or `PATH/` holding a `gan.nets` model (its config.json names the class), or a flow pipeline
+    (`unet/` + a FlowMatchEulerDiscreteScheduler), as a `FlowGenerator`."""
+    from ..assets import names, path as asset_path
+
+    root = Path(path).expanduser()
+    if not root.is_dir() and root.name == str(path) and str(path) in names():
+        root = asset_path(str(path))
+    if not root.is_dir():
+        raise FileNotFoundError(f"generator path does not exist: {root}")
+    if (root / "unet").is_dir():
+        return FlowGenerator(from_pretrained(root, sigma_max=FLOW_SIGMA_MAX))
+    model_dir = root / "generator" if (root / "generator" / "config.json").is_file() else root
+    config = model_dir / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"no generator in {root}: neither generator/config.json, config.json nor unet/")
+    class_name = json.loads(config.read_text()).get("_class_name")
+    cls = getattr(nets, str(class_name), None)
+    if cls is None or not hasattr(cls, "from_pretrained") or "Generator" not in class_name:
+        raise ValueError(f"{config} names {class_name!r}, which is not a generator of gan.nets")
+    return cls.from_pretrained(str(model_dir)).eval()

@@ -1,0 +1,389 @@
+"""gan.GANObjective on the shared loop: its update schedule and regression target, the configs
+objective=reflow_gan|wgan_gp, an exact resume in the middle of a generator phase, a 2-D run that
+learns, two processes, the monitor (sample PNGs, FD-digits in metrics.csv), and one-step generators
+from the command line (scripts/sample.py, scripts/eval_fid.py) and from `gan.load_generator`."""
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import ROOT, accelerate_launch
+from fewstep.gan import (DCGANCritic, DCGANGenerator, FlowGenerator, GANObjective, MLPCritic, MLPGenerator,
+                         generator_plain_loss, load_generator, regression_loss, regression_target)
+from fewstep.training import Trainer
+from fewstep.training.data2d import gaussians8
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def run(script, *overrides, launcher=(sys.executable,)):
+    return subprocess.run([*launcher, str(ROOT / "scripts" / script), *map(str, overrides)], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+
+
+def ok(done):
+    assert done.returncode == 0, f"{' '.join(done.args[1:])}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+    return done
+
+
+def compose_train(*overrides):
+    from hydra import compose, initialize_config_dir
+
+    from fewstep.scripts._cli import config_dir
+    from fewstep.training import config as _schema  # noqa: F401  (registers train_schema)
+
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+def tiny_pair(width=16):
+    torch.manual_seed(0)
+    return {"generator": MLPGenerator(width=width, depth=2), "critic": MLPCritic(width=width, depth=2)}
+
+
+def same_weights(a, b) -> bool:
+    return all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def mode_centres(data: torch.Tensor) -> torch.Tensor:
+    """The 8 mode centres of (standardised) gaussians8 data: the mean of the points of each angle sector."""
+    k = torch.round(torch.atan2(data[:, 1], data[:, 0]) / (math.pi / 4)) % 8
+    return torch.stack([data[k == i].mean(0) for i in range(8)])
+
+
+@torch.no_grad()
+def mode_distance(generator, centres, n=2000) -> float:
+    """Mean distance of the generator's samples to the nearest mode centre."""
+    x = generator(torch.randn(n, 2, generator=torch.Generator().manual_seed(123)))
+    return torch.cdist(x, centres).min(1).values.mean().item()
+
+
+def raw_fd(x: torch.Tensor, data: torch.Tensor) -> float:
+    from fewstep.evaluation.frechet import frechet_distance
+
+    def stats(p):
+        p = p.double().numpy()
+        return p.mean(0), np.cov(p, rowvar=False)
+    return frechet_distance(*stats(x), *stats(data))
+
+
+# -- 1. the update schedule ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("generator_loss", ["regression", "plain"])
+def test_cycles_of_critic_then_generator_updates_with_one_target_per_cycle(generator_loss, one_thread):
+    nets = tiny_pair()
+    critic, generator = nets["critic"], nets["generator"]
+    objective = GANObjective(generator_loss=generator_loss, n_critic=3, generator_steps=2, step_size=0.5)
+    drawn, original = [], objective.latents
+
+    def spy(gen, n, device):
+        drawn.append(original(gen, n, device))
+        return drawn[-1]
+
+    objective.latents = spy
+    real = gaussians8(n=64)
+    keys, draws, losses, targets, latents = [], [], [], [], []
+    for step in range(10):  # the networks are never updated
+        before = len(drawn)
+        out = objective.losses(nets, real, step)
+        keys.append(tuple(out))
+        draws.append(len(drawn) - before)
+        losses.append(next(iter(out.values())).detach())
+        targets.append(objective._target)
+        latents.append(drawn[-1])
+    assert keys == [("critic",)] * 3 + [("generator",)] * 2 + [("critic",)] * 3 + [("generator",)] * 2
+    if generator_loss == "plain":
+        assert draws == [1] * 10  # a fresh z at every generator update as well
+        assert not torch.equal(latents[3], latents[4]) and not torch.allclose(losses[3], losses[4])
+        with torch.no_grad():
+            torch.testing.assert_close(losses[4], generator_plain_loss(critic, generator(latents[4])))
+        assert objective.state_dict() == {}
+        return
+    # z and the target are drawn at the cycle's first generator update (3, 8) and reused at the next (4, 9)
+    assert draws == [1, 1, 1, 1, 0, 1, 1, 1, 1, 0]
+    assert targets[3] is targets[4] and targets[8] is targets[9] and not torch.allclose(targets[3], targets[8])
+    assert torch.equal(losses[3], losses[4]) and not torch.allclose(losses[3], losses[8])
+    z = latents[3]
+    target = regression_target(critic, generator(z), 0.5)
+    torch.testing.assert_close(targets[3], target)
+    with torch.no_grad():
+        torch.testing.assert_close(losses[3], regression_loss(generator(z), target))
+    state = objective.state_dict()
+    assert torch.equal(state["z"], latents[8]) and torch.equal(state["target"], targets[8])
+
+
+# -- 2. the configs ---------------------------------------------------------------------------------
+
+def test_the_objective_configs_set_the_optimiser_and_the_command_line_still_wins(tmp_path, one_thread):
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    base = ["net=gan2d", "data=gaussians8", "net.generator.width=16", "net.critic.width=16", f"out_dir={tmp_path}"]
+    cfg = compose_train("objective=wgan_gp", *base)
+    assert (cfg.train.optimizer, cfg.train.lr, list(cfg.train.betas)) == ("adam", 1e-4, [0.0, 0.9])
+    assert cfg.train.grad_clip is None and cfg.train.warmup_steps == 0 and cfg.train.networks.critic.ema_decay is None
+    objective = instantiate(cfg.objective)
+    assert (objective.critic_loss, objective.generator_loss, objective.penalty_weight, objective.n_critic,
+            objective.generator_steps) == ("wgan_gp", "plain", 10.0, 5, 1)
+    trainer = Trainer(instantiate(cfg.net, _convert_="all"), objective, instantiate(cfg.data), out_dir=tmp_path,
+                      **{**OmegaConf.to_container(cfg.train, resolve=True), "cpu": True})
+    for name in ("critic", "generator"):
+        optimizer = trainer.optimizers[name].optimizer
+        assert type(optimizer) is torch.optim.Adam
+        assert (optimizer.param_groups[0]["lr"], optimizer.param_groups[0]["betas"]) == (1e-4, (0.0, 0.9))
+    assert trainer.emas["critic"] is None and trainer.emas["generator"] is not None
+
+    overridden = compose_train("objective=wgan_gp", "train.lr=3e-4", *base)
+    assert overridden.train.lr == 3e-4 and overridden.train.optimizer == "adam"
+    reflow = compose_train("objective=reflow_gan", *base)
+    assert (reflow.objective.critic_loss, reflow.objective.generator_loss, reflow.objective.penalty_weight) == (
+        "reflow", "regression", 0.5)
+    assert (reflow.train.optimizer, reflow.train.lr, list(reflow.train.betas)) == ("adam", 1e-4, [0.0, 0.9])
+    default = compose_train()  # the preset does not leak into other objectives
+    assert (default.train.optimizer, default.train.lr) == ("adamw", 5e-4)
+
+
+# -- 3. exact resume in the middle of a generator phase ------------------------------------------
+
+def gan2d_trainer(out_dir, steps):
+    # monitor auto: for 2-D points a sample plot at each checkpoint only
+    return Trainer(tiny_pair(), GANObjective(generator_steps=3, n_critic=2), gaussians8(n=512),
+                   out_dir=out_dir, steps=steps, batch_size=64, lr=1e-3, optimizer="adam", betas=(0.0, 0.9),
+                   grad_clip=None, warmup_steps=0, ema_decay=0.9, checkpoint_every=7, log_every=7, cpu=True)
+
+
+def test_a_run_resumed_mid_generator_phase_ends_where_a_straight_run_does(tmp_path, one_thread):
+    straight = gan2d_trainer(tmp_path / "straight", 21).fit()
+    gan2d_trainer(tmp_path / "resumed", 14).fit()
+    gan2d_trainer(tmp_path / "lost", 14).fit()
+    # step 14 is the third generator update of the cycle 10..14: it needs the target drawn at step 12
+    state = torch.load(tmp_path / "resumed" / "checkpoints" / "step_00000014" / "objective_0.pt", weights_only=True)
+    assert 14 % 5 == 4 and set(state) == {"z", "target"}
+    resumed = gan2d_trainer(tmp_path / "resumed", 21).fit()
+    for name in ("critic", "generator"):
+        assert same_weights(straight.nets[name], resumed.nets[name]), name
+        assert same_weights(straight.ema_nets()[name], resumed.ema_nets()[name]), name
+    logs = [(tmp_path / d / "loss.csv").read_text() for d in ("straight", "resumed")]
+    assert logs[0] == logs[1]
+    # the same resume without the objective's state (an empty one, as a stateless objective saves)
+    for path in (tmp_path / "lost" / "checkpoints").glob("step_*/objective_0.pt"):
+        torch.save({}, path)
+    lost = gan2d_trainer(tmp_path / "lost", 21).fit()
+    assert not same_weights(straight.nets["generator"], lost.nets["generator"])
+
+
+# -- 4, 6 and 7: a 2-D reflow_gan run -------------------------------------------------------------
+
+STEPS_2D, EVERY_2D = 1000, 250
+
+
+@pytest.fixture(scope="module")
+def run2d(tmp_path_factory):
+    """objective=reflow_gan net=gan2d data=gaussians8 composed from the configs, trained in-process."""
+    from accelerate.utils import set_seed
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    out = tmp_path_factory.mktemp("gan2d")
+    cfg = compose_train("objective=reflow_gan", "net=gan2d", "data=gaussians8", "train.cpu=true", "train.lr=1e-3",
+                        f"train.steps={STEPS_2D}", f"train.checkpoint_every={EVERY_2D}", "train.keep_checkpoints=1",
+                        "train.log_every=250", "train.ema_decay=0.9", "train.batch_size=128", "data.n=2048",
+                        "net.generator.width=32", "net.critic.width=32", "net.generator.depth=2", "net.critic.depth=2",
+                        f"out_dir={out}")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        set_seed(cfg.seed)
+        nets = instantiate(cfg.net, _convert_="all")
+        data = instantiate(cfg.data)
+        centres = mode_centres(data)
+        with torch.no_grad():
+            before = (mode_distance(nets["generator"], centres),
+                      raw_fd(nets["generator"](torch.randn(2000, 2, generator=torch.Generator().manual_seed(7))), data))
+        trainer = Trainer(nets, instantiate(cfg.objective), data, out_dir=out, seed=cfg.seed,
+                          **OmegaConf.to_container(cfg.train, resolve=True)).fit()
+    finally:
+        torch.set_num_threads(threads)
+    return out, data, centres, before, trainer
+
+
+def test_a_short_2d_run_moves_the_generator_onto_the_modes(run2d, one_thread):
+    out, data, centres, (distance0, fd0), trainer = run2d
+    assert trainer.updates() == {"critic": 834, "generator": 166}  # n_critic 5, one generator update a cycle
+    generator = load_generator(out / "model")
+    distance = mode_distance(generator, centres)
+    with torch.no_grad():
+        fd = raw_fd(generator(torch.randn(2000, 2, generator=torch.Generator().manual_seed(7))), data)
+    assert distance < 0.6 * distance0, (distance0, distance)
+    assert fd < 0.1 * fd0, (fd0, fd)
+
+
+def test_each_checkpoint_writes_a_sample_plot_and_2d_data_no_metrics(run2d):
+    out = run2d[0]
+    pngs = sorted(p.name for p in (out / "samples").iterdir())
+    assert pngs == [f"step_{s:08d}.png" for s in range(EVERY_2D, STEPS_2D + 1, EVERY_2D)]
+    sizes = {Image.open(out / "samples" / p).size for p in pngs}
+    assert all(w > 100 and h > 100 for w, h in sizes)
+    assert (out / "samples" / pngs[0]).read_bytes() != (out / "samples" / pngs[-1]).read_bytes()
+    assert not (out / "metrics.csv").exists()  # monitor auto: FD-digits for 16x16 digits only
+
+
+def test_sample_py_draws_the_generator_by_seed_with_one_nfe(run2d, tmp_path):
+    model = run2d[0] / "model"
+    done = ok(run("sample.py", "model=gan", f"model.path={model}", "num_samples=50", "seed=3", "device=cpu",
+                  f"out_dir={tmp_path / 's'}"))
+    assert "NFE used per sample: 1\n" in done.stdout
+    saved = np.load(tmp_path / "s" / "samples.npz")
+    generator = load_generator(model)
+    z = torch.stack([torch.randn(generator.latent_shape, generator=torch.Generator().manual_seed(3 + i))
+                     for i in range(50)])
+    with torch.no_grad():
+        expected = generator(z)
+    assert saved["samples"].shape == (50, 2) and float(saved["nfe"]) == 1
+    torch.testing.assert_close(torch.from_numpy(saved["samples"]), expected)
+
+    refused = run("sample.py", "model=gan", f"model.path={model}", "sampler=euler", "num_samples=5", "device=cpu",
+                  f"out_dir={tmp_path / 'r'}")
+    assert refused.returncode == 2
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: the model is a one-step generator"), refused.stderr
+    assert not (tmp_path / "r" / "samples.npz").exists()
+
+
+def test_eval_fid_of_a_2d_generator_against_the_data(run2d, tmp_path):
+    model = run2d[0] / "model"
+    done = ok(run("eval_fid.py", "model=gan", f"model.path={model}", "extractor=raw", "reference=data",
+                  "data=gaussians8", "num_samples=500", "device=cpu", f"cache_dir={tmp_path / 'cache'}",
+                  f"out_dir={tmp_path / 'e'}"))
+    (written,) = (tmp_path / "e").glob("fd-raw-*.json")
+    result = json.loads(written.read_text())
+    generator = load_generator(model)
+    z = torch.stack([torch.randn(2, generator=torch.Generator().manual_seed(i)) for i in range(500)])
+    with torch.no_grad():
+        expected = raw_fd(generator(z), gaussians8())  # conf/data/gaussians8.yaml: n 10000, seed 0
+    assert result["nfe"] == 1 and result["num_samples"] == 500 and result["sampler"] == "generator"
+    assert result["fd"] == pytest.approx(expected, rel=1e-3, abs=1e-5), (result, expected)
+    assert f"FD-raw {result['fd']:.4f}" in done.stdout
+
+
+# -- 5. two processes -------------------------------------------------------------------------------
+
+def test_two_processes_train_the_gan_on_the_schedule(tmp_path):
+    out = tmp_path / "run"
+    ok(run("train.py", "objective=reflow_gan", "net=gan2d", "data=gaussians8", "train.cpu=true", "train.steps=40",
+           "objective.n_critic=3", "objective.generator_steps=2", "net.generator.width=16", "net.critic.width=16",
+           "data.n=512", "train.batch_size=64", "train.checkpoint_every=20", "train.log_every=10", f"out_dir={out}",
+           launcher=accelerate_launch(2)))
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["num_processes"] == 2 and summary["steps"] == 40
+    assert summary["updates"] == {"critic": 24, "generator": 16}  # 8 cycles of 3 + 2
+    states = [torch.load(out / "checkpoints" / "step_00000040" / f"objective_{r}.pt", weights_only=True) for r in (0, 1)]
+    assert all(s["z"].shape == s["target"].shape == (32, 2) for s in states)  # each process's half batch
+    assert not torch.equal(states[0]["z"], states[1]["z"])  # each process its own noise, saved for itself
+    assert load_generator(out / "model").latent_shape == (2,)
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["step_00000020.png", "step_00000040.png"]
+
+
+# -- 6. FD-digits in metrics.csv ---------------------------------------------------------------------
+
+def dcgan_trainer(out_dir, steps, monitor="auto"):
+    from fewstep.training.data import digits
+
+    torch.manual_seed(0)
+    nets = {"generator": DCGANGenerator(latent_dim=8, width=8), "critic": DCGANCritic(width=8)}
+    return Trainer(nets, GANObjective(n_critic=2, generator_steps=2, monitor=monitor, monitor_samples=200), digits(), out_dir=out_dir,
+                   steps=steps, batch_size=32, lr=1e-3, optimizer="adam", betas=(0.0, 0.9), grad_clip=None,
+                   warmup_steps=0, ema_decay=0.9, checkpoint_every=2, keep_checkpoints=5, log_every=1, cpu=True)
+
+
+def test_fd_digits_is_logged_at_each_checkpoint_and_a_resume_redoes_the_rows_after_it(tmp_path, one_thread):
+    from fewstep.evaluation import get_extractor
+    from fewstep.evaluation.fid import data_stats, frechet_of
+    from fewstep.evaluation.generators import GeneratorFn
+    from fewstep.training.data import digits
+
+    dcgan_trainer(tmp_path, 6).fit()
+    first = list(csv.reader(open(tmp_path / "metrics.csv", newline="")))
+    assert first[0] == ["step", "fd_digits"] and [r[0] for r in first[1:]] == ["2", "4", "6"]
+    extractor = get_extractor("digits")
+    fd = frechet_of(GeneratorFn(load_generator(tmp_path / "model")), range(200), extractor,
+                    data_stats(digits(), extractor), batch_size=250)
+    assert float(first[-1][1]) == pytest.approx(fd, rel=1e-5)  # the exported (EMA) generator's FD-digits
+    assert len({r[1] for r in first[1:]}) == 3
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == [f"step_{s:08d}.png" for s in (2, 4, 6)]
+
+    latest = tmp_path / "checkpoints" / "step_00000006" / "model.safetensors"
+    latest.write_bytes(latest.read_bytes()[:100])  # unloadable: the resume starts from step 4
+    with pytest.warns(RuntimeWarning, match="step_00000006 cannot be loaded"):
+        dcgan_trainer(tmp_path, 8).fit()
+    rows = list(csv.reader(open(tmp_path / "metrics.csv", newline="")))
+    assert [r[0] for r in rows[1:]] == ["2", "4", "6", "8"]  # step 6 redone once, not logged twice
+    assert rows[1:3] == first[1:3]
+    assert [r[0] for r in list(csv.reader(open(tmp_path / "loss.csv")))[1:]] == [str(s) for s in range(1, 9)]
+
+
+def test_fd_digits_monitoring_keeps_a_resume_exact(tmp_path, one_thread):
+    """The report builds a classifier and a data loader, which draw random numbers: it runs on a fork of the RNG."""
+    straight = dcgan_trainer(tmp_path / "straight", 8).fit()
+    dcgan_trainer(tmp_path / "resumed", 4).fit()
+    resumed = dcgan_trainer(tmp_path / "resumed", 8).fit()
+    for name in ("critic", "generator"):
+        a, b = straight.nets[name].state_dict(), resumed.nets[name].state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_without_fd_digits_the_same_dcgan_resume_is_exact(tmp_path, one_thread):
+    """The control of the test above: monitor=None (the sample grid is still written)."""
+    straight = dcgan_trainer(tmp_path / "straight", 8, monitor=None).fit()
+    dcgan_trainer(tmp_path / "resumed", 4, monitor=None).fit()
+    resumed = dcgan_trainer(tmp_path / "resumed", 8, monitor=None).fit()
+    assert (tmp_path / "resumed" / "samples" / "step_00000008.png").is_file()
+    for name in ("critic", "generator"):
+        a, b = straight.nets[name].state_dict(), resumed.nets[name].state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+# -- 8. load_generator ------------------------------------------------------------------------------
+
+def test_load_generator_refusals_are_one_line_naming_the_path_or_class(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(FileNotFoundError) as err:
+        load_generator(missing)
+    assert str(err.value) == f"generator path does not exist: {missing}"
+    MLPCritic(width=16, depth=1).save_pretrained(str(tmp_path / "critic"))
+    with pytest.raises(ValueError) as err:
+        load_generator(tmp_path / "critic")
+    message = str(err.value)
+    assert "\n" not in message and str(tmp_path / "critic" / "config.json") in message and "'MLPCritic'" in message
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError) as err:
+        load_generator(tmp_path / "empty")
+    assert "\n" not in str(err.value) and str(tmp_path / "empty") in str(err.value)
+
+
+def test_a_flow_pipeline_loads_as_the_one_step_generator_z_minus_v_at_t1(tmp_path, one_thread):
+    from fewstep.flows import DistillationObjective, MLPVelocity, RectifiedFlowObjective
+
+    torch.manual_seed(0)
+    net = MLPVelocity(dim=2, hidden=16, depth=2).eval()
+    RectifiedFlowObjective().export({"net": net}, tmp_path)
+    generator = load_generator(tmp_path)
+    assert isinstance(generator, FlowGenerator) and generator.latent_shape == generator.sample_shape == (2,)
+    seen = []
+    generator.flow.velocity_model.register_forward_pre_hook(lambda module, args: seen.append(args[1].clone()))
+    z = torch.randn(16, 2, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = generator(z)
+        expected = z - net(z, torch.full((16,), 1000.0))
+        one_step = DistillationObjective().one_step(net, z)
+    assert len(seen) == 1 and torch.equal(seen[0], torch.full((16,), 1000.0))
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(out, one_step)
+    assert not torch.allclose(out, z, atol=1e-3)  # the velocity is not zero: the comparison means something

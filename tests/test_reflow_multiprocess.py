@@ -1,0 +1,219 @@
+"""A ReFlow round under `accelerate launch --multi_gpu --num_processes 2` on the CPU (gloo): the pairs
+written by two processes are those of one, the next round trains on them in two processes, and a
+two-process round killed with SIGKILL after a checkpoint and started again ends where an
+uninterrupted one does (as test_training.py checks for the diffusion objective in one process)."""
+import csv
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import ROOT, accelerate_launch
+from fewstep.flows import PairsDataset
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+TRAIN = ["objective=rectified_flow", "net=mlp2d", "train.warmup_steps=0", "train.ema_decay=0.99", "train.cpu=true"]
+# 1200 pairs in 5 shards (the last of 176): process 0 makes shards 0, 2, 4 and process 1 shards 1, 3
+PAIRS = ["model=mlp2d", "sampler=euler", "steps=20", "num_pairs=1200", "shard_size=256", "batch_size=128",
+         "device=cpu"]
+SHARDS = 5
+# the reflow round: 240 steps, a checkpoint every 60, a loss row every 20
+ROUND2 = [*TRAIN, "data=pairs", "train.batch_size=128", "train.lr=1e-3", "train.steps=240",
+          "train.checkpoint_every=60", "train.log_every=20"]
+
+
+def script(name):
+    return str(ROOT / "scripts" / name)
+
+
+def command(name, *overrides, processes=1):
+    launcher = [sys.executable] if processes == 1 else accelerate_launch(processes)
+    return [*launcher, script(name), *map(str, overrides)]
+
+
+def ok(done):
+    assert done.returncode == 0, f"{' '.join(done.args)}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+    return done
+
+
+def run(cmd, timeout=120):
+    return ok(subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout))
+
+
+def losses(run_dir):
+    return [float(row["loss"]) for row in csv.DictReader(open(run_dir / "loss.csv"))]
+
+
+def start(cmd, logs):
+    """Start a run in a session of its own, its stdout and stderr going to `logs`.out and `logs`.err
+    (files, not pipes: nothing has to read them while it runs)."""
+    with open(f"{logs}.out", "w") as out, open(f"{logs}.err", "w") as err:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=out, stderr=err, text=True, start_new_session=True)
+    proc.logs = logs
+    return proc
+
+
+def output(proc):
+    return subprocess.CompletedProcess(proc.args, proc.returncode, open(f"{proc.logs}.out").read(),
+                                       open(f"{proc.logs}.err").read())
+
+
+def finish(proc, timeout=150):
+    """Wait for a run `start` began; its CompletedProcess (the run must succeed)."""
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_tree(proc)
+        raise
+    return ok(output(proc))
+
+
+def kill_tree(launcher: subprocess.Popen) -> None:
+    """SIGKILL the launcher's process group and every worker: torch's elastic agent starts each worker
+    in a session of its own, so killing the launcher's group alone would leave them training."""
+    try:
+        victims = psutil.Process(launcher.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        victims = []
+    for child in victims:
+        try:
+            os.killpg(child.pid, signal.SIGKILL)  # a worker leads its own group; otherwise the launcher's
+        except (ProcessLookupError, PermissionError):
+            pass
+    try:
+        os.killpg(launcher.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    launcher.wait(timeout=30)
+    _, alive = psutil.wait_procs(victims, timeout=30)
+    assert not alive, f"still running after SIGKILL: {alive}"
+
+
+def stop(*procs):
+    """SIGKILL those of the runs `start` began that are still running."""
+    for proc in procs:
+        if proc.poll() is None:
+            kill_tree(proc)
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    """A small 1-RF on moons, and its pairs written by one process and, at the same time, by two."""
+    tmp = tmp_path_factory.mktemp("reflow_mp")
+    run(command("train.py", *TRAIN, "data=moons", "train.batch_size=256", "train.lr=3e-3", "train.steps=300",
+                "train.checkpoint_every=300", "train.log_every=100", f"out_dir={tmp / 'round1'}"))
+    model = f"model.path={tmp / 'round1' / 'model'}"
+    runs = [start(command("reflow_pairs.py", *PAIRS, model, f"out_dir={tmp / 'pairs1'}"), tmp / "pairs1"),
+            start(command("reflow_pairs.py", *PAIRS, model, f"out_dir={tmp / 'pairs2'}", processes=2), tmp / "pairs2")]
+    try:
+        one, two = map(finish, runs)
+    finally:
+        stop(*runs)
+    return tmp, one, two
+
+
+def round2(tmp, out_dir):
+    return command("train.py", *ROUND2, f"data.root={tmp / 'pairs2'}", f"init_from={tmp / 'round1' / 'model'}",
+                   f"out_dir={out_dir}", processes=2)
+
+
+@pytest.fixture(scope="module")
+def rounds(pairs):
+    """The reflow round in two processes twice at once: uninterrupted (`straight`), and `killed` with
+    SIGKILL (the launcher and both workers) once it has checkpointed step 60 and logged step 80, so
+    that the resumed run has steps and a loss row to redo. Returns the uninterrupted run and what the
+    killed one had written (checkpoints, whether it had finished, loss rows)."""
+    tmp = pairs[0]
+    straight = start(round2(tmp, tmp / "straight"), tmp / "straight")
+    victim = start(round2(tmp, tmp / "killed"), tmp / "killed")
+    checkpoint, log = tmp / "killed" / "checkpoints" / "step_00000060", tmp / "killed" / "loss.csv"
+
+    def past_the_checkpoint():  # the checkpoint of step 60 and the loss row of step 80 are written
+        return checkpoint.exists() and log.exists() and "\n80," in log.read_text()
+
+    try:
+        deadline = time.monotonic() + 120
+        while not past_the_checkpoint() and victim.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        stop(victim)
+        assert victim.returncode == -signal.SIGKILL, \
+            f"exit code {victim.returncode} before the kill\n{output(victim).stderr[-3000:]}"
+        killed = tmp / "killed"
+        at_kill = {"checkpoints": sorted(p.name for p in (killed / "checkpoints").iterdir()) if checkpoint.exists()
+                   else [], "finished": (killed / "train_summary.json").exists() or (killed / "model").exists(),
+                   "logged": log.read_text().splitlines()[1:] if log.exists() else []}
+        return finish(straight), at_kill
+    finally:
+        stop(victim, straight)
+
+
+def rounds_dir(done):
+    return Path(re.search(r"out_dir=(\S+)", " ".join(done.args)).group(1))
+
+
+def test_two_processes_write_the_pairs_one_process_writes(pairs):
+    tmp, one, two = pairs
+    for done, out in [(one, "pairs1"), (two, "pairs2")]:
+        assert done.stdout.count(f"wrote 1200 pairs to {tmp / out}") == 1, done.stdout  # process 0 alone says so
+    # each process's bar counts its own shards: process 0 made 3 of the 5 under two processes, all 5 alone
+    bars = [re.findall(r"pairs: 100%\|[^|]*\| (\d+)/(\d+)", done.stderr) for done in (one, two)]
+    assert bars[0][-1:] == [("5", "5")] and bars[1][-1:] == [("3", "3")], (bars, two.stderr[-3000:])
+    assert json.loads((tmp / "pairs1" / "pairs.json").read_text()) == json.loads(
+        (tmp / "pairs2" / "pairs.json").read_text())
+    sets = [PairsDataset(tmp / out, expect={"sampler": "euler", "shape": [2], "num_pairs": 1200, "shard_size": 256})
+            for out in ("pairs1", "pairs2")]
+    assert len(sets[0]) == len(sets[1]) == 1200
+    assert sorted(p.name for p in (tmp / "pairs2").glob("shard_*")) == [f"shard_{k:05d}.safetensors"
+                                                                        for k in range(SHARDS)]
+    for k in range(SHARDS):
+        a, b = (load_file(str(tmp / out / f"shard_{k:05d}.safetensors")) for out in ("pairs1", "pairs2"))
+        assert a.keys() == b.keys() == {"noise", "sample", "seeds"}
+        assert all(torch.equal(a[name], b[name]) for name in a), k
+    samples = torch.stack([sets[1][i][0] for i in range(len(sets[1]))])
+    noises = torch.stack([sets[1][i][1] for i in range(len(sets[1]))])
+    assert not torch.equal(samples, noises) and samples.std(0).min() > 0.1  # real pairs, not a constant
+
+
+def test_the_reflow_round_trains_in_two_processes(rounds):
+    straight, _ = rounds
+    out = rounds_dir(straight)
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["num_processes"] == 2 and summary["steps"] == 240 and summary["updates"] == {"net": 240}
+    logged = losses(out)
+    assert len(logged) == 12 and logged[-1] < 0.8 * logged[0], logged
+    assert "initialised the network from" in straight.stdout + straight.stderr  # the first round's weights
+    assert (out / "model" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_a_two_process_round_killed_with_sigkill_resumes_to_the_uninterrupted_weights(rounds):
+    straight, at_kill = rounds
+    reference = rounds_dir(straight)
+    killed = reference.parent / "killed"
+    assert "step_00000060" in at_kill["checkpoints"] and "step_00000240" not in at_kill["checkpoints"], at_kill
+    assert not at_kill["finished"], "the run finished before the kill"
+    assert at_kill["logged"][3].startswith("80,"), at_kill  # steps after the checkpoint of step 60 to redo
+
+    again = run(round2(reference.parent, killed))
+    said = again.stdout + again.stderr
+    resumed = re.findall(r"resumed from \S+step_(\d+) at step (\d+)", said)
+    latest = int(at_kill["checkpoints"][-1][len("step_"):])
+    assert resumed == [(f"{latest:08d}", str(latest))], (resumed, at_kill, said[-2000:])
+    assert "initialised the network from" not in said  # the checkpoint, not init_from
+    summary = json.loads((killed / "train_summary.json").read_text())
+    assert summary["num_processes"] == 2 and summary["steps"] == 240 and summary["updates"] == {"net": 240}
+
+    assert (killed / "loss.csv").read_text().splitlines() == (reference / "loss.csv").read_text().splitlines()
+    for weights in ("model/unet/diffusion_pytorch_model.safetensors",  # the exported EMA weights
+                    "checkpoints/step_00000240/model.safetensors"):  # the raw weights
+        a, b = (load_file(str(d / weights)) for d in (reference, killed))
+        assert a.keys() == b.keys() and a
+        assert all(torch.equal(a[k], b[k]) for k in a), weights
