@@ -112,6 +112,10 @@ def _one_step(cfg, generator, device) -> Sampling:
     if sampler_given():
         raise ValueError(f"the model is a one-step generator ({type(generator).__name__}) and takes no sampler; "
                          f"got sampler={cfg.sampler.name}")
+    size = tuple(generator.sample_shape)[1:]
+    if cfg.image_size is not None and size != (cfg.image_size, cfg.image_size):
+        raise ValueError(f"the generator makes samples of shape {tuple(generator.sample_shape)}; it cannot make "
+                         f"image_size={cfg.image_size}")
     generator = generator.to(device).eval()
     line = (f"one-step generator {type(generator).__name__}: NFE 1, latent {tuple(generator.latent_shape)}, "
             f"{cfg.num_samples} samples of {tuple(generator.sample_shape)}")

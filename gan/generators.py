@@ -34,9 +34,9 @@ class FlowGenerator(nn.Module):
 
 
 def load_generator(path) -> nn.Module:
-    """The one-step generator at `path` (a directory, or a shipped model's name): `PATH/generator/`
-    or `PATH/` holding a `gan.nets` model (its config.json names the class), or a flow pipeline
-    (`unet/` + a FlowMatchEulerDiscreteScheduler), as a `FlowGenerator`."""
+    """The one-step generator at `path` (a directory, or a shipped model's name): `PATH/` or
+    `PATH/generator/` holding a `gan.nets` model (its config.json names the class) or a flow
+    pipeline (`unet/` + a FlowMatchEulerDiscreteScheduler), the latter as a `FlowGenerator`."""
     from ..assets import names, path as asset_path
 
     root = Path(path).expanduser()
@@ -44,14 +44,15 @@ def load_generator(path) -> nn.Module:
         root = asset_path(str(path))
     if not root.is_dir():
         raise FileNotFoundError(f"generator path does not exist: {root}")
-    if (root / "unet").is_dir():
-        return FlowGenerator(from_pretrained(root, sigma_max=FLOW_SIGMA_MAX))
-    model_dir = root / "generator" if (root / "generator" / "config.json").is_file() else root
-    config = model_dir / "config.json"
-    if not config.is_file():
-        raise FileNotFoundError(f"no generator in {root}: neither generator/config.json, config.json nor unet/")
-    class_name = json.loads(config.read_text()).get("_class_name")
-    cls = getattr(nets, str(class_name), None)
-    if cls is None or not hasattr(cls, "from_pretrained") or "Generator" not in class_name:
-        raise ValueError(f"{config} names {class_name!r}, which is not a generator of gan.nets")
-    return cls.from_pretrained(str(model_dir)).eval()
+    for candidate in (root, root / "generator"):
+        if (candidate / "unet").is_dir():
+            return FlowGenerator(from_pretrained(candidate, sigma_max=FLOW_SIGMA_MAX))
+        config = candidate / "config.json"
+        if config.is_file():
+            class_name = json.loads(config.read_text()).get("_class_name")
+            cls = getattr(nets, str(class_name), None)
+            if cls is None or not hasattr(cls, "from_pretrained") or "Generator" not in class_name:
+                raise ValueError(f"{config} names {class_name!r}, which is not a generator of gan.nets")
+            return cls.from_pretrained(str(candidate)).eval()
+    raise FileNotFoundError(f"no generator in {root}: neither a gan.nets model (config.json) nor a flow "
+                            f"pipeline (unet/), there or in {root / 'generator'}")

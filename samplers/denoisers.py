@@ -96,7 +96,7 @@ def _check_unet_shape(unet: nn.Module, shape) -> None:
         raise ValueError(f"the model takes image sizes divisible by {factor}, got {tuple(shape[1:])}")
 
 
-def _is_flow_matching(scheduler_config: dict) -> bool:
+def is_flow_matching(scheduler_config: dict) -> bool:
     """A FlowMatchEulerDiscreteScheduler config: by its class name (a saved config) or its keys (`.config`)."""
     return (scheduler_config.get("_class_name") == "FlowMatchEulerDiscreteScheduler"
             or {"shift", "use_dynamic_shifting"} <= set(scheduler_config))
@@ -154,7 +154,7 @@ def from_pretrained(path, torch_dtype=None, sigma_max: float | None = None):
     `flows.MLPVelocity`). sigma_max: a flow's upper sigma (None: FlowDenoiser's, t = 0.999; a
     one-step model distilled at t = 1 uses 1e8, whose float32 t is 1)."""
     unet, scheduler_config, root = _load_unet(path, torch_dtype)
-    if _is_flow_matching(scheduler_config):
+    if is_flow_matching(scheduler_config):
         if scheduler_config.get("shift", 1.0) != 1.0 or scheduler_config.get("use_dynamic_shifting"):
             raise ValueError(f"a flow-matching model with shift={scheduler_config.get('shift')} or dynamic "
                              f"shifting is not supported (shift 1.0 only)")
@@ -210,7 +210,7 @@ class DiffusersUNetDenoiser(nn.Module):
         (`"digits_ddpm"`), as diffusers resolves a hub name. `samplers.from_pretrained` also loads
         flow-matching models."""
         unet, scheduler_config, root = _load_unet(path, torch_dtype)
-        if _is_flow_matching(scheduler_config):
+        if is_flow_matching(scheduler_config):
             raise ValueError(f"{root} is a flow-matching model ({scheduler_config['_class_name']}): "
                              f"load it with samplers.from_pretrained")
         return cls.from_config(unet, scheduler_config)

@@ -9,16 +9,16 @@ fractional timestep `t(sigma)`. Each `step()` turns the model output into `D(x, 
 implementation of each algorithm) and returns the next point the generator asks about,
 `x_next / sqrt(1 + sigma_next^2)`, or the final sample at the grid's last sigma (0, or DDIM's
 `sigma(t=0)` with `set_alpha_to_one=False`). The generator keeps its own
-float64 state (`x = x_vp sqrt(1 + sigma^2)`, multistep history).
+float64 state (`x = x_vp sqrt(1 + sigma^2)`, multistep history). At every step it compares the
+pipeline's `sample` with the point it returned: where the pipeline changed it (an inpainting blend,
+a `callback_on_step_end` edit), the sampler continues from the pipeline's point, as diffusers'
+schedulers do; otherwise from its own float64 one.
 
 Flow-matching pipelines (`prediction_type="flow_prediction"`, which `from_config` sets for a
 FlowMatchEulerDiscreteScheduler config) work the same way in the flow's own coordinates
 (`scheduler_spaces.FlowTime`): the pipeline's sample is `x_t = x / (1 + sigma)`, the UNet sees
 `t * num_train_timesteps` and returns the velocity. Euler on the `flow_uniform` grid is then exactly
-FlowMatchEulerDiscreteScheduler's Euler. At every step it compares the
-pipeline's `sample` with the point it returned: where the pipeline changed it (an inpainting blend,
-a `callback_on_step_end` edit), the sampler continues from the pipeline's point, as diffusers'
-schedulers do; otherwise from its own float64 one.
+FlowMatchEulerDiscreteScheduler's Euler.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from diffusers import DDPMScheduler
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 
-from .denoisers import DiffusersUNetDenoiser, _is_flow_matching
+from .denoisers import DiffusersUNetDenoiser, is_flow_matching
 from .scheduler_spaces import FlowTime, VPTable
 from .schedules import DISCRETE_MIRRORS, discrete_grid, get_sigmas
 from .solvers import FIXED_GRID_NAMES, SOLVERS, check_sigmas, resolve_options, run_steps
@@ -59,9 +59,10 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
     sampler: ddim, euler, heun, dpmpp_2m or ipndm; sampler_options: its keywords, e.g. {"eta": 1.0}.
     schedule: karras (rho), logsnr, time_uniform (eps_s), flow_uniform over [sigma_min, sigma_max] (None: the
         table's range; a flow's is t from 1 / num_train_timesteps to 1, to 0.999 for heun:
-        `scheduler_spaces.FlowTime`); None: karras on a VP table,
-        flow_uniform (FlowMatchEulerDiscreteScheduler's own grid) on a flow; or discrete (VP only): exactly the timesteps and sigmas of the diffusers scheduler
-        the sampler mirrors (`schedules.DISCRETE_MIRRORS`: DDIMScheduler for ddim and ipndm,
+        `scheduler_spaces.FlowTime`); None: karras on a VP table, flow_uniform
+        (FlowMatchEulerDiscreteScheduler's own grid) on a flow; or discrete (VP only): exactly the
+        timesteps and sigmas of the diffusers scheduler the sampler mirrors
+        (`schedules.DISCRETE_MIRRORS`: DDIMScheduler for ddim and ipndm,
         DPMSolverMultistepScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler) for
         timestep_spacing and steps_offset, ending at 0, or at the table's `sigma(0)`: for ddim and
         ipndm with `set_alpha_to_one=False` as DDIMScheduler does, for the others with
@@ -148,7 +149,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         unknown = sorted(set(kwargs) - set(params))
         if unknown:
             raise ValueError(f"FewstepScheduler has no option {', '.join(unknown)}; its options: {', '.join(params)}")
-        if isinstance(config, dict) and _is_flow_matching(config):
+        if isinstance(config, dict) and is_flow_matching(config):
             if config.get("shift", 1.0) != 1.0 or config.get("use_dynamic_shifting"):
                 raise ValueError(f"a flow-matching scheduler with shift={config.get('shift')} or dynamic shifting "
                                  f"is not supported (shift 1.0 only)")

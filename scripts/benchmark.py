@@ -10,10 +10,13 @@ rectified flows digits_rf1, digits_rf2 and digits_rf_1step beside the DDPM at 1-
 straightness), `reflow-2d` (1-RF, 2-RF and a distilled one-step flow trained here on 2-D moons and
 checkerboard: FD to fresh data, straightness, trajectory pictures), `gan-2d` (the ReFlow-derived
 GAN against WGAN-GP on 8 Gaussians and moons at equal generator updates: modes covered, FD),
+`gan-digits` (the shipped one-step generators and given GAN runs: FD-digits on three seed ranges,
+FD against generator updates, sample grids),
 `fd-speed` (our Fréchet distance against pytorch-fid's on 2048-d statistics). Schedules: Karras (rho 7) over the model's range
 by default; --schedule, --rho, --sigma-min, --sigma-max and --final-sigmas-type change the grid.
 """
 import argparse
+import csv
 import json
 import math
 import time
@@ -25,15 +28,16 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from fewstep import samplers
+from fewstep.assets import names as asset_names
 from fewstep.evaluation import FeatureStats, frechet_distance, frechet_of, get_extractor
 from fewstep.evaluation.fid import accumulate, data_stats, fd_to, gmm_stats
 from fewstep.evaluation.generators import GeneratorFn, SamplerFn
-from fewstep.evaluation.report import assemble, nfe_plot, nfe_table, scatter_panels, section, side_by_side
-from fewstep.samplers.skip_tuning import load_table, skip_tuning_for
-from fewstep.evaluation.report import trajectory_plot
-from fewstep.gan import GANObjective, MLPCritic, MLPGenerator, load_generator
+from fewstep.evaluation.report import (assemble, nfe_plot, nfe_table, scatter_panels, section, side_by_side,
+                                       trajectory_plot)
 from fewstep.flows import (DistillationObjective, MLPVelocity, PairsDataset, RectifiedFlowObjective, straightness,
                            write_pairs)
+from fewstep.gan import GANObjective, MLPCritic, MLPGenerator, load_generator
+from fewstep.samplers.skip_tuning import load_table, skip_tuning_for
 from fewstep.training import Trainer, data2d
 from fewstep.training.data import digits
 from fewstep.training.init import load_weights
@@ -43,8 +47,10 @@ NFE_TARGETS = [3, 4, 5, 6, 8, 10, 20, 50]
 SAMPLERS = ["ddim", "euler", "heun", "dpmpp_2m", "ipndm"]
 REFLOW_NFE = [1, 2, 3, 5, 10]
 REFLOW_SAMPLERS = ["euler", "dpmpp_2m", "ipndm"]
-# A flow's own grid: uniform in t from the model's sigma_max (t = 0.999; 1e8 for a one-step model) to sigma_min.
-FLOW_GRID = {"kind": "flow_uniform", "rho": 7.0, "sigma_min": None, "sigma_max": None, "final_sigmas_type": "zero"}
+# A flow's own grid: uniform in t from the model's sigma_max (t = 0.999; 1e8 for a one-step model) to its
+# sigma_min (t = 0.002), where the sample is returned: with a last step to 0 instead, 2 Euler steps would
+# spend their second on t in [0.002, 0] (the grid of FlowMatchEulerDiscreteScheduler).
+FLOW_GRID = {"kind": "flow_uniform", "rho": 7.0, "sigma_min": None, "sigma_max": None, "final_sigmas_type": "sigma_min"}
 
 
 SKIPTUNE_SAMPLERS = ["ddim", "heun", "dpmpp_2m", "ipndm"]
@@ -107,6 +113,13 @@ def adaptive_row(label, denoiser, seeds, shape, batch_size, extractor, reference
            "nfe": round(sample_fn.nfe, 1), "seconds": round(time.perf_counter() - start, 2), "fd": fd}
     print(json.dumps(row), flush=True)
     return row
+
+
+def split_adaptive(results) -> tuple[list[dict], str]:
+    """The fixed-grid rows (for the NFE table and plot), and the dopri5 rows as markdown table rows."""
+    adaptive = "\n".join(f"| {r['label']} | {r['fd']:.3g} | {r['nfe']:g} |" for r in results
+                          if r["target_nfe"] == "dopri5")
+    return [r for r in results if r["target_nfe"] != "dopri5"], adaptive
 
 
 def flow_straightness(denoiser, seed: int, n: int = 500, steps: int = 100) -> float:
@@ -214,15 +227,14 @@ def suite_reflow(args):
     one_step = samplers.from_pretrained("digits_rf_1step", sigma_max=1e8).eval()
     results += sweep(one_step, [("digits_rf_1step euler", "euler", {}, [1], None)], seeds, one_step.sample_shape,
                      args.batch_size, extractor, reference, lambda x: {}, FLOW_GRID)
-    plotted = [r for r in results if r["target_nfe"] != "dopri5"]
+    plotted, adaptive = split_adaptive(results)
     nfe_plot(plotted, "fd", Path(args.out_dir) / "reflow_fd.png", "digits: DDPM and rectified flows")
-    adaptive = "\n".join(f"| {r['label']} | {r['fd']:.3g} | {r['nfe']:g} |" for r in results
-                          if r["target_nfe"] == "dopri5")
     body = (f"{args.num_samples} samples (seeds {args.seed}-{args.seed + args.num_samples - 1}, the same noise for "
             f"every cell), FD-digits against the 1797 digits. The flows sample on their own grid (uniform in t, "
-            f"`schedule.kind=flow_uniform`, from t = 0.999), the DDPM on its default grid "
+            f"`schedule.kind=flow_uniform schedule.final_sigmas_type=sigma_min`: from t = 0.999 to 0.002, where the "
+            f"sample is returned), the DDPM on its default grid "
             f"({args.schedule}). digits_rf_1step is one Euler step from t = 1.\n\n"
-            f"{nfe_table([r for r in plotted], 'fd', args.nfe)}\n\n"
+            f"{nfe_table(plotted, 'fd', args.nfe)}\n\n"
             + (f"Adaptive `dopri5` (rtol = atol = 1e-5), the NFE it took per sample:\n\n| model | FD | NFE |\n"
                f"|---|---|---|\n{adaptive}\n\n" if adaptive else "")
             + "Straightness (`flows.straightness`, 500 noises, 100 Euler steps; 0: straight paths): "
@@ -287,9 +299,7 @@ def suite_reflow_2d(args):
                         f"(the floor the sample size allows)")
         trajectory_plot({k: v for k, v in paths.items() if k.startswith(name)}, truth,
                         Path(args.out_dir) / f"reflow_2d_{name}.png")
-    plotted = [r for r in results if r["target_nfe"] != "dopri5"]
-    adaptive = "\n".join(f"| {r['label']} | {r['fd']:.3g} | {r['nfe']:g} |" for r in results
-                          if r["target_nfe"] == "dopri5")
+    plotted, adaptive = split_adaptive(results)
     body = (f"An MLP velocity field (`net=mlp2d`) per data set, trained here: 1-RF {args.steps_2d} steps on "
             f"20000 points, 2-RF {args.steps_2d // 2} steps on 20000 pairs of the 1-RF (heun, 50 steps) from its "
             f"weights, and a one-step model distilled {args.steps_2d // 2} steps on 20000 pairs of the 2-RF from the "
@@ -371,6 +381,57 @@ def suite_gan_2d(args):
     return results, "gan-2d", "ReFlow-derived GAN against WGAN-GP in 2-D", body
 
 
+def suite_gan_digits(args):
+    extractor = get_extractor("digits")
+    reference = data_stats(digits(), extractor)
+    ranges = [range(args.seed + k * args.num_samples, args.seed + (k + 1) * args.num_samples) for k in range(3)]
+    generators = {label: load_generator(path) for label, path in
+                  (("ReFlow-GAN (digits_gan)", "digits_gan"), ("distilled one-step flow (digits_rf_1step)",
+                   "digits_rf_1step"), ("GAN-tuned one-step flow (digits_rf_gan)", "digits_rf_gan"))
+                  if path in asset_names()}
+    generators.update({f"run {path}": load_generator(Path(path) / "model") for path in args.gan_runs})
+    results, grids = [], {}
+    for label, generator in generators.items():
+        fn = GeneratorFn(generator.eval())
+        fds = [frechet_of(fn, seeds, extractor, reference, batch_size=args.batch_size) for seeds in ranges]
+        row = {"label": label, "fd": fds, "mean": float(np.mean(fds))}
+        print(json.dumps(row), flush=True)
+        results.append(row)
+        grids[label.split(" (")[0]] = fn(range(16))
+    side_by_side(grids, Path(args.out_dir) / "gan_digits_grids.png")
+    curves = {path: list(csv.DictReader(open(Path(path) / "metrics.csv"))) for path in args.gan_runs
+              if (Path(path) / "metrics.csv").is_file()}
+    if curves:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for path, rows in curves.items():
+            summary = json.loads((Path(path) / "run.json").read_text())["objective_settings"]
+            per_cycle = summary["n_critic"] + summary["generator_steps"]
+            ax.plot([int(r["step"]) // per_cycle * summary["generator_steps"] for r in rows],
+                    [float(r["fd_digits"]) for r in rows], marker="o", label=f"{summary['critic_loss']} ({path})")
+        ax.set(yscale="log", xlabel="generator updates", ylabel="FD-digits (1000 samples)", title="digits GANs")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.savefig(Path(args.out_dir) / "gan_digits_fd.png", dpi=100, bbox_inches="tight")
+        plt.close(fig)
+    table = ["| generator | FD-digits, 3 seed ranges | mean |", "|---|---|---|"]
+    table += [f"| {r['label']} | {', '.join(f'{v:.2f}' for v in r['fd'])} | {r['mean']:.2f} |" for r in results]
+    body = (f"One-step generators on the digits, FD-digits of {args.num_samples} samples against the 1797 digits, on "
+            f"three disjoint seed ranges from {args.seed} (held out: the runs' own monitoring uses seeds 0-999). "
+            f"The `run` rows are the GAN runs given with `--gan-runs`, made by `python scripts/train.py "
+            f"objective=reflow_gan|wgan_gp net=dcgan train.steps=15000 train.batch_size=64 "
+            f"train.checkpoint_every=1500 out_dir=RUN` (the same networks, optimiser and 5 critic updates per "
+            f"generator update, so equal generator updates).\n\n" + "\n".join(table)
+            + "\n\nFD-digits during training (the EMA generator, 1000 samples, written to `metrics.csv` at each "
+            "checkpoint):\n\n![curves](benchmarks/gan_digits_fd.png)\n\nSamples (seeds 0-15):\n\n"
+            "![grids](benchmarks/gan_digits_grids.png)")
+    return results, "gan-digits", "One-step generators on the digits: ReFlow-GAN, WGAN-GP, distilled and GAN-tuned flows", body
+
+
 def suite_fd_speed(args):
     from pytorch_fid.fid_score import calculate_frechet_distance
 
@@ -400,11 +461,11 @@ def suite_fd_speed(args):
 
 
 SUITES = {"gmm": suite_gmm, "digits": suite_digits, "reflow": suite_reflow, "reflow-2d": suite_reflow_2d,
-          "gan-2d": suite_gan_2d, "fd-speed": suite_fd_speed}
+          "gan-2d": suite_gan_2d, "gan-digits": suite_gan_digits, "fd-speed": suite_fd_speed}
 # Each suite's sample count, NFE targets and samplers, where the command line gives none.
 DEFAULTS = {"gmm": (10000, NFE_TARGETS, SAMPLERS), "digits": (2000, NFE_TARGETS, SAMPLERS),
             "reflow": (2000, REFLOW_NFE, REFLOW_SAMPLERS), "reflow-2d": (5000, REFLOW_NFE, REFLOW_SAMPLERS),
-            "gan-2d": (5000, [], [])}
+            "gan-2d": (5000, [], []), "gan-digits": (2000, [], [])}
 
 
 @torch.no_grad()
@@ -421,6 +482,7 @@ def main():
                         help="reflow: the models also sampled with dopri5 (slow: hundreds of NFE)")
     parser.add_argument("--steps-2d", type=int, default=4000, help="reflow-2d: 1-RF training steps (half for the others)")
     parser.add_argument("--gan-steps", type=int, default=12000, help="gan-2d: training steps of each GAN")
+    parser.add_argument("--gan-runs", nargs="*", default=[], help="gan-digits: GAN run directories to evaluate too")
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--seed", type=int, default=100_000, help="first seed (away from the calibration's 0-999)")
     parser.add_argument("--repeats", type=int, default=3, help="fd-speed repetitions")

@@ -255,6 +255,9 @@ def test_sample_py_draws_the_generator_by_seed_with_one_nfe(run2d, tmp_path):
     lines = refused.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: the model is a one-step generator"), refused.stderr
     assert not (tmp_path / "r" / "samples.npz").exists()
+    other = run("sample.py", "model=gan", f"model.path={model}", "image_size=16", "device=cpu", f"out_dir={tmp_path / 'i'}")
+    assert other.returncode == 2 and other.stderr.strip().splitlines()[-1] == (
+        "error: the generator makes samples of shape (2,); it cannot make image_size=16")
 
 
 def test_eval_fid_of_a_2d_generator_against_the_data(run2d, tmp_path):

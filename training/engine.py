@@ -131,7 +131,7 @@ class RunningLoss:
         self.total, self.count = state["total"], int(state["count"])
 
 
-def _checkpoints(root: Path) -> list[Path]:
+def checkpoints(root: Path) -> list[Path]:
     """Complete checkpoints under `root`, oldest first (a save in progress has a `.tmp` suffix)."""
     found = [p for p in root.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and p.name[len(CHECKPOINT_PREFIX):].isdigit()]
     return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
@@ -275,7 +275,7 @@ class Trainer:
         """Refuse to resume into an out_dir whose run.json says the run was made otherwise; a fresh
         run writes run.json."""
         path = self.out_dir / "run.json"
-        if _checkpoints(self.checkpoint_dir) and path.is_file():
+        if checkpoints(self.checkpoint_dir) and path.is_file():
             old = json.loads(path.read_text())
             for key in sorted(set(old) | set(self.run_settings)):
                 if old.get(key) != self.run_settings.get(key):
@@ -311,7 +311,7 @@ class Trainer:
             if final.exists():
                 shutil.rmtree(final)
             tmp.rename(final)
-            for old in _checkpoints(self.checkpoint_dir)[:-self.keep_checkpoints]:
+            for old in checkpoints(self.checkpoint_dir)[:-self.keep_checkpoints]:
                 shutil.rmtree(old)
         acc.wait_for_everyone()
         return final
@@ -319,7 +319,7 @@ class Trainer:
     def resume(self) -> bool:
         """Load the latest checkpoint of `out_dir` that loads; a corrupt or truncated one is named
         in a warning and the one before it is tried."""
-        found = _checkpoints(self.checkpoint_dir)
+        found = checkpoints(self.checkpoint_dir)
         for path in reversed(found):
             try:
                 self.accelerator.load_state(str(path))

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from .engine import _checkpoints
+from .engine import checkpoints
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"  # what diffusers' save_pretrained writes
 
@@ -53,7 +53,7 @@ def init_from(nets, path, out_dir) -> bool:
     nets = {"net": nets} if isinstance(nets, torch.nn.Module) else dict(nets)
     if len(nets) != 1:
         raise ValueError(f"init_from loads one network; this run trains {len(nets)} ({', '.join(sorted(nets))})")
-    if _checkpoints(Path(out_dir) / "checkpoints"):
+    if checkpoints(Path(out_dir) / "checkpoints"):
         return False
     file = load_weights(next(iter(nets.values())), path)
     log.info(f"initialised the network from {file}")
