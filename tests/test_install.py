@@ -99,11 +99,11 @@ def test_the_installed_wheel_samples_every_shipped_model_by_name(installed):
     from fewstep.assets import names
 
     target = installed[0]
-    shipped = [m for m in ("digits_rf1", "digits_rf2", "digits_rf_1step", "digits_gan") if m in names()]
+    shipped = [m for m in ("digits_rf1", "digits_rf2", "digits_rf_1step", "digits_gan", "digits_rf_gan") if m in names()]
     assert {"digits_rf1", "digits_rf2"} <= set(shipped)
     for model in shipped:
         out = installed[1] / model
-        sampler = [] if model == "digits_gan" else ["sampler=euler", "nfe=1"]
+        sampler = [] if model in ("digits_gan", "digits_rf_gan") else ["sampler=euler", "nfe=1"]
         done = python(installed, str(target / "bin" / "fewstep-sample"), f"model={model}", *sampler, "num_samples=2",
                       f"out_dir={out}")
         assert done.returncode == 0, done.stderr[-3000:]
