@@ -40,7 +40,8 @@ def load_generator(path) -> nn.Module:
     from ..assets import names, path as asset_path
 
     root = Path(path).expanduser()
-    if not root.is_dir() and root.name == str(path) and str(path) in names():
+    holds_model = any((c / "unet").is_dir() or (c / "config.json").is_file() for c in (root, root / "generator"))
+    if not holds_model and root.name == str(path) and str(path) in names():
         root = asset_path(str(path))
     if not root.is_dir():
         raise FileNotFoundError(f"generator path does not exist: {root}")

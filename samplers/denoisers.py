@@ -123,7 +123,9 @@ def _load_unet(path, torch_dtype=None):
     from ..assets import names, path as asset_path
 
     root = Path(path).expanduser()
-    if not root.is_dir() and root.name == str(path):  # a bare name: a shipped model
+    holds_model = (root / "unet").is_dir() or (root / "config.json").is_file()
+    # a bare name is a shipped model, unless a directory of that name holds a model (a run dir does not hide it)
+    if not holds_model and root.name == str(path) and (str(path) in names() or not root.is_dir()):
         if str(path) not in names():
             raise FileNotFoundError(f"model path does not exist: {root}, and no shipped model is named so "
                                     f"(shipped: {', '.join(names())})")

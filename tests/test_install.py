@@ -102,7 +102,7 @@ def test_the_installed_wheel_samples_every_shipped_model_by_name(installed):
     shipped = [m for m in ("digits_rf1", "digits_rf2", "digits_rf_1step", "digits_gan", "digits_rf_gan") if m in names()]
     assert {"digits_rf1", "digits_rf2"} <= set(shipped)
     for model in shipped:
-        out = installed[1] / model
+        out = installed[1] / model  # a run directory named like the model: the name still means the shipped one
         sampler = [] if model in ("digits_gan", "digits_rf_gan") else ["sampler=euler", "nfe=1"]
         done = python(installed, str(target / "bin" / "fewstep-sample"), f"model={model}", *sampler, "num_samples=2",
                       f"out_dir={out}")
