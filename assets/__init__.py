@@ -17,3 +17,13 @@ def path(name: str) -> Path:
     if name not in names():
         raise FileNotFoundError(f"no shipped asset named {name!r}: the shipped ones are {', '.join(names())}")
     return Path(str(files(__name__) / name))
+
+
+def resolve(given, holds_model) -> Path:
+    """`given` as a directory: a bare name of a shipped asset is that asset (as diffusers resolves a
+    hub name), unless `holds_model(Path(given))` says a local directory of that name holds a model
+    (a run directory named like the model does not hide it)."""
+    root = Path(given).expanduser()
+    if root.name == str(given) and str(given) in names() and not holds_model(root):
+        return path(str(given))
+    return root

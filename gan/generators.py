@@ -37,12 +37,10 @@ def load_generator(path) -> nn.Module:
     """The one-step generator at `path` (a directory, or a shipped model's name): `PATH/` or
     `PATH/generator/` holding a `gan.nets` model (its config.json names the class) or a flow
     pipeline (`unet/` + a FlowMatchEulerDiscreteScheduler), the latter as a `FlowGenerator`."""
-    from ..assets import names, path as asset_path
+    from ..assets import resolve
 
-    root = Path(path).expanduser()
-    holds_model = any((c / "unet").is_dir() or (c / "config.json").is_file() for c in (root, root / "generator"))
-    if not holds_model and root.name == str(path) and str(path) in names():
-        root = asset_path(str(path))
+    root = resolve(path, lambda r: any((c / "unet").is_dir() or (c / "config.json").is_file()
+                                       for c in (r, r / "generator")))
     if not root.is_dir():
         raise FileNotFoundError(f"generator path does not exist: {root}")
     for candidate in (root, root / "generator"):

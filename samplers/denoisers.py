@@ -120,16 +120,12 @@ def _model_class(class_name: str):
 def _load_unet(path, torch_dtype=None):
     """The UNet of a local pipeline or UNet directory, or of a shipped model named `path`, with its
     scheduler config and the directory it was found in."""
-    from ..assets import names, path as asset_path
+    from ..assets import names, resolve
 
-    root = Path(path).expanduser()
-    holds_model = (root / "unet").is_dir() or (root / "config.json").is_file()
-    # a bare name is a shipped model, unless a directory of that name holds a model (a run dir does not hide it)
-    if not holds_model and root.name == str(path) and (str(path) in names() or not root.is_dir()):
-        if str(path) not in names():
-            raise FileNotFoundError(f"model path does not exist: {root}, and no shipped model is named so "
-                                    f"(shipped: {', '.join(names())})")
-        root = asset_path(str(path))
+    root = resolve(path, lambda r: (r / "unet").is_dir() or (r / "config.json").is_file())
+    if not root.is_dir() and root.name == str(path):  # a bare name, neither a directory nor a shipped model
+        raise FileNotFoundError(f"model path does not exist: {root}, and no shipped model is named so "
+                                f"(shipped: {', '.join(names())})")
     if not root.is_dir():
         raise FileNotFoundError(f"model path does not exist: {root}")
     unet_dir = root / "unet" if (root / "unet" / "config.json").is_file() else root
