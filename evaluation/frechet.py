@@ -41,7 +41,8 @@ class FeatureStats:
         self.outer = torch.zeros(dim, dim, dtype=torch.float64, device=device)
 
     def update(self, features: torch.Tensor) -> None:
-        f = features.reshape(len(features), -1).to(self.total.device, torch.float64)
+        f = features.flatten(1) if features.ndim > 1 else features.reshape(-1, 1)  # (0, d) too: a process with no seeds
+        f = f.to(self.total.device, torch.float64)
         if f.shape[1] != len(self.total):
             raise ValueError(f"features of dimension {f.shape[1]}, expected {len(self.total)}")
         self.n += len(f)

@@ -150,9 +150,9 @@ def from_config(cfg, device) -> Sampling:
         model = instantiate(cfg.model, _convert_="all")
         if getattr(model, "latent_shape", None) is not None:
             return _one_step(cfg, model, device)
-        model, shape, steps, sigmas = sampling_setup(cfg, device, model)
+        model, shape, steps, sigmas, how = sampling_setup(cfg, device, model)
         fn = SamplerFn(name, model, sigmas, shape, device, options)
-        planned, first, metadata = nfe(name, sigmas, options), [], {}
+        planned, first, metadata = nfe(name, sigmas, options), [how], {}
     line = (f"{name} {options}: {steps} steps, NFE {planned if planned is not None else 'adaptive'}, "
             f"sigma {' -> '.join(f'{float(s):.4g}' for s in (sigmas[0], sigmas[-2], sigmas[-1]))}, "
             f"{cfg.num_samples} samples of {shape}")

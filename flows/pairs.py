@@ -82,6 +82,12 @@ def write_pairs(denoiser, sampler: str, sigmas, shape, seeds: Sequence[int], out
         raise ValueError(f"batch_size must be a whole number of at least 1, got {batch_size}")
     first, count = _consecutive(seeds)
     options = resolve_options(sampler, options)
+    if options.get("afs"):  # the pair's noise is read from the first call, which the analytical first step skips
+        raise ValueError(f"reflow pairs record the noise of the sampler's first network call; {sampler} with afs=True "
+                         f"makes none there: use afs=False")
+    if options.get("predictor") is not None:  # pairs.json records the options as JSON
+        raise ValueError(f"reflow pairs record their sampler's options; an AMED predictor is not one they can record: "
+                         f"give {sampler} its frozen table (r, c lists) instead")
     sigmas = check_sigmas(sigmas)
     index = {"sampler": sampler, "options": options, "sigmas": sigmas.tolist(), "shape": [int(s) for s in shape],
              "seed_start": first, "num_pairs": count, "shard_size": int(shard_size)}

@@ -14,6 +14,8 @@ from omegaconf import MISSING
 
 
 class ScheduleKind(Enum):
+    auto = "auto"
+    table = "table"
     karras = "karras"
     logsnr = "logsnr"
     time_uniform = "time_uniform"
@@ -34,15 +36,19 @@ class Spacing(Enum):
 
 @dataclass
 class ScheduleConfig:
-    """samplers.get_sigmas keywords; sigma_min/sigma_max None: the model's own range."""
-    kind: ScheduleKind = ScheduleKind.karras
-    rho: float = 7.0
+    """samplers.get_sigmas keywords, or a searched table (samplers.schedule_tables). kind auto: the
+    searched grid of the model, sampler and NFE when the model has one and no other value below is
+    set, else karras. A value left None takes its default: rho 7, eps_s 1e-3, final_sigmas_type
+    zero, sigma_min/sigma_max the model's own range."""
+    kind: ScheduleKind = ScheduleKind.auto
+    rho: Optional[float] = None
     sigma_min: Optional[float] = None
     sigma_max: Optional[float] = None
     spacing: Optional[Spacing] = None      # discrete only; None: leading (a text-to-image pipeline: its own)
     steps_offset: Optional[int] = None     # discrete only; None: 0 (a text-to-image pipeline: its own)
-    eps_s: float = 1e-3
-    final_sigmas_type: FinalSigmas = FinalSigmas.zero   # zero: a last step to 0; sigma_min: stop there
+    eps_s: Optional[float] = None
+    final_sigmas_type: Optional[FinalSigmas] = None   # zero: a last step to 0; sigma_min: stop there
+    table: Optional[str] = None            # kind table: the table file (kind auto: the model's own)
 
 
 @dataclass
@@ -87,22 +93,123 @@ class SampleConfig(SamplingConfig):
 ConfigStore.instance().store(name="sample_schema", node=SampleConfig)
 
 
+@dataclass
+class SearchConfig:
+    """search_schedule.py: the model and sampler, the NFEs to search, the noises and the optimiser
+    of samplers.schedule_search, and where the result goes."""
+    model: Any = MISSING
+    sampler: SamplerConfig = MISSING
+    nfes: List[int] = field(default_factory=lambda: [3, 4, 5, 6, 7, 8, 9, 10])
+    num_noises: int = 64                   # in each of the training and the held-out batch
+    seed: int = 900000                     # noise i of the training batch from seed + i, then the held-out ones
+    iterations: int = 30
+    lr: float = 0.05
+    rtol: float = 1e-5                     # of the dopri5 reference
+    atol: float = 1e-5
+    write: bool = False
+    table: Optional[str] = None            # where write=true puts it; None: <model dir>/schedules/<sampler>.json
+    device: str = "auto"
+    out_dir: str = MISSING
+
+
+ConfigStore.instance().store(name="search_schema", node=SearchConfig)
+
+
+GRID_VALUES = ("rho", "sigma_min", "sigma_max", "spacing", "steps_offset", "eps_s", "final_sigmas_type")
+
+
+def _value(v):
+    return v.value if isinstance(v, Enum) else v
+
+
 def steps_of(cfg) -> int:
-    """The sampler steps a sample config asks for: `steps`, or the most that fit the budget `nfe`."""
+    """The sampler steps a sample config asks for on a computed grid: `steps`, or the most that
+    fit the budget `nfe`."""
     from . import steps_for_nfe
 
     if cfg.nfe is None:
         return cfg.steps
     return steps_for_nfe(cfg.sampler.name, cfg.nfe, dict(cfg.sampler.options),
-                         ends_at_zero=cfg.schedule.final_sigmas_type.value == "zero")
+                         ends_at_zero=_value(cfg.schedule.final_sigmas_type) in (None, "zero"))
+
+
+def computed_grid(kind: str, steps: int, sc, denoiser, sampler: str, device=None):
+    """`get_sigmas` of the schedule config `sc` (its unset values at their defaults) on `denoiser`."""
+    from . import get_sigmas
+
+    return get_sigmas(
+        kind, steps,
+        sigma_min=denoiser.sigma_min if sc.sigma_min is None else sc.sigma_min,
+        sigma_max=denoiser.sigma_max if sc.sigma_max is None else sc.sigma_max,
+        rho=7.0 if sc.rho is None else sc.rho, alphas_cumprod=getattr(denoiser, "alphas_cumprod", None),
+        spacing="leading" if sc.spacing is None else _value(sc.spacing), steps_offset=sc.steps_offset or 0,
+        eps_s=1e-3 if sc.eps_s is None else sc.eps_s, mirror=sampler,
+        final_sigmas_type=_value(sc.final_sigmas_type) or "zero", device=device)
+
+
+def planned_grid(cfg, denoiser, device=None):
+    """The step count, sigma grid and a line saying which grid, for a sample config on `denoiser`.
+
+    schedule.kind auto: the model's searched table (`schedule_tables.default_path`) when it has a
+    grid for this sampler, its options and the NFE asked, and no other schedule value is set; else
+    karras. With `nfe=N` the table's best grid within N NFE (`schedule_tables.best_within`: Heun
+    at an even N may do better with one less), with `steps=N` its grid of N steps at the NFE they
+    cost on a grid ending at 0. schedule.kind table: the same from `schedule.table`, or one line
+    saying why not."""
+    from . import nfe as nfe_of
+    from . import schedule_tables
+    from .solvers import get_solver
+
+    sc, name, options = cfg.schedule, cfg.sampler.name, dict(cfg.sampler.options)
+    kind = sc.kind.value
+    others = [f"schedule.{key}={_value(getattr(sc, key))}" for key in GRID_VALUES if getattr(sc, key) is not None]
+    if sc.table is not None and kind != "table":
+        raise ValueError(f"schedule.table={sc.table} is read with schedule.kind=table, not kind={kind}")
+    if kind == "table" and (sc.table is None or others):
+        raise ValueError(f"schedule.kind=table takes its whole grid from schedule.table="
+                         f"{sc.table if sc.table is not None else '(unset: give the table file)'}"
+                         + (f"; drop {', '.join(others)}" if others else ""))
+    if kind in ("auto", "table") and get_solver(name).adaptive:
+        kind = "karras"  # dopri5 uses only the grid's ends
+    if kind in ("auto", "table"):
+        steps = steps_of(cfg)
+        path = Path(sc.table).expanduser() if kind == "table" else schedule_tables.default_path(denoiser, name)
+        if kind == "table" and not path.is_file():
+            raise FileNotFoundError(f"no schedule table at {path}")
+        table = schedule_tables.load(path) if path is not None and path.is_file() else None
+        usable = table is not None and (kind == "table" or (
+            not others and table["options"] == schedule_tables.changed_options(name, options)))
+        if usable and cfg.nfe is not None:  # an NFE the table covers: its best searched grid within that budget
+            covered = str(cfg.nfe) in table["by_nfe"]
+            if not covered and kind == "table":
+                raise ValueError(f"{path} has no grid for NFE {cfg.nfe}: it has NFE "
+                                 f"{', '.join(map(str, sorted(schedule_tables.entries(path))))}")
+            found = schedule_tables.best_within(path, denoiser, name, options, cfg.nfe) if covered else None
+        elif usable:  # a step count: the entry of that many steps at the NFE they cost on a grid ending at 0
+            target = nfe_of(name, computed_grid("karras", steps, sc, denoiser, name), options)
+            entry = table["by_nfe"].get(str(target))
+            found = (target, schedule_tables.lookup(path, denoiser, name, options, target)) \
+                if kind == "table" or (entry is not None and len(entry["sigmas"]) - 1 == steps) else None
+        else:
+            found = None
+        if found is not None:
+            nfe, sigmas = found
+            budget = f" (budget {cfg.nfe})" if cfg.nfe is not None and cfg.nfe != nfe else ""
+            return len(sigmas) - 1, sigmas.to(device), f"schedule: {kind}, the searched grid for NFE {nfe}{budget} ({path})"
+        asked = f"NFE {cfg.nfe}" if cfg.nfe is not None else f"{steps} steps"
+        why = ("other schedule values are set" if others
+               else f"no searched grid of {name} {schedule_tables.changed_options(name, options) or ''} for {asked} "
+                    f"on this model".replace("  ", " "))
+        sigmas = computed_grid("karras", steps, sc, denoiser, name, device)
+        return steps, sigmas, f"schedule: auto, karras rho {7.0 if sc.rho is None else sc.rho:g} ({why})"
+    steps = steps_of(cfg)
+    return steps, computed_grid(kind, steps, sc, denoiser, name, device), f"schedule: {kind}"
 
 
 def sampling_setup(cfg, device, denoiser=None):
-    """The denoiser (`denoiser`, else the config's model), sample shape, step count and sigma grid a
-    sample config asks for."""
+    """The denoiser (`denoiser`, else the config's model), sample shape, step count, sigma grid a
+    sample config asks for, and a line saying which grid (`planned_grid`)."""
     from hydra.utils import instantiate
-
-    from . import get_sigmas
 
     denoiser = (instantiate(cfg.model, _convert_="all") if denoiser is None else denoiser).to(device).eval()
     if denoiser.sample_shape is None:
@@ -112,16 +219,8 @@ def sampling_setup(cfg, device, denoiser=None):
         shape = (shape[0], cfg.image_size, cfg.image_size)
     if hasattr(denoiser, "check_shape"):
         denoiser.check_shape(shape)
-    steps, sc = steps_of(cfg), cfg.schedule
-    sigmas = get_sigmas(
-        sc.kind.value, steps,
-        sigma_min=denoiser.sigma_min if sc.sigma_min is None else sc.sigma_min,
-        sigma_max=denoiser.sigma_max if sc.sigma_max is None else sc.sigma_max,
-        rho=sc.rho, alphas_cumprod=getattr(denoiser, "alphas_cumprod", None),
-        spacing="leading" if sc.spacing is None else sc.spacing.value,
-        steps_offset=sc.steps_offset or 0, eps_s=sc.eps_s, mirror=cfg.sampler.name,
-        final_sigmas_type=sc.final_sigmas_type.value, device=device)
-    return denoiser, shape, steps, sigmas
+    steps, sigmas, how = planned_grid(cfg, denoiser, device)
+    return denoiser, shape, steps, sigmas, how
 
 
 def text_to_image_dir(cfg) -> Path | None:
@@ -148,9 +247,13 @@ def pipeline_setup(cfg, path: Path, device):
     pipe.set_progress_bar_config(disable=True)
     own = {k: v for k, v in (("timestep_spacing", sc.spacing and sc.spacing.value), ("steps_offset", sc.steps_offset))
            if v is not None}  # unset: the pipeline's own
+    if sc.kind.value == "table":
+        raise ValueError("schedule.kind=table reads a table searched on a denoiser; a text-to-image pipeline takes "
+                         "it as FewstepScheduler(schedule_table=...) in Python")
     pipe.scheduler = FewstepScheduler.from_config(
         pipe.scheduler.config, sampler=cfg.sampler.name, sampler_options=dict(cfg.sampler.options),
-        schedule=sc.kind.value, rho=sc.rho, sigma_min=sc.sigma_min, sigma_max=sc.sigma_max, eps_s=sc.eps_s,
-        final_sigmas_type=sc.final_sigmas_type.value, **own)
+        schedule="karras" if sc.kind.value == "auto" else sc.kind.value, rho=7.0 if sc.rho is None else sc.rho,
+        sigma_min=sc.sigma_min, sigma_max=sc.sigma_max, eps_s=1e-3 if sc.eps_s is None else sc.eps_s,
+        final_sigmas_type=_value(sc.final_sigmas_type) or "zero", **own)
     pipe.scheduler.set_timesteps(steps, device=device)
     return pipe, steps

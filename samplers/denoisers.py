@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib
 import itertools
 import json
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -157,10 +156,13 @@ def from_pretrained(path, torch_dtype=None, sigma_max: float | None = None):
             raise ValueError(f"a flow-matching model with shift={scheduler_config.get('shift')} or dynamic "
                              f"shifting is not supported (shift 1.0 only)")
         extra = {} if sigma_max is None else {"sigma_max": float(sigma_max)}
-        return FlowDenoiser(unet, time_scale=float(scheduler_config.get("num_train_timesteps", 1000)), **extra)
-    if sigma_max is not None:
+        denoiser = FlowDenoiser(unet, time_scale=float(scheduler_config.get("num_train_timesteps", 1000)), **extra)
+    elif sigma_max is not None:
         raise ValueError(f"sigma_max={sigma_max} is for flow-matching models; {root} has a VP noise table")
-    return DiffusersUNetDenoiser.from_config(unet, scheduler_config)
+    else:
+        denoiser = DiffusersUNetDenoiser.from_config(unet, scheduler_config)
+    denoiser.pretrained_path = root  # where its searched schedules are (schedule_tables)
+    return denoiser
 
 
 def _network_output(out) -> torch.Tensor:
@@ -211,7 +213,9 @@ class DiffusersUNetDenoiser(nn.Module):
         if is_flow_matching(scheduler_config):
             raise ValueError(f"{root} is a flow-matching model ({scheduler_config['_class_name']}): "
                              f"load it with samplers.from_pretrained")
-        return cls.from_config(unet, scheduler_config)
+        denoiser = cls.from_config(unet, scheduler_config)
+        denoiser.pretrained_path = root  # where its searched schedules are (schedule_tables)
+        return denoiser
 
     def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
         """The fractional timestep of `sigma` on the model's table (`fractional_timestep`)."""

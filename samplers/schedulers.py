@@ -23,16 +23,15 @@ FlowMatchEulerDiscreteScheduler's Euler.
 from __future__ import annotations
 
 import inspect
-import math
 import numbers
 
-import numpy as np
 import torch
 from diffusers import DDPMScheduler
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 
 from .denoisers import DiffusersUNetDenoiser, is_flow_matching
+from . import schedule_tables
 from .scheduler_spaces import FlowTime, VPTable
 from .schedules import DISCRETE_MIRRORS, discrete_grid, get_sigmas
 from .solvers import FIXED_GRID_NAMES, SOLVERS, check_sigmas, resolve_options, run_steps
@@ -56,7 +55,8 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         beta_schedule, trained_betas; prediction_type: epsilon, v_prediction or sample.
         prediction_type="flow_prediction": a rectified flow / flow-matching model instead (no table;
         diffusers' FlowMatchEulerDiscreteScheduler with shift 1, `t = timestep / num_train_timesteps`).
-    sampler: ddim, euler, heun, dpmpp_2m or ipndm; sampler_options: its keywords, e.g. {"eta": 1.0}.
+    sampler: ddim, euler, heun, dpmpp_2m, ipndm, dpm_2, amed or amed_plugin; sampler_options: its keywords,
+        e.g. {"eta": 1.0} (not afs=True: the pipeline's first evaluation is on its starting noise).
     schedule: karras (rho), logsnr, time_uniform (eps_s), flow_uniform over [sigma_min, sigma_max] (None: the
         table's range; a flow's is t from 1 / num_train_timesteps to 1, to 0.999 for heun:
         `scheduler_spaces.FlowTime`); None: karras on a VP table, flow_uniform
@@ -68,10 +68,14 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         ipndm with `set_alpha_to_one=False` as DDIMScheduler does, for the others with
         `final_sigmas_type="sigma_min"` as DPM-Solver and Euler do; the other schedules end with a
         step to 0, or with `final_sigmas_type="sigma_min"` return the sample at sigma_min.
+    schedule_table: a searched table (`schedule_tables`, scripts/search_schedule.py): its file, or a
+        model directory or shipped model name whose table for this sampler to use; `set_timesteps(n)`
+        then plans its grid of `n` steps. The scheduler cannot see the weights, so check that the
+        table was searched for the pipeline's model.
     rescale_betas_zero_snr: the zero-terminal-SNR table (Lin et al. 2024), whose last
         `alphas_cumprod` (0) is set to 2^-24 as EulerDiscreteScheduler does (sigma_max about 4096).
         `set_timesteps(n)` makes `n` sampler steps; `timesteps` lists one (fractional) timestep per
-        network evaluation, so heun interleaves them and has `order` 2.
+        network evaluation, so heun, dpm_2, amed and amed_plugin interleave them and have `order` 2.
     A stochastic sampler (ddim with eta > 0) draws from the generator given to the first `step()`
     (or to `set_timesteps`) until the trajectory ends. `step(..., eta)` (as DDIMScheduler's, which
     pipelines pass) sets ddim's eta for the trajectory in place of `sampler_options["eta"]`; eta 0
@@ -88,19 +92,28 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
                  set_alpha_to_one: bool = True, final_sigmas_type: str = "zero",
                  sampler: str = "ddim", sampler_options: dict | None = None, schedule: str | None = None,
                  rho: float = 7.0, sigma_min: float | None = None, sigma_max: float | None = None,
-                 eps_s: float = 1e-3):
+                 eps_s: float = 1e-3, schedule_table: str | None = None):
+        if schedule_table is not None and schedule not in (None, "table"):
+            raise ValueError(f"schedule_table={schedule_table} gives the whole grid; it takes no schedule={schedule!r}")
         if sampler in SOLVERS and SOLVERS[sampler].adaptive:
             raise ValueError(f"sampler {sampler!r} is adaptive and cannot run one step() at a time; "
                              f"use one of {', '.join(FIXED_GRID_NAMES)}")
         if sampler not in FIXED_GRID_NAMES:
             raise ValueError(f"unknown sampler {sampler!r}: use one of {', '.join(FIXED_GRID_NAMES)}")
         self._options = resolve_options(sampler, sampler_options)
+        if self._options.get("predictor") is not None:
+            raise ValueError(f"FewstepScheduler cannot take an AMED predictor (a network reading the UNet's bottleneck, "
+                             f"no config value): give {sampler} its frozen table, sampler_options r=[...], c=[...] "
+                             f"(samplers.amed_predictor.frozen_table)")
+        if self._options.get("afs"):
+            raise ValueError("FewstepScheduler cannot take afs=True: a pipeline evaluates the model on its starting "
+                             "noise, the call the analytical first step skips; use afs with samplers.sample")
         if prediction_type not in (*DiffusersUNetDenoiser.PREDICTION_TYPES, FLOW):
             raise ValueError(f"unsupported prediction_type {prediction_type!r}: "
                              f"use one of {', '.join(DiffusersUNetDenoiser.PREDICTION_TYPES)}, {FLOW}")
         if final_sigmas_type not in ("zero", "sigma_min"):
             raise ValueError(f"unknown final_sigmas_type {final_sigmas_type!r}: use zero or sigma_min")
-        self.order = SOLVERS[sampler].nfe(1, False)  # evaluations per step: 2 for heun
+        self.order = SOLVERS[sampler].nfe(1, False, self._options)  # evaluations per step: 2 for heun, dpm_2, amed
         self.num_inference_steps = self.grid = self.sigmas = self._plan_key = None
         self._step_index = self._begin_index = self._set_generator = None
         self._steps = self._request = self._generator = self._eta = self._shape = self._returned = None
@@ -251,8 +264,11 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         """The sigma grid of the configured schedule, and `{sigma: timestep}` for the discrete
         schedule, whose timesteps are the mirrored diffusers scheduler's (empty otherwise)."""
         c = self.config
+        if c.schedule_table is not None:
+            path = schedule_tables.table_file(c.schedule_table, c.sampler)
+            return schedule_tables.grid_of_steps(path, c.sampler, self._options, steps, self._space.sigma_max), {}
         if self._schedule == "discrete":
-            if DISCRETE_MIRRORS[c.sampler] == "DDIMScheduler":
+            if DISCRETE_MIRRORS.get(c.sampler) == "DDIMScheduler":  # none: discrete_grid names the mirrors
                 final = "zero" if c.set_alpha_to_one else "sigma_min"
             else:
                 final = c.final_sigmas_type
@@ -284,7 +300,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
     def _step_starts(self) -> dict[int, int]:
         """`{index in timesteps: index in grid}` of the evaluations that start a sampler step (where
         a trajectory may begin): step `k` starts after the evaluations of the `k` steps before it."""
-        return {self._solver.nfe(k, False): k for k in range(len(self.grid) - 1)}
+        return {self._solver.nfe(k, False, self._options): k for k in range(len(self.grid) - 1)}
 
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
         """The identity: the pipeline's sample is already the UNet input `x_vp`."""

@@ -93,7 +93,9 @@ def discrete_timesteps(n: int, num_train_timesteps: int, spacing: str = "leading
     if int(n) != n or not 1 <= n <= T:
         raise ValueError(f"the number of steps must be a whole number from 1 to {T}, got {n}")
     if mirror not in DISCRETE_MIRRORS:
-        raise ValueError(f"unknown mirror {mirror!r}: use a sampler name, one of {', '.join(DISCRETE_MIRRORS)}")
+        raise ValueError(f"the discrete schedule plans the timesteps of the diffusers scheduler a sampler mirrors, "
+                         f"and {mirror!r} mirrors none: use it with another schedule, or one of "
+                         f"{', '.join(DISCRETE_MIRRORS)}")
     scheduler = DISCRETE_MIRRORS[mirror]
     fractional = scheduler in ("EulerDiscreteScheduler", "HeunDiscreteScheduler")
     if scheduler == "DPMSolverMultistepScheduler" and spacing != "trailing":

@@ -12,7 +12,8 @@ checkerboard: FD to fresh data, straightness, trajectory pictures), `gan-2d` (th
 GAN against WGAN-GP on 8 Gaussians and moons at equal generator updates: modes covered, FD),
 `gan-digits` (the shipped one-step generators and given GAN runs: FD-digits on three seed ranges,
 FD against generator updates, sample grids),
-`fd-speed` (our Fréchet distance against pytorch-fid's on 2048-d statistics). Schedules: Karras (rho 7) over the model's range
+`schedules` (each sampler at NFE 3-10 on the default grid and on its searched grid: FD-digits, and the
+mixture's error against the exact ODE), `fd-speed` (our Fréchet distance against pytorch-fid's on 2048-d statistics). Schedules: Karras (rho 7) over the model's range
 by default; --schedule, --rho, --sigma-min, --sigma-max and --final-sigmas-type change the grid.
 """
 import argparse
@@ -460,12 +461,113 @@ def suite_fd_speed(args):
     return [], "fd-speed", "Fréchet distance: agreement and speed", body
 
 
+def default_grid(name: str, denoiser, nfe: int) -> torch.Tensor:
+    """Today's default: Karras rho 7 over the model's range, a last step to 0, the most steps within `nfe`."""
+    steps = samplers.steps_for_nfe(name, nfe)
+    return samplers.get_sigmas("karras", steps, denoiser.sigma_min, denoiser.sigma_max)
+
+
+def grid_rows(denoiser, names, targets, searched) -> list[tuple[str, str, int, torch.Tensor]]:
+    """`(label, sampler, target NFE, sigmas)`: each sampler on the default grid, then on its
+    searched grid `searched(name, nfe)` (None: no row) at each target."""
+    rows = [(f"{name} karras", name, t, default_grid(name, denoiser, t)) for name in names for t in targets]
+    for name in names:
+        rows += [(f"{name} searched", name, t, grid) for t in targets if (grid := searched(name, t)) is not None]
+    return rows
+
+
+def searched_grids_table(tables: dict[str, dict], targets) -> str:
+    """The searched grids: one row per sampler and NFE, the sigmas and where the search started."""
+    lines = ["| sampler | NFE | sigmas | found from | search s |", "|---|---|---|---|---|"]
+    for name, entries in tables.items():
+        for nfe in targets:
+            if nfe in entries:
+                e = entries[nfe]
+                lines.append(f"| {name} | {nfe} | {', '.join(f'{s:.3g}' for s in e['sigmas'])} | {e['how']} | "
+                             f"{e['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def suite_schedules(args):
+    from fewstep.samplers import schedule_tables
+    from fewstep.samplers.schedule_search import run_search, seeded_noise
+
+    # digits: the shipped searched tables (assets/digits_ddpm/schedules), FD-digits on the seeds of this run
+    denoiser = samplers.from_pretrained("digits_ddpm").eval()
+    extractor, seeds = get_extractor("digits"), range(args.seed, args.seed + args.num_samples)
+    reference = data_stats(digits(), extractor)
+    tables = {name: schedule_tables.entries(schedule_tables.default_path(denoiser, name)) for name in args.samplers}
+
+    def shipped(name, nfe):  # as schedule.kind=auto with nfe=N: the best searched grid within the budget
+        if not tables[name]:
+            return None
+        found = schedule_tables.best_within(schedule_tables.default_path(denoiser, name), denoiser, name, {}, nfe)
+        return None if found is None else found[1]
+
+    results = []
+    for label, name, target, sigmas in grid_rows(denoiser, args.samplers, args.nfe, shipped):
+        start = time.perf_counter()
+        fd = frechet_of(SamplerFn(name, denoiser, sigmas, denoiser.sample_shape), seeds, extractor, reference,
+                        batch_size=args.batch_size)
+        results.append({"label": label, "sampler": name, "target_nfe": target, "nfe": samplers.nfe(name, sigmas),
+                        "fd": fd, "seconds": round(time.perf_counter() - start, 2), "sigmas": sigmas.tolist()})
+        print(json.dumps(results[-1]), flush=True)
+    converged = frechet_of(SamplerFn("dpmpp_2m", denoiser, default_grid("dpmpp_2m", denoiser, 50),
+                                     denoiser.sample_shape), seeds, extractor, reference, batch_size=args.batch_size)
+    nfe_plot(results, "fd", Path(args.out_dir) / "schedules_fd.png", "digits DDPM: default vs searched grids")
+
+    # the mixture: searched here on seeds 900000.. (256 noises, 256 held out), measured against the exact ODE
+    gmm = instantiate(OmegaConf.load(config_dir() / "model" / "gmm.yaml"), _convert_="all")
+    gmm_seeds = range(args.seed, args.seed + args.gmm_samples)
+    noise = seeded_noise(gmm_seeds, gmm.sample_shape)
+    exact = samplers.sample("dopri5", gmm, noise, samplers.get_sigmas("karras", 2, gmm.sigma_min, gmm.sigma_max),
+                            rtol=1e-8, atol=1e-8).double()
+    gmm_search = {name: {r.nfe: r.best.sigmas for r in run_search(name, gmm, args.nfe, num_noises=256,
+                                                                   log=lambda line: None)}
+                  for name in args.samplers}
+    gmm_results = []
+    for label, name, target, sigmas in grid_rows(gmm, args.samplers, args.nfe,
+                                                  lambda name, nfe: gmm_search[name].get(nfe)):
+        x = samplers.sample(name, gmm, noise, sigmas).double()
+        gmm_results.append({"label": label, "sampler": name, "target_nfe": target, "nfe": samplers.nfe(name, sigmas),
+                            "ode_error": (x - exact).norm(dim=1).mean().item()})
+    nfe_plot(gmm_results, "ode_error", Path(args.out_dir) / "schedules_gmm.png", "mixture: error vs exact ODE")
+
+    best5 = min((r for r in results if r["target_nfe"] == 5), key=lambda r: r["fd"])
+    best10 = min((r for r in results if r["target_nfe"] == 10), key=lambda r: r["fd"], default=None)
+    fd5 = {r["label"]: r["fd"] for r in results if r["target_nfe"] == 5}
+    ratios = ", ".join(f"{name} {fd5[f'{name} karras'] / fd5[f'{name} searched']:.1f}x" for name in args.samplers
+                       if f"{name} searched" in fd5)
+    body = (f"Each sampler on today's default grid (`karras`: rho 7 over the model's range 0.01-157, a last step to "
+            f"0, the most steps within the NFE) and on its searched grid (`searched`: the table "
+            f"`assets/digits_ddpm/schedules/<sampler>.json` that `schedule.kind=auto` samples on, made by "
+            f"`python scripts/search_schedule.py sampler=<sampler> write=true`: the lowest distance to the dopri5 "
+            f"solution on 64 noises of seeds 900000-900063, checked on the next 64). "
+            f"FD-digits of {args.num_samples} samples, seeds {args.seed}-{args.seed + args.num_samples - 1} (held "
+            f"out from the search), against the 1797 digits. A cell's NFE in brackets: the sampler cannot spend "
+            f"exactly the target on that grid (Heun on a grid ending at 0: odd NFE only).\n\n"
+            f"{nfe_table(results, 'fd', args.nfe)}\n\n"
+            f"Converged sampling (dpmpp_2m, NFE 50, default grid): FD {converged:.2f}. At NFE 5 the searched grid "
+            f"improves FD by {ratios} (default / searched). Best at NFE 5: {best5['label']} {best5['fd']:.2f} "
+            f"({best5['fd'] / converged:.2f}x converged)"
+            + (f"; at NFE 10: {best10['label']} {best10['fd']:.2f} ({best10['fd'] / converged:.2f}x)" if best10 else "")
+            + ".\n\n![FD](benchmarks/schedules_fd.png)\n\n"
+            f"The analytic mixture (`conf/model/gmm.yaml`): grids searched here the same way (256 noises of seeds "
+            f"900000.., 256 held out), then the mean distance to the exact ODE solution (dopri5, rtol = atol = 1e-8) "
+            f"of {args.gmm_samples} noises of seeds {args.seed}..:\n\n{nfe_table(gmm_results, 'ode_error', args.nfe)}"
+            f"\n\n![mixture](benchmarks/schedules_gmm.png)\n\nThe shipped digits grids:\n\n"
+            f"{searched_grids_table(tables, args.nfe)}")
+    return results + gmm_results, "schedules", "Searched schedules against the default grid", body
+
+
 SUITES = {"gmm": suite_gmm, "digits": suite_digits, "reflow": suite_reflow, "reflow-2d": suite_reflow_2d,
-          "gan-2d": suite_gan_2d, "gan-digits": suite_gan_digits, "fd-speed": suite_fd_speed}
+          "gan-2d": suite_gan_2d, "gan-digits": suite_gan_digits, "fd-speed": suite_fd_speed,
+          "schedules": suite_schedules}
 # Each suite's sample count, NFE targets and samplers, where the command line gives none.
 DEFAULTS = {"gmm": (10000, NFE_TARGETS, SAMPLERS), "digits": (2000, NFE_TARGETS, SAMPLERS),
             "reflow": (2000, REFLOW_NFE, REFLOW_SAMPLERS), "reflow-2d": (5000, REFLOW_NFE, REFLOW_SAMPLERS),
-            "gan-2d": (5000, [], []), "gan-digits": (2000, [], [])}
+            "gan-2d": (5000, [], []), "gan-digits": (2000, [], []),
+            "schedules": (2000, list(range(3, 11)), SAMPLERS)}
 
 
 @torch.no_grad()
@@ -483,6 +585,7 @@ def main():
     parser.add_argument("--steps-2d", type=int, default=4000, help="reflow-2d: 1-RF training steps (half for the others)")
     parser.add_argument("--gan-steps", type=int, default=12000, help="gan-2d: training steps of each GAN")
     parser.add_argument("--gan-runs", nargs="*", default=[], help="gan-digits: GAN run directories to evaluate too")
+    parser.add_argument("--gmm-samples", type=int, default=10000, help="schedules: noises of the mixture")
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--seed", type=int, default=100_000, help="first seed (away from the calibration's 0-999)")
     parser.add_argument("--repeats", type=int, default=3, help="fd-speed repetitions")

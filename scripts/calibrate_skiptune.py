@@ -36,13 +36,14 @@ def main(cfg):
     acc, device = accelerator_for(cfg.device)
     extractor = get_extractor(cfg.extractor, cfg.extractor_weights).to(device)
     seeds = list(range(cfg.seed, cfg.seed + cfg.num_samples))
-    reference, results = None, {}
+    reference, results, grids = None, {}, {}
     for target in cfg.nfes:
         run = from_config(OmegaConf.merge(cfg, {"nfe": target}), device)
         if run.planned_nfe in results:  # a target that rounds to an NFE already scanned (Heun: odd NFE only)
             continue
         if reference is None:
             reference = reference_stats(cfg, run.model, extractor, acc, device)
+        grids[run.planned_nfe] = run.lines[0]
         rows = results[run.planned_nfe] = []
         for row in scan(run.sample_fn, run.model, seeds, extractor, reference, cfg.rho_top_grid, cfg.rho_grid, acc,
                         cfg.batch_size, device):
@@ -59,7 +60,8 @@ def main(cfg):
         provenance = [f"by_nfe was calibrated on model={HydraConfig.get().runtime.choices.model} ({cfg.num_samples} "
                       f"samples, FD-{cfg.extractor}) by",
                       "  python scripts/calibrate_skiptune.py " + " ".join(sys.argv[1:]),
-                      f"FD per NFE without Skip-Tuning -> with the chosen factors: {summary}"]
+                      f"FD per NFE without Skip-Tuning -> with the chosen factors: {summary}",
+                      *(f"NFE {nfe} {line}" for nfe, line in grids.items())]
         print(f"wrote {write_table(path, name, rho_top, by_nfe, provenance)}")
 
 

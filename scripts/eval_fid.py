@@ -36,6 +36,7 @@ def main(cfg):
     result = {"fd": fd, "extractor": cfg.extractor, "reference": cfg.reference, "num_samples": int(stats.n),
               "model": str(cfg.model.get("path", cfg.model._target_)), "sampler": run.name, "options": run.options,
               "steps": run.steps, "nfe": run.sample_fn.nfe, "schedule": cfg.schedule.kind.value,
+              "sigmas": [float(s) for s in run.sigmas],
               "num_processes": acc.num_processes, "seconds": round(time.perf_counter() - start, 2)}
     if acc.is_main_process:
         out = Path(cfg.out_dir) / f"fd-{cfg.extractor}-{run.name}-steps{run.steps}.json"

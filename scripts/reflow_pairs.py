@@ -22,9 +22,10 @@ def main(cfg):
     if text_to_image_dir(cfg) is not None:
         raise ValueError(f"{cfg.model.path} is a text-to-image pipeline: reflow pairs take a denoiser model")
     acc, device = accelerator_for(cfg.device)
-    denoiser, shape, steps, sigmas = sampling_setup(cfg, device)
+    denoiser, shape, steps, sigmas, how = sampling_setup(cfg, device)
     name, options = cfg.sampler.name, dict(cfg.sampler.options)
     planned = nfe(name, sigmas, options)
+    acc.print(how)
     acc.print(f"{name} {options}: {steps} steps, NFE {planned if planned is not None else 'adaptive'}, "
               f"{cfg.num_pairs} pairs of {shape} from seed {cfg.seed}")
     with skip_tuning_for(cfg.sampler.get("skip"), denoiser, planned or 0) as tuning:

@@ -223,3 +223,17 @@ def test_loaded_statistics_of_the_wrong_shape_are_refused(tmp_path):
     with pytest.raises(ValueError) as error:
         frechet_distance(mu, sigma, np.zeros(3), np.eye(3))
     assert str(error.value) == "statistics of different dimensions: mu1 (3,), sigma1 (4, 4), mu2 (3,), sigma2 (3, 3)"
+
+
+def test_an_empty_batch_adds_nothing_to_the_statistics():
+    """A process that got no seeds contributes a (0, d) batch: the sums must be those of the others."""
+    features = torch.randn(50, 3, generator=torch.Generator().manual_seed(0))
+    stats, alone = FeatureStats(3), FeatureStats(3)
+    stats.update(features[:20])
+    stats.update(features[:0])
+    stats.update(features[20:])
+    alone.update(features)
+    assert stats.n == alone.n == 50
+    assert all(np.allclose(a, b, rtol=1e-12, atol=1e-15) for a, b in zip(stats.mu_sigma(), alone.mu_sigma()))
+    with pytest.raises(ValueError, match="features of dimension 4, expected 3"):
+        stats.update(torch.zeros(0, 4))

@@ -84,6 +84,12 @@ def pairs_of(root):
     return torch.stack([s for s, _ in data]), torch.stack([n for _, n in data])
 
 
+def test_pairs_refuse_the_analytical_first_step_whose_noise_they_could_not_record(tmp_path, gmm):
+    with pytest.raises(ValueError, match="heun with afs=True makes none there"):
+        write_pairs(gmm, "heun", SIGMAS, (2,), range(4), tmp_path, 4, options={"afs": True})
+    assert not any(tmp_path.iterdir())
+
+
 def test_a_pair_is_the_seeds_noise_and_the_samplers_output(tmp_path, gmm):
     seeds = range(100, 111)
     write_pairs(gmm, "heun", SIGMAS, (2,), seeds, tmp_path, shard_size=4, metadata={"model": "gmm"}, batch_size=3)
@@ -96,8 +102,8 @@ def test_a_pair_is_the_seeds_noise_and_the_samplers_output(tmp_path, gmm):
         assert torch.equal(sample[i], samplers.sample("heun", gmm, expected_noise, SIGMAS)[0])
     assert sample.dtype == noise.dtype == torch.float32
     index = json.loads((tmp_path / "pairs.json").read_text())
-    assert index == {"model": "gmm", "sampler": "heun", "options": {}, "sigmas": SIGMAS.tolist(), "shape": [2],
-                     "seed_start": 100, "num_pairs": 11, "shard_size": 4}
+    assert index == {"model": "gmm", "sampler": "heun", "options": {"afs": False}, "sigmas": SIGMAS.tolist(),
+                     "shape": [2], "seed_start": 100, "num_pairs": 11, "shard_size": 4}
 
 
 def test_the_pairs_depend_neither_on_shards_batches_nor_processes(tmp_path, gmm):
@@ -134,7 +140,8 @@ def test_a_killed_run_resumes_making_only_the_missing_shard(tmp_path, gmm):
     (dict(metadata={"model": "other"}), "has model='gmm', this run model='other'"),
     (dict(seeds=range(0, 12)), "has num_pairs=10, this run num_pairs=12"),
     (dict(shard_size=5), "has shard_size=4, this run shard_size=5"),
-    (dict(options={"max_order": 2}), "has options={'max_order': 4}, this run options={'max_order': 2}"),
+    (dict(options={"max_order": 2}),
+     "has options={'max_order': 4, 'afs': False}, this run options={'max_order': 2, 'afs': False}"),
     (dict(sigmas=SIGMAS[-3:]), "has sigmas=[80.0, "),
 ])
 def test_another_setting_in_the_same_directory_is_refused_and_nothing_is_written(tmp_path, gmm, change, message):

@@ -116,17 +116,18 @@ def test_options_travel_as_one_mapping_where_other_arguments_could_collide(gmm):
 
 @pytest.mark.parametrize("call, message", [
     (lambda g: samplers.sample("ddim", g, torch.zeros(2, 2), [1.0, 0.0], sigmas=[2.0, 0.0]),
-     "unknown option(s) sigmas for sampler 'ddim'; it takes: eta"),
+     "unknown option(s) sigmas for sampler 'ddim'; it takes: eta, afs"),
     (lambda g: samplers.sample("euler", g, torch.zeros(2, 2), [1.0, 0.0], name="heun", noise=None),
-     "unknown option(s) name, noise for sampler 'euler'; it takes: none"),
+     "unknown option(s) name, noise for sampler 'euler'; it takes: afs"),
     (lambda g: samplers.solve("ipndm", g, torch.zeros(2, 2), [1.0, 0.0], denoiser=g),
-     "unknown option(s) denoiser for sampler 'ipndm'; it takes: max_order"),
-    (lambda g: samplers.nfe("euler", [1.0, 0.0], {"eta": 0.5}), "unknown option(s) eta for sampler 'euler'; it takes: none"),
+     "unknown option(s) denoiser for sampler 'ipndm'; it takes: max_order, afs"),
+    (lambda g: samplers.nfe("euler", [1.0, 0.0], {"eta": 0.5}), "unknown option(s) eta for sampler 'euler'; it takes: afs"),
     (lambda g: samplers.steps_for_nfe("dopri5", 10, {"order": 2}),
      "unknown option(s) order for sampler 'dopri5'; it takes: rtol, atol"),
     (lambda g: next(samplers.sample_seeds("heun", g, [0], [1.0, 0.0], (2,), options={"s_churn": 1})),
-     "unknown option(s) s_churn for sampler 'heun'; it takes: none"),
-    (lambda g: samplers.steps_for_nfe("lms", 10), "unknown sampler 'lms': use one of ddim, euler, heun, dpmpp_2m, ipndm, dopri5"),
+     "unknown option(s) s_churn for sampler 'heun'; it takes: afs"),
+    (lambda g: samplers.steps_for_nfe("lms", 10),
+     "unknown sampler 'lms': use one of ddim, euler, heun, dpmpp_2m, ipndm, dpm_2, amed, amed_plugin, dopri5"),
 ])
 def test_an_unknown_option_is_one_line_naming_it_and_the_valid_ones(gmm, call, message):
     with pytest.raises(ValueError) as error:
@@ -144,7 +145,7 @@ def test_each_entry_declares_the_options_its_function_takes(name):
     assert takes == dict(solver.options)
     assert solver.stochastic == ("generator" in params and not fixed)
     assert not {"generator", "callback"} & set(solver.options)
-    assert solver.adaptive == (solver.nfe(3, True) is None) == (name not in samplers.FIXED_GRID_NAMES)
+    assert solver.adaptive == (solver.nfe(3, True, solver.options) is None) == (name not in samplers.FIXED_GRID_NAMES)
 
 
 @pytest.mark.parametrize("name", samplers.FIXED_GRID_NAMES)
@@ -154,7 +155,7 @@ def test_each_nfe_rule_counts_the_calls(gmm, name, ends_at_zero):
         sigmas = grid(gmm, steps) if ends_at_zero else grid(gmm, steps + 1)[:-1]
         calls = []
         samplers.solve(name, gmm, start(), sigmas, callback=calls.append)
-        assert len(calls) == samplers.nfe(name, sigmas) == SOLVERS[name].nfe(steps, ends_at_zero)
+        assert len(calls) == samplers.nfe(name, sigmas) == SOLVERS[name].nfe(steps, ends_at_zero, SOLVERS[name].options)
 
 
 @pytest.mark.parametrize("target", [2, 3, 4, 9, 10])

@@ -1,0 +1,160 @@
+"""Searched schedules, stored next to the model they were searched for.
+
+A table is one JSON file per sampler, `<model dir>/schedules/<sampler>.json`:
+`{"sampler", "options" (those not at their defaults), "model", "fingerprint", "objective",
+"by_nfe": {"5": {"sigmas": [...], "command", ...}}}`. `fingerprint` identifies the model's weights, so a table is never applied to
+another model; each entry holds the exact grid of that NFE (`n + 1` sigmas, ending at 0 or at the
+sigma where the sample is returned) and the command that searched it. `schedule.kind=auto` (the
+default of the sampling commands) samples on the entry for the sampler and NFE asked when one
+exists, and on the Karras grid otherwise.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from .solvers import check_sigmas, get_solver, nfe as nfe_of, resolve_options
+
+FOLDER = "schedules"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+
+
+def fingerprint(denoiser) -> str:
+    """The first 16 hex digits of a sha256 over the model's weights: the weight files under
+    `denoiser.pretrained_path` (whatever dtype they are loaded in), else its state dict."""
+    digest = hashlib.sha256()
+    root = getattr(denoiser, "pretrained_path", None)
+    if root is not None:
+        for file in sorted(p for p in Path(root).rglob("*") if p.suffix in WEIGHT_SUFFIXES and FOLDER not in p.parts):
+            digest.update(file.relative_to(root).as_posix().encode())
+            digest.update(file.read_bytes())
+    else:
+        for key, value in sorted(denoiser.state_dict().items()):
+            digest.update(key.encode())
+            digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def default_path(denoiser, sampler: str) -> Path | None:
+    """`<model dir>/schedules/<sampler>.json` for a model loaded from a directory, else None."""
+    root = getattr(denoiser, "pretrained_path", None)
+    return None if root is None else Path(root) / FOLDER / f"{sampler}.json"
+
+
+def changed_options(sampler: str, options) -> dict:
+    """The sampler options that differ from its defaults: what a table records and matches, so a
+    table stays valid when a sampler gains an option."""
+    defaults = get_solver(sampler).options
+    return {k: v for k, v in resolve_options(sampler, options).items() if v != defaults[k]}
+
+
+def load(path) -> dict:
+    """A table file; one that is not a table is refused naming the file."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"no schedule table at {path}")
+    try:
+        table = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is no schedule table: {err}") from None
+    missing = {"sampler", "options", "fingerprint", "by_nfe"} - set(table) if isinstance(table, dict) else {"all keys"}
+    if missing:
+        raise ValueError(f"{path} is no schedule table: it lacks {', '.join(sorted(missing))}")
+    return table
+
+
+def lookup(path, denoiser, sampler: str, options: dict, nfe: int) -> torch.Tensor:
+    """The grid of table `path` for `sampler` with `options` at exactly `nfe` NFE on `denoiser`;
+    a table made for another model, sampler, options or NFE, or a grid the sampler or the model
+    cannot take, is refused in one line naming both values."""
+    table, path = load(path), Path(path).expanduser()
+    mine = fingerprint(denoiser)
+    if table["fingerprint"] != mine:
+        raise ValueError(f"{path} was searched for another model ({table.get('model')}, weights {table['fingerprint']}); "
+                         f"this one's weights are {mine}: search it again (scripts/search_schedule.py)")
+    if table["sampler"] != sampler or table["options"] != changed_options(sampler, options):
+        raise ValueError(f"{path} holds grids of sampler {table['sampler']} {table['options']}, "
+                         f"not of {sampler} {changed_options(sampler, options)}")
+    entry = table["by_nfe"].get(str(nfe))
+    if entry is None:
+        raise ValueError(f"{path} has no grid for NFE {nfe}: it has NFE {', '.join(sorted(table['by_nfe'], key=int))}")
+    sigmas = check_sigmas(entry["sigmas"])
+    if sigmas[0] > denoiser.sigma_max * (1 + 1e-9):
+        raise ValueError(f"{path} NFE {nfe} starts at sigma {float(sigmas[0]):.6g}, above the model's sigma_max "
+                         f"{float(denoiser.sigma_max):.6g}")
+    if nfe_of(sampler, sigmas, options) != nfe:
+        raise ValueError(f"{path} NFE {nfe}: its grid of {len(sigmas) - 1} steps costs {sampler} "
+                         f"{nfe_of(sampler, sigmas, options)} NFE, not {nfe}")
+    return sigmas
+
+
+def best_within(path, denoiser, sampler: str, options: dict, budget: int) -> tuple[int, torch.Tensor] | None:
+    """`(nfe, grid)` of the entry with the lowest held-out ODE error among those of at most `budget`
+    NFE (Heun's even NFE must end at sigma_min, which can do worse than one NFE less), checked as
+    `lookup` checks it; None when the table has none within the budget."""
+    within = {nfe: e for nfe, e in entries(path).items() if nfe <= budget}
+    if not within:
+        return None
+    nfe = min(within, key=lambda n: (within[n].get("held_out_ode_error", float("inf")), -n))
+    return nfe, lookup(path, denoiser, sampler, options, nfe)
+
+
+def entries(path) -> dict[int, dict]:
+    """`{nfe: entry}` of a table file, or {} when there is none."""
+    path = Path(path)
+    return {int(k): v for k, v in load(path)["by_nfe"].items()} if path.is_file() else {}
+
+
+def write(path, denoiser, sampler: str, options: dict, model: str, objective: str, nfe: int, sigmas,
+          **details) -> Path:
+    """Store the grid of `sampler` at `nfe` in the table `path` (made if missing; the other NFEs
+    of a table of the same model, sampler and options are kept), with `details` (the command,
+    the errors measured) beside it."""
+    path = Path(path).expanduser()
+    sigmas = check_sigmas(torch.as_tensor(sigmas, dtype=torch.float64).detach().cpu())
+    options = changed_options(sampler, options)
+    table = {"sampler": sampler, "options": options, "model": model, "fingerprint": fingerprint(denoiser),
+             "objective": objective, "by_nfe": {}}
+    if path.is_file():
+        old = load(path)
+        if (old["fingerprint"], old["sampler"], old["options"]) != (table["fingerprint"], sampler, options):
+            raise ValueError(f"{path} holds grids of another model or sampler ({old.get('model')} {old['sampler']} "
+                             f"{old['options']}); write to another table=")
+        table["by_nfe"] = old["by_nfe"]
+    table["by_nfe"][str(nfe)] = {"sigmas": sigmas.tolist(), **details}
+    table["by_nfe"] = dict(sorted(table["by_nfe"].items(), key=lambda kv: int(kv[0])))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(table, indent=1) + "\n")
+    return path
+
+
+def table_file(given, sampler: str) -> Path:
+    """A table named by a scheduler config: a file, or a model directory or a shipped model's name
+    (its table for `sampler`)."""
+    from ..assets import resolve
+
+    path = resolve(given, lambda root: root.is_file() or (root / FOLDER).is_dir())
+    return path / FOLDER / f"{sampler}.json" if path.is_dir() else path
+
+
+def grid_of_steps(path, sampler: str, options: dict, steps: int, sigma_max: float) -> torch.Tensor:
+    """The grid of `steps` steps in table `path` (of the lowest NFE when two have as many steps,
+    Heun's ending at 0 and at sigma_min), for a scheduler that cannot see the model's weights: the
+    sampler, options and `sigma_max` are checked, the fingerprint cannot be."""
+    table, path = load(path), Path(path).expanduser()
+    if table["sampler"] != sampler or table["options"] != changed_options(sampler, options):
+        raise ValueError(f"{path} holds grids of sampler {table['sampler']} {table['options']}, "
+                         f"not of {sampler} {changed_options(sampler, options)}")
+    found = sorted((int(nfe), entry["sigmas"]) for nfe, entry in table["by_nfe"].items()
+                   if len(entry["sigmas"]) - 1 == steps)
+    if not found:
+        have = sorted({len(e["sigmas"]) - 1 for e in table["by_nfe"].values()})
+        raise ValueError(f"{path} has no grid of {steps} steps: it has {', '.join(map(str, have))}")
+    sigmas = check_sigmas(found[0][1])
+    if sigmas[0] > sigma_max * (1 + 1e-9):
+        raise ValueError(f"{path}'s grid of {steps} steps starts at sigma {float(sigmas[0]):.6g}, above this "
+                         f"scheduler's sigma_max {sigma_max:.6g}")
+    return sigmas

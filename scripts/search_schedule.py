@@ -1,0 +1,56 @@
+"""Search the sigma grid of a model and sampler for several NFEs (samplers.schedule_search).
+
+    python scripts/search_schedule.py sampler=dpmpp_2m nfes=[5]          # prints the curve only
+    python scripts/search_schedule.py sampler=dpmpp_2m write=true         # stores the grids next to the model
+    python scripts/search_schedule.py model=gmm sampler=heun write=true table=runs/gmm-heun.json
+"""
+import json
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+
+from fewstep.samplers import config as _schema  # noqa: F401  (registers search_schema, which conf/search_schedule.yaml names)
+from fewstep.samplers import schedule_tables
+from fewstep.samplers.schedule_search import run_search
+from fewstep.scripts._cli import CONFIG_PATH, one_line_errors, resolve_device
+
+
+@hydra.main(config_path=CONFIG_PATH, config_name="search_schedule", version_base="1.3")
+@one_line_errors
+def main(cfg):
+    name, options = cfg.sampler.name, dict(cfg.sampler.options)
+    if cfg.sampler.get("skip") is not None:
+        raise ValueError(f"search the plain sampler (sampler={name}): a +skiptune sampler samples on its grid")
+    if cfg.table is not None and not cfg.write:
+        raise ValueError(f"table={cfg.table} is only written with write=true")
+    device = resolve_device(cfg.device)
+    denoiser = instantiate(cfg.model, _convert_="all").to(device).eval()
+    path = Path(cfg.table).expanduser() if cfg.table is not None else schedule_tables.default_path(denoiser, name)
+    if cfg.write and path is None:
+        raise ValueError(f"{type(denoiser).__name__} was not loaded from a directory: give write=true a table=FILE")
+    if cfg.write and path.is_dir():
+        raise ValueError(f"table={path} is a directory; give the path of a .json file")
+    command = "python scripts/search_schedule.py " + " ".join(sys.argv[1:])
+    model = HydraConfig.get().runtime.choices.model
+    results = {}
+    for result in run_search(name, denoiser, cfg.nfes, options, cfg.num_noises, cfg.seed, cfg.iterations, cfg.lr,
+                             cfg.rtol, cfg.atol, device, log=lambda line: print(line, flush=True)):
+        best, default = result.best, result.default
+        print(f"{name} NFE {result.nfe}: {best.how}: held-out ODE error {best.error:.5f}"
+              + (f" (default Karras grid {default.error:.5f})" if default else "")
+              + f", {result.seconds:.0f} s; sigmas {', '.join(f'{s:.4g}' for s in best.sigmas.tolist())}", flush=True)
+        results[result.nfe] = result.record()
+        if cfg.write:
+            schedule_tables.write(path, denoiser, name, options, model, "ode_error", result.nfe, best.sigmas,
+                                  command=command, **result.record(curve=False))
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"search-{name}.json").write_text(json.dumps(results, indent=1) + "\n")
+    print(f"wrote {out / f'search-{name}.json'}" + (f" and {path}" if cfg.write else ""))
+
+
+if __name__ == "__main__":
+    main()
