@@ -66,6 +66,21 @@ def load(path) -> dict:
     return table
 
 
+def _check_sampler(table: dict, path: Path, sampler: str, options: dict) -> None:
+    """Refuse a table of another sampler or options, in one line naming both."""
+    if table["sampler"] != sampler or table["options"] != changed_options(sampler, options):
+        raise ValueError(f"{path} holds grids of sampler {table['sampler']} {table['options']}, "
+                         f"not of {sampler} {changed_options(sampler, options)}")
+
+
+def _check_start(sigmas: torch.Tensor, sigma_max: float, grid: str, whose: str) -> torch.Tensor:
+    """`sigmas` (checked by `check_sigmas`), refused when they start above `whose` `sigma_max`."""
+    sigmas = check_sigmas(sigmas)
+    if sigmas[0] > sigma_max * (1 + 1e-9):
+        raise ValueError(f"{grid} starts at sigma {float(sigmas[0]):.6g}, above {whose} sigma_max {sigma_max:.6g}")
+    return sigmas
+
+
 def lookup(path, denoiser, sampler: str, options: dict, nfe: int) -> torch.Tensor:
     """The grid of table `path` for `sampler` with `options` at exactly `nfe` NFE on `denoiser`;
     a table made for another model, sampler, options or NFE, or a grid the sampler or the model
@@ -75,16 +90,11 @@ def lookup(path, denoiser, sampler: str, options: dict, nfe: int) -> torch.Tenso
     if table["fingerprint"] != mine:
         raise ValueError(f"{path} was searched for another model ({table.get('model')}, weights {table['fingerprint']}); "
                          f"this one's weights are {mine}: search it again (scripts/search_schedule.py)")
-    if table["sampler"] != sampler or table["options"] != changed_options(sampler, options):
-        raise ValueError(f"{path} holds grids of sampler {table['sampler']} {table['options']}, "
-                         f"not of {sampler} {changed_options(sampler, options)}")
+    _check_sampler(table, path, sampler, options)
     entry = table["by_nfe"].get(str(nfe))
     if entry is None:
         raise ValueError(f"{path} has no grid for NFE {nfe}: it has NFE {', '.join(sorted(table['by_nfe'], key=int))}")
-    sigmas = check_sigmas(entry["sigmas"])
-    if sigmas[0] > denoiser.sigma_max * (1 + 1e-9):
-        raise ValueError(f"{path} NFE {nfe} starts at sigma {float(sigmas[0]):.6g}, above the model's sigma_max "
-                         f"{float(denoiser.sigma_max):.6g}")
+    sigmas = _check_start(entry["sigmas"], float(denoiser.sigma_max), f"{path} NFE {nfe}", "the model's")
     if nfe_of(sampler, sigmas, options) != nfe:
         raise ValueError(f"{path} NFE {nfe}: its grid of {len(sigmas) - 1} steps costs {sampler} "
                          f"{nfe_of(sampler, sigmas, options)} NFE, not {nfe}")
@@ -145,16 +155,10 @@ def grid_of_steps(path, sampler: str, options: dict, steps: int, sigma_max: floa
     Heun's ending at 0 and at sigma_min), for a scheduler that cannot see the model's weights: the
     sampler, options and `sigma_max` are checked, the fingerprint cannot be."""
     table, path = load(path), Path(path).expanduser()
-    if table["sampler"] != sampler or table["options"] != changed_options(sampler, options):
-        raise ValueError(f"{path} holds grids of sampler {table['sampler']} {table['options']}, "
-                         f"not of {sampler} {changed_options(sampler, options)}")
+    _check_sampler(table, path, sampler, options)
     found = sorted((int(nfe), entry["sigmas"]) for nfe, entry in table["by_nfe"].items()
                    if len(entry["sigmas"]) - 1 == steps)
     if not found:
         have = sorted({len(e["sigmas"]) - 1 for e in table["by_nfe"].values()})
         raise ValueError(f"{path} has no grid of {steps} steps: it has {', '.join(map(str, have))}")
-    sigmas = check_sigmas(found[0][1])
-    if sigmas[0] > sigma_max * (1 + 1e-9):
-        raise ValueError(f"{path}'s grid of {steps} steps starts at sigma {float(sigmas[0]):.6g}, above this "
-                         f"scheduler's sigma_max {sigma_max:.6g}")
-    return sigmas
+    return _check_start(found[0][1], sigma_max, f"{path}'s grid of {steps} steps", "this scheduler's")

@@ -504,13 +504,16 @@ def suite_schedules(args):
         found = schedule_tables.best_within(schedule_tables.default_path(denoiser, name), denoiser, name, {}, nfe)
         return None if found is None else found[1]
 
-    results = []
+    results, done = [], {}  # (label, grid) -> row: a target whose grid is a lower one's (Heun's even NFE) runs once
     for label, name, target, sigmas in grid_rows(denoiser, args.samplers, args.nfe, shipped):
-        start = time.perf_counter()
-        fd = frechet_of(SamplerFn(name, denoiser, sigmas, denoiser.sample_shape), seeds, extractor, reference,
-                        batch_size=args.batch_size)
-        results.append({"label": label, "sampler": name, "target_nfe": target, "nfe": samplers.nfe(name, sigmas),
-                        "fd": fd, "seconds": round(time.perf_counter() - start, 2), "sigmas": sigmas.tolist()})
+        key = (label, tuple(sigmas.tolist()))
+        if key not in done:
+            start = time.perf_counter()
+            fd = frechet_of(SamplerFn(name, denoiser, sigmas, denoiser.sample_shape), seeds, extractor, reference,
+                            batch_size=args.batch_size)
+            done[key] = {"label": label, "sampler": name, "nfe": samplers.nfe(name, sigmas), "fd": fd,
+                         "seconds": round(time.perf_counter() - start, 2), "sigmas": sigmas.tolist()}
+        results.append({**done[key], "target_nfe": target})
         print(json.dumps(results[-1]), flush=True)
     converged = frechet_of(SamplerFn("dpmpp_2m", denoiser, default_grid("dpmpp_2m", denoiser, 50),
                                      denoiser.sample_shape), seeds, extractor, reference, batch_size=args.batch_size)
