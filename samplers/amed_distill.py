@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -199,13 +200,15 @@ class AMEDDistillation:
     def export(self, nets, out_dir) -> None:
         """The predictor (`save_pretrained`: config.json, with what it was made for, and safetensors) and
         `frozen_table.json`: its frozen table on the held-out noises as the sampler's options (r, c
-        lists; a FewstepScheduler takes them without afs, one NFE more), the grid and its NFE."""
+        lists; a FewstepScheduler takes them without afs, one NFE more), the grid, its NFE and the
+        command that trained it."""
         predictor, out_dir = nets["predictor"], Path(out_dir)
         predictor.save_pretrained(str(out_dir))
         noise, _ = self.held_out_noise(predictor.device)
         r, c = frozen_table(predictor, self.denoiser, noise, self.sigmas)
         table = {"sampler": self.sampler, "sampler_options": {**self._sampler_options(), "r": r, "c": c},
-                 "sigmas": self.sigmas.tolist(), "nfe": self.nfe, "model": self.model, "fingerprint": self.fingerprint}
+                 "sigmas": self.sigmas.tolist(), "nfe": self.nfe, "model": self.model, "fingerprint": self.fingerprint,
+                 "command": "python " + " ".join(sys.argv)}
         (out_dir / "frozen_table.json").write_text(json.dumps(table, indent=1) + "\n")
 
 
@@ -223,6 +226,7 @@ class AMEDTrainConfig:
     data: Any = MISSING
     seed: int = 0
     out_dir: str = MISSING
+    write: bool = False      # also store the predictor beside the model: <model dir>/amed/<sampler>-nfe<N>/
     train: TrainerConfig = field(default_factory=TrainerConfig)
 
 

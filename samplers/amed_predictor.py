@@ -5,13 +5,17 @@ read by a forward hook, so it costs no network call; and its frozen table, one `
 
 A predictor is made for one sampler (amed, or amed_plugin and its base), `afs`, grid and model; its
 config holds them (and the NFE, the model's name and weight fingerprint) and it refuses any other use
-in one line. `samplers.sample(name, denoiser, noise, sigmas, predictor=p)` runs it.
+in one line. `samplers.sample(name, denoiser, noise, sigmas, predictor=p)` runs it. A model's own
+predictors lie beside it, `<model dir>/amed/<sampler>[-<base>]-nfe<N>/` (`shipped`, `find`), each with
+its frozen table and the command that trained it (`frozen_table.json`).
 """
 from __future__ import annotations
 
+import json
 import math
 import weakref
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -224,3 +228,82 @@ def frozen_table(predictor: AMEDPredictor, denoiser, noise: torch.Tensor, sigmas
     c = [c_n for *_, c_n in seen]
     ends = len(sigmas) - 1 - len(seen)  # the step to sigma = 0
     return r + [0.5] * ends, c + [1.0] * ends
+
+
+FOLDER = "amed"  # <model dir>/amed/<name>/: a model's own predictors (`shipped_name`)
+
+
+def shipped_name(sampler: str, base: str | None, nfe: int) -> str:
+    """The folder name of a model's predictor: `amed-nfe5`, `amed_plugin-ipndm-nfe5`."""
+    return f"{sampler}{f'-{base}' if base else ''}-nfe{nfe}"
+
+
+def shipped(denoiser, sampler: str, base: str | None = None) -> dict[int, Path]:
+    """The predictors stored beside the denoiser's model for `sampler` (and `base`), by NFE."""
+    root = getattr(denoiser, "pretrained_path", None)
+    folder = None if root is None else Path(root) / FOLDER
+    if folder is None or not folder.is_dir():
+        return {}
+    prefix = shipped_name(sampler, base, 0)[:-1]
+    return {int(p.name[len(prefix):]): p for p in folder.iterdir()
+            if p.name.startswith(prefix) and p.name[len(prefix):].isdigit() and (p / "config.json").is_file()}
+
+
+def destination(denoiser, sampler: str, base: str | None, nfe: int) -> Path:
+    """Where a predictor is stored beside the denoiser's model (`scripts/train_amed.py write=true`),
+    refused in one line if the model has no directory or a predictor is there already."""
+    root = getattr(denoiser, "pretrained_path", None)
+    if root is None:
+        raise ValueError(f"a predictor is stored beside the model, and {type(denoiser).__name__} was not loaded "
+                         f"from a directory; use the trained one from its out_dir/model (predictor=DIR)")
+    target = Path(root) / FOLDER / shipped_name(sampler, base, nfe)
+    if target.exists():
+        raise FileExistsError(f"{target} holds a predictor already: remove it first to store another")
+    return target
+
+
+def load(path, sampler: str, base: str | None = None, nfe: int | None = None) -> AMEDPredictor:
+    """The predictor saved at `path` (`save_pretrained`), refused in one line if it is missing or made
+    for another sampler, base or NFE (its grid, afs and model are checked where it runs)."""
+    path = Path(path).expanduser()
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"no AMED predictor at {path} (a directory with config.json, made by "
+                                f"scripts/train_amed.py)")
+    predictor = AMEDPredictor.from_pretrained(str(path)).eval()
+    c = predictor.config
+    if (c.sampler, c.base) != (sampler, base if sampler == "amed_plugin" else None):
+        raise ValueError(f"the AMED predictor at {path} was trained for {c.sampler}{f' base={c.base}' if c.base else ''}, "
+                         f"not {sampler}{f' base={base}' if base else ''}")
+    if nfe is not None and c.nfe != nfe:
+        raise ValueError(f"the AMED predictor at {path} was trained for NFE {c.nfe}, not nfe={nfe}")
+    return predictor
+
+
+def find(denoiser, sampler: str, base: str | None = None, nfe: int | None = None, steps: int | None = None) -> Path:
+    """The model's own predictor (`shipped`) for `nfe`, or else for a grid of `steps` steps; one line
+    naming the NFEs it has when there is none."""
+    own = shipped(denoiser, sampler, base)
+    if nfe is None:
+        nfe = next((n for n, p in own.items() if len(AMEDPredictor.load_config(str(p))["sigmas"]) - 1 == steps), None)
+        asked = f"{steps} steps"
+    else:
+        asked = f"NFE {nfe}"
+    if nfe not in own:
+        has = f"it has NFE {', '.join(map(str, sorted(own)))} (nfe=N)" if own else "it has none"
+        raise ValueError(f"this model has no AMED predictor of {shipped_name(sampler, base, 0)[:-5]} for {asked}: "
+                         f"{has}; sampler.options.predictor=null runs fixed r and c, predictor=DIR a trained one")
+    return own[nfe]
+
+
+def read_frozen_table(path, sampler: str) -> dict:
+    """The frozen table at `path` (a `frozen_table.json`, or the predictor directory holding it):
+    `{"sampler_options": {afs, base, r, c}, "sigmas", "nfe", ...}`; one line if there is none or it is
+    another sampler's."""
+    path = Path(path).expanduser()
+    file = path / "frozen_table.json" if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"no frozen AMED table at {file} (scripts/train_amed.py writes one beside the predictor)")
+    table = json.loads(file.read_text())
+    if table.get("sampler") != sampler:
+        raise ValueError(f"the frozen table {file} is for {table.get('sampler')}, not sampler={sampler}")
+    return table

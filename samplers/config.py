@@ -9,6 +9,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
@@ -163,6 +164,15 @@ def planned_grid(cfg, denoiser, device=None):
     sc, name, options = cfg.schedule, cfg.sampler.name, dict(cfg.sampler.options)
     kind = sc.kind.value
     others = [f"schedule.{key}={_value(getattr(sc, key))}" for key in GRID_VALUES if getattr(sc, key) is not None]
+    predictor = amed_predictor(cfg, denoiser)
+    if predictor is not None and predictor.config.sigmas is not None:
+        path = predictor.config._name_or_path
+        if kind != "auto" or others or sc.table is not None:
+            raise ValueError(f"the AMED predictor {path} samples on the grid it was trained on: drop "
+                             f"{', '.join(others) or f'schedule.kind={kind}'}")
+        sigmas = torch.tensor(predictor.config.sigmas, dtype=torch.float64, device=device)
+        return len(sigmas) - 1, sigmas, (f"schedule: the grid the AMED predictor {path} was trained on "
+                                         f"(NFE {predictor.config.nfe}, afs {predictor.config.afs})")
     if sc.table is not None and kind != "table":
         raise ValueError(f"schedule.table={sc.table} is read with schedule.kind=table, not kind={kind}")
     if kind == "table" and (sc.table is None or others):
@@ -204,6 +214,33 @@ def planned_grid(cfg, denoiser, device=None):
         return steps, sigmas, f"schedule: auto, karras rho {7.0 if sc.rho is None else sc.rho:g} ({why})"
     steps = steps_of(cfg)
     return steps, computed_grid(kind, steps, sc, denoiser, name, device), f"schedule: {kind}"
+
+
+def amed_predictor(cfg, denoiser, device=None):
+    """The AMED predictor a sample config asks for (None: none, fixed r and c): `sampler.options.predictor`
+    auto, the model's own for the NFE asked (or, without `nfe`, for `steps` steps; `amed_predictor.find`),
+    or a directory (`AMEDPredictor.save_pretrained`); refused in one line if it is for another sampler
+    or NFE."""
+    from . import amed_predictor as predictors
+    from .solvers import resolve_options
+
+    name, value = cfg.sampler.name, cfg.sampler.options.get("predictor")
+    if value is None or name not in ("amed", "amed_plugin"):
+        return None
+    base = resolve_options(name, dict(cfg.sampler.options)).get("base")
+    path = (predictors.find(denoiser, name, base, cfg.nfe, None if cfg.nfe is not None else cfg.steps)
+            if value == "auto" else value)
+    return predictors.load(path, name, base, cfg.nfe).to(device)
+
+
+def sampler_options(cfg, denoiser, device=None) -> dict:
+    """`sampler.options` of a sample config, its AMED predictor (`amed_predictor`) loaded, with the afs
+    it was trained with."""
+    options = dict(cfg.sampler.options)
+    predictor = amed_predictor(cfg, denoiser, device)
+    if predictor is not None:
+        options.update(predictor=predictor, afs=predictor.config.afs)
+    return options
 
 
 def sampling_setup(cfg, device, denoiser=None):

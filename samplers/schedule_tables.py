@@ -19,6 +19,7 @@ import torch
 from .solvers import check_sigmas, get_solver, nfe as nfe_of, resolve_options
 
 FOLDER = "schedules"
+BESIDE = (FOLDER, "amed")  # what is stored next to a model (tables, AMED predictors): not its weights
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 
 
@@ -28,7 +29,8 @@ def fingerprint(denoiser) -> str:
     digest = hashlib.sha256()
     root = getattr(denoiser, "pretrained_path", None)
     if root is not None:
-        for file in sorted(p for p in Path(root).rglob("*") if p.suffix in WEIGHT_SUFFIXES and FOLDER not in p.parts):
+        for file in sorted(p for p in Path(root).rglob("*") if p.suffix in WEIGHT_SUFFIXES
+                           and not set(BESIDE) & set(p.relative_to(root).parts)):
             digest.update(file.relative_to(root).as_posix().encode())
             digest.update(file.read_bytes())
     else:

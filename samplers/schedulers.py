@@ -31,7 +31,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 
 from .denoisers import DiffusersUNetDenoiser, is_flow_matching
-from . import schedule_tables
+from . import amed_predictor, schedule_tables
 from .scheduler_spaces import FlowTime, VPTable
 from .schedules import DISCRETE_MIRRORS, discrete_grid, get_sigmas
 from .solvers import FIXED_GRID_NAMES, SOLVERS, check_sigmas, resolve_options, run_steps
@@ -72,6 +72,10 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         model directory or shipped model name whose table for this sampler to use; `set_timesteps(n)`
         then plans its grid of `n` steps. The scheduler cannot see the weights, so check that the
         table was searched for the pipeline's model.
+    frozen_table: AMED's frozen table (amed or amed_plugin; `frozen_table.json` or the predictor directory
+        holding it, e.g. `assets/digits_ddpm/amed/amed-nfe5`): its per-step r and c (and base), and its
+        grid, which `set_timesteps(n)` plans for the table's n steps. Without AFS a pipeline spends one
+        NFE more than the table's. The weights are not checked: use it with the model it was made for.
     rescale_betas_zero_snr: the zero-terminal-SNR table (Lin et al. 2024), whose last
         `alphas_cumprod` (0) is set to 2^-24 as EulerDiscreteScheduler does (sigma_max about 4096).
         `set_timesteps(n)` makes `n` sampler steps; `timesteps` lists one (fractional) timestep per
@@ -92,9 +96,21 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
                  set_alpha_to_one: bool = True, final_sigmas_type: str = "zero",
                  sampler: str = "ddim", sampler_options: dict | None = None, schedule: str | None = None,
                  rho: float = 7.0, sigma_min: float | None = None, sigma_max: float | None = None,
-                 eps_s: float = 1e-3, schedule_table: str | None = None):
+                 eps_s: float = 1e-3, schedule_table: str | None = None, frozen_table: str | None = None):
         if schedule_table is not None and schedule not in (None, "table"):
             raise ValueError(f"schedule_table={schedule_table} gives the whole grid; it takes no schedule={schedule!r}")
+        self._frozen = None
+        if frozen_table is not None:
+            if schedule is not None or schedule_table is not None:
+                raise ValueError(f"frozen_table={frozen_table} gives the whole grid; it takes no "
+                                 f"{'schedule_table' if schedule_table is not None else f'schedule={schedule!r}'}")
+            self._frozen = amed_predictor.read_frozen_table(frozen_table, sampler)
+            given = sorted(set(sampler_options or {}) & {"r", "c", "base"})
+            if given:
+                raise ValueError(f"frozen_table={frozen_table} gives {sampler}'s r and c: drop sampler_options "
+                                 f"{', '.join(given)}")
+            learned = {k: v for k, v in self._frozen["sampler_options"].items() if k != "afs"}
+            sampler_options = {**(sampler_options or {}), **learned}
         if sampler in SOLVERS and SOLVERS[sampler].adaptive:
             raise ValueError(f"sampler {sampler!r} is adaptive and cannot run one step() at a time; "
                              f"use one of {', '.join(FIXED_GRID_NAMES)}")
@@ -264,6 +280,13 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         """The sigma grid of the configured schedule, and `{sigma: timestep}` for the discrete
         schedule, whose timesteps are the mirrored diffusers scheduler's (empty otherwise)."""
         c = self.config
+        if self._frozen is not None:
+            grid = check_sigmas(self._frozen["sigmas"])
+            if steps != len(grid) - 1 or grid[0] > self._space.sigma_max * (1 + 1e-9):
+                raise ValueError(f"frozen_table={c.frozen_table} is a grid of {len(grid) - 1} steps from sigma "
+                                 f"{float(grid[0]):.6g}; got num_inference_steps={steps} (this scheduler's sigma_max "
+                                 f"{self._space.sigma_max:.6g})")
+            return grid, {}
         if c.schedule_table is not None:
             path = schedule_tables.table_file(c.schedule_table, c.sampler)
             return schedule_tables.grid_of_steps(path, c.sampler, self._options, steps, self._space.sigma_max), {}

@@ -13,7 +13,8 @@ GAN against WGAN-GP on 8 Gaussians and moons at equal generator updates: modes c
 `gan-digits` (the shipped one-step generators and given GAN runs: FD-digits on three seed ranges,
 FD against generator updates, sample grids),
 `schedules` (each sampler at NFE 3-10 on the default grid and on its searched grid: FD-digits, and the
-mixture's error against the exact ODE), `fd-speed` (our Fréchet distance against pytorch-fid's on 2048-d statistics). Schedules: Karras (rho 7) over the model's range
+mixture's error against the exact ODE), `amed` (AMED-Solver and AMED-Plugin, learned and frozen, against the
+other samplers in the AMED paper's setting and on their own grids: FD-digits, the mixture's ODE error), `fd-speed` (our Fréchet distance against pytorch-fid's on 2048-d statistics). Schedules: Karras (rho 7) over the model's range
 by default; --schedule, --rho, --sigma-min, --sigma-max and --final-sigmas-type change the grid.
 """
 import argparse
@@ -567,22 +568,225 @@ def suite_schedules(args):
     return results + gmm_results, "schedules", "Searched schedules against the default grid", body
 
 
+AMED_SAMPLERS = ["ddim", "heun", "dpm_2", "dpmpp_2m", "ipndm", "amed", "amed_plugin"]
+LEARNED = ("amed", "amed_plugin")
+
+
+def paper_grid(name: str, denoiser, nfe: int, options) -> torch.Tensor:
+    """The AMED paper's grid: Karras rho 7 from 80 to the model's sigma_min, the sample returned there, the
+    most steps within `nfe` with `options` (AFS)."""
+    steps = samplers.steps_for_nfe(name, nfe, options, ends_at_zero=False)
+    return samplers.get_sigmas("karras", steps, denoiser.sigma_min, 80.0, rho=7.0, final_sigmas_type="sigma_min")
+
+
+def learned_rows(name: str, targets, predictors) -> list[tuple]:
+    """`(label, sampler, options, target, sigmas)` of `name` with its predictor and with its frozen table
+    (`predictors[nfe]`: `(AMEDPredictor, frozen_table.json as a dict)`) on the grid it was trained on."""
+    rows = []
+    for target in targets:
+        if target in predictors:
+            predictor, table = predictors[target]
+            sigmas = torch.tensor(table["sigmas"], dtype=torch.float64)
+            rows += [(f"{name} learned", name, {**table["sampler_options"], "r": 0.5, "c": 1.0,
+                                                  "predictor": predictor}, target, sigmas),
+                     (f"{name} frozen table", name, table["sampler_options"], target, sigmas)]
+    return rows
+
+
+def amed_rows(denoiser, names, targets, predictors, searched) -> list[tuple]:
+    """`(label, sampler, options, target, sigmas)`: every sampler on the paper's grid with AFS (`paper_grid`;
+    amed_plugin at r = 1/2, c = 1, and amed there is dpm_2), amed and amed_plugin learned and frozen
+    (`learned_rows`), and dpm_2 and amed_plugin at r = 1/2 on the default grid and on their searched
+    grid (`searched(name, nfe)`, None: no row)."""
+    afs = {"afs": True}
+    rows = [(f"{name}{' r=1/2' if name == 'amed_plugin' else ''} paper", name, afs, t, paper_grid(name, denoiser, t, afs))
+            for name in names if name != "amed" for t in targets]
+    for name in LEARNED:
+        rows += learned_rows(name, targets, predictors.get(name, {})) if name in names else []
+    for name in ("dpm_2", "amed_plugin"):
+        label = f"{name}{' r=1/2' if name == 'amed_plugin' else ''}"
+        rows += [(f"{label} karras", name, {}, t, default_grid(name, denoiser, t)) for t in targets if name in names]
+        rows += [(f"{label} searched", name, {}, t, grid) for t in targets if name in names
+                 and (grid := searched(name, t)) is not None]
+    return rows
+
+
+def run_rows(rows, measure) -> list[dict]:
+    """`measure(sampler, options, sigmas)` (a dict of metrics) of every row, once per distinct grid and
+    options of a label (a target that rounds to a lower NFE's grid reuses it)."""
+    results, done = [], {}
+    for label, name, options, target, sigmas in rows:
+        key = (label, tuple(sigmas.tolist()))
+        if key not in done:
+            start = time.perf_counter()
+            metrics = measure(name, options, sigmas)
+            done[key] = {"label": label, "sampler": name, "nfe": samplers.nfe(name, sigmas, options), **metrics,
+                         "seconds": round(time.perf_counter() - start, 2), "sigmas": sigmas.tolist()}
+        results.append({**done[key], "target_nfe": target})
+        print(json.dumps(results[-1]), flush=True)
+    return results
+
+
+def mixture_predictors(gmm, targets) -> dict[str, dict[int, tuple]]:
+    """Time-only AMED predictors of the mixture (it has no UNet), trained here as scripts/train_amed.py
+    trains the digits ones (paper grid, AFS, Heun teacher with 3 inserted times, 100 Adam steps of 128
+    noises at lr 5e-3), at each odd target."""
+    import tempfile
+
+    from fewstep.samplers.amed_distill import AMEDDistillation, NoiseDataset
+    from fewstep.samplers.amed_predictor import AMEDPredictor
+
+    found, out_dir = {}, tempfile.mkdtemp(prefix="amed-gmm-")
+    for name in LEARNED:
+        for nfe in (t for t in targets if t % 2):
+            objective = AMEDDistillation(gmm, paper_grid(name, gmm, nfe, {"afs": True}), name, {"afs": True}, nfe=nfe)
+            torch.manual_seed(0)
+            run = Path(out_dir) / f"amed-gmm-{name}-nfe{nfe}"
+            with torch.enable_grad():
+                Trainer({"predictor": objective.new_predictor()}, objective, NoiseDataset(gmm.sample_shape),
+                        out_dir=run, steps=100, batch_size=128, lr=5e-3, optimizer="adam", grad_clip=None,
+                        ema_decay=None, checkpoint_every=100, cpu=True).fit()
+            found.setdefault(name, {})[nfe] = (AMEDPredictor.from_pretrained(str(run / "model")),
+                                               json.loads((run / "model" / "frozen_table.json").read_text()))
+    return found
+
+
+def shipped_predictors(denoiser, targets) -> dict[str, dict[int, tuple]]:
+    """The digits model's own predictors (`assets/digits_ddpm/amed/`) at the targets, with their frozen tables."""
+    from fewstep.samplers import amed_predictor
+
+    found = {}
+    for name in LEARNED:
+        base = "ipndm" if name == "amed_plugin" else None
+        for nfe, path in amed_predictor.shipped(denoiser, name, base).items():
+            if nfe in targets:
+                found.setdefault(name, {})[nfe] = (amed_predictor.load(path, name, base, nfe),
+                                                   json.loads((path / "frozen_table.json").read_text()))
+    return found
+
+
+def predictor_cost(denoiser, predictors) -> str:
+    """The digits predictor's size and its time per step against the UNet's, batch 500, on this machine."""
+    from fewstep.samplers.amed_predictor import network
+
+    predictor = next(p for by_nfe in predictors.values() for p, _ in by_nfe.values())
+    unet = network(denoiser)
+    x = torch.randn(500, *denoiser.sample_shape, dtype=torch.float64)
+    features = torch.randn(500, predictor.config.feature_dim)
+
+    def seconds(fn, repeats=20):
+        fn()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        return (time.perf_counter() - start) / repeats
+
+    unet_s, pred_s = seconds(lambda: denoiser(x, torch.tensor(10.0))), seconds(lambda: predictor(features, 10.0, 5.0))
+    count = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
+    return (f"The predictor has {count(predictor):,} parameters ({count(predictor) / count(unet):.2%} of the UNet's "
+            f"{count(unet):,}); one call on a batch of 500 takes {pred_s * 1e3:.2f} ms against the UNet's "
+            f"{unet_s * 1e3:.0f} ms ({pred_s / unet_s:.2%}), once per step.")
+
+
+def suite_amed(args):
+    from fewstep.samplers import schedule_tables
+    from fewstep.samplers.schedule_search import run_search, seeded_noise
+
+    denoiser = samplers.from_pretrained("digits_ddpm").eval()
+    extractor, seeds = get_extractor("digits"), range(args.seed, args.seed + args.num_samples)
+    reference = data_stats(digits(), extractor)
+    predictors = shipped_predictors(denoiser, args.nfe)
+
+    def searched(name, nfe):  # the shipped table's best grid within the budget, as schedule.kind=auto takes it
+        path = schedule_tables.default_path(denoiser, name)
+        found = schedule_tables.best_within(path, denoiser, name, {}, nfe) if path.is_file() else None
+        return None if found is None else found[1]
+
+    def fd(name, options, sigmas):
+        return {"fd": frechet_of(SamplerFn(name, denoiser, sigmas, denoiser.sample_shape, options=options), seeds,
+                                 extractor, reference, batch_size=args.batch_size)}
+
+    results = run_rows(amed_rows(denoiser, args.samplers, args.nfe, predictors, searched), fd)
+    converged = frechet_of(SamplerFn("dpmpp_2m", denoiser, default_grid("dpmpp_2m", denoiser, 50),
+                                     denoiser.sample_shape), seeds, extractor, reference, batch_size=args.batch_size)
+    nfe_plot([r for r in results if "paper" in r["label"] or "learned" in r["label"]], "fd",
+             Path(args.out_dir) / "amed_fd.png", "digits DDPM: Karras from 80, AFS (the AMED paper's setting)")
+
+    gmm = instantiate(OmegaConf.load(config_dir() / "model" / "gmm.yaml"), _convert_="all")
+    noise = seeded_noise(range(args.seed, args.seed + args.gmm_samples), gmm.sample_shape)
+    exact = samplers.sample("dopri5", gmm, noise, samplers.get_sigmas("karras", 2, gmm.sigma_min, gmm.sigma_max),
+                            rtol=1e-8, atol=1e-8).double()
+    gmm_search = {name: {r.nfe: r.best.sigmas for r in run_search(name, gmm, args.nfe, num_noises=256,
+                                                                   log=lambda line: None)}
+                  for name in ("dpm_2", "amed_plugin") if name in args.samplers}
+
+    def ode_error(name, options, sigmas):
+        x = samplers.sample(name, gmm, noise, sigmas, **options).double()
+        return {"ode_error": (x - exact).norm(dim=1).mean().item()}
+
+    gmm_rows = amed_rows(gmm, args.samplers, args.nfe, mixture_predictors(gmm, args.nfe),
+                         lambda name, nfe: gmm_search.get(name, {}).get(nfe))
+    gmm_results = run_rows(gmm_rows, ode_error)
+
+    fd5 = {r["label"]: r["fd"] for r in results if r["target_nfe"] == 5}
+    ratio = lambda a, b: (f"{fd5[a] / fd5[b]:.2f}x" if a in fd5 and b in fd5 else "–")  # noqa: E731
+    best5 = min((r for r in results if r["target_nfe"] == 5), key=lambda r: r["fd"], default=None)
+    frozen = [r for r in results if r["label"].endswith("frozen table")]
+    tables = "\n".join(f"| {r['label'].split()[0]} | {r['nfe']} | {', '.join(f'{s:.4g}' for s in r['sigmas'])} | "
+                       f"{', '.join(f'{v:.3f}' for v in json_table(predictors, r)['r'])} | "
+                       f"{', '.join(f'{v:.4f}' for v in json_table(predictors, r)['c'])} |" for r in frozen)
+    body = (f"AMED-Solver (`amed`) and AMED-Plugin on iPNDM (`amed_plugin`) against the other samplers on the digits "
+            f"DDPM. `paper`: the AMED paper's setting, Karras rho 7 from sigma 80 to the model's sigma_min (0.01), "
+            f"the sample returned there, the analytical first step (AFS) for every sampler, the most steps within "
+            f"the NFE (`amed_plugin r=1/2` is the plugin untrained, iPNDM with the geometric midpoints inserted; "
+            f"`amed` at r = 1/2 is `dpm_2`). `learned`: the shipped predictor of that NFE "
+            f"(`assets/digits_ddpm/amed/`, `sampler.options.predictor=auto`), on the paper grid it was trained on; "
+            f"`frozen table`: its per-step r and c averaged over 64 noises, no features (what `FewstepScheduler` "
+            f"runs). `karras`: the default grid (rho 7 over the model's range 0.01-157, a last step to 0); "
+            f"`searched`: the shipped searched table. ddim, heun, dpmpp_2m and ipndm on the default and searched "
+            f"grids are in the section \"Searched schedules\" (same seeds). FD-digits of {args.num_samples} samples, "
+            f"seeds {args.seed}-{args.seed + args.num_samples - 1}, against the 1797 digits. A cell's NFE in "
+            f"brackets: fewer were spent.\n\n{nfe_table(results, 'fd', args.nfe)}\n\n"
+            f"Converged sampling (dpmpp_2m, NFE 50, default grid): FD {converged:.2f}. At NFE 5 in the paper's "
+            f"setting AMED-Solver is {ratio('amed learned', 'ipndm paper')} iPNDM's FD and "
+            f"{ratio('amed learned', 'ddim paper')} DDIM's (the paper on CIFAR-10: 0.56x and 0.15x); AMED-Plugin "
+            f"{ratio('amed_plugin learned', 'ipndm paper')} iPNDM's; the learned predictor against its frozen table: "
+            f"amed {ratio('amed learned', 'amed frozen table')}, amed_plugin "
+            f"{ratio('amed_plugin learned', 'amed_plugin frozen table')}."
+            + (f" Best at NFE 5: {best5['label']} {best5['fd']:.2f} ({best5['fd'] / converged:.2f}x converged)."
+               if best5 else "")
+            + f"\n\n{predictor_cost(denoiser, predictors) if predictors else ''}\n\n![FD](benchmarks/amed_fd.png)\n\n"
+            f"The frozen tables (the intermediate time s_n = t_n+1^r t_n^(1-r) and the scale c of each step; a step "
+            f"to 0 has none):\n\n| sampler | NFE | grid | r | c |\n|---|---|---|---|---|\n{tables}\n\n"
+            f"The analytic mixture (`conf/model/gmm.yaml`): time-only predictors trained here (100 Adam steps of 128 "
+            f"noises, Heun teacher with 3 inserted times), grids of dpm_2 and amed_plugin searched here (256 noises "
+            f"of seeds 900000..); the mean distance to the exact ODE solution (dopri5, rtol = atol = 1e-8) of "
+            f"{args.gmm_samples} noises of seeds {args.seed}..:\n\n{nfe_table(gmm_results, 'ode_error', args.nfe)}")
+    return results + gmm_results, "amed", "AMED: learned mid-value steps", body
+
+
+def json_table(predictors, row) -> dict:
+    """The r and c lists of the frozen table behind a `frozen table` row."""
+    return predictors[row["sampler"]][row["target_nfe"]][1]["sampler_options"]
+
+
 SUITES = {"gmm": suite_gmm, "digits": suite_digits, "reflow": suite_reflow, "reflow-2d": suite_reflow_2d,
           "gan-2d": suite_gan_2d, "gan-digits": suite_gan_digits, "fd-speed": suite_fd_speed,
-          "schedules": suite_schedules}
+          "schedules": suite_schedules, "amed": suite_amed}
 # Each suite's sample count, NFE targets and samplers, where the command line gives none.
 DEFAULTS = {"gmm": (10000, NFE_TARGETS, SAMPLERS), "digits": (2000, NFE_TARGETS, SAMPLERS),
             "reflow": (2000, REFLOW_NFE, REFLOW_SAMPLERS), "reflow-2d": (5000, REFLOW_NFE, REFLOW_SAMPLERS),
             "gan-2d": (5000, [], []), "gan-digits": (2000, [], []),
-            "schedules": (2000, list(range(3, 11)), SAMPLERS)}
+            "schedules": (2000, list(range(3, 11)), SAMPLERS), "amed": (2000, list(range(3, 11)), AMED_SAMPLERS)}
 
 
 @torch.no_grad()
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", nargs="+", choices=list(SUITES), default=list(SUITES))
-    parser.add_argument("--samplers", nargs="+", choices=SAMPLERS, default=None,
-                        help="default: all five (gmm, digits), euler dpmpp_2m ipndm (reflow suites)")
+    parser.add_argument("--samplers", nargs="+", choices=AMED_SAMPLERS, default=None,
+                        help="default: ddim euler heun dpmpp_2m ipndm (gmm, digits, schedules), euler dpmpp_2m "
+                             "ipndm (reflow suites), those and dpm_2 amed amed_plugin but euler (amed)")
     parser.add_argument("--nfe", nargs="+", type=int, default=None,
                         help=f"default: {NFE_TARGETS} (gmm, digits), {REFLOW_NFE} (reflow suites)")
     parser.add_argument("--num-samples", type=int, default=None,

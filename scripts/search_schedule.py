@@ -22,6 +22,9 @@ from fewstep.scripts._cli import CONFIG_PATH, one_line_errors, resolve_device
 @one_line_errors
 def main(cfg):
     name, options = cfg.sampler.name, dict(cfg.sampler.options)
+    learned = options.pop("predictor", None)  # amed's: the search is for fixed r and c
+    if learned not in (None, "auto"):
+        raise ValueError(f"the search finds grids for fixed r and c; the predictor {learned} keeps its own grid")
     if cfg.sampler.get("skip") is not None:
         raise ValueError(f"search the plain sampler (sampler={name}): a +skiptune sampler samples on its grid")
     if cfg.table is not None and not cfg.write:

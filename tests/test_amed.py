@@ -285,6 +285,53 @@ def test_a_pipeline_with_fewstep_scheduler_equals_sample(noise_like_unet, name, 
     assert_same_images(images, (x0 / 2 + 0.5).clamp(0, 1))
 
 
+@pytest.fixture
+def frozen(tmp_path):
+    """A frozen table as scripts/train_amed.py exports it (NFE 5 with AFS: 3 steps ending at sigma_min)."""
+    import json
+
+    table = {"sampler": "amed_plugin", "sampler_options": {"afs": True, "base": "dpmpp_2m", "r": [0.31, 0.55, 0.62],
+                                                            "c": [1.004, 0.993, 1.0]},
+             "sigmas": [80.0, 11.6, 0.8, 0.01], "nfe": 5}
+    (tmp_path / "frozen_table.json").write_text(json.dumps(table))
+    return tmp_path, table
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_pipeline_runs_amed_from_its_frozen_table_as_sample_does_without_afs(noise_like_unet, frozen):
+    """The table's grid, per-step r and c and base, one NFE more than its own (the pipeline's first call)."""
+    folder, table = frozen
+    pipe = DDPMPipeline(unet=noise_like_unet, scheduler=DDPMScheduler(**TABLE))
+    pipe.scheduler = fewstep("amed_plugin", frozen_table=str(folder))
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(batch_size=4, generator=torch.Generator().manual_seed(1), num_inference_steps=3,
+                  output_type="pt").images
+    assert pipe.scheduler.grid.tolist() == table["sigmas"] and len(pipe.scheduler.timesteps) == 6
+    options = {k: v for k, v in table["sampler_options"].items() if k != "afs"}
+    denoiser = samplers.DiffusersUNetDenoiser.from_config(noise_like_unet, DDPMScheduler(**TABLE).config)
+    x0 = reference(denoiser, "amed_plugin", torch.tensor(table["sigmas"]), (4, 1, 8, 8), seed=1, **options)
+    x0 = x0 / math.sqrt(1 + table["sigmas"][-1] ** 2)  # the pipeline's sample is in VP space at sigma_min
+    assert_same_images(images, (x0 / 2 + 0.5).clamp(0, 1))
+    untrained = reference(denoiser, "amed_plugin", torch.tensor(table["sigmas"]), (4, 1, 8, 8), seed=1,
+                          base="dpmpp_2m")
+    assert not torch.allclose(x0, untrained, atol=1e-3)
+
+
+@pytest.mark.parametrize("how, message", [
+    (dict(sampler="amed"), "the frozen table .*frozen_table.json is for amed_plugin, not sampler=amed$"),
+    (dict(sampler="amed_plugin", sampler_options={"r": 0.4}), "gives amed_plugin's r and c: drop sampler_options r$"),
+    (dict(sampler="amed_plugin", schedule="logsnr"), "gives the whole grid; it takes no schedule='logsnr'$"),
+    (dict(sampler="amed_plugin", steps=4), "is a grid of 3 steps from sigma 80; got num_inference_steps=4 "),
+    (dict(sampler="amed_plugin", folder="none"), "no frozen AMED table at .*none"),
+])
+def test_a_frozen_table_for_something_else_is_refused_in_one_line(frozen, how, message):
+    folder, _ = frozen
+    how = dict(how)
+    steps, where = how.pop("steps", 3), folder / how.pop("folder", "")
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        fewstep(how.pop("sampler"), frozen_table=str(where), **how).set_timesteps(steps)
+
+
 def test_fewstep_scheduler_refuses_afs_in_one_line():
     """A pipeline evaluates the model on its starting noise before any step(): no call to skip."""
     with pytest.raises(ValueError) as error:

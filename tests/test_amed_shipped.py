@@ -1,0 +1,156 @@
+"""A model's own AMED predictors (`<model dir>/amed/`): found by NFE, sampled on the grid and afs
+they were trained with, and refused in one line for anything else (samplers.amed_predictor,
+samplers.config)."""
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from fewstep import samplers
+from fewstep.samplers import amed_predictor, schedule_tables
+from fewstep.samplers.amed_predictor import AMEDPredictor, bottleneck_size
+from fewstep.samplers.config import planned_grid, sampler_options
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_thread")
+GRIDS = {3: [80.0, 2.0, 0.01], 5: [80.0, 11.0, 0.8, 0.01], 7: [80.0, 20.0, 3.0, 0.4, 0.01]}
+
+
+def compose_sample(*overrides):
+    from hydra import compose, initialize_config_dir
+
+    from fewstep.samplers import config as _schema  # noqa: F401  (registers sample_schema)
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("sample", overrides=list(overrides))
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """The digits model copied without its tables and predictors, and untrained amed predictors for
+    NFE 3 and 5 and an amed_plugin one for NFE 5 stored beside it (weights seeded, so not r = 1/2)."""
+    root = tmp_path_factory.mktemp("model") / "digits"
+    shutil.copytree(ROOT / "assets" / "digits_ddpm", root, ignore=shutil.ignore_patterns("schedules", "amed"))
+    denoiser = samplers.from_pretrained(root)
+    for sampler, base, nfe in (("amed", None, 3), ("amed", None, 5), ("amed_plugin", "ipndm", 5)):
+        torch.manual_seed(nfe)
+        predictor = AMEDPredictor(feature_dim=bottleneck_size(denoiser), hidden_dim=8, sampler=sampler, base=base,
+                                  afs=True, nfe=nfe, sigmas=GRIDS[nfe], model="digits",
+                                  fingerprint=amed_predictor.fingerprint(denoiser))
+        predictor.save_pretrained(str(amed_predictor.destination(denoiser, sampler, base, nfe)))
+    return root, denoiser
+
+
+def test_the_predictor_folder_is_not_part_of_the_models_fingerprint(model, tmp_path):
+    root, denoiser = model
+    bare = tmp_path / "bare"
+    shutil.copytree(root, bare, ignore=shutil.ignore_patterns("amed"))
+    assert schedule_tables.fingerprint(samplers.from_pretrained(bare)) == schedule_tables.fingerprint(denoiser)
+    (bare / "unet" / "extra.safetensors").write_bytes(b"0")  # a weight file of the model's own does count
+    assert schedule_tables.fingerprint(samplers.from_pretrained(bare)) != schedule_tables.fingerprint(denoiser)
+
+
+@pytest.mark.parametrize("sampler, base, nfe", [("amed", None, 5), ("amed", None, 3), ("amed_plugin", "ipndm", 5)])
+def test_auto_samples_with_the_models_predictor_for_the_nfe_on_its_grid_and_afs(model, sampler, base, nfe):
+    root, denoiser = model
+    cfg = compose_sample(f"sampler={sampler}", f"nfe={nfe}")
+    steps, sigmas, line = planned_grid(cfg, denoiser)
+    folder = root / "amed" / amed_predictor.shipped_name(sampler, base, nfe)
+    assert (steps, sigmas.tolist()) == (len(GRIDS[nfe]) - 1, GRIDS[nfe])
+    assert line == f"schedule: the grid the AMED predictor {folder} was trained on (NFE {nfe}, afs True)"
+    options = sampler_options(cfg, denoiser)
+    assert options["afs"] is True and options["predictor"].config.nfe == nfe
+    assert samplers.nfe(sampler, sigmas, options) == nfe
+    noise = torch.randn(3, *denoiser.sample_shape, generator=torch.Generator().manual_seed(0))
+    by_config = samplers.sample(sampler, denoiser, noise, sigmas, **options)
+    direct = samplers.sample(sampler, denoiser, noise, sigmas, afs=True,
+                             predictor=AMEDPredictor.from_pretrained(str(folder)))
+    fixed = samplers.sample(sampler, denoiser, noise, sigmas, afs=True)  # r = 1/2, c = 1
+    assert torch.equal(by_config, direct) and not torch.allclose(by_config, fixed, atol=1e-3)
+
+
+def test_predictor_null_is_the_fixed_r_and_c_on_the_usual_grid(model):
+    _, denoiser = model
+    cfg = compose_sample("sampler=amed", "nfe=6", "sampler.options.predictor=null")
+    steps, sigmas, line = planned_grid(cfg, denoiser)
+    assert steps == 3 and "karras" in line and sampler_options(cfg, denoiser)["predictor"] is None
+
+
+def test_a_predictor_directory_is_taken_as_given(model):
+    root, denoiser = model
+    folder = root / "amed" / "amed-nfe3"
+    cfg = compose_sample("sampler=amed", f"sampler.options.predictor={folder}")
+    assert planned_grid(cfg, denoiser)[1].tolist() == GRIDS[3]
+    assert sampler_options(cfg, denoiser)["predictor"].config.nfe == 3
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["sampler=amed", "nfe=7"], "this model has no AMED predictor of amed for NFE 7: it has NFE 3, 5 \\(nfe=N\\); "
+                                "sampler.options.predictor=null runs fixed r and c, predictor=DIR a trained one"),
+    (["sampler=amed"], "this model has no AMED predictor of amed for 10 steps: it has NFE 3, 5"),
+    (["sampler=amed_plugin", "nfe=3"], "this model has no AMED predictor of amed_plugin-ipndm for NFE 3: it has NFE 5 "),
+    (["sampler=amed_plugin", "nfe=5", "sampler.options.base=dpmpp_2m"],
+     "this model has no AMED predictor of amed_plugin-dpmpp_2m for NFE 5: it has none;"),
+    (["sampler=amed", "nfe=5", "schedule.rho=5"], "was trained on: drop schedule.rho=5.0$"),
+    (["sampler=amed", "nfe=5", "schedule.kind=logsnr"], "was trained on: drop schedule.kind=logsnr$"),
+    (["sampler=amed", "nfe=5", "sampler.options.predictor=MODEL/amed/amed-nfe3"],
+     "the AMED predictor at .*amed-nfe3 was trained for NFE 3, not nfe=5$"),
+    (["sampler=amed_plugin", "sampler.options.predictor=MODEL/amed/amed-nfe3"],
+     "the AMED predictor at .*amed-nfe3 was trained for amed, not amed_plugin base=ipndm$"),
+    (["sampler=amed", "sampler.options.predictor=MODEL/amed/none"], "no AMED predictor at .*none \\(a directory"),
+])
+def test_a_predictor_for_something_else_or_none_is_refused_in_one_line(model, overrides, message):
+    root, denoiser = model
+    cfg = compose_sample(*(o.replace("MODEL", str(root)) for o in overrides))
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        planned_grid(cfg, denoiser)
+
+
+def test_a_predictor_is_stored_only_beside_a_model_loaded_from_a_directory_and_never_over_another(model, gmm):
+    _, denoiser = model
+    with pytest.raises(FileExistsError, match="amed-nfe5 holds a predictor already: remove it first"):
+        amed_predictor.destination(denoiser, "amed", None, 5)
+    with pytest.raises(ValueError, match="GMMDenoiser was not loaded from a directory"):
+        amed_predictor.destination(gmm, "amed", None, 5)
+    assert amed_predictor.destination(denoiser, "amed_plugin", "dpmpp_2m", 7).name == "amed_plugin-dpmpp_2m-nfe7"
+
+
+def test_train_amed_stores_beside_the_model_what_sample_py_then_samples_with(tmp_path):
+    """train_amed.py write=true on a copy of the digits model (2 updates), then sample.py sampler=amed
+    nfe=5 on it: the stored predictor, its grid, afs and the command that trained it; a second
+    write=true is refused before training, and sample.py refuses an NFE with no predictor."""
+    import json
+    import subprocess
+    import sys
+
+    root = tmp_path / "digits"
+    shutil.copytree(ROOT / "assets" / "digits_ddpm", root, ignore=shutil.ignore_patterns("schedules", "amed"))
+    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+
+    def run(script, *overrides):
+        return subprocess.run([sys.executable, str(ROOT / "scripts" / script), "model=diffusers",
+                               f"model.path={root}", *overrides], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=300)
+
+    train = ["sampler=amed", "nfe=5", "write=true", "train.steps=2", "train.batch_size=4", "train.log_every=1",
+             "objective.teacher_steps=1", "objective.held_out=4", f"out_dir={tmp_path / 'run'}"]
+    trained = run("train_amed.py", *train)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    stored = root / "amed" / "amed-nfe5"
+    assert f"stored the predictor in {stored}" in trained.stdout
+    table = json.loads((stored / "frozen_table.json").read_text())
+    assert table["command"].endswith("train_amed.py model=diffusers model.path=" + " ".join([str(root), *train]))
+    again = run("train_amed.py", *train[:-1], f"out_dir={tmp_path / 'again'}")
+    assert again.returncode != 0 and again.stderr.strip().splitlines()[-1] == (
+        f"error: {stored} holds a predictor already: remove it first to store another")
+    assert not (tmp_path / "again" / "model").exists()
+
+    sampled = run("sample.py", "sampler=amed", "nfe=5", "num_samples=2", f"out_dir={tmp_path / 'samples'}")
+    assert sampled.returncode == 0, sampled.stderr[-3000:]
+    lines = sampled.stdout.splitlines()
+    assert lines[0] == f"schedule: the grid the AMED predictor {stored} was trained on (NFE 5, afs True)"
+    assert f"'predictor': '{stored}'" in lines[1] and "NFE used per sample: 5" in sampled.stdout
+    refused = run("sample.py", "sampler=amed", "nfe=7", "num_samples=2", f"out_dir={tmp_path / 'none'}")
+    assert refused.returncode != 0 and refused.stderr.strip().splitlines()[-1].startswith(
+        "error: this model has no AMED predictor of amed for NFE 7: it has NFE 5 (nfe=N)")
