@@ -222,12 +222,18 @@ def amed_predictor(cfg, denoiser, device=None):
     or a directory (`AMEDPredictor.save_pretrained`); refused in one line if it is for another sampler
     or NFE."""
     from . import amed_predictor as predictors
-    from .solvers import resolve_options
+    from .solvers import get_solver, resolve_options
 
     name, value = cfg.sampler.name, cfg.sampler.options.get("predictor")
     if value is None or name not in ("amed", "amed_plugin"):
         return None
-    base = resolve_options(name, dict(cfg.sampler.options)).get("base")
+    options = resolve_options(name, dict(cfg.sampler.options))
+    fixed = [f"sampler.options.{key}={options[key]}" for key in ("r", "c")
+             if options[key] != get_solver(name).options[key]]
+    if fixed:
+        raise ValueError(f"{', '.join(fixed)} fixes what the predictor ({value}) learns: add "
+                         f"sampler.options.predictor=null")
+    base = options.get("base")
     path = (predictors.find(denoiser, name, base, cfg.nfe, None if cfg.nfe is not None else cfg.steps)
             if value == "auto" else value)
     return predictors.load(path, name, base, cfg.nfe).to(device)

@@ -119,8 +119,8 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         self._options = resolve_options(sampler, sampler_options)
         if self._options.get("predictor") is not None:
             raise ValueError(f"FewstepScheduler cannot take an AMED predictor (a network reading the UNet's bottleneck, "
-                             f"no config value): give {sampler} its frozen table, sampler_options r=[...], c=[...] "
-                             f"(samplers.amed_predictor.frozen_table)")
+                             f"no config value; on the command line sampler.options.predictor=null): give {sampler} "
+                             f"its frozen table, frozen_table=DIR or sampler_options r=[...], c=[...]")
         if self._options.get("afs"):
             raise ValueError("FewstepScheduler cannot take afs=True: a pipeline evaluates the model on its starting "
                              "noise, the call the analytical first step skips; use afs with samplers.sample")

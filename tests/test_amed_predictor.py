@@ -157,8 +157,8 @@ REFUSALS = {
                        r"^amed predictor must be an AMEDPredictor \(AMEDPredictor\.from_pretrained\(DIR\)\), got str "
                        r"'runs/amed/model'; where options are text .* give its frozen table instead"),
     "a pipeline": (lambda g, p: samplers.FewstepScheduler(sampler="amed", sampler_options={"predictor": p}),
-                   r"^FewstepScheduler cannot take an AMED predictor .*: give amed its frozen table, sampler_options "
-                   r"r=\[\.\.\.\], c=\[\.\.\.\]"),
+                   r"^FewstepScheduler cannot take an AMED predictor .*: give amed its frozen table, frozen_table=DIR "
+                   r"or sampler_options r=\[\.\.\.\], c=\[\.\.\.\]$"),
     "an NFE the grid cannot cost": (
         lambda g, p: AMEDDistillation(g, karras(g, 2), "amed", {"afs": True}, nfe=4),
         r"^amed with afs=True on a grid ending at sigma_min costs 3 NFE for 2 steps, not nfe=4: it reaches NFE "

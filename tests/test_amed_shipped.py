@@ -99,6 +99,8 @@ def test_a_predictor_directory_is_taken_as_given(model):
     (["sampler=amed_plugin", "sampler.options.predictor=MODEL/amed/amed-nfe3"],
      "the AMED predictor at .*amed-nfe3 was trained for amed, not amed_plugin base=ipndm$"),
     (["sampler=amed", "sampler.options.predictor=MODEL/amed/none"], "no AMED predictor at .*none \\(a directory"),
+    (["sampler=amed", "nfe=5", "sampler.options.r=0.4"],
+     "^sampler.options.r=0.4 fixes what the predictor \\(auto\\) learns: add sampler.options.predictor=null$"),
 ])
 def test_a_predictor_for_something_else_or_none_is_refused_in_one_line(model, overrides, message):
     root, denoiser = model

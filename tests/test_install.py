@@ -88,12 +88,17 @@ def test_the_installed_wheel_finds_its_model_extractor_and_tables_by_name(instal
     assert found["by_nfe"] == {str(k): v for k, v in shipped_ddim_table().items()} and found["features"] == [2, 64]
 
 
-def test_the_installed_console_command_samples_the_default_model(installed):
-    target = installed[0]
-    out = installed[1] / "run"
-    done = python(installed, str(target / "bin" / "fewstep-sample"), "sampler=ddim+skiptune", "num_samples=2", "steps=2",
+def fewstep_sample(installed, run: str, *overrides):
+    """`fewstep-sample` of the installed wheel, 2 samples into `run` beside it: its run and directory."""
+    out = installed[1] / run
+    done = python(installed, str(installed[0] / "bin" / "fewstep-sample"), *overrides, "num_samples=2",
                   f"out_dir={out}")
     assert done.returncode == 0, done.stderr[-3000:]
+    return done, out
+
+
+def test_the_installed_console_command_samples_the_default_model(installed):
+    done, out = fewstep_sample(installed, "run", "sampler=ddim+skiptune", "steps=2")
     nearest = shipped_ddim_table()[min(shipped_ddim_table())]  # 2 steps: the table's smallest NFE is the nearest
     assert f"Skip-Tuning: rho_top 1.0, rho_bottom {nearest}" in done.stdout
     assert f"wrote {out / 'samples.png'}" in done.stdout and (out / "samples.png").stat().st_size > 100
@@ -102,17 +107,21 @@ def test_the_installed_console_command_samples_the_default_model(installed):
     assert f"wrote {out}-m/samples.png" in module.stdout
 
 
+def test_the_installed_wheel_finds_the_shipped_amed_predictor_of_the_nfe(installed):
+    done, _ = fewstep_sample(installed, "amed", "sampler=amed", "nfe=5")
+    first = done.stdout.splitlines()[0]
+    assert first.startswith("schedule: the grid the AMED predictor ") and first.endswith("(NFE 5, afs True)")
+    assert Path(first.split()[6]).is_relative_to(installed[0]) and "NFE used per sample: 5" in done.stdout
+
+
 def test_the_installed_wheel_samples_every_shipped_model_by_name(installed):
     """The flows and the GAN generator ship inside the wheel too, and their model configs find them."""
     from fewstep.assets import names
 
-    target = installed[0]
     shipped = [m for m in ("digits_rf1", "digits_rf2", "digits_rf_1step", "digits_gan", "digits_rf_gan") if m in names()]
     assert {"digits_rf1", "digits_rf2"} <= set(shipped)
     for model in shipped:
-        out = installed[1] / model  # a run directory named like the model: the name still means the shipped one
         sampler = [] if model in ("digits_gan", "digits_rf_gan") else ["sampler=euler", "nfe=1"]
-        done = python(installed, str(target / "bin" / "fewstep-sample"), f"model={model}", *sampler, "num_samples=2",
-                      f"out_dir={out}")
-        assert done.returncode == 0, done.stderr[-3000:]
+        # a run directory named like the model: the name still means the shipped one
+        done, out = fewstep_sample(installed, model, f"model={model}", *sampler)
         assert "NFE used per sample: 1" in done.stdout and (out / "samples.png").stat().st_size > 100
