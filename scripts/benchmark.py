@@ -22,6 +22,7 @@ import csv
 import json
 import math
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -596,8 +597,8 @@ def learned_rows(name: str, targets, predictors) -> list[tuple]:
 def amed_rows(denoiser, names, targets, predictors, searched) -> list[tuple]:
     """`(label, sampler, options, target, sigmas)`: every sampler on the paper's grid with AFS (`paper_grid`;
     amed_plugin at r = 1/2, c = 1, and amed there is dpm_2), amed and amed_plugin learned and frozen
-    (`learned_rows`), and dpm_2 and amed_plugin at r = 1/2 on the default grid and on their searched
-    grid (`searched(name, nfe)`, None: no row)."""
+    (`learned_rows`), and dpm_2 and amed_plugin at r = 1/2 on the default grid and, last, on their
+    searched grid (`searched(name, nfe)`, looked up when the row runs; None: no row)."""
     afs = {"afs": True}
     rows = [(f"{name}{' r=1/2' if name == 'amed_plugin' else ''} paper", name, afs, t, paper_grid(name, denoiser, t, afs))
             for name in names if name != "amed" for t in targets]
@@ -606,16 +607,19 @@ def amed_rows(denoiser, names, targets, predictors, searched) -> list[tuple]:
     for name in ("dpm_2", "amed_plugin"):
         label = f"{name}{' r=1/2' if name == 'amed_plugin' else ''}"
         rows += [(f"{label} karras", name, {}, t, default_grid(name, denoiser, t)) for t in targets if name in names]
-        rows += [(f"{label} searched", name, {}, t, grid) for t in targets if name in names
-                 and (grid := searched(name, t)) is not None]
+        rows += [(f"{label} searched", name, {}, t, partial(searched, name, t)) for t in targets if name in names]
     return rows
 
 
 def run_rows(rows, measure) -> list[dict]:
     """`measure(sampler, options, sigmas)` (a dict of metrics) of every row, once per distinct grid and
-    options of a label (a target that rounds to a lower NFE's grid reuses it)."""
+    options of a label (a target that rounds to a lower NFE's grid reuses it); `sigmas` may be a
+    function giving them (or None: no row)."""
     results, done = [], {}
     for label, name, options, target, sigmas in rows:
+        sigmas = sigmas() if callable(sigmas) else sigmas
+        if sigmas is None:
+            continue
         key = (label, tuple(sigmas.tolist()))
         if key not in done:
             start = time.perf_counter()
@@ -744,9 +748,9 @@ def suite_amed(args):
             f"`frozen table`: its per-step r and c averaged over 64 noises, no features (what `FewstepScheduler` "
             f"runs). `karras`: the default grid (rho 7 over the model's range 0.01-157, a last step to 0); "
             f"`searched`: the shipped searched table. ddim, heun, dpmpp_2m and ipndm on the default and searched "
-            f"grids are in the section \"Searched schedules\" (same seeds). FD-digits of {args.num_samples} samples, "
-            f"seeds {args.seed}-{args.seed + args.num_samples - 1}, against the 1797 digits. A cell's NFE in "
-            f"brackets: fewer were spent.\n\n{nfe_table(results, 'fd', args.nfe)}\n\n"
+            f"grids are in the section \"Searched schedules against the default grid\". FD-digits of "
+            f"{args.num_samples} samples, seeds {args.seed}-{args.seed + args.num_samples - 1}, against the 1797 "
+            f"digits. A cell's NFE in brackets: fewer were spent.\n\n{nfe_table(results, 'fd', args.nfe)}\n\n"
             f"Converged sampling (dpmpp_2m, NFE 50, default grid): FD {converged:.2f}. At NFE 5 in the paper's "
             f"setting AMED-Solver is {ratio('amed learned', 'ipndm paper')} iPNDM's FD and "
             f"{ratio('amed learned', 'ddim paper')} DDIM's (the paper on CIFAR-10: 0.56x and 0.15x); AMED-Plugin "
