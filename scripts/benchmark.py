@@ -788,7 +788,7 @@ DEFAULTS = {"gmm": (10000, NFE_TARGETS, SAMPLERS), "digits": (2000, NFE_TARGETS,
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", nargs="+", choices=list(SUITES), default=list(SUITES))
-    parser.add_argument("--samplers", nargs="+", choices=AMED_SAMPLERS, default=None,
+    parser.add_argument("--samplers", nargs="+", choices=list(dict.fromkeys(SAMPLERS + AMED_SAMPLERS)), default=None,
                         help="default: ddim euler heun dpmpp_2m ipndm (gmm, digits, schedules), euler dpmpp_2m "
                              "ipndm (reflow suites), those and dpm_2 amed amed_plugin but euler (amed)")
     parser.add_argument("--nfe", nargs="+", type=int, default=None,
