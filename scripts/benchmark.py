@@ -735,10 +735,10 @@ def suite_amed(args):
     fd5 = {r["label"]: r["fd"] for r in results if r["target_nfe"] == 5}
     ratio = lambda a, b: (f"{fd5[a] / fd5[b]:.2f}x" if a in fd5 and b in fd5 else "–")  # noqa: E731
     best5 = min((r for r in results if r["target_nfe"] == 5), key=lambda r: r["fd"], default=None)
-    frozen = [r for r in results if r["label"].endswith("frozen table")]
-    tables = "\n".join(f"| {r['label'].split()[0]} | {r['nfe']} | {', '.join(f'{s:.4g}' for s in r['sigmas'])} | "
-                       f"{', '.join(f'{v:.3f}' for v in json_table(predictors, r)['r'])} | "
-                       f"{', '.join(f'{v:.4f}' for v in json_table(predictors, r)['c'])} |" for r in frozen)
+    tables = "\n".join(f"| {name} | {nfe} | {', '.join(f'{s:.4g}' for s in table['sigmas'])} | "
+                       f"{', '.join(f'{v:.3f}' for v in table['sampler_options']['r'])} | "
+                       f"{', '.join(f'{v:.4f}' for v in table['sampler_options']['c'])} |"
+                       for name, by_nfe in predictors.items() for nfe, (_, table) in sorted(by_nfe.items()))
     body = (f"AMED-Solver (`amed`) and AMED-Plugin on iPNDM (`amed_plugin`) against the other samplers on the digits "
             f"DDPM. `paper`: the AMED paper's setting, Karras rho 7 from sigma 80 to the model's sigma_min (0.01), "
             f"the sample returned there, the analytical first step (AFS) for every sampler, the most steps within "
@@ -767,11 +767,6 @@ def suite_amed(args):
             f"of seeds 900000..); the mean distance to the exact ODE solution (dopri5, rtol = atol = 1e-8) of "
             f"{args.gmm_samples} noises of seeds {args.seed}..:\n\n{nfe_table(gmm_results, 'ode_error', args.nfe)}")
     return results + gmm_results, "amed", "AMED: learned mid-value steps", body
-
-
-def json_table(predictors, row) -> dict:
-    """The r and c lists of the frozen table behind a `frozen table` row."""
-    return predictors[row["sampler"]][row["target_nfe"]][1]["sampler_options"]
 
 
 SUITES = {"gmm": suite_gmm, "digits": suite_digits, "reflow": suite_reflow, "reflow-2d": suite_reflow_2d,
