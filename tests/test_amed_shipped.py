@@ -120,8 +120,8 @@ def test_a_predictor_is_stored_only_beside_a_model_loaded_from_a_directory_and_n
 
 def test_train_amed_stores_beside_the_model_what_sample_py_then_samples_with(tmp_path):
     """train_amed.py write=true on a copy of the digits model (2 updates), then sample.py sampler=amed
-    nfe=5 on it: the stored predictor, its grid, afs and the command that trained it; a second
-    write=true is refused before training, and sample.py refuses an NFE with no predictor."""
+    nfe=5 on it: the stored predictor, its grid, afs and the command that trained it (the refusals
+    are the in-process tests above)."""
     import json
     import subprocess
     import sys
@@ -143,16 +143,9 @@ def test_train_amed_stores_beside_the_model_what_sample_py_then_samples_with(tmp
     assert f"stored the predictor in {stored}" in trained.stdout
     table = json.loads((stored / "frozen_table.json").read_text())
     assert table["command"].endswith("train_amed.py model=diffusers model.path=" + " ".join([str(root), *train]))
-    again = run("train_amed.py", *train[:-1], f"out_dir={tmp_path / 'again'}")
-    assert again.returncode != 0 and again.stderr.strip().splitlines()[-1] == (
-        f"error: {stored} holds a predictor already: remove it first to store another")
-    assert not (tmp_path / "again" / "model").exists()
 
     sampled = run("sample.py", "sampler=amed", "nfe=5", "num_samples=2", f"out_dir={tmp_path / 'samples'}")
     assert sampled.returncode == 0, sampled.stderr[-3000:]
     lines = sampled.stdout.splitlines()
     assert lines[0] == f"schedule: the grid the AMED predictor {stored} was trained on (NFE 5, afs True)"
     assert f"'predictor': '{stored}'" in lines[1] and "NFE used per sample: 5" in sampled.stdout
-    refused = run("sample.py", "sampler=amed", "nfe=7", "num_samples=2", f"out_dir={tmp_path / 'none'}")
-    assert refused.returncode != 0 and refused.stderr.strip().splitlines()[-1].startswith(
-        "error: this model has no AMED predictor of amed for NFE 7: it has NFE 5 (nfe=N)")
