@@ -160,9 +160,10 @@ def test_eval_gives_the_same_number_with_one_and_two_processes(tmp_path):
     args = ["model=gmm", "extractor=raw", "reference=analytic", "sampler=ddim", "sampler.options.eta=1.0",
             "steps=6", "num_samples=301", "batch_size=50"]
     script = str(ROOT / "scripts" / "eval_fid.py")
-    subprocess.run([sys.executable, script, *args, f"out_dir={tmp_path / 'one'}"], check=True, capture_output=True)
-    subprocess.run([*accelerate_launch(2), script, *args,
-                    f"out_dir={tmp_path / 'two'}"], check=True, capture_output=True)
+    for run in ([sys.executable, script, *args, f"out_dir={tmp_path / 'one'}"],
+                [*accelerate_launch(2), script, *args, f"out_dir={tmp_path / 'two'}"]):
+        done = subprocess.run(run, capture_output=True, text=True)
+        assert done.returncode == 0, f"{' '.join(run)}\n{done.stderr[-3000:]}"  # what failed, e.g. gloo's rendezvous
     one, two = (json.loads(next((tmp_path / d).glob("*.json")).read_text()) for d in ("one", "two"))
     assert two["num_processes"] == 2 and one["num_samples"] == two["num_samples"] == 301
     assert one["fd"] == pytest.approx(two["fd"], rel=1e-9)
