@@ -130,7 +130,7 @@ def from_config(cfg, device) -> Sampling:
     from hydra.utils import instantiate
 
     from ..samplers import nfe
-    from ..samplers.config import pipeline_setup, sampler_options, sampling_setup, text_to_image_dir
+    from ..samplers.config import pipeline_setup, printable, sampling_setup, text_to_image_dir
 
     if cfg.num_samples < 1 or cfg.batch_size < 1:
         raise ValueError(f"num_samples and batch_size must be at least 1, got {cfg.num_samples} and {cfg.batch_size}")
@@ -151,12 +151,10 @@ def from_config(cfg, device) -> Sampling:
         model = instantiate(cfg.model, _convert_="all")
         if getattr(model, "latent_shape", None) is not None:
             return _one_step(cfg, model, device)
-        model, shape, steps, sigmas, how = sampling_setup(cfg, device, model)
-        options = sampler_options(cfg, model, device)
+        model, shape, steps, sigmas, how, options = sampling_setup(cfg, device, model)
         fn = SamplerFn(name, model, sigmas, shape, device, options)
         planned, first, metadata = nfe(name, sigmas, options), [how], {}
-    learned = options.get("predictor")
-    shown = {**options, "predictor": learned.config._name_or_path} if isinstance(learned, torch.nn.Module) else options
+    shown = printable(options)
     line = (f"{name} {shown}: {steps} steps, NFE {planned if planned is not None else 'adaptive'}, "
             f"sigma {' -> '.join(f'{float(s):.4g}' for s in (sigmas[0], sigmas[-2], sigmas[-1]))}, "
             f"{cfg.num_samples} samples of {shape}")

@@ -148,8 +148,11 @@ def computed_grid(kind: str, steps: int, sc, denoiser, sampler: str, device=None
         final_sigmas_type=_value(sc.final_sigmas_type) or "zero", device=device)
 
 
-def planned_grid(cfg, denoiser, device=None):
+def planned_grid(cfg, denoiser, device=None, predictor=None):
     """The step count, sigma grid and a line saying which grid, for a sample config on `denoiser`.
+
+    predictor: the config's AMED predictor (`amed_predictor`): its own grid, refused beside any
+    schedule value.
 
     schedule.kind auto: the model's searched table (`schedule_tables.default_path`) when it has a
     grid for this sampler, its options and the NFE asked, and no other schedule value is set; else
@@ -164,7 +167,6 @@ def planned_grid(cfg, denoiser, device=None):
     sc, name, options = cfg.schedule, cfg.sampler.name, dict(cfg.sampler.options)
     kind = sc.kind.value
     others = [f"schedule.{key}={_value(getattr(sc, key))}" for key in GRID_VALUES if getattr(sc, key) is not None]
-    predictor = amed_predictor(cfg, denoiser)
     if predictor is not None and predictor.config.sigmas is not None:
         path = predictor.config._name_or_path
         if kind != "auto" or others or sc.table is not None:
@@ -239,19 +241,25 @@ def amed_predictor(cfg, denoiser, device=None):
     return predictors.load(path, name, base, cfg.nfe).to(device)
 
 
-def sampler_options(cfg, denoiser, device=None) -> dict:
-    """`sampler.options` of a sample config, its AMED predictor (`amed_predictor`) loaded, with the afs
-    it was trained with."""
+def sampler_options(cfg, predictor=None) -> dict:
+    """`sampler.options` of a sample config with its AMED predictor (`amed_predictor`) in place of
+    the name, and the afs it was trained with."""
     options = dict(cfg.sampler.options)
-    predictor = amed_predictor(cfg, denoiser, device)
     if predictor is not None:
         options.update(predictor=predictor, afs=predictor.config.afs)
     return options
 
 
+def printable(options: dict) -> dict:
+    """Sampler options to print: a predictor shown by its directory."""
+    learned = options.get("predictor")
+    return {**options, "predictor": learned.config._name_or_path} if isinstance(learned, torch.nn.Module) else options
+
+
 def sampling_setup(cfg, device, denoiser=None):
     """The denoiser (`denoiser`, else the config's model), sample shape, step count, sigma grid a
-    sample config asks for, and a line saying which grid (`planned_grid`)."""
+    sample config asks for, a line saying which grid (`planned_grid`) and the sampler options
+    (`sampler_options`, its AMED predictor loaded once for both)."""
     from hydra.utils import instantiate
 
     denoiser = (instantiate(cfg.model, _convert_="all") if denoiser is None else denoiser).to(device).eval()
@@ -262,8 +270,9 @@ def sampling_setup(cfg, device, denoiser=None):
         shape = (shape[0], cfg.image_size, cfg.image_size)
     if hasattr(denoiser, "check_shape"):
         denoiser.check_shape(shape)
-    steps, sigmas, how = planned_grid(cfg, denoiser, device)
-    return denoiser, shape, steps, sigmas, how
+    predictor = amed_predictor(cfg, denoiser, device)
+    steps, sigmas, how = planned_grid(cfg, denoiser, device, predictor)
+    return denoiser, shape, steps, sigmas, how, sampler_options(cfg, predictor)
 
 
 def text_to_image_dir(cfg) -> Path | None:

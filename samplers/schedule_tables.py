@@ -75,7 +75,7 @@ def _check_sampler(table: dict, path: Path, sampler: str, options: dict) -> None
                          f"not of {sampler} {changed_options(sampler, options)}")
 
 
-def _check_start(sigmas: torch.Tensor, sigma_max: float, grid: str, whose: str) -> torch.Tensor:
+def check_start(sigmas: torch.Tensor, sigma_max: float, grid: str, whose: str) -> torch.Tensor:
     """`sigmas` (checked by `check_sigmas`), refused when they start above `whose` `sigma_max`."""
     sigmas = check_sigmas(sigmas)
     if sigmas[0] > sigma_max * (1 + 1e-9):
@@ -96,7 +96,7 @@ def lookup(path, denoiser, sampler: str, options: dict, nfe: int) -> torch.Tenso
     entry = table["by_nfe"].get(str(nfe))
     if entry is None:
         raise ValueError(f"{path} has no grid for NFE {nfe}: it has NFE {', '.join(sorted(table['by_nfe'], key=int))}")
-    sigmas = _check_start(entry["sigmas"], float(denoiser.sigma_max), f"{path} NFE {nfe}", "the model's")
+    sigmas = check_start(entry["sigmas"], float(denoiser.sigma_max), f"{path} NFE {nfe}", "the model's")
     if nfe_of(sampler, sigmas, options) != nfe:
         raise ValueError(f"{path} NFE {nfe}: its grid of {len(sigmas) - 1} steps costs {sampler} "
                          f"{nfe_of(sampler, sigmas, options)} NFE, not {nfe}")
@@ -163,4 +163,4 @@ def grid_of_steps(path, sampler: str, options: dict, steps: int, sigma_max: floa
     if not found:
         have = sorted({len(e["sigmas"]) - 1 for e in table["by_nfe"].values()})
         raise ValueError(f"{path} has no grid of {steps} steps: it has {', '.join(map(str, have))}")
-    return _check_start(found[0][1], sigma_max, f"{path}'s grid of {steps} steps", "this scheduler's")
+    return check_start(found[0][1], sigma_max, f"{path}'s grid of {steps} steps", "this scheduler's")

@@ -281,11 +281,11 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         schedule, whose timesteps are the mirrored diffusers scheduler's (empty otherwise)."""
         c = self.config
         if self._frozen is not None:
-            grid = check_sigmas(self._frozen["sigmas"])
-            if steps != len(grid) - 1 or grid[0] > self._space.sigma_max * (1 + 1e-9):
-                raise ValueError(f"frozen_table={c.frozen_table} is a grid of {len(grid) - 1} steps from sigma "
-                                 f"{float(grid[0]):.6g}; got num_inference_steps={steps} (this scheduler's sigma_max "
-                                 f"{self._space.sigma_max:.6g})")
+            grid = schedule_tables.check_start(self._frozen["sigmas"], self._space.sigma_max,
+                                               f"frozen_table={c.frozen_table}", "this scheduler's")
+            if steps != len(grid) - 1:
+                raise ValueError(f"frozen_table={c.frozen_table} is a grid of {len(grid) - 1} steps; "
+                                 f"got num_inference_steps={steps}")
             return grid, {}
         if c.schedule_table is not None:
             path = schedule_tables.table_file(c.schedule_table, c.sampler)

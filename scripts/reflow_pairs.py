@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from fewstep.flows import config as _schema  # noqa: F401  (registers reflow_pairs_schema for conf/reflow_pairs.yaml)
 from fewstep.flows import write_pairs
 from fewstep.samplers import nfe
-from fewstep.samplers.config import sampling_setup, text_to_image_dir
+from fewstep.samplers.config import printable, sampling_setup, text_to_image_dir
 from fewstep.samplers.skip_tuning import skip_tuning_for
 from fewstep.scripts._cli import CONFIG_PATH, accelerator_for, one_line_errors
 
@@ -22,11 +22,11 @@ def main(cfg):
     if text_to_image_dir(cfg) is not None:
         raise ValueError(f"{cfg.model.path} is a text-to-image pipeline: reflow pairs take a denoiser model")
     acc, device = accelerator_for(cfg.device)
-    denoiser, shape, steps, sigmas, how = sampling_setup(cfg, device)
-    name, options = cfg.sampler.name, dict(cfg.sampler.options)
+    denoiser, shape, steps, sigmas, how, options = sampling_setup(cfg, device)
+    name = cfg.sampler.name
     planned = nfe(name, sigmas, options)
     acc.print(how)
-    acc.print(f"{name} {options}: {steps} steps, NFE {planned if planned is not None else 'adaptive'}, "
+    acc.print(f"{name} {printable(options)}: {steps} steps, NFE {planned if planned is not None else 'adaptive'}, "
               f"{cfg.num_pairs} pairs of {shape} from seed {cfg.seed}")
     with skip_tuning_for(cfg.sampler.get("skip"), denoiser, planned or 0) as tuning:
         metadata = {"model": OmegaConf.to_container(cfg.model, resolve=True),

@@ -2,6 +2,7 @@
 against diffusers' KDPM2DiscreteScheduler (its port of k-diffusion's `sample_dpm_2`, a test dependency
 as in test_outside_implementations), hand-written references, the mixture's exact ODE solution, exact
 NFE counts, and inside FewstepScheduler."""
+import json
 import math
 
 import numpy as np
@@ -321,13 +322,17 @@ def test_a_pipeline_runs_amed_from_its_frozen_table_as_sample_does_without_afs(n
     (dict(sampler="amed"), "the frozen table .*frozen_table.json is for amed_plugin, not sampler=amed$"),
     (dict(sampler="amed_plugin", sampler_options={"r": 0.4}), "gives amed_plugin's r and c: drop sampler_options r$"),
     (dict(sampler="amed_plugin", schedule="logsnr"), "gives the whole grid; it takes no schedule='logsnr'$"),
-    (dict(sampler="amed_plugin", steps=4), "is a grid of 3 steps from sigma 80; got num_inference_steps=4 "),
+    (dict(sampler="amed_plugin", steps=4), "is a grid of 3 steps; got num_inference_steps=4$"),
+    (dict(sampler="amed_plugin", start=5000.0), "frozen_table=.* starts at sigma 5000, above this scheduler's sigma_max 157.4"),
     (dict(sampler="amed_plugin", folder="none"), "no frozen AMED table at .*none"),
 ])
 def test_a_frozen_table_for_something_else_is_refused_in_one_line(frozen, how, message):
     folder, _ = frozen
     how = dict(how)
     steps, where = how.pop("steps", 3), folder / how.pop("folder", "")
+    if "start" in how:
+        table = json.loads((folder / "frozen_table.json").read_text())
+        (folder / "frozen_table.json").write_text(json.dumps({**table, "sigmas": [how.pop("start")] + table["sigmas"][1:]}))
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         fewstep(how.pop("sampler"), frozen_table=str(where), **how).set_timesteps(steps)
 

@@ -10,7 +10,7 @@ import torch
 from fewstep import samplers
 from fewstep.samplers import amed_predictor, schedule_tables
 from fewstep.samplers.amed_predictor import AMEDPredictor, bottleneck_size
-from fewstep.samplers.config import planned_grid, sampler_options
+from fewstep.samplers.config import sampling_setup
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -55,11 +55,10 @@ def test_the_predictor_folder_is_not_part_of_the_models_fingerprint(model, tmp_p
 def test_auto_samples_with_the_models_predictor_for_the_nfe_on_its_grid_and_afs(model, sampler, base, nfe):
     root, denoiser = model
     cfg = compose_sample(f"sampler={sampler}", f"nfe={nfe}")
-    steps, sigmas, line = planned_grid(cfg, denoiser)
+    _, _, steps, sigmas, line, options = sampling_setup(cfg, "cpu", denoiser)
     folder = root / "amed" / amed_predictor.shipped_name(sampler, base, nfe)
     assert (steps, sigmas.tolist()) == (len(GRIDS[nfe]) - 1, GRIDS[nfe])
     assert line == f"schedule: the grid the AMED predictor {folder} was trained on (NFE {nfe}, afs True)"
-    options = sampler_options(cfg, denoiser)
     assert options["afs"] is True and options["predictor"].config.nfe == nfe
     assert samplers.nfe(sampler, sigmas, options) == nfe
     noise = torch.randn(3, *denoiser.sample_shape, generator=torch.Generator().manual_seed(0))
@@ -73,16 +72,16 @@ def test_auto_samples_with_the_models_predictor_for_the_nfe_on_its_grid_and_afs(
 def test_predictor_null_is_the_fixed_r_and_c_on_the_usual_grid(model):
     _, denoiser = model
     cfg = compose_sample("sampler=amed", "nfe=6", "sampler.options.predictor=null")
-    steps, sigmas, line = planned_grid(cfg, denoiser)
-    assert steps == 3 and "karras" in line and sampler_options(cfg, denoiser)["predictor"] is None
+    _, _, steps, sigmas, line, options = sampling_setup(cfg, "cpu", denoiser)
+    assert steps == 3 and "karras" in line and options["predictor"] is None
 
 
 def test_a_predictor_directory_is_taken_as_given(model):
     root, denoiser = model
     folder = root / "amed" / "amed-nfe3"
     cfg = compose_sample("sampler=amed", f"sampler.options.predictor={folder}")
-    assert planned_grid(cfg, denoiser)[1].tolist() == GRIDS[3]
-    assert sampler_options(cfg, denoiser)["predictor"].config.nfe == 3
+    _, _, _, sigmas, _, options = sampling_setup(cfg, "cpu", denoiser)
+    assert sigmas.tolist() == GRIDS[3] and options["predictor"].config.nfe == 3
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -106,7 +105,7 @@ def test_a_predictor_for_something_else_or_none_is_refused_in_one_line(model, ov
     root, denoiser = model
     cfg = compose_sample(*(o.replace("MODEL", str(root)) for o in overrides))
     with pytest.raises((ValueError, FileNotFoundError), match=message):
-        planned_grid(cfg, denoiser)
+        sampling_setup(cfg, "cpu", denoiser)
 
 
 def test_a_predictor_is_stored_only_beside_a_model_loaded_from_a_directory_and_never_over_another(model, gmm):
