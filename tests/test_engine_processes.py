@@ -1,0 +1,142 @@
+"""The trainer's arithmetic across processes, its choice of device and its progress bar, checked in
+one process: an `Accelerator` made to play process 0 of two, whose partner's tensors the test
+chooses. (Real two-process runs are in test_training.py; they start other Python processes.)"""
+import csv
+import re
+
+import pytest
+import torch
+
+from fewstep.training import engine
+from test_training import make_trainer
+from train_worker import gan_trainer
+
+
+class PlaysTwo:
+    """A real `Accelerator` as process 0 of two. `reduce` does what accelerate's does with two
+    processes (the sum of both, halved for "mean", the larger for "max"), the partner holding
+    `partner(tensor)`; everything else is the real accelerator's."""
+
+    num_processes = 2
+
+    def __init__(self, accelerator, partner, main):
+        self._accelerator, self.partner, self.is_main_process = accelerator, partner, main
+
+    def reduce(self, tensor, reduction="sum"):
+        other = self.partner(tensor)
+        if reduction == "max":
+            return torch.maximum(tensor, other)
+        return (tensor + other) / 2 if reduction == "mean" else tensor + other
+
+    def __getattr__(self, name):
+        return getattr(self._accelerator, name)
+
+
+def as_two(monkeypatch, build, partner=lambda t: t, main=True):
+    """`build()`, a trainer whose accelerator plays process 0 of two (or, `main=False`, a process
+    that is not the main one)."""
+    real = engine.Accelerator
+    with monkeypatch.context() as m:
+        m.setattr(engine, "Accelerator", lambda **kwargs: PlaysTwo(real(**kwargs), partner, main))
+        return build()
+
+
+def rows(path):
+    return list(csv.reader(open(path, newline="")))
+
+
+def test_two_processes_with_the_same_half_batches_train_as_one_process_on_one_half(tmp_path, monkeypatch):
+    """Each of two processes takes batch_size / 2. With the partner's losses and gradients equal to
+    this process's, every mean over processes is this process's own, so the run is a one-process run
+    on the half batch: the same weights, EMAs, logged means (checkpoints, which average the running
+    losses, fall between rows) and update counts."""
+    two = as_two(monkeypatch, lambda: gan_trainer(tmp_path / "two", 9, checkpoint_every=2, batch_size=32,
+                                                  log_every=3, grad_clip=1.0))
+    one = gan_trainer(tmp_path / "one", 9, checkpoint_every=2, batch_size=16, log_every=3, grad_clip=1.0)
+    assert next(iter(two.loader)).shape[0] == 16
+    two.fit(), one.fit()
+    for a, b in [(two.nets, one.nets), (two.ema_nets(), one.ema_nets())]:
+        for name in a:
+            assert all(torch.equal(p, q) for p, q in zip(a[name].parameters(), b[name].parameters())), name
+    assert rows(tmp_path / "two" / "loss.csv") == rows(tmp_path / "one" / "loss.csv")
+    assert two.updates() == one.updates() == {"critic": 6, "generator": 3}
+
+
+def test_each_update_uses_the_gradient_and_logs_the_loss_averaged_over_the_processes(tmp_path, monkeypatch):
+    """The partner's gradients and losses are this process's plus 1: every optimiser step sees the
+    gradient + 1/2, and `loss.csv` logs the loss + 1/2."""
+    trainer = as_two(monkeypatch, lambda: gan_trainer(tmp_path, 4, checkpoint_every=100, log_every=1, grad_clip=None),
+                     partner=lambda t: t + 1)
+    own, seen, losses = [], [], []
+    backward = trainer.accelerator.backward
+
+    def recording_backward(loss, inputs, **kwargs):
+        backward(loss, inputs=inputs, **kwargs)
+        own.append([p.grad.clone() for p in inputs])
+        losses.append(loss.item())
+
+    trainer.accelerator.backward = recording_backward
+    for name, optimizer in trainer.optimizers.items():
+        optimizer.optimizer.register_step_pre_hook(
+            lambda _, args, kwargs, name=name: seen.append([p.grad.clone() for p in trainer.nets[name].parameters()
+                                                           if p.requires_grad]))
+    trainer.fit()
+    assert len(seen) == len(own) == 4
+    for mine, averaged in zip(own, seen):
+        assert all(torch.allclose(a, m + 0.5, atol=1e-6) for m, a in zip(mine, averaged))
+    logged = [float(row[1] or row[2]) for row in rows(tmp_path / "loss.csv")[1:]]
+    assert logged == pytest.approx([loss + 0.5 for loss in losses], abs=2e-6)
+
+
+def test_a_loss_that_is_not_finite_on_the_other_process_stops_this_one_too(tmp_path, monkeypatch):
+    trainer = as_two(monkeypatch, lambda: gan_trainer(tmp_path, 4, checkpoint_every=100),
+                     partner=torch.zeros_like)  # the partner's every loss is NaN: 0 finite
+    with pytest.raises(FloatingPointError, match=r"^the critic loss is not finite at step 1 \(this process: -?\d"):
+        trainer.fit()
+
+
+def test_a_batch_that_does_not_split_over_the_processes_is_one_line(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="^batch_size 15 is not divisible by the number of processes 2$"):
+        as_two(monkeypatch, lambda: gan_trainer(tmp_path, 4, checkpoint_every=100, batch_size=15))
+
+
+@pytest.mark.parametrize("cpu, cuda, expected", [(None, False, True), (None, True, False), (True, True, True),
+                                                 (False, False, False)])
+def test_cpu_none_means_the_cpu_only_when_no_cuda_device_is_present(tmp_path, monkeypatch, cpu, cuda, expected):
+    asked = []
+
+    def accelerator(**kwargs):
+        asked.append(kwargs["cpu"])
+        raise KeyboardInterrupt  # the trainer gets no further: no device is touched
+
+    monkeypatch.setattr(engine, "Accelerator", accelerator)
+    monkeypatch.setattr(engine.torch.cuda, "is_available", lambda: cuda)
+    with pytest.raises(KeyboardInterrupt):
+        gan_trainer(tmp_path, 4, checkpoint_every=100, cpu=cpu)
+    assert asked == [expected]
+
+
+def bar_lines(err: str) -> list[str]:
+    return [line.strip() for line in re.split(r"[\r\n]", err) if line.strip().startswith("train:")]
+
+
+def test_the_progress_bar_counts_the_steps_from_a_resume_to_the_end_and_shows_the_logged_means(tmp_path, capsys):
+    gan_trainer(tmp_path / "gan", 4, checkpoint_every=2, log_every=2).fit()
+    shown = bar_lines(capsys.readouterr().err)
+    assert shown[0].startswith("train:   0%") and " 0/4 " in shown[0] and shown[-1].startswith("train: 100%")
+    logged = rows(tmp_path / "gan" / "loss.csv")[-1]
+    assert re.search(f" 4/4 .*, critic={float(logged[1]):.4f}, generator={float(logged[2]):.4f}]$", shown[-1])
+    gan_trainer(tmp_path / "gan", 6, checkpoint_every=2, log_every=2).fit()
+    resumed = bar_lines(capsys.readouterr().err)
+    assert " 4/6 " in resumed[0] and " 6/6 " in resumed[-1]
+
+    make_trainer(tmp_path / "unet", 2, checkpoint_every=2).fit()  # one network: its mean as loss=
+    logged = rows(tmp_path / "unet" / "loss.csv")[-1]
+    assert bar_lines(capsys.readouterr().err)[-1].endswith(f", loss={float(logged[1]):.4f}]")
+
+
+def test_only_the_main_process_shows_the_progress_bar(tmp_path, monkeypatch, capsys):
+    as_two(monkeypatch, lambda: gan_trainer(tmp_path / "other", 2, checkpoint_every=100), main=False).fit()
+    assert bar_lines(capsys.readouterr().err) == []
+    as_two(monkeypatch, lambda: gan_trainer(tmp_path / "main", 2, checkpoint_every=100)).fit()
+    assert bar_lines(capsys.readouterr().err)
