@@ -51,7 +51,7 @@ class SkipTuning:
     """The hooks of one Skip-Tuning on one UNet: `.remove()` takes them off; as a context manager
     they come off on exit. Made by `skip_tuning(...)`."""
 
-    def __init__(self, model, rho_top: float = 1.0, rho_bottom: float = 0.8, sigma_range=None):
+    def __init__(self, model, rho_top: float, rho_bottom: float, sigma_range):
         self.rho_top, self.rho_bottom = _check_rho("rho_top", rho_top), _check_rho("rho_bottom", rho_bottom)
         self.unet, table = _unet_and_table(model)
         if sigma_range is not None:

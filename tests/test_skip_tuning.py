@@ -223,3 +223,131 @@ def test_the_best_factors_share_one_rho_top_and_the_summary_compares_with_the_pl
     rho_top, by_nfe, summary = best_factors(results)
     assert (rho_top, by_nfe) == (0.9, {5: 0.8, 10: 0.8, 20: 1.0})
     assert summary == "NFE 5: 50.00 -> 30.00, NFE 10: 20.00 -> 15.00, NFE 20: 8.00 -> 7.00"
+
+
+# -- what each part of the tuning does, one behaviour at a time ------------------------------------
+class Skips(torch.nn.Module):
+    """A stand-in UNet with `count` skips in one up block, which returns its skips as received."""
+
+    def __init__(self, count, down=True, up=True):
+        super().__init__()
+        if down:
+            self.down_blocks = torch.nn.ModuleList()
+        if up:
+            block = torch.nn.Module()
+            block.resnets = torch.nn.ModuleList(torch.nn.Identity() for _ in range(count))
+            block.forward = lambda hidden, skips: skips
+            self.up_blocks = torch.nn.ModuleList([block])
+
+
+@pytest.mark.parametrize("count, factors", [(1, [0.9]), (2, [0.9, 0.3]), (3, [0.9, 0.6, 0.3])])
+def test_the_factors_run_from_rho_top_to_rho_bottom_for_any_number_of_skips(count, factors):
+    skips = Skips(count)
+    with samplers.skip_tuning(skips, rho_top=0.9, rho_bottom=0.3) as handle:
+        assert handle.factors == pytest.approx(factors)
+        scaled = skips.up_blocks[0](None, tuple(torch.ones(1) for _ in range(count)))
+    assert [float(h) for h in scaled] == pytest.approx(factors)
+
+
+@pytest.mark.parametrize("down, up", [(True, False), (False, True)])
+def test_a_model_with_only_one_side_of_the_skips_is_refused(down, up):
+    with pytest.raises(ValueError, match="^Skips has no UNet skip connections"):
+        samplers.skip_tuning(Skips(2, down=down, up=up))
+
+
+def test_the_defaults_are_rho_top_1_and_rho_bottom_0_8_and_remove_may_be_called_twice():
+    unet = tiny_unet()
+    handle = samplers.skip_tuning(unet)
+    assert (handle.rho_top, handle.rho_bottom, handle.sigma_range) == (1.0, 0.8, None)
+    handle.remove()
+    handle.remove()
+    with samplers.skip_tuning(unet, rho_bottom=0.5) as again:  # and the UNet takes a new tuning
+        again.remove()
+    assert all(not block._forward_pre_hooks for block in unet.up_blocks) and not unet._forward_pre_hooks
+
+
+def test_factors_above_one_and_a_sigma_range_scale_by_exactly_the_factors():
+    """rho 2.0 doubles its skip; inside the range every skip is scaled by its factor, not divided."""
+    unet = tiny_unet()
+    plain = skip_sizes(unet)
+    denoiser = samplers.DiffusersUNetDenoiser(unet, DDPMScheduler().alphas_cumprod)
+    with samplers.skip_tuning(denoiser, rho_top=2.0, rho_bottom=0.5, sigma_range=(0.0, 1e4)) as handle:
+        tuned = skip_sizes(unet)
+    assert handle.factors == pytest.approx([2.0, 1.5, 1.0, 0.5])
+    assert [t / p for t, p in zip(tuned, plain)] == pytest.approx([1.0, 0.5, 2.0, 1.5], rel=1e-5)
+
+
+def test_the_sigma_range_includes_its_ends_and_reads_the_timestep_by_keyword_too():
+    """At the timesteps whose sigmas are the range's ends the skips are scaled; one step outside
+    they are not. A pipeline's noise table serves as well as a denoiser's."""
+    from diffusers import DDPMPipeline
+    from fewstep.samplers.vp import sigma_of_timestep, sigmas_from_alphas_cumprod
+
+    unet, scheduler = tiny_unet(), DDPMScheduler()
+    log_sigmas = sigmas_from_alphas_cumprod(scheduler.alphas_cumprod).log()
+    ends = [float(sigma_of_timestep(torch.tensor([t], dtype=torch.float64), log_sigmas)) for t in (100, 900)]
+    x = X[:1]
+
+    def outputs(keyword=False):
+        with torch.no_grad():
+            return {t: (unet(x, timestep=torch.tensor(t)) if keyword else unet(x, torch.tensor(t))).sample
+                    for t in (99, 100, 900, 901)}
+
+    plain = outputs()
+    with samplers.skip_tuning(DDPMPipeline(unet=unet, scheduler=scheduler), rho_bottom=0.5, sigma_range=ends):
+        tuned, by_keyword = outputs(), outputs(keyword=True)
+    assert [torch.equal(tuned[t], plain[t]) for t in tuned] == [True, False, False, True]
+    assert all(torch.equal(tuned[t], by_keyword[t]) for t in tuned)
+
+
+def test_a_half_precision_unet_stays_in_its_dtype_with_a_sigma_range():
+    unet = tiny_unet().to(torch.bfloat16)
+    denoiser = samplers.DiffusersUNetDenoiser(unet, DDPMScheduler().alphas_cumprod)
+    with torch.no_grad(), samplers.skip_tuning(denoiser, rho_bottom=0.5, sigma_range=(1.0, 100.0)):
+        out = unet(X.to(torch.bfloat16), torch.tensor([500, 500])).sample
+    assert out.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("sigma_range, ok", [((0.0, 10.0), True), ((0.5, 10.0), True), ((5.0, 5.0), False)])
+def test_a_sigma_range_may_start_at_zero_and_must_not_be_empty(sigma_range, ok):
+    denoiser = samplers.DiffusersUNetDenoiser(tiny_unet(), DDPMScheduler().alphas_cumprod)
+    if ok:
+        samplers.skip_tuning(denoiser, sigma_range=sigma_range).remove()
+    else:
+        with pytest.raises(ValueError, match=r"^sigma_range must be \(low, high\) with 0 <= low < high, got \(5.0, 5.0\)$"):
+            samplers.skip_tuning(denoiser, sigma_range=sigma_range)
+
+
+def test_the_refusals_are_whole_sentences():
+    from fewstep.samplers.skip_tuning import calibrated_rho
+
+    with pytest.raises(ValueError, match="^sigma_range needs the model's noise table: pass the denoiser or the "
+                                         "pipeline, not the bare UNet$"):
+        samplers.skip_tuning(tiny_unet(), sigma_range=(1.0, 10.0))
+    with pytest.raises(ValueError, match="^no calibrated Skip-Tuning table \\(by_nfe is empty\\): set rho_bottom or "
+                                         "calibrate first$"):
+        calibrated_rho({}, 5)
+
+
+def test_settings_without_rho_top_tune_from_1_and_the_log_line_is_the_handle_and_nfe(caplog):
+    import logging
+
+    from fewstep.samplers.skip_tuning import skip_tuning_for
+
+    with caplog.at_level(logging.DEBUG, logger="fewstep.samplers.skip_tuning"):
+        with skip_tuning_for({"rho_bottom": 0.7}, tiny_unet(), 5) as handle:
+            assert (handle.rho_top, handle.rho_bottom) == (1.0, 0.7)
+    assert caplog.messages == ["Skip-Tuning: rho_top 1.0, rho_bottom 0.7 at NFE 5"]
+
+
+def test_a_table_is_written_into_new_folders_over_an_old_one_and_names_its_sampler(tmp_path):
+    from omegaconf import OmegaConf
+    from fewstep.samplers.skip_tuning import write_table
+
+    path = tmp_path / "a" / "b" / "heun+skiptune.yaml"
+    write_table(path, "heun", 1.0, {5: 0.9}, ["old"])
+    write_table(path.parent / "ddim+skiptune.yaml", "ddim", 1.0, {5: 0.9}, ["other"])
+    write_table(path, "heun", 0.95, {5: 0.8}, ["first line", "second line"])
+    text = path.read_text()
+    assert "# first line\n# second line\n" in text and "old" not in text
+    assert list(OmegaConf.load(path).defaults) == ["heun", "_self_"]
