@@ -39,7 +39,7 @@ def logsnr(n: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
     return _append_zero(np.exp(np.linspace(math.log(sigma_max), math.log(sigma_min), n)))
 
 
-def time_uniform(n: int, sigma_min: float, sigma_max: float, eps_s: float = 1e-3) -> torch.Tensor:
+def time_uniform(n: int, sigma_min: float, sigma_max: float, eps_s: float) -> torch.Tensor:
     """Uniform in the continuous VP time `t in [1, eps_s]` (Song et al. 2021), with
     `sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1)` and `beta_d`, `beta_min` chosen so that
     `sigma(1) = sigma_max`, `sigma(eps_s) = sigma_min` (as EDM's "vp" discretisation)."""
@@ -130,13 +130,6 @@ def discrete_grid(n: int, alphas_cumprod, spacing: str = "leading", steps_offset
     return torch.from_numpy(np.append(sigmas, final)), steps
 
 
-def discrete(n: int, alphas_cumprod, spacing: str = "leading", steps_offset: int = 0, mirror: str = "ddim",
-             final_sigmas_type: str = "zero") -> torch.Tensor:
-    """The sigmas of a discrete VP model at the timesteps the diffusers scheduler mirrored by the
-    sampler `mirror` picks, then the final sigma (0 by default): `discrete_grid(...)[0]`."""
-    return discrete_grid(n, alphas_cumprod, spacing, steps_offset, mirror, final_sigmas_type)[0]
-
-
 SCHEDULES = {"karras": karras, "logsnr": logsnr, "time_uniform": time_uniform, "flow_uniform": flow_uniform}
 
 
@@ -160,7 +153,7 @@ def get_sigmas(kind: str, n: int, sigma_min: float | None = None, sigma_max: flo
     if kind == "discrete":
         if alphas_cumprod is None:
             raise ValueError("the discrete schedule needs the model's alphas_cumprod (a VP model's noise table)")
-        sigmas = discrete(n, alphas_cumprod, spacing, steps_offset, mirror, final_sigmas_type)
+        sigmas = discrete_grid(n, alphas_cumprod, spacing, steps_offset, mirror, final_sigmas_type)[0]
     elif kind in SCHEDULES:
         if sigma_min is None or sigma_max is None:
             raise ValueError(f"the {kind} schedule needs sigma_min and sigma_max")

@@ -170,3 +170,33 @@ def test_flow_uniform_is_uniform_in_the_flows_time_and_euler_on_it_is_the_flows_
     for a, b in zip(t[:-1], t[1:]):
         x_t = x_t + (b - a) * velocity(x_t, a.expand(3))
     assert (ours - x_t).abs().max() < 1e-12
+
+
+def test_by_default_the_discrete_plan_is_ddim_schedulers_default_one():
+    """leading spacing, steps_offset 0, DDIMScheduler's timesteps, a last step to 0 (set_alpha_to_one)."""
+    scheduler = DDIMScheduler()
+    scheduler.set_timesteps(10)
+    sigmas, steps = discrete_grid(10, scheduler.alphas_cumprod)
+    assert steps.tolist() == scheduler.timesteps.tolist() == discrete_timesteps(10, 1000).tolist()
+    assert len(sigmas) == 11 and float(sigmas[-1]) == 0
+
+
+@pytest.mark.parametrize("n", [0, 1001, 2.5])
+def test_a_step_count_outside_1_to_t_or_not_whole_is_one_line(n):
+    with pytest.raises(ValueError, match=rf"^the number of steps must be a whole number from 1 to 1000, got {n}$"):
+        discrete_timesteps(n, 1000)
+
+
+@pytest.mark.parametrize("n, shown", [
+    (8, r"\[1001, 876, 751, 626, 501, 376, 251, 126\]"),  # up to 8: all of them
+    (9, r"\[1014, 903, 792, '...', 348, 237, 126\]"),     # more: the first and last three
+])
+def test_a_plan_the_scheduler_cannot_take_shows_its_timesteps_and_the_allowed_range(n, shown):
+    with pytest.raises(ValueError, match=rf"^DDIMScheduler cannot take {n} steps with leading spacing and steps_offset "
+                                         rf"126: its {n} timesteps {shown} are not {n} distinct ones in 0..999$"):
+        discrete_timesteps(n, 1000, "leading", 126)
+
+
+def test_discrete_grid_refuses_an_unknown_final_sigmas_type_in_one_line():
+    with pytest.raises(ValueError, match="^unknown final_sigmas_type 'one': use zero or sigma_min$"):
+        discrete_grid(5, DDIMScheduler().alphas_cumprod, final_sigmas_type="one")
