@@ -2,6 +2,7 @@
 between steps, starts part-way (img2img, inpainting: strength < 1), takes a pipeline's own `sigmas`
 and `timesteps`, and has the attributes diffusers' VP schedulers have."""
 import math
+import re
 
 import pytest
 import torch
@@ -308,3 +309,66 @@ def test_every_schedule_may_stop_at_sigma_min_in_the_scheduler_too():
     assert scheduler.grid.tolist() == pytest.approx(
         samplers.get_sigmas("karras", 3, table_min, float(scheduler.log_sigmas.exp()[-1]),
                             final_sigmas_type="sigma_min").tolist())
+
+
+# -- the edges of a pipeline's own plan and the refusals, word for word -----------------------------
+def test_one_custom_timestep_is_one_step_to_0_and_timestep_0_may_end_a_plan():
+    scheduler = FewstepScheduler(sampler="euler")
+    scheduler.set_timesteps(timesteps=[500])
+    assert len(scheduler.grid) == 2 and float(scheduler.grid[-1]) == 0
+    scheduler.set_timesteps(timesteps=[500, 0])
+    assert scheduler.timesteps.tolist() == [500.0, 0.0]
+
+
+@pytest.mark.parametrize("plan, message", [
+    (dict(sigmas=[3.0]), r"set_timesteps got sigmas=\[3.0\]: too few for one step"),
+    (dict(timesteps=[]), r"set_timesteps got timesteps=\[\]: too few for one step"),
+    (dict(timesteps=[500, 500]), r"set_timesteps got timesteps=\[500.0, 500.0\]: they must decrease strictly within 0..999"),
+    (dict(timesteps=[900, 100, 500]), r"set_timesteps got timesteps=\[900.0, 100.0, 500.0\]: they must decrease strictly within 0..999"),
+    (dict(timesteps=[900, -1]), r"set_timesteps got timesteps=\[900.0, -1.0\]: they must decrease strictly within 0..999"),
+])
+def test_a_custom_plan_the_sampler_cannot_take_is_refused_in_one_line(plan, message):
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        FewstepScheduler(sampler="euler").set_timesteps(**plan)
+
+
+def test_a_flow_pipelines_sigmas_must_lie_in_0_to_1():
+    scheduler = FewstepScheduler(prediction_type="flow_prediction", sampler="euler")
+    with pytest.raises(ValueError, match=r"^set_timesteps got sigmas=\[1.5, 0.5\]: they must decrease strictly within 0..1$"):
+        scheduler.set_timesteps(sigmas=[1.5, 0.5])
+
+
+def test_set_begin_index_defaults_to_the_first_timestep_and_a_wrong_first_timestep_is_named():
+    scheduler = FewstepScheduler(sampler="heun")
+    scheduler.set_timesteps(3)
+    scheduler.set_begin_index()
+    assert scheduler.begin_index == 0
+    scheduler.set_begin_index(2)
+    x = torch.zeros(1, 1, 4, 4)
+    wrong, expected = float(scheduler.timesteps[0]), float(scheduler.timesteps[2])
+    with pytest.raises(ValueError, match=rf"^the first step must be at timestep {expected:.6g} \(begin_index 2\), "
+                                         rf"got {wrong:.6g}$"):
+        scheduler.step(x, wrong, x)
+
+
+def test_the_refusals_of_step_are_whole_sentences():
+    scheduler = FewstepScheduler(sampler="ddim", sampler_options={"eta": 1.0})
+    scheduler.set_timesteps(3)
+    x = torch.zeros(1, 1, 4, 4)
+    shown = [round(float(t), 3) for t in scheduler.timesteps]  # fractional: karras timesteps, to 3 decimals
+    assert any(t != int(t) for t in shown) and any(round(float(t), 4) != r for t, r in zip(scheduler.timesteps, shown))
+    with pytest.raises(ValueError, match=rf"^step\(\) at timestep 500.5, which starts no step of the plan "
+                                         rf"\(timesteps {re.escape(str(shown))}\)$"):
+        scheduler.step(x, 500.5, x)
+    with pytest.raises(ValueError, match=r"^step\(\) takes no variance_noise: the sampler draws its own noise from "
+                                         r"generator$"):
+        scheduler.step(x, scheduler.timesteps[0], x, variance_noise=x)
+    x = scheduler.step(x, scheduler.timesteps[0], x, generator=torch.Generator()).prev_sample
+    with pytest.raises(ValueError, match=r"^step\(\) got a different generator mid-trajectory; pass the same one to "
+                                         r"every step$"):
+        scheduler.step(x, scheduler.timesteps[1], x, generator=torch.Generator())
+    for t in scheduler.timesteps[1:]:
+        x = scheduler.step(x, t, x).prev_sample
+    with pytest.raises(ValueError, match=r"^call set_timesteps\(num_inference_steps\) before stepping a new "
+                                         r"trajectory$"):
+        scheduler.step(x, scheduler.timesteps[0], x)

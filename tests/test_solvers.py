@@ -164,3 +164,41 @@ def nan_model(x, sigma):
 def test_bad_input_stops_with_a_clear_message(gmm, call, error, message):
     with pytest.raises(error, match=message):
         call(gmm)
+
+
+# -- the step generators' own keywords -------------------------------------------------------------
+@pytest.mark.parametrize("name", samplers.SAMPLER_NAMES)
+def test_each_samplers_defaults_are_the_ones_the_registry_declares(problem, name):
+    """Called without options, a sampler's function does what the registry's declared defaults do."""
+    from fewstep.samplers.solvers import SOLVERS, run_steps
+
+    gmm, noise, _ = problem
+    solver, sigmas, x = SOLVERS[name], samplers.get_sigmas("karras", 4, gmm.sigma_min, gmm.sigma_max), noise[:8] * 80
+    if solver.adaptive:
+        bare, declared = solver.run(gmm, x, sigmas), solver.run(gmm, x, sigmas, **solver.options)
+    else:
+        bare, declared = (run_steps(solver.run(x, sigmas, **options), gmm) for options in ({}, solver.options))
+    assert torch.equal(bare, declared)
+
+
+def test_multistep_passes_each_steps_scale_to_the_update():
+    from fewstep.samplers.solvers import multistep, run_steps
+
+    def recorded(scales):
+        seen = []
+        run_steps(multistep(torch.ones(1), torch.tensor([3.0, 2.0, 1.0, 0.0]),
+                            lambda x, sigma, sigma_next, denoised, scale: seen.append(scale) or x, scales=scales),
+                  lambda x, sigma: x)
+        return seen
+
+    assert recorded([0.5, 2.0, 1.5]) == [0.5, 2.0, 1.5] and recorded(None) == [1.0, 1.0, 1.0]
+
+
+def test_dopri5s_tolerances_reach_the_solver_and_a_grid_ending_at_0_ends_with_d_at_its_last_positive_sigma(problem):
+    gmm, noise, _ = problem
+    x, sigmas = noise[:8] * 80, torch.tensor([80.0, 1.0, 0.0], dtype=torch.float64)
+    loose = samplers.solve("dopri5", gmm, x, sigmas, rtol=1e-9, atol=1e-2)
+    assert not torch.equal(loose, samplers.solve("dopri5", gmm, x, sigmas, rtol=1e-9, atol=1e-9))
+    assert not torch.equal(loose, samplers.solve("dopri5", gmm, x, sigmas, rtol=1e-2, atol=1e-2))
+    at_one = samplers.solve("dopri5", gmm, x, sigmas[:2])
+    assert torch.equal(samplers.solve("dopri5", gmm, x, sigmas), gmm(at_one, sigmas[1]))
