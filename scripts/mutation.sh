@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Mutation testing of the core modules with mutmut 3 (slow: run by hand, not in CI). See MUTATION.md.
+# Mutation testing of the configured modules with mutmut 3 (slow: run by hand, not in CI). See MUTATION.md.
 #
-#   scripts/mutation.sh                          # every mutant of the six core modules (about 70 min)
+#   scripts/mutation.sh                          # every mutant of every configured module (hours)
+#   scripts/mutation.sh --core                   # every mutant of the six core modules
 #   scripts/mutation.sh samplers/solvers.py ...  # every mutant of these modules (paths or dotted names)
-#   scripts/mutation.sh --survivors [MODULE...]  # only the mutants that survived the last run
+#   scripts/mutation.sh --survivors [MODULE...]  # only the last run's survivors and the mutants of edited functions
 #   scripts/mutation.sh --summary                # only the table of the last results
 #
 # mutmut runs in .mutation/ (git-ignored), which this script fills with links into the checkout:
@@ -11,7 +12,7 @@
 # fewstep.samplers.solvers.x_... like the modules the tests import) and the checkout's own layout
 # (tests/, conf/, scripts/, assets/, the packages, pyproject.toml) for what the tests read there.
 # The configuration is [tool.mutmut] in pyproject.toml (paths relative to .mutation/): mutmut copies
-# all this into .mutation/mutants/, mutates the core modules there and runs, for each mutant, only
+# all this into .mutation/mutants/, mutates the modules there and runs, for each mutant, only
 # the tests that call the mutated function (which tests call what is recorded afresh at every run,
 # so edited code and tests are seen). One worker process, torch on one thread (override:
 # MUTMUT_MAX_CHILDREN, OMP_NUM_THREADS). The log is .mutation/mutants/mutation.log; look at one
@@ -23,8 +24,12 @@
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 
-MODULES=(evaluation/frechet.py samplers/schedules.py samplers/schedulers.py samplers/skip_tuning.py
-         samplers/solvers.py training/engine.py)
+CORE=(evaluation/frechet.py samplers/schedules.py samplers/schedulers.py samplers/skip_tuning.py samplers/solvers.py
+      training/engine.py)
+LATER=(samplers/schedule_search.py samplers/schedule_tables.py samplers/amed.py samplers/amed_predictor.py
+       samplers/amed_distill.py flows/rectified_flow.py flows/distill.py flows/straightness.py flows/pairs.py
+       gan/losses.py gan/objective.py)  # searched schedules, AMED, ReFlow, the GAN: as they landed
+MODULES=("${CORE[@]}" "${LATER[@]}")  # only_mutate in [tool.mutmut] lists the same files
 PACKAGES=(samplers evaluation training flows gan)  # staged as fewstep/<package>: source_paths in [tool.mutmut]
 STAGE=.mutation                                   # mutmut's project folder; its working copy is $STAGE/mutants
 PYTHON=${PYTHON:-python}
@@ -52,8 +57,8 @@ for module in modules:
     meta = Path(stage, "mutants", "fewstep") / (module + ".meta")
     codes = json.loads(meta.read_text())["exit_code_by_key"] if meta.exists() else {}
     statuses = {name: status_by_exit_code[code] for name, code in codes.items()}
-    if mode == "survivors":
-        print("\n".join(name for name, status in statuses.items() if status in NOT_KILLED))
+    if mode == "survivors":  # and the mutants of functions edited since (mutmut reset them)
+        print("\n".join(name for name, status in statuses.items() if status in (*NOT_KILLED, "not checked")))
         continue
     if all(status == "not checked" for status in statuses.values()):
         rows.append(f"{module:28} not run")
@@ -81,10 +86,11 @@ for arg in "$@"; do
     case "$arg" in
         --summary) mode=summary ;;
         --survivors) mode=survivors ;;
-        -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --core) targets+=("${CORE[@]}") ;;
+        -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) path=${arg#./}; path=${path%.py}; path=${path//.//}.py; path=${path#fewstep/}
            [[ " ${MODULES[*]} " == *" $path "* ]] \
-               || { echo "mutation: cannot run: $arg is not one of the core modules: ${MODULES[*]}" >&2; exit 2; }
+               || { echo "mutation: cannot run: $arg is not one of the configured modules: ${MODULES[*]}" >&2; exit 2; }
            targets+=("$path") ;;
     esac
 done

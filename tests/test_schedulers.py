@@ -119,6 +119,10 @@ def run_loop(scheduler, steps=5, seed=0, return_dict=True, shape=(2, 3, 4, 4)):
 @pytest.mark.parametrize("name", SAMPLERS)
 def test_step_keeps_shape_and_return_dict_does_not_change_results(name):
     assert torch.equal(run_loop(fewstep(name)), run_loop(fewstep(name), return_dict=False))
+    scheduler = fewstep(name)
+    scheduler.set_timesteps(2)
+    x = torch.zeros(1, 1, 4, 4)
+    assert type(scheduler.step(x, scheduler.timesteps[0], x, return_dict=False)) is tuple  # as diffusers' step
 
 
 @pytest.mark.parametrize("name", SAMPLERS)
@@ -339,3 +343,29 @@ def test_cli_refuses_a_prompt_for_an_unconditional_model(tmp_path):
     assert done.stderr.strip().splitlines()[-1] == (
         "error: prompt='a cat' and guidance_scale=None need a text-to-image pipeline directory "
         "(model=diffusers model.path=DIR)")
+
+
+@pytest.mark.parametrize("settings, grid", [
+    (dict(schedule="karras", rho=3.0), lambda lo, hi: samplers.get_sigmas("karras", 5, lo, hi, rho=3.0)),
+    (dict(schedule="time_uniform", eps_s=0.05), lambda lo, hi: samplers.get_sigmas("time_uniform", 5, lo, hi, eps_s=0.05)),
+    (dict(sigma_min=0.5, sigma_max=20.0), lambda lo, hi: samplers.get_sigmas("karras", 5, 0.5, 20.0)),
+])
+def test_the_schedules_settings_reach_the_grid(settings, grid):
+    scheduler, default = fewstep("euler", **settings), fewstep("euler")
+    for s in (scheduler, default):
+        s.set_timesteps(5)
+    table = scheduler.log_sigmas.exp()
+    assert torch.allclose(scheduler.grid, grid(float(table[0]), float(table[-1])), rtol=1e-12)
+    assert not torch.allclose(scheduler.grid, default.grid)
+
+
+def test_a_table_is_matched_on_the_samplers_options(tmp_path):
+    """A table searched for ipndm with max_order 3 plans for that sampler, not for plain ipndm."""
+    grid = [80.0, 10.0, 1.0, 0.0]
+    (tmp_path / "ipndm.json").write_text(json.dumps({"sampler": "ipndm", "options": {"max_order": 3},
+                                                     "fingerprint": "0" * 16, "by_nfe": {"3": {"sigmas": grid}}}))
+    ours = fewstep("ipndm", sampler_options={"max_order": 3}, schedule_table=str(tmp_path / "ipndm.json"))
+    ours.set_timesteps(3)
+    assert ours.grid.tolist() == grid
+    with pytest.raises(ValueError, match=r"holds grids of sampler ipndm \{'max_order': 3\}, not of ipndm \{\}$"):
+        fewstep("ipndm", schedule_table=str(tmp_path / "ipndm.json")).set_timesteps(3)
