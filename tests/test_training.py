@@ -301,3 +301,75 @@ def test_image_folder_reads_nested_images(tmp_path):
 def test_missing_data_is_named(tmp_path, call, message):
     with pytest.raises(FileNotFoundError, match=message):
         call(tmp_path)
+
+
+# -- what the trainer refuses, in its own words ------------------------------------------------------
+class Answers:
+    """An objective whose `losses` returns `answer(nets, batch)`."""
+
+    def __init__(self, answer):
+        self.answer = answer
+
+    def losses(self, nets, batch, step):
+        return self.answer(nets, batch)
+
+    def export(self, nets, out_dir):
+        pass
+
+
+def critic_loss(nets, batch):
+    return nets["critic"](batch).mean()
+
+
+@pytest.mark.parametrize("answer, message", [
+    (lambda nets, batch: {}, "Answers.losses returned an empty dict at step 1: expected a dict of losses by network name"),
+    (lambda nets, batch: [critic_loss(nets, batch)], "Answers.losses returned a list at step 1: expected a dict of "
+                                                     "losses by network name"),
+    (lambda nets, batch: {"gen": critic_loss(nets, batch)},
+     "Answers.losses returned a loss for 'gen', which is not one of the networks (critic, generator)"),
+    (lambda nets, batch: {"critic": nets["critic"](batch)[:2, 0]},
+     "the loss of 'critic' at step 1 is not a scalar tensor (shape [2])"),
+    (lambda nets, batch: {"critic": 1.0}, "the loss of 'critic' at step 1 is not a scalar tensor (a float)"),
+])
+def test_an_objective_answer_that_is_no_dict_of_scalar_losses_is_one_line(tmp_path, answer, message):
+    trainer = Trainer(gan_nets(), Answers(answer), gan_data(), out_dir=tmp_path, steps=2, batch_size=16, lr=1e-3,
+                      cpu=True)
+    with pytest.raises(ValueError) as error:
+        trainer.fit()
+    assert str(error.value) == message
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(steps=0), "steps must be at least 1, got 0"),
+    (dict(keep_checkpoints=0), "keep_checkpoints must be at least 1, got 0"),
+    (dict(objective=object()), "object is no objective: it has no losses(nets, batch, step) method"),
+    (dict(data=gan_data()[:8]), "the data set has 8 items, fewer than one batch of 16"),
+    (dict(frozen=True), "network 'critic' has no trainable parameters"),
+])
+def test_a_run_that_cannot_start_is_one_line(tmp_path, change, message):
+    nets = gan_nets()
+    if change.pop("frozen", False):
+        nets["critic"].requires_grad_(False)
+    settings = dict(objective=Answers(critic_loss), data=gan_data(), steps=2, keep_checkpoints=2) | change
+    with pytest.raises(ValueError) as error:
+        Trainer(nets, settings.pop("objective"), settings.pop("data"), out_dir=tmp_path, batch_size=16, lr=1e-3,
+                cpu=True, **settings)
+    assert str(error.value) == message
+
+
+def test_when_no_checkpoint_loads_the_resume_names_them_all(tmp_path):
+    make_trainer(tmp_path, 20, checkpoint_every=10).fit()
+    for step in ("00000010", "00000020"):
+        weights = tmp_path / "checkpoints" / f"step_{step}" / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.warns(RuntimeWarning), pytest.raises(ValueError) as error:
+        make_trainer(tmp_path, 30, checkpoint_every=10).resume()
+    assert str(error.value) == f"no checkpoint in {tmp_path / 'checkpoints'} can be loaded: step_00000010, step_00000020"
+
+
+def test_the_summary_names_the_steps_updates_processes_command_and_model(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["train.py", "train.steps=4"])
+    gan_trainer(tmp_path, 4, checkpoint_every=100).fit()
+    assert json.loads((tmp_path / "train_summary.json").read_text()) == {
+        "steps": 4, "updates": {"critic": 3, "generator": 1}, "num_processes": 1, "command": "train.py train.steps=4",
+        "model": str(tmp_path / "model")}
