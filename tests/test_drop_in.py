@@ -372,3 +372,19 @@ def test_the_refusals_of_step_are_whole_sentences():
     with pytest.raises(ValueError, match=r"^call set_timesteps\(num_inference_steps\) before stepping a new "
                                          r"trajectory$"):
         scheduler.step(x, scheduler.timesteps[0], x)
+
+
+@pytest.mark.parametrize("plan, got", [(dict(timesteps=[500], sigmas=[1.0, 0.0]), "timesteps, sigmas"), (dict(), "none")])
+def test_set_timesteps_names_what_it_got_besides_one_plan(plan, got):
+    with pytest.raises(ValueError, match=rf"^set_timesteps takes exactly one of num_inference_steps, timesteps, sigmas; "
+                                         rf"got {got}$"):
+        FewstepScheduler().set_timesteps(**plan)
+
+
+def test_planning_a_stochastic_sampler_draws_no_global_random_numbers():
+    scheduler = FewstepScheduler(sampler="ddim", sampler_options={"eta": 1.0})
+    torch.manual_seed(0)
+    scheduler.set_timesteps(5)
+    after_planning = torch.rand(3)
+    torch.manual_seed(0)
+    assert torch.equal(after_planning, torch.rand(3))
