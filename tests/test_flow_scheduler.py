@@ -96,6 +96,8 @@ def test_noising_is_scale_noise():
     (lambda: flow("euler", schedule="discrete"), "schedule 'discrete' needs a VP noise table; a flow's own grid is flow_uniform"),
     (lambda: flow("euler").set_timesteps(sigmas=[1.2, 0.5]), "set_timesteps got sigmas=[1.2, 0.5]: they must decrease strictly within 0..1"),
     (lambda: FewstepScheduler.from_config(EDMEulerScheduler().config), "the scheduler config has no noise table"),
+    (lambda: FewstepScheduler.from_config(dict(FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True).config)),
+     "a flow-matching scheduler with shift=1.0 or dynamic shifting is not supported (shift 1.0 only)"),
 ])
 def test_bad_flow_input_is_one_clear_line(make, message):
     with pytest.raises(ValueError) as error:
@@ -139,3 +141,9 @@ def test_heun_starts_a_flow_at_t_0999_where_its_trapezoid_is_well_conditioned():
     scheduler = flow("heun")
     assert error(scheduler, 50) < 0.01 and scheduler.grid[0] == pytest.approx(999.0)
     assert error(flow("heun", sigma_max=1e8), 50) > 1.0
+
+
+def test_a_saved_flow_matching_config_without_a_shift_is_shift_1():
+    """Configs saved before diffusers added `shift` name only the class: shift 1, the flow mode."""
+    scheduler = FewstepScheduler.from_config({"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000})
+    assert scheduler.config.prediction_type == "flow_prediction"
