@@ -202,3 +202,13 @@ def test_dopri5s_tolerances_reach_the_solver_and_a_grid_ending_at_0_ends_with_d_
     assert not torch.equal(loose, samplers.solve("dopri5", gmm, x, sigmas, rtol=1e-2, atol=1e-2))
     at_one = samplers.solve("dopri5", gmm, x, sigmas[:2])
     assert torch.equal(samplers.solve("dopri5", gmm, x, sigmas), gmm(at_one, sigmas[1]))
+
+
+def test_deterministic_ddim_draws_no_random_numbers(problem):
+    gmm, noise, _ = problem
+    sigmas = samplers.get_sigmas("karras", 4, gmm.sigma_min, gmm.sigma_max)
+    torch.manual_seed(0)
+    samplers.sample("ddim", gmm, noise[:4], sigmas)
+    after = torch.rand(3)
+    torch.manual_seed(0)
+    assert torch.equal(after, torch.rand(3))
