@@ -389,7 +389,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
                              f"(begin_index {begin}), got {float(timestep):.6g}")
         options = self._with_eta(eta)
         work = torch.float32 if sample.device.type == "mps" else torch.float64
-        self._generator, self._eta, self._shape = generator, options.get("eta", 0.0), sample.shape
+        self._generator, self._eta, self._shape = generator, options.get("eta"), sample.shape
         grid = self.grid[starts[begin]:]
         x = sample.to(work) * self._space.scale(float(grid[0]))
         self._steps = self._trajectory(x, grid, generator, options)

@@ -5,6 +5,7 @@ import inspect
 import math
 import re
 
+import numpy as np
 import pytest
 import torch
 from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,
@@ -391,3 +392,43 @@ def test_planning_a_stochastic_sampler_draws_no_global_random_numbers():
     after_planning = torch.rand(3)
     torch.manual_seed(0)
     assert torch.equal(after_planning, torch.rand(3))
+
+
+def test_a_saved_config_without_a_noise_table_is_named_by_its_class_and_keys():
+    with pytest.raises(ValueError) as error:
+        FewstepScheduler.from_config({"_class_name": "EDMEulerScheduler", "sigma_min": 0.002, "sigma_max": 80.0})
+    assert str(error.value) == ("the scheduler config has no noise table (no beta_schedule or trained_betas): "
+                                "EDMEulerScheduler with keys sigma_max, sigma_min")
+
+
+def test_from_config_returns_the_unused_keys_when_asked():
+    config = DDIMScheduler(**TABLE).config
+    scheduler, unused = FewstepScheduler.from_config(config, return_unused_kwargs=True, sampler="euler")
+    assert isinstance(scheduler, FewstepScheduler) and unused == {}
+
+
+def test_fractional_custom_timesteps_are_read_in_float64():
+    timesteps = [900.3, 500.7, 100.1]  # not float32 numbers
+    scheduler = FewstepScheduler(sampler="euler")
+    scheduler.set_timesteps(timesteps=timesteps)
+    table = scheduler.log_sigmas.exp().numpy()  # linear in sigma between training timesteps, as np.interp
+    expected = [float(np.interp(t, np.arange(len(table)), table)) for t in timesteps]
+    assert scheduler.grid[:-1].tolist() == pytest.approx(expected, rel=1e-13)
+
+
+@pytest.mark.parametrize("name", ["euler", "dpmpp_2m", "heun"])
+def test_a_float32_pipeline_that_edits_its_sample_continues_in_float64_as_a_float64_one(name):
+    """The edited float32 sample is read in float64, so the trajectory is the float64 pipeline's
+    with the same edit, rounded to float32 only on the way out."""
+    def loop(dtype):
+        scheduler = FewstepScheduler(sampler=name)
+        scheduler.set_timesteps(3)
+        x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0)).to(dtype)
+        for i, t in enumerate(scheduler.timesteps):
+            output = (0.3 * x.float()).to(dtype)  # the same numbers in either dtype
+            x = scheduler.step(output, t, x).prev_sample
+            if i == 0:
+                x = (x.float() + 0.1).to(dtype)  # the pipeline's edit, a float32 number either way
+        return x
+
+    assert torch.equal(loop(torch.float32), loop(torch.float64).float())
