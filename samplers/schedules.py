@@ -25,7 +25,7 @@ def _check_range(n: int, sigma_min: float, sigma_max: float) -> None:
         raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
 
 
-def karras(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
+def karras(n: int, sigma_min: float, sigma_max: float, rho: float) -> torch.Tensor:
     """Karras et al. (2022), eq. 5: `(smax^(1/rho) + i/(n-1) (smin^(1/rho) - smax^(1/rho)))^rho`."""
     _check_range(n, sigma_min, sigma_max)
     ramp = np.linspace(0.0, 1.0, n) if n > 1 else np.zeros(1)

@@ -200,3 +200,24 @@ def test_a_plan_the_scheduler_cannot_take_shows_its_timesteps_and_the_allowed_ra
 def test_discrete_grid_refuses_an_unknown_final_sigmas_type_in_one_line():
     with pytest.raises(ValueError, match="^unknown final_sigmas_type 'one': use zero or sigma_min$"):
         discrete_grid(5, DDIMScheduler().alphas_cumprod, final_sigmas_type="one")
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: get_sigmas("karras", 5, 0.0, 80.0), "need 0 < sigma_min < sigma_max, got sigma_min=0.0, sigma_max=80.0"),
+    (lambda: get_sigmas("logsnr", 5, 2.0, 2.0), "need 0 < sigma_min < sigma_max, got sigma_min=2.0, sigma_max=2.0"),
+    (lambda: get_sigmas("karras", 5, sigma_min=0.1), "the karras schedule needs sigma_min and sigma_max"),
+    (lambda: get_sigmas("discrete", 5), "the discrete schedule needs the model's alphas_cumprod (a VP model's noise table)"),
+    (lambda: get_sigmas("cosine", 5, 0.1, 10.0),
+     "unknown schedule 'cosine': use one of karras, logsnr, time_uniform, flow_uniform, discrete"),
+])
+def test_a_schedule_request_that_cannot_be_met_is_named_in_full(call, message):
+    with pytest.raises(ValueError) as error:
+        call()
+    assert str(error.value) == message
+
+
+@pytest.mark.parametrize("kind, settings", [("karras", {"rho": 3.0}), ("time_uniform", {"eps_s": 0.05})])
+def test_a_grid_ending_at_sigma_min_keeps_its_schedules_settings(kind, settings):
+    at_min = get_sigmas(kind, 5, 0.01, 80.0, final_sigmas_type="sigma_min", **settings)
+    assert torch.equal(at_min, get_sigmas(kind, 6, 0.01, 80.0, **settings)[:-1])
+    assert not torch.equal(at_min, get_sigmas(kind, 5, 0.01, 80.0, final_sigmas_type="sigma_min"))
