@@ -373,3 +373,46 @@ def test_the_summary_names_the_steps_updates_processes_command_and_model(tmp_pat
     assert json.loads((tmp_path / "train_summary.json").read_text()) == {
         "steps": 4, "updates": {"critic": 3, "generator": 1}, "num_processes": 1, "command": "train.py train.steps=4",
         "model": str(tmp_path / "model")}
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(warmup_steps=1.5), "warmup_steps must be an integer, got 1.5"),
+    (dict(grad_clip=True), "grad_clip must be a number, got True"),
+    (dict(weight_decay="0"), "weight_decay must be a number, got '0'"),
+    (dict(ema_decay=[0.9]), "ema_decay must be a number, got [0.9]"),
+    (dict(lr=0.0), "lr must be positive, got 0.0"),
+    (dict(grad_clip=0), "grad_clip must be positive or None, got 0"),
+    (dict(ema_decay=1.0), "ema_decay must be in [0, 1) or None, got 1.0"),
+    (dict(ema_decay=-0.1), "ema_decay must be in [0, 1) or None, got -0.1"),
+    (dict(betas=(0.9, 1.0)), "betas must be two numbers in [0, 1), got (0.9, 1.0)"),
+    (dict(betas=(-0.1, 0.9)), "betas must be two numbers in [0, 1), got (-0.1, 0.9)"),
+    (dict(betas="ab"), "betas must be two numbers in [0, 1), got 'ab'"),
+    (dict(betas=(0.9, "x")), "betas must be two numbers in [0, 1), got (0.9, 'x')"),
+    (dict(optimizer="sgd"), "unknown optimizer 'sgd': use adamw or adam"),
+])
+def test_each_bad_optimiser_setting_is_named_with_its_value(settings, message):
+    from fewstep.training.engine import NetworkOptim
+
+    with pytest.raises(ValueError) as error:
+        NetworkOptim(**{"lr": 1e-3, **settings})
+    assert str(error.value) == message
+
+
+def test_the_edge_values_of_the_optimiser_settings_are_accepted_and_kept_as_given():
+    from fewstep.training.engine import NetworkOptim
+
+    settings = NetworkOptim(lr=1, optimizer="adam", betas=[0, 0], weight_decay=0, warmup_steps=0, grad_clip=None,
+                            ema_decay=0)
+    assert settings.betas == (0.0, 0.0) and type(settings.betas[0]) is float
+    assert (settings.lr, settings.weight_decay, settings.warmup_steps, settings.grad_clip, settings.ema_decay) == (
+        1, 0, 0, None, 0)
+
+
+def test_a_whole_network_optim_may_be_given_for_one_network(tmp_path):
+    from fewstep.training.engine import NetworkOptim
+
+    critic = NetworkOptim(lr=3e-3, optimizer="adam", betas=(0.5, 0.9), ema_decay=None)
+    trainer = Trainer(gan_nets(), TinyWGAN(), gan_data(), out_dir=tmp_path, steps=3, batch_size=16, lr=1e-3, cpu=True,
+                      networks={"critic": critic})
+    assert trainer.settings["critic"] is critic and trainer.settings["generator"].lr == 1e-3
+    assert type(trainer.optimizers["critic"].optimizer) is torch.optim.Adam and trainer.emas["critic"] is None
