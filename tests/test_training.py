@@ -416,3 +416,33 @@ def test_a_whole_network_optim_may_be_given_for_one_network(tmp_path):
                       networks={"critic": critic})
     assert trainer.settings["critic"] is critic and trainer.settings["generator"].lr == 1e-3
     assert type(trainer.optimizers["critic"].optimizer) is torch.optim.Adam and trainer.emas["critic"] is None
+
+
+def test_checkpoints_lists_complete_ones_oldest_first(tmp_path):
+    from fewstep.training.engine import checkpoints
+
+    for name in ("step_00000010", "step_00000002", "step_x", "step_00000005.tmp", "other_00000001"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "step_00000007").write_text("a file")
+    assert [p.name for p in checkpoints(tmp_path)] == ["step_00000002", "step_00000010"]
+
+
+def test_a_save_replaces_a_half_written_one_and_keeps_only_the_newest(tmp_path):
+    trainer = gan_trainer(tmp_path, 4, checkpoint_every=100, keep_checkpoints=1)
+    stale = tmp_path / "checkpoints" / "step_00000003.tmp"
+    stale.mkdir(parents=True)
+    (stale / "junk").write_text("from a killed save")
+    for step in (2, 3, 3):  # the same step twice: the second save replaces the first
+        trainer.step = step
+        trainer.save_checkpoint()
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_00000003"]
+    assert not (tmp_path / "checkpoints" / "step_00000003" / "junk").exists()
+
+
+def test_the_logged_learning_rates_follow_each_networks_warm_up(tmp_path):
+    """lr_k = lr min(1, k / warmup_steps) after a network's k-th update (critic: 2 of every 3 steps)."""
+    gan_trainer(tmp_path, 6, checkpoint_every=100, log_every=1, warmup_steps=4).fit()
+    rows = list(csv.DictReader(open(tmp_path / "loss.csv")))
+    critic_updates, generator_updates = [1, 2, 2, 3, 4, 4], [0, 0, 1, 1, 1, 2]
+    assert [float(r["lr_critic"]) for r in rows] == pytest.approx([2e-3 * min(1, k / 4) for k in critic_updates])
+    assert [float(r["lr_generator"]) for r in rows] == pytest.approx([1e-3 * min(1, k / 4) for k in generator_updates])
