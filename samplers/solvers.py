@@ -310,7 +310,6 @@ def sample(name: str, denoiser, noise: torch.Tensor, sigmas, /, *, generator=Non
     `predictor`). A callback's `sigma` is a number: the mean of a per-sample sigma (a learned AMED step). The
     arithmetic runs in float64 (float32 on MPS); a NaN or inf model output stops it.
     """
-    resolve_options(name, options)
     sigmas = check_sigmas(sigmas)
     if not torch.isfinite(noise).all():
         raise ValueError(f"the noise has {int((~torch.isfinite(noise)).sum())} NaN or inf values")

@@ -165,3 +165,11 @@ def test_an_nfe_budget_is_exact_on_grids_that_end_at_sigma_min_too(gmm, target):
         sigmas = samplers.get_sigmas("karras", steps, gmm.sigma_min, gmm.sigma_max, final_sigmas_type=final)
         used = samplers.nfe("heun", sigmas)
         assert used <= target and used + 2 > target  # the most steps that fit: one more would not
+
+
+def test_noise_with_nan_or_inf_is_refused_counting_them(gmm):
+    noise = torch.zeros(3, 2)
+    noise[0, 1], noise[2, 0] = float("nan"), float("inf")
+    with pytest.raises(ValueError) as error:
+        samplers.sample("euler", gmm, noise, [1.0, 0.0])
+    assert str(error.value) == "the noise has 2 NaN or inf values"
