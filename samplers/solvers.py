@@ -76,7 +76,7 @@ def heun(x, sigmas, afs: bool = False):
     return x
 
 
-def multistep(x, sigmas, step: Callable, afs: bool = False, scales=None):
+def multistep(x, sigmas, step: Callable, afs: bool, scales=None):
     """Drive a one-call-per-step update down `sigmas`: `x = step(x, sigma, sigma_next, D, scale)`, the
     step keeping its own history; `scale` is 1, or `scales[i]` (AMED-Plugin's `c`). afs: the first D
     analytic (`ask`)."""

@@ -187,7 +187,7 @@ def test_multistep_passes_each_steps_scale_to_the_update():
     def recorded(scales):
         seen = []
         run_steps(multistep(torch.ones(1), torch.tensor([3.0, 2.0, 1.0, 0.0]),
-                            lambda x, sigma, sigma_next, denoised, scale: seen.append(scale) or x, scales=scales),
+                            lambda x, sigma, sigma_next, denoised, scale: seen.append(scale) or x, False, scales),
                   lambda x, sigma: x)
         return seen
 
