@@ -446,3 +446,37 @@ def test_the_logged_learning_rates_follow_each_networks_warm_up(tmp_path):
     critic_updates, generator_updates = [1, 2, 2, 3, 4, 4], [0, 0, 1, 1, 1, 2]
     assert [float(r["lr_critic"]) for r in rows] == pytest.approx([2e-3 * min(1, k / 4) for k in critic_updates])
     assert [float(r["lr_generator"]) for r in rows] == pytest.approx([1e-3 * min(1, k / 4) for k in generator_updates])
+
+
+def test_each_row_of_loss_csv_is_the_mean_of_the_losses_since_the_row_before(tmp_path):
+    trainer = make_trainer(tmp_path, 6, checkpoint_every=100)
+    trainer.log_every = 3
+    losses, step = [], trainer.train_step
+
+    def recording_step(batch):
+        out = step(batch)
+        losses.append(out["net"].item())
+        return out
+
+    trainer.train_step = recording_step
+    trainer.fit()
+    rows = list(csv.reader(open(tmp_path / "loss.csv", newline="")))
+    assert rows[0] == ["step", "loss", "lr"]
+    assert [int(r[0]) for r in rows[1:]] == [3, 6]
+    assert [float(r[1]) for r in rows[1:]] == pytest.approx([sum(losses[:3]) / 3, sum(losses[3:]) / 3], abs=2e-6)
+
+
+def test_the_metrics_of_each_report_are_logged_in_one_line(tmp_path, caplog):
+    import logging
+
+    class Reporting(TinyWGAN):
+        def report(self, nets, step, out_dir):
+            return {"fd": 12.345678, "modes": 8.0}
+
+    trainer = gan_trainer(tmp_path, 4, checkpoint_every=2, objective=Reporting())
+    with caplog.at_level(logging.INFO, logger="fewstep.training.engine"):
+        trainer.fit()
+    lines = [m.split("] ", 1)[-1] for m in caplog.messages]  # accelerate's logger adds "[RANK 0] "
+    assert [m for m in lines if m.startswith("step ")] == ["step 2: fd 12.35, modes 8", "step 4: fd 12.35, modes 8"]
+    assert list(csv.reader(open(tmp_path / "metrics.csv", newline=""))) == [
+        ["step", "fd", "modes"], ["2", "12.3457", "8"], ["4", "12.3457", "8"]]

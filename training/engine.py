@@ -461,7 +461,7 @@ class Trainer:
         means = {name: running.pop_mean(self.accelerator) for name, running in self.running.items()}
         shown = {name: f"{m:.4f}" for name, m in means.items() if m is not None}
         if len(self.nets) == 1:
-            bar.set_postfix(loss=next(iter(shown.values()), ""))
+            bar.set_postfix(loss=next(iter(shown.values())))  # a lone network has a loss at every step
         else:
             bar.set_postfix(shown)
         if self.accelerator.is_main_process:
