@@ -1,6 +1,7 @@
 import csv
 import errno
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -480,3 +481,35 @@ def test_the_metrics_of_each_report_are_logged_in_one_line(tmp_path, caplog):
     assert [m for m in lines if m.startswith("step ")] == ["step 2: fd 12.35, modes 8", "step 4: fd 12.35, modes 8"]
     assert list(csv.reader(open(tmp_path / "metrics.csv", newline=""))) == [
         ["step", "fd", "modes"], ["2", "12.3457", "8"], ["4", "12.3457", "8"]]
+
+
+def test_a_fresh_run_records_its_settings_in_nested_new_folders(tmp_path):
+    trainer = gan_trainer(tmp_path / "a" / "b", 2, checkpoint_every=100)
+    trainer.fit()
+    assert json.loads((tmp_path / "a" / "b" / "run.json").read_text()) == trainer.run_settings
+
+
+def test_settings_are_compared_only_against_a_run_with_checkpoints_and_on_every_key(tmp_path):
+    gan_trainer(tmp_path, 2, checkpoint_every=100).fit()
+    shutil.rmtree(tmp_path / "checkpoints")  # killed before its first checkpoint: nothing to mix with
+    gan_trainer(tmp_path, 2, checkpoint_every=100, batch_size=32).fit()
+    assert json.loads((tmp_path / "run.json").read_text())["batch_size"] == 32
+    recorded = json.loads((tmp_path / "run.json").read_text())
+    del recorded["seed"]  # a key the recorded run lacks is a difference too
+    (tmp_path / "run.json").write_text(json.dumps(recorded))
+    with pytest.raises(ValueError, match=r"holds a run made with seed=None; this run has seed=0: use another out_dir"):
+        gan_trainer(tmp_path, 4, checkpoint_every=100, batch_size=32).fit()
+
+
+@pytest.mark.parametrize("networks, message", [
+    ({}, "exported the EMA model to {}"),
+    ({"critic": {"ema_decay": None}}, "exported the model to {} (raw weights, no EMA kept: critic)"),
+    ({"critic": {"ema_decay": None}, "generator": {"ema_decay": None}},
+     "exported the model to {} (raw weights, no EMA kept: critic, generator)"),
+])
+def test_the_export_says_which_networks_keep_no_ema(tmp_path, caplog, networks, message):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="fewstep.training.engine"):
+        gan_trainer(tmp_path, 2, checkpoint_every=100, networks=networks).fit()
+    assert message.format(tmp_path / "model") in [m.split("] ", 1)[-1] for m in caplog.messages]

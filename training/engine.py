@@ -522,5 +522,5 @@ class Trainer:
         (self.out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         raw = [name for name, ema in self.emas.items() if ema is None]
         log.info(f"exported the EMA model to {target}" if not raw else
-                 f"exported the model to {target} (the raw weights of {', '.join(raw)}, which keeps no EMA)")
+                 f"exported the model to {target} (raw weights, no EMA kept: {', '.join(raw)})")
         return target
