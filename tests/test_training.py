@@ -1,6 +1,7 @@
 import csv
 import errno
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -107,7 +108,8 @@ def nan_objective():
 
 def test_a_nan_loss_stops_with_the_step_and_keeps_the_checkpoints(tmp_path):
     make_trainer(tmp_path, steps=20).fit()
-    with pytest.raises(FloatingPointError, match=r"loss is not finite at step 21 \(this process: nan\)"):
+    with pytest.raises(FloatingPointError, match=r"^the loss is not finite at step 21 \(this process: nan\); the last "
+                                                 rf"good checkpoint is kept in {tmp_path / 'checkpoints'}$"):
         make_trainer(tmp_path, steps=40, objective=nan_objective()).fit()
     assert (tmp_path / "checkpoints" / "step_00000020" / "model.safetensors").is_file()
 
@@ -259,8 +261,11 @@ def test_a_corrupt_latest_checkpoint_is_named_and_the_previous_one_used(tmp_path
     latest = tmp_path / "checkpoints" / "step_00000020" / "model.safetensors"
     latest.write_bytes(latest.read_bytes()[:100])  # truncated
     trainer = make_trainer(tmp_path, 30, checkpoint_every=10)
-    with pytest.warns(RuntimeWarning, match=f"checkpoint {latest.parent} cannot be loaded"):  # on stderr outside pytest
+    with pytest.warns(RuntimeWarning) as warned:  # on stderr outside pytest
         assert trainer.resume() and trainer.step == 10
+    assert re.match(rf"^checkpoint {latest.parent} cannot be loaded \(\w+Error: .+\); trying the previous one$",
+                    str(warned[0].message))
+    assert warned[0].filename == __file__  # the warning points at the caller of resume()
 
 
 def test_a_failed_save_is_reported_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -513,3 +518,40 @@ def test_the_export_says_which_networks_keep_no_ema(tmp_path, caplog, networks, 
     with caplog.at_level(logging.INFO, logger="fewstep.training.engine"):
         gan_trainer(tmp_path, 2, checkpoint_every=100, networks=networks).fit()
     assert message.format(tmp_path / "model") in [m.split("] ", 1)[-1] for m in caplog.messages]
+
+
+def test_a_resume_logs_where_it_resumed_from(tmp_path, caplog):
+    import logging
+
+    make_trainer(tmp_path, 10, checkpoint_every=10).fit()
+    with caplog.at_level(logging.INFO, logger="fewstep.training.engine"):
+        make_trainer(tmp_path, 20, checkpoint_every=10).resume()
+    assert f"resumed from {tmp_path / 'checkpoints' / 'step_00000010'} at step 10" in [
+        m.split("] ", 1)[-1] for m in caplog.messages]
+
+
+class BothAtOnce(TinyWGAN):
+    """The critic and generator losses every step, from one shared graph of G(z)."""
+
+    def losses(self, nets, x, step):
+        fake = nets["generator"](torch.randn_like(x))
+        scores = nets["critic"](fake)
+        return {"critic": scores.mean() - nets["critic"](x).mean(), "generator": -scores.mean()}
+
+
+def test_two_losses_from_one_graph_update_both_networks_every_step(tmp_path):
+    trainer = gan_trainer(tmp_path, 3, checkpoint_every=100, objective=BothAtOnce())
+    trainer.fit()
+    assert trainer.updates() == {"critic": 3, "generator": 3}
+
+
+def test_fp16_takes_one_loss_a_step(tmp_path):
+    trainer = gan_trainer(tmp_path, 3, checkpoint_every=100)
+    one, two = {"critic": torch.tensor(1.0)}, {"critic": torch.tensor(1.0), "generator": torch.tensor(2.0)}
+    trainer._check(two)  # without a gradient scaler (no fp16): two are fine
+    trainer.accelerator.scaler = torch.amp.GradScaler("cpu", enabled=False)  # as fp16 on a GPU has one
+    trainer._check(one)
+    with pytest.raises(ValueError) as error:
+        trainer._check(two)
+    assert str(error.value) == ("fp16 scales one loss per step, but the objective returned 2 at step 1 (critic, "
+                                "generator): use mixed_precision bf16 or no")
