@@ -1,6 +1,7 @@
 import csv
 import errno
 import json
+import os
 import re
 import shutil
 import signal
@@ -265,7 +266,8 @@ def test_a_corrupt_latest_checkpoint_is_named_and_the_previous_one_used(tmp_path
         assert trainer.resume() and trainer.step == 10
     assert re.match(rf"^checkpoint {latest.parent} cannot be loaded \(\w+Error: .+\); trying the previous one$",
                     str(warned[0].message))
-    assert warned[0].filename == __file__  # the warning points at the caller of resume()
+    if "MUTANT_UNDER_TEST" not in os.environ:  # mutmut's trampoline is one frame more between them
+        assert warned[0].filename == __file__  # the warning points at the caller of resume()
 
 
 def test_a_failed_save_is_reported_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
