@@ -366,13 +366,12 @@ def test_a_run_that_cannot_start_is_one_line(tmp_path, change, message):
 
 
 def test_when_no_checkpoint_loads_the_resume_names_them_all(tmp_path):
-    make_trainer(tmp_path, 20, checkpoint_every=10).fit()
-    for step in ("00000010", "00000020"):
-        weights = tmp_path / "checkpoints" / f"step_{step}" / "model.safetensors"
+    gan_trainer(tmp_path, 4, checkpoint_every=2).fit()
+    for weights in (tmp_path / "checkpoints").glob("step_*/model*.safetensors"):
         weights.write_bytes(weights.read_bytes()[:100])
     with pytest.warns(RuntimeWarning), pytest.raises(ValueError) as error:
-        make_trainer(tmp_path, 30, checkpoint_every=10).resume()
-    assert str(error.value) == f"no checkpoint in {tmp_path / 'checkpoints'} can be loaded: step_00000010, step_00000020"
+        gan_trainer(tmp_path, 6, checkpoint_every=2).resume()
+    assert str(error.value) == f"no checkpoint in {tmp_path / 'checkpoints'} can be loaded: step_00000002, step_00000004"
 
 
 def test_the_summary_names_the_steps_updates_processes_command_and_model(tmp_path, monkeypatch):
@@ -525,10 +524,10 @@ def test_the_export_says_which_networks_keep_no_ema(tmp_path, caplog, networks, 
 def test_a_resume_logs_where_it_resumed_from(tmp_path, caplog):
     import logging
 
-    make_trainer(tmp_path, 10, checkpoint_every=10).fit()
+    gan_trainer(tmp_path, 2, checkpoint_every=2).fit()
     with caplog.at_level(logging.INFO, logger="fewstep.training.engine"):
-        make_trainer(tmp_path, 20, checkpoint_every=10).resume()
-    assert f"resumed from {tmp_path / 'checkpoints' / 'step_00000010'} at step 10" in [
+        gan_trainer(tmp_path, 4, checkpoint_every=2).resume()
+    assert f"resumed from {tmp_path / 'checkpoints' / 'step_00000002'} at step 2" in [
         m.split("] ", 1)[-1] for m in caplog.messages]
 
 
