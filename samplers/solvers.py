@@ -25,7 +25,7 @@ from diffusers.utils.torch_utils import randn_tensor
 TINY = torch.finfo(torch.float64).tiny
 
 
-def ask(x, sigma, afs: bool = False):
+def ask(x, sigma, afs: bool):
     """Yield `(x, sigma)` for `D(x, sigma)` and return the `(x, D)` sent back; with `afs`, the analytical
     first step of AMED (Zhou et al. 2024), answer without the network: `d = x / sqrt(1 + sigma^2)`,
     i.e. `D = x - sigma x / sqrt(1 + sigma^2)` (the noise read as the unit-variance VP input). Only
@@ -154,7 +154,7 @@ def dopri5(denoise, x, sigmas, rtol: float = 1e-5, atol: float = 1e-5):
 
 def analytical_first_step(steps: int, options: Mapping) -> int:
     """The call `afs` saves: 1 if it is on and there is a step."""
-    return int(steps > 0 and bool(options.get("afs", False)))
+    return int(steps > 0 and bool(options.get("afs")))
 
 
 def one_per_step(steps: int, ends_at_zero: bool, options: Mapping) -> int:

@@ -212,3 +212,23 @@ def test_deterministic_ddim_draws_no_random_numbers(problem):
     after = torch.rand(3)
     torch.manual_seed(0)
     assert torch.equal(after, torch.rand(3))
+
+
+def test_afs_saves_one_call_when_it_is_on_and_there_is_a_step():
+    from fewstep.samplers.solvers import one_per_step, two_per_step
+
+    assert [one_per_step(n, True, {"afs": True}) for n in (0, 1, 3)] == [0, 0, 2]
+    assert [two_per_step(3, ends, {"afs": afs}) for ends in (False, True) for afs in (False, True)] == [6, 5, 5, 4]
+    assert one_per_step(3, True, {}) == 3  # options without afs (dopri5's): no call saved
+
+
+@pytest.mark.parametrize("sigmas, message", [
+    ([3.0, 1.0, -1.0], "sigmas must be positive (the last may be 0), got [3.0, 1.0, -1.0]"),
+    ([3.0, float("inf"), 0.0], "sigmas must be finite, got [3.0, inf, 0.0]"),
+])
+def test_a_grid_the_samplers_cannot_take_is_named_in_full(sigmas, message):
+    from fewstep.samplers.solvers import check_sigmas
+
+    with pytest.raises(ValueError) as error:
+        check_sigmas(sigmas)
+    assert str(error.value) == message
