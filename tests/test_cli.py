@@ -52,9 +52,6 @@ def without(available: bool, device: str):
     (["image_size=15"], "error: the model takes image sizes divisible by 4, got (15, 15)"),
     pytest.param(["device=cuda"], "error: device=cuda asked for, but torch sees no CUDA device",
                  marks=without(torch.cuda.is_available(), "CUDA")),
-    pytest.param(["device=mps"], "error: device=mps asked for, but torch sees no MPS device",
-                 marks=without(torch.backends.mps.is_available(), "MPS")),
-    (["device=gpu:0"], "error: device=gpu:0 is not a device to run on: use auto, cpu, cuda, cuda:N or mps"),
 ])
 def test_bad_input_gives_one_clear_line(tmp_path, overrides, message):
     done = run("sample.py", *overrides, f"out_dir={tmp_path}")
@@ -63,7 +60,10 @@ def test_bad_input_gives_one_clear_line(tmp_path, overrides, message):
     assert not (tmp_path / "samples.npz").exists()
 
 
-@pytest.mark.parametrize("name, message", [
+@pytest.mark.parametrize("name, message", [  # the command line's own refusal: test_bad_input_gives_one_clear_line
+    ("gpu:0", "device=gpu:0 is not a device to run on: use auto, cpu, cuda, cuda:N or mps"),
+    pytest.param("mps", "device=mps asked for, but torch sees no MPS device",
+                 marks=without(torch.backends.mps.is_available(), "MPS")),
     ("cuda:x", "device=cuda:x is not a device to run on"),
     ("meta", "device=meta is not a device to run on"),
     ("", "device= is not a device to run on"),
@@ -81,10 +81,26 @@ def test_devices_torch_cannot_use_are_refused_by_name(name, message):
 
 @pytest.mark.parametrize("script, overrides, message", [
     ("sample.py", ["sampler=lms"], "Could not find 'sampler/lms'"),
-    ("sample.py", ["steps=ten"], "Value 'ten' of type 'str' could not be converted to Integer"),
-    ("sample.py", ["schedule.kind=cosine"], "Invalid value 'cosine', expected one of"),
     ("train.py", ["train.lr=fast"], "Value 'fast' of type 'str' could not be converted to Float"),
 ])
 def test_hydra_rejects_unknown_choices_and_wrong_types(script, overrides, message):
     done = run(script, *overrides)
     assert done.returncode != 0 and message in done.stderr
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["steps=ten"], "Value 'ten' of type 'str' could not be converted to Integer"),
+    (["schedule.kind=cosine"], "Invalid value 'cosine', expected one of"),
+])
+def test_the_sample_schema_rejects_wrong_types_and_values(overrides, message):
+    """The same validation the command line runs (above), composed in this process."""
+    from hydra import compose, initialize_config_dir
+
+    from fewstep.samplers import config  # noqa: F401  (registers the schema conf/sample.yaml names)
+
+    from hydra.errors import ConfigCompositionException
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"), \
+            pytest.raises(ConfigCompositionException) as error:
+        compose("sample", overrides=overrides)
+    assert message in str(error.value.__cause__)  # Hydra's "Error merging override" wraps the schema's words
