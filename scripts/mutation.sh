@@ -66,13 +66,15 @@ for module in modules:
     count = lambda *wanted: sum(status in wanted for status in statuses.values())
     total = len(statuses) - count("skipped")
     killed, timeout, survived, no_tests = count("killed"), count("timeout"), count("survived"), count("no tests")
-    score = (killed + timeout) / total if total else 1.0
-    ok &= score >= 0.9
-    rows.append(f"{module:28} {total:6} {killed:7} {survived:9} {no_tests:9} {timeout:8} "
-                f"{total - killed - timeout - survived - no_tests:6} {score:7.1%}")
+    unrun = count("not checked")  # a run stopped early, or functions edited since
+    score = (killed + timeout) / (total - unrun) if total > unrun else 1.0  # of the mutants tested
+    ok &= score >= 0.9 and not unrun
+    rows.append(f"{module:28} {total:6} {killed:7} {survived:9} {no_tests:9} {timeout:8} {unrun:8} "
+                f"{total - killed - timeout - survived - no_tests - unrun:6} {score:7.1%}")
     unlisted += [f"{name} ({status})" for name, status in statuses.items() if status in NOT_KILLED and name not in listed]
 if mode == "table":
-    print(f"{'module':28} {'total':>6} {'killed':>7} {'survived':>9} {'no tests':>9} {'timeout':>8} {'other':>6} {'score':>7}")
+    print(f"{'module':28} {'total':>6} {'killed':>7} {'survived':>9} {'no tests':>9} {'timeout':>8} {'not run':>8} "
+          f"{'other':>6} {'score':>7}")
     print("\n".join(rows))
     if unlisted:
         print(f"\n{len(unlisted)} survivor(s) neither killed nor listed in MUTATION.md (see `mutmut show NAME` in {stage}/):")

@@ -140,3 +140,31 @@ def test_only_the_main_process_shows_the_progress_bar(tmp_path, monkeypatch, cap
     assert bar_lines(capsys.readouterr().err) == []
     as_two(monkeypatch, lambda: gan_trainer(tmp_path / "main", 2, checkpoint_every=100)).fit()
     assert bar_lines(capsys.readouterr().err)
+
+
+def test_after_every_step_the_buffers_are_process_0s(tmp_path, monkeypatch):
+    """Batch-norm statistics are copied from process 0 to the others after each step: here the
+    copy (accelerate's `broadcast`) is made to bring process 0's values as zeros, so a trainer
+    playing two processes ends each step with zero buffers, and one playing a single process does not."""
+    def broadcast(tensors, from_process=0):
+        for t in tensors:
+            t.zero_()
+        return tensors
+
+    def nets():
+        torch.manual_seed(0)
+        return {"critic": torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 1)),
+                "generator": torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))}
+
+    from train_worker import TinyWGAN, gan_data
+
+    def trainer(out):
+        return engine.Trainer(nets(), TinyWGAN(), gan_data(), out_dir=tmp_path / out, steps=2, batch_size=16, lr=1e-3,
+                              cpu=True, checkpoint_every=100)
+
+    monkeypatch.setattr(engine, "broadcast", broadcast)
+    two, one = as_two(monkeypatch, lambda: trainer("two")), trainer("one")
+    for t in (two, one):
+        t.train_step(next(iter(t.loader)))
+    assert float(two.nets["critic"][1].running_var.abs().sum()) == 0
+    assert float(one.nets["critic"][1].running_var.abs().sum()) > 0
