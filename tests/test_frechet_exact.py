@@ -237,3 +237,13 @@ def test_an_empty_batch_adds_nothing_to_the_statistics():
     assert all(np.allclose(a, b, rtol=1e-12, atol=1e-15) for a, b in zip(stats.mu_sigma(), alone.mu_sigma()))
     with pytest.raises(ValueError, match="features of dimension 4, expected 3"):
         stats.update(torch.zeros(0, 4))
+
+
+def test_one_scalar_feature_per_sample_is_a_one_dimensional_feature():
+    values = torch.arange(6, dtype=torch.float32) ** 2
+    flat, column = FeatureStats(1), FeatureStats(1)
+    flat.update(values)
+    column.update(values[:, None])
+    mu, sigma = flat.mu_sigma()
+    assert np.array_equal(mu, column.mu_sigma()[0]) and np.array_equal(sigma, column.mu_sigma()[1])
+    assert mu.tolist() == pytest.approx([55 / 6]) and sigma.ravel().tolist() == pytest.approx([values.double().var().item()])
