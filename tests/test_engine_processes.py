@@ -9,7 +9,7 @@ import torch
 
 from fewstep.training import engine
 from test_training import make_trainer
-from train_worker import gan_trainer
+from train_worker import TinyWGAN, gan_data, gan_trainer
 
 
 class PlaysTwo:
@@ -54,7 +54,8 @@ def test_two_processes_with_the_same_half_batches_train_as_one_process_on_one_ha
                                                   log_every=3, grad_clip=1.0))
     one = gan_trainer(tmp_path / "one", 9, checkpoint_every=2, batch_size=16, log_every=3, grad_clip=1.0)
     assert next(iter(two.loader)).shape[0] == 16
-    two.fit(), one.fit()
+    two.fit()
+    one.fit()
     for a, b in [(two.nets, one.nets), (two.ema_nets(), one.ema_nets())]:
         for name in a:
             assert all(torch.equal(p, q) for p, q in zip(a[name].parameters(), b[name].parameters())), name
@@ -155,8 +156,6 @@ def test_after_every_step_the_buffers_are_process_0s(tmp_path, monkeypatch):
         torch.manual_seed(0)
         return {"critic": torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 1)),
                 "generator": torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))}
-
-    from train_worker import TinyWGAN, gan_data
 
     def trainer(out):
         return engine.Trainer(nets(), TinyWGAN(), gan_data(), out_dir=tmp_path / out, steps=2, batch_size=16, lr=1e-3,
