@@ -480,8 +480,6 @@ class Trainer:
         self._check_run()
         if not self.resume():
             set_seed(self.seed + 1, device_specific=True)  # per-process noise; a resume restores saved RNG states
-        if acc.is_main_process:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
         bar = tqdm(total=self.steps, initial=self.step, disable=not acc.is_main_process, desc="train")
         batches = self._batches()
         while self.step < self.steps:
