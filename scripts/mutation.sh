@@ -4,7 +4,7 @@
 #   scripts/mutation.sh                          # every mutant of every configured module (hours)
 #   scripts/mutation.sh --core                   # every mutant of the six core modules
 #   scripts/mutation.sh samplers/solvers.py ...  # every mutant of these modules (paths or dotted names)
-#   scripts/mutation.sh --survivors [MODULE...]  # only the last run's survivors and the mutants of edited functions
+#   scripts/mutation.sh --survivors [MODULE...]  # only the mutants not run yet and the survivors not listed in MUTATION.md
 #   scripts/mutation.sh --summary                # only the table of the last results
 #
 # mutmut runs in .mutation/ (git-ignored), which this script fills with links into the checkout:
@@ -57,8 +57,12 @@ for module in modules:
     meta = Path(stage, "mutants", "fewstep") / (module + ".meta")
     codes = json.loads(meta.read_text())["exit_code_by_key"] if meta.exists() else {}
     statuses = {name: status_by_exit_code[code] for name, code in codes.items()}
-    if mode == "survivors":  # and the mutants of functions edited since (mutmut reset them)
-        print("\n".join(name for name, status in statuses.items() if status in (*NOT_KILLED, "not checked")))
+    if mode == "survivors" and not meta.exists():  # never run: all of it
+        print("fewstep." + module.removesuffix(".py").replace("/", ".") + ".*")
+        continue
+    if mode == "survivors":  # unlisted survivors, and mutants not run (a stopped run, or functions edited since)
+        print("\n".join(name for name, status in statuses.items()
+                        if status == "not checked" or (status in NOT_KILLED and name not in listed)))
         continue
     if all(status == "not checked" for status in statuses.values()):
         rows.append(f"{module:28} not run")
@@ -122,6 +126,9 @@ import os
 __path__.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EOF
 rm -f "$STAGE/mutants/mutmut-stats.json"  # mutmut would keep old test-to-function links for code edited since
+for path in "${MODULES[@]}"; do  # a copy made before its module was configured: mutmut would take it as mutated
+    [ -e "$STAGE/mutants/fewstep/$path.meta" ] || rm -f "$STAGE/mutants/fewstep/$path"
+done
 log=$STAGE/mutants/mutation.log
 start=$(date +%s)
 (cd "$STAGE" && OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1} \

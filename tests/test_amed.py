@@ -318,6 +318,14 @@ def test_a_pipeline_runs_amed_from_its_frozen_table_as_sample_does_without_afs(n
     assert not torch.allclose(x0, untrained, atol=1e-3)
 
 
+def test_a_frozen_table_is_read_from_its_file_or_its_folder(frozen):
+    from fewstep.samplers.amed_predictor import read_frozen_table
+
+    folder, table = frozen
+    assert read_frozen_table(folder, "amed_plugin") == read_frozen_table(folder / "frozen_table.json", "amed_plugin")
+    assert read_frozen_table(folder, "amed_plugin")["sigmas"] == table["sigmas"]
+
+
 @pytest.mark.parametrize("how, message", [
     (dict(sampler="amed"), "the frozen table .*frozen_table.json is for amed_plugin, not sampler=amed$"),
     (dict(sampler="amed_plugin", sampler_options={"r": 0.4}), "gives amed_plugin's r and c: drop sampler_options r$"),

@@ -3,9 +3,11 @@ one process: an `Accelerator` made to play process 0 of two, whose partner's ten
 chooses. (Real two-process runs are in test_training.py; they start other Python processes.)"""
 import csv
 import re
+from types import SimpleNamespace
 
 import pytest
 import torch
+from accelerate.utils import DistributedType
 
 from fewstep.training import engine
 from test_training import make_trainer
@@ -143,15 +145,25 @@ def test_only_the_main_process_shows_the_progress_bar(tmp_path, monkeypatch, cap
     assert bar_lines(capsys.readouterr().err)
 
 
-def test_after_every_step_the_buffers_are_process_0s(tmp_path, monkeypatch):
-    """Batch-norm statistics are copied from process 0 to the others after each step: here the
-    copy (accelerate's `broadcast`) is made to bring process 0's values as zeros, so a trainer
-    playing two processes ends each step with zero buffers, and one playing a single process does not."""
-    def broadcast(tensors, from_process=0):
-        for t in tensors:
-            t.zero_()
-        return tensors
+def sevens(tensors, from_process=0):
+    """accelerate's `broadcast` as if process 0 held 7 in every element."""
+    for t in tensors:
+        t.fill_(7.0)
+    return tensors
 
+
+def test_every_process_starts_from_process_0s_weights(tmp_path, monkeypatch):
+    monkeypatch.setattr(engine, "broadcast", sevens)
+    two = as_two(monkeypatch, lambda: gan_trainer(tmp_path / "two", 1, checkpoint_every=100), main=False)
+    one = gan_trainer(tmp_path / "one", 1, checkpoint_every=100)
+    assert all(bool((p == 7).all()) for net in two.nets.values() for p in net.parameters())
+    assert not any(bool((p == 7).all()) for net in one.nets.values() for p in net.parameters())
+
+
+def test_after_every_step_the_buffers_are_process_0s(tmp_path, monkeypatch):
+    """Batch-norm statistics are copied from process 0 to the others after each step: a trainer
+    playing two processes ends its step with process 0's running variance (7s); one playing a single
+    process, with its own."""
     def nets():
         torch.manual_seed(0)
         return {"critic": torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 1)),
@@ -161,9 +173,19 @@ def test_after_every_step_the_buffers_are_process_0s(tmp_path, monkeypatch):
         return engine.Trainer(nets(), TinyWGAN(), gan_data(), out_dir=tmp_path / out, steps=2, batch_size=16, lr=1e-3,
                               cpu=True, checkpoint_every=100)
 
-    monkeypatch.setattr(engine, "broadcast", broadcast)
+    monkeypatch.setattr(engine, "broadcast", sevens)
     two, one = as_two(monkeypatch, lambda: trainer("two")), trainer("one")
+    before = [t.nets["critic"][1].running_var.clone() for t in (two, one)]
     for t in (two, one):
         t.train_step(next(iter(t.loader)))
-    assert float(two.nets["critic"][1].running_var.abs().sum()) == 0
-    assert float(one.nets["critic"][1].running_var.abs().sum()) > 0
+    assert torch.equal(before[0], torch.full((8,), 7.0))  # the start's copy
+    assert torch.equal(two.nets["critic"][1].running_var, torch.full((8,), 7.0))
+    assert not torch.equal(one.nets["critic"][1].running_var, before[1])  # the step did move it
+
+
+@pytest.mark.parametrize("kind", [DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM])
+def test_a_sharded_setup_is_refused_in_one_line(tmp_path, monkeypatch, kind):
+    monkeypatch.setattr(engine, "Accelerator", lambda **kwargs: SimpleNamespace(distributed_type=kind))
+    with pytest.raises(ValueError) as error:
+        gan_trainer(tmp_path, 1, checkpoint_every=100)
+    assert str(error.value) == f"the trainer is data parallel only; {kind.value} is not supported"

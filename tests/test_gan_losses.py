@@ -88,6 +88,18 @@ def test_penalty_gradient_reaches_the_critic_and_not_the_generator():
     assert fake.grad is None
 
 
+def test_the_gradient_penalty_reaches_the_critics_parameters():
+    """WGAN-GP's penalty is differentiated through the critic's gradient (a graph of the graph):
+    with `phi = c/2 |x|^2`, `d/dc [lambda (c |x_hat| - 1)^2] = 2 lambda (c |x_hat| - 1) |x_hat|`."""
+    real, fake = batch()
+    c, w = 0.7, 0.3
+    phi = Quadratic(c)
+    wgan_gp_critic_loss(phi, real, fake, penalty_weight=w, generator=torch.Generator().manual_seed(5)).backward()
+    norm = sq_norms(real + times(5, fake) * (fake - real)).sqrt()
+    expected = 0.5 * (sq_norms(fake).mean() - sq_norms(real).mean()) + (2 * w * (c * norm - 1) * norm).mean()
+    assert torch.allclose(phi.c.grad, expected)
+
+
 def test_one_sgd_step_lowers_the_reflow_critic_loss():
     torch.manual_seed(0)
     critic = MLPCritic(dim=2, width=16, depth=2)

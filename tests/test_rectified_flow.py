@@ -33,6 +33,14 @@ def test_the_loss_is_the_mean_squared_velocity_error_at_the_interpolate():
     assert rectified_flow_loss(exact, point, noise[:2], t) < 1e-10
 
 
+def test_the_interpolate_keeps_the_datas_dtype():
+    """Under mixed precision the data may be bf16 while t is float32: the network gets bf16."""
+    model = Recorder()
+    x0 = torch.randn(3, 2).to(torch.bfloat16)
+    rectified_flow_loss(model, x0, torch.randn(3, 2).to(torch.bfloat16), torch.tensor([0.1, 0.5, 0.9]))
+    assert model.calls[0][0].dtype == torch.bfloat16
+
+
 @pytest.mark.parametrize("t, message", [
     (torch.tensor([0.5, 1.5, 0.2]), "t must lie in [0, 1], got values from 0.2 to 1.5"),
     (torch.tensor([0.5, -0.1, 0.2]), "t must lie in [0, 1], got values from -0.1 to 0.5"),
@@ -55,10 +63,11 @@ def test_the_objective_draws_noise_then_t_and_uses_given_pairs():
     model = Recorder()
     x0 = torch.randn(4, 2)
     torch.manual_seed(5)
-    loss = RectifiedFlowObjective(time_scale=1.0).losses({"net": model}, x0, step=0)["net"]
+    loss = RectifiedFlowObjective(time_scale=1000.0).losses({"net": model}, x0, step=0)["net"]
     torch.manual_seed(5)
     noise, t = torch.randn_like(x0), torch.rand(4)
     assert torch.allclose(loss, rectified_flow_loss(Recorder(), x0, noise, t))
+    assert torch.equal(model.calls[0][1], t * 1000.0)  # the network sees t * time_scale
     paired = torch.randn(4, 2)
     RectifiedFlowObjective(time_scale=1.0).losses({"net": model}, [x0, paired], step=0)
     t = model.calls[-1][1]

@@ -3,6 +3,7 @@ set, starting a round from the previous one, the distillation objective, the 2-D
 import json
 import math
 import os
+import pickle
 
 import pytest
 import torch
@@ -205,6 +206,22 @@ def test_a_damaged_pair_set_is_named(tmp_path, gmm, how, error, message):
     with pytest.raises(error) as raised:
         PairsDataset(tmp_path)
     assert str(raised.value).startswith(message.format(root=tmp_path)) and "\n" not in str(raised.value)
+
+
+def test_a_pair_set_travels_to_a_worker_process_without_its_open_files(tmp_path, gmm):
+    write_pairs(gmm, "euler", SIGMAS, (2,), range(10), tmp_path, shard_size=4)
+    data = PairsDataset(tmp_path)
+    first = data[0]  # opens a shard
+    copy = pickle.loads(pickle.dumps(data))
+    assert all(torch.equal(a, b) for a, b in zip(copy[0], first)) and torch.equal(copy[9][1], data[9][1])
+
+
+def test_a_pair_set_written_with_a_setting_this_run_lacks_is_not_added_to(tmp_path, gmm):
+    write_pairs(gmm, "euler", SIGMAS, (2,), range(4), tmp_path, shard_size=4, metadata={"teacher": "big"})
+    with pytest.raises(ValueError) as error:
+        write_pairs(gmm, "euler", SIGMAS, (2,), range(4), tmp_path, shard_size=4)
+    assert str(error.value) == (f"{tmp_path / 'pairs.json'} has teacher='big', this run teacher=None: "
+                                "use another out_dir or the same settings")
 
 
 def test_the_data_set_checks_what_it_is_told_to_expect(tmp_path, gmm):

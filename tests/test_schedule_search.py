@@ -2,19 +2,25 @@
 (samplers.schedule_tables) and schedule.kind=auto / table in the sampling configs."""
 from __future__ import annotations
 
+import inspect
 import json
+import re
 import shutil
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from conftest import ROOT
 from fewstep import samplers
 from fewstep.samplers import schedule_tables
-from fewstep.samplers.schedule_search import (_GridParameters, lever_grids, ode_error, ode_reference, refine,
-                                              run_search, seeded_noise)
+from fewstep.samplers.schedule_search import (PRIOR_MARGIN, Grid, SearchResult, _GridParameters, lever_grids,
+                                              ode_error, ode_reference, refine, run_search, search, seeded_noise,
+                                              with_point_inserted)
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +76,102 @@ def test_search_beats_the_default_grid_on_held_out_noise(search_gmm):
     assert record["held_out_ode_error"] == result.best.error and len(record["curve"]) == len(result.curve) > 10
 
 
+@pytest.mark.parametrize("iterations", [0, 6])
+def test_search_measures_each_start_with_the_options_and_keeps_the_refinement_only_if_it_wins_held_out(
+        search_gmm, iterations):
+    """Euler with afs at NFE 4, warm-started from an NFE 3 grid: every lever grid, then the NFE 3 grid
+    with a point inserted, measured on `noise` with the options; the best refined, kept if it wins on
+    `held_out`; beside it today's default grid (Karras over the range, 5 steps with afs)."""
+    name, nfe, options = "euler", 4, {"afs": True}
+    noise, held_out = seeded_noise(range(8), (2,)), seeded_noise(range(8, 16), (2,))
+    reference, held_out_reference = ode_reference(search_gmm, noise), ode_reference(search_gmm, held_out)
+    warm = samplers.get_sigmas("karras", 4, 0.002, 80.0)
+    lines = []
+    began = time.perf_counter()
+    result = search(name, search_gmm, nfe, noise, reference, held_out, held_out_reference, options, iterations=iterations,
+                    lr=0.05, log=lines.append, warm={3: warm})
+    took = time.perf_counter() - began
+
+    lowest_top = min(PRIOR_MARGIN * float(reference.std()), 80.0)
+    starts = list(lever_grids(name, nfe, 0.002, 80.0, lowest_top, options))
+    starts.append(("the NFE 3 grid with a point inserted", with_point_inserted(warm)))
+    errors = [ode_error(name, search_gmm, noise, reference, sigmas, options).item() for _, sigmas in starts]
+    assert result.curve == [(how, error) for (how, _), error in zip(starts, errors)]
+    assert all(samplers.nfe(name, sigmas, options) == nfe for _, sigmas in starts)
+    assert lines[:len(starts)] == [f"euler NFE 4: {how}: ODE error {error:.5f}" for how, error in result.curve]
+
+    how, sigmas = starts[errors.index(min(errors))]
+    held = ode_error(name, search_gmm, held_out, held_out_reference, sigmas, options).item()
+    assert (result.start.how, result.start.sigmas.tolist(), result.start.error) == (how, sigmas.tolist(), held)
+    refined, train_error = refine(name, search_gmm, sigmas, noise, reference, options, iterations, 0.05, lowest_top)
+    refined_held = ode_error(name, search_gmm, held_out, held_out_reference, refined, options).item()
+    assert lines[len(starts):] == [f"euler NFE 4: refined {min(errors):.5f} -> {train_error:.5f} "
+                                   f"(held-out {held:.5f} -> {refined_held:.5f})"]
+    if iterations:
+        assert refined_held < held  # (so this case checks the refined branch)
+        assert (result.best.how, result.best.sigmas.tolist(), result.best.error) == (
+            f"refined from {how}", refined.tolist(), refined_held)
+    else:  # no step taken: the start itself, which does not win against itself
+        assert (result.best.how, result.best.sigmas.tolist(), result.best.error) == (how, sigmas.tolist(), held)
+
+    default = samplers.get_sigmas("karras", 5, 0.002, 80.0)
+    assert (result.default.how, result.default.sigmas.tolist(), result.default.error) == (
+        "karras rho 7 over the model's range, step to 0", default.tolist(),
+        ode_error(name, search_gmm, held_out, held_out_reference, default, options).item())
+    assert result.nfe == nfe and 0 < result.seconds <= took
+
+
+def test_without_a_default_grid_at_the_nfe_the_result_has_none(search_gmm):
+    """Heun's Karras grid ending with a step to 0 costs an odd NFE: at NFE 4 there is no default to compare."""
+    noise = seeded_noise(range(4), (2,))
+    reference = ode_reference(search_gmm, noise)
+    result = search("heun", search_gmm, 4, noise, reference, noise, reference, iterations=0, log=lambda line: None)
+    assert result.default is None and result.record()["default_held_out_ode_error"] is None
+
+
+def test_a_sampler_that_reaches_the_nfe_on_no_lever_grid_is_one_line(search_gmm):
+    noise = seeded_noise(range(4), (2,))
+    reference = ode_reference(search_gmm, noise)
+    with pytest.raises(ValueError) as error:
+        search("euler", search_gmm, 1, noise, reference, noise, reference, {"afs": True}, iterations=0,
+               log=lambda line: None)
+    assert str(error.value) == "sampler 'euler' reaches NFE 1 on none of the lever grids"
+
+
+def test_a_record_holds_the_result_as_json_values():
+    grid = torch.tensor([10.0, 1.0, 0.0], dtype=torch.float64)
+    result = SearchResult(5, Grid(grid, 0.1, "refined from x"), Grid(grid, 0.2, "x"), Grid(grid, 0.4, "karras"),
+                          12.345, [("x", 0.3), ("y", 0.5)])
+    record = {"how": "refined from x", "held_out_ode_error": 0.1, "start": {"how": "x", "held_out_ode_error": 0.2},
+              "default_held_out_ode_error": 0.4, "seconds": 12.3}
+    assert result.record(curve=False) == record
+    assert result.record() == {**record, "curve": [{"how": "x", "ode_error": 0.3}, {"how": "y", "ode_error": 0.5}]}
+    assert json.loads(json.dumps(result.record())) == result.record()
+
+
+def test_the_search_functions_default_to_the_search_commands_settings():
+    conf = OmegaConf.load(ROOT / "conf" / "search_schedule.yaml")
+    defaults = {f.__name__: {k: p.default for k, p in inspect.signature(f).parameters.items()}
+                for f in (run_search, search, refine)}
+    assert {k: defaults["run_search"][k] for k in ("num_noises", "seed", "iterations", "lr", "rtol", "atol")} == {
+        k: conf[k] for k in ("num_noises", "seed", "iterations", "lr", "rtol", "atol")}
+    for f in ("search", "refine"):
+        assert (defaults[f]["iterations"], defaults[f]["lr"]) == (conf.iterations, conf.lr)
+
+
+@pytest.mark.parametrize("num_noises, iterations", [(0, 5), (4, -1)])
+def test_a_search_without_noises_or_with_negative_iterations_is_one_line(search_gmm, num_noises, iterations):
+    with pytest.raises(ValueError) as error:
+        next(run_search("euler", search_gmm, [3], num_noises=num_noises, iterations=iterations))
+    assert str(error.value) == (f"num_noises must be at least 1 and iterations at least 0, got {num_noises} and "
+                                f"{iterations}")
+
+
+def test_one_noise_and_no_refinement_are_a_search(search_gmm):
+    (result,) = run_search("euler", search_gmm, [3], num_noises=1, iterations=0, log=lambda line: None)
+    assert result.nfe == 3 and result.best.how == result.start.how
+
+
 def test_a_search_that_produces_nan_says_so(search_gmm):
     class Broken(torch.nn.Module):
         sigma_min, sigma_max, sample_shape = 0.002, 80.0, (2,)
@@ -112,6 +214,69 @@ def test_a_table_gives_back_its_grid_and_refuses_another_model_sampler_or_nfe(se
     with pytest.raises(ValueError, match="another model or sampler"):
         schedule_tables.write(path, other, "ddim", {"eta": 0.0}, "other", "ode_error", 3, GRID[1:])
     assert path.read_bytes() == before  # nothing already written is lost
+
+
+def test_a_written_table_holds_the_sampler_its_changed_options_the_model_and_the_grids_by_nfe(search_gmm, tmp_path):
+    path = tmp_path / "a" / "b" / "euler.json"  # folders made
+    for nfe, grid in ((10, GRID), (9, GRID[1:])):
+        schedule_tables.write(path, search_gmm, "euler", {"afs": True}, "gmm", "ode_error", nfe, grid, note=nfe)
+    text = path.read_text()
+    assert text.startswith('{\n "sampler": "euler",\n "options": {\n  "afs": true\n }')  # indent 1
+    assert json.loads(text) == {
+        "sampler": "euler", "options": {"afs": True}, "model": "gmm", "fingerprint": schedule_tables.fingerprint(search_gmm),
+        "objective": "ode_error", "by_nfe": {"9": {"sigmas": GRID[1:], "note": 9}, "10": {"sigmas": GRID, "note": 10}}}
+    assert list(json.loads(text)["by_nfe"]) == ["9", "10"]  # in numeric order
+    with pytest.raises(ValueError) as error:
+        schedule_tables.write(path, search_gmm, "euler", {}, "gmm", "ode_error", 4, GRID)
+    assert str(error.value) == (f"{path} holds grids of another model or sampler (gmm euler {{'afs': True}}); "
+                                "write to another table=")
+
+
+def test_a_grid_by_step_count_names_the_table_and_what_it_lacks(search_gmm, tmp_path):
+    path = tmp_path / "heun.json"
+    for nfe, grid in ((3, [20.0, 1.0, 0.0]), (5, [20.0, 3.0, 0.5, 0.0])):
+        schedule_tables.write(path, search_gmm, "heun", {}, "gmm", "ode_error", nfe, grid)
+    assert schedule_tables.grid_of_steps(path, "heun", {}, 3, 80.0).tolist() == [20.0, 3.0, 0.5, 0.0]
+    for call, message in [
+            (lambda: schedule_tables.grid_of_steps(path, "heun", {}, 4, 80.0), f"{path} has no grid of 4 steps: it has 2, 3"),
+            (lambda: schedule_tables.grid_of_steps(path, "heun", {}, 2, 10.0),
+             f"{path}'s grid of 2 steps starts at sigma 20, above this scheduler's sigma_max 10")]:
+        with pytest.raises(ValueError) as error:
+            call()
+        assert str(error.value) == message
+    with pytest.raises(ValueError, match=f"^{re.escape(str(path))} "):
+        schedule_tables.grid_of_steps(path, "euler", {}, 2, 80.0)
+
+
+def test_a_table_named_like_a_shipped_model_is_the_local_one_only_if_it_holds_tables(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shipped = schedule_tables.table_file("digits_ddpm", "heun")
+    assert shipped.parent.parent.name == "digits_ddpm" and shipped.parent.parent.is_absolute()
+    Path("digits_ddpm").mkdir()  # a run folder of that name holds no tables: the shipped model's
+    assert schedule_tables.table_file("digits_ddpm", "heun") == shipped
+    Path("digits_ddpm", "schedules").mkdir()
+    assert schedule_tables.table_file("digits_ddpm", "heun") == Path("digits_ddpm", "schedules", "heun.json")
+    Path("digits_ddpm", "schedules").rmdir()
+    Path("digits_ddpm").rmdir()
+    Path("digits_ddpm").write_text("{}")  # a file of that name is the table itself
+    assert schedule_tables.table_file("digits_ddpm", "heun") == Path("digits_ddpm")
+
+
+def test_run_search_warm_starts_each_nfe_from_the_ones_before_on_seeded_noises(search_gmm):
+    lines, began = [], time.perf_counter()
+    results = list(run_search("ipndm", search_gmm, [4, 3], {"max_order": 2}, num_noises=4, seed=7, iterations=2,
+                              rtol=1e-3, atol=1e-4, log=lines.append))
+    took = time.perf_counter() - began
+    assert [r.nfe for r in results] == [3, 4]
+    noise, held_out = seeded_noise(range(7, 11), (2,)), seeded_noise(range(11, 15), (2,))
+    reference, held_out_reference = (ode_reference(search_gmm, n, 1e-3, 1e-4) for n in (noise, held_out))
+    again = search("ipndm", search_gmm, 4, noise, reference, held_out, held_out_reference, {"max_order": 2}, 2, 0.05,
+                   log=lambda line: None, warm={3: results[0].best.sigmas})
+    assert results[1].curve == again.curve and torch.equal(results[1].best.sigmas, again.best.sigmas)
+    assert results[1].curve[-1][0] == "the NFE 3 grid with a point inserted"
+    seconds = re.fullmatch(r"dopri5 references of 8 noises: (\d+) s", lines[0])
+    assert seconds and int(seconds[1]) <= took + 1
+    assert sum(line.startswith("ipndm NFE 4: ") for line in lines) == len(again.curve) + 1
 
 
 @pytest.mark.parametrize("grid, message", [([20.0, 5.0, 5.0, 0.2, 0.0], "strictly decreasing"),
@@ -233,12 +398,13 @@ def test_a_pipeline_scheduler_plans_on_a_table_named_by_file_or_by_model(model_w
 
 
 def test_a_grid_with_a_point_inserted_splits_its_widest_gap():
-    from fewstep.samplers.schedule_search import with_point_inserted
-
     grid = torch.tensor([80.0, 10.0, 5.0, 0.0], dtype=torch.float64)
     assert with_point_inserted(grid).tolist() == pytest.approx([80.0, 800 ** 0.5, 10.0, 5.0, 0.0])
     ending = torch.tensor([10.0, 5.0, 0.01], dtype=torch.float64)
     assert with_point_inserted(ending).tolist() == pytest.approx([10.0, 5.0, 0.05 ** 0.5, 0.01])
+    assert with_point_inserted(torch.tensor([10.0, 0.1, 0.0], dtype=torch.float64)).tolist() == pytest.approx(
+        [10.0, 1.0, 0.1, 0.0])  # two positive sigmas are enough
+    assert with_point_inserted(torch.tensor([10.0, 0.0], dtype=torch.float64)).tolist() == [10.0, 0.0]  # one is not
 
 
 @pytest.mark.parametrize("name", ["ddim", "euler", "heun", "dpmpp_2m", "ipndm"])

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fewstep import samplers
-from fewstep.samplers.solvers import SOLVERS
+from fewstep.samplers.solvers import SOLVERS, Solver
 
 CASES = [("ddim", {}), ("ddim", {"eta": 0.5}), ("ddim", {"eta": 1.0}), ("euler", {}), ("heun", {}), ("dpmpp_2m", {}),
          ("ipndm", {"max_order": 3}), ("dopri5", {})]
@@ -133,6 +133,13 @@ def test_an_unknown_option_is_one_line_naming_it_and_the_valid_ones(gmm, call, m
     with pytest.raises(ValueError) as error:
         call(gmm)
     assert str(error.value) == message
+
+
+def test_a_registered_sampler_without_options_says_it_takes_none(monkeypatch):
+    monkeypatch.setitem(SOLVERS, "plain", Solver(SOLVERS["euler"].run, {}))
+    with pytest.raises(ValueError) as error:
+        samplers.nfe("plain", [1.0, 0.0], {"afs": True})
+    assert str(error.value) == "unknown option(s) afs for sampler 'plain'; it takes: none"
 
 
 # -- the registry -------------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 import csv
+import dataclasses
 import errno
+import inspect
 import json
 import os
 import re
@@ -8,17 +10,20 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
+from accelerate.state import AcceleratorState
 from diffusers import DDPMPipeline
+from omegaconf import OmegaConf
 from PIL import Image
 from safetensors.torch import load_file
 
 from fewstep import samplers
 from conftest import ROOT, accelerate_launch, tiny_unet
 from fewstep.flows import DiffusionObjective
-from fewstep.training import Trainer
+from fewstep.training import NetworkOptim, Trainer
 from fewstep.training.data import ImageFolder, cifar10, digits
 from train_worker import TinyWGAN, gan_data, gan_nets, gan_trainer
 
@@ -249,9 +254,13 @@ def test_per_network_settings_from_the_command_line_reach_the_optimisers(tmp_pat
     (None, {"critic": {"lr": "fast"}}, "network 'critic': lr must be a number, got 'fast'"),
     (None, {"generator": {"lr": -1.0}}, "network 'generator': lr must be positive, got -1.0"),
     ("unet", None, "TinyWGAN trains the networks critic, generator; got net"),
+    ("renamed", None, "TinyWGAN trains the networks critic, generator; got critic, gen"),
 ])
 def test_bad_network_settings_are_named(tmp_path, nets, networks, message):
-    nets = tiny_unet() if nets == "unet" else gan_nets()
+    if nets == "renamed":
+        nets = {"critic": gan_nets()["critic"], "gen": gan_nets()["generator"]}
+    else:
+        nets = tiny_unet() if nets == "unet" else gan_nets()
     with pytest.raises(ValueError) as err:
         Trainer(nets, TinyWGAN(), gan_data(), out_dir=tmp_path, steps=3, batch_size=16, lr=1e-3, networks=networks)
     assert message in str(err.value) and "\n" not in str(err.value)
@@ -273,15 +282,18 @@ def test_a_corrupt_latest_checkpoint_is_named_and_the_previous_one_used(tmp_path
 def test_a_failed_save_is_reported_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     trainer = make_trainer(tmp_path, 10, checkpoint_every=5)
 
-    def full_disk(*args, **kwargs):
+    def full_disk(path, **kwargs):  # after writing part of the checkpoint
+        Path(path).mkdir(parents=True)
+        (Path(path) / "model.safetensors").write_bytes(b"half")
         raise OSError(errno.ENOSPC, "No space left on device")
 
     trainer.step = 5
     trainer.save_checkpoint()
     trainer.step = 10
     monkeypatch.setattr(trainer.accelerator, "save_state", full_disk)
-    with pytest.raises(OSError, match="could not save checkpoint .*step_00000010: No space left on device"):
+    with pytest.raises(OSError, match="could not save checkpoint .*step_00000010: No space left on device") as error:
         trainer.save_checkpoint()
+    assert error.value.errno == errno.ENOSPC
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_00000005"]
 
 
@@ -398,16 +410,12 @@ def test_the_summary_names_the_steps_updates_processes_command_and_model(tmp_pat
     (dict(optimizer="sgd"), "unknown optimizer 'sgd': use adamw or adam"),
 ])
 def test_each_bad_optimiser_setting_is_named_with_its_value(settings, message):
-    from fewstep.training.engine import NetworkOptim
-
     with pytest.raises(ValueError) as error:
         NetworkOptim(**{"lr": 1e-3, **settings})
     assert str(error.value) == message
 
 
 def test_the_edge_values_of_the_optimiser_settings_are_accepted_and_kept_as_given():
-    from fewstep.training.engine import NetworkOptim
-
     settings = NetworkOptim(lr=1, optimizer="adam", betas=[0, 0], weight_decay=0, warmup_steps=0, grad_clip=None,
                             ema_decay=0)
     assert settings.betas == (0.0, 0.0) and type(settings.betas[0]) is float
@@ -416,8 +424,6 @@ def test_the_edge_values_of_the_optimiser_settings_are_accepted_and_kept_as_give
 
 
 def test_a_whole_network_optim_may_be_given_for_one_network(tmp_path):
-    from fewstep.training.engine import NetworkOptim
-
     critic = NetworkOptim(lr=3e-3, optimizer="adam", betas=(0.5, 0.9), ema_decay=None)
     trainer = Trainer(gan_nets(), TinyWGAN(), gan_data(), out_dir=tmp_path, steps=3, batch_size=16, lr=1e-3, cpu=True,
                       networks={"critic": critic})
@@ -428,10 +434,12 @@ def test_a_whole_network_optim_may_be_given_for_one_network(tmp_path):
 def test_checkpoints_lists_complete_ones_oldest_first(tmp_path):
     from fewstep.training.engine import checkpoints
 
-    for name in ("step_00000010", "step_00000002", "step_x", "step_00000005.tmp", "other_00000001"):
+    for name in ("step_00000010", "step_00000002", "step_x", "step_00000005.tmp", "other_00000001", "step_100000000",
+                 "step_99999999"):
         (tmp_path / name).mkdir()
     (tmp_path / "step_00000007").write_text("a file")
-    assert [p.name for p in checkpoints(tmp_path)] == ["step_00000002", "step_00000010"]
+    assert [p.name for p in checkpoints(tmp_path)] == ["step_00000002", "step_00000010", "step_99999999",
+                                                        "step_100000000"]  # past 8 digits too
 
 
 def test_a_save_replaces_a_half_written_one_and_keeps_only_the_newest(tmp_path):
@@ -493,6 +501,88 @@ def test_a_fresh_run_records_its_settings_in_nested_new_folders(tmp_path):
     trainer = gan_trainer(tmp_path / "a" / "b", 2, checkpoint_every=100)
     trainer.fit()
     assert json.loads((tmp_path / "a" / "b" / "run.json").read_text()) == trainer.run_settings
+
+
+@pytest.fixture
+def bf16():
+    """"bf16": accelerate fixes the precision of a process at its first Accelerator, so the state is
+    reset around the test (as accelerate's own tests do)."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield "bf16"
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_run_json_holds_the_objective_and_its_public_settings_the_networks_the_data_and_the_processes(tmp_path, bf16):
+    objective = TinyWGAN(n_critic=3)
+    objective._calls = 0  # private: not a setting
+    trainer = gan_trainer(tmp_path, 1, checkpoint_every=100, objective=objective, mixed_precision=bf16)
+    trainer.fit()
+    recorded = json.loads((tmp_path / "run.json").read_text())
+    assert recorded == {
+        "objective": "TinyWGAN", "objective_settings": {"n_critic": 3, "gp_weight": 10.0},
+        "networks": {name: {"parameters": parameters, "lr": lr, "optimizer": "adam", "betas": [0.0, 0.9],
+                            "weight_decay": 0.0, "warmup_steps": 2, "grad_clip": None, "ema_decay": decay}
+                     for name, parameters, lr, decay in [("critic", 2 * 16 + 16 + 16 + 1, 2e-3, 0.8),
+                                                         ("generator", 2 * 16 + 16 + 16 * 2 + 2, 1e-3, 0.9)]},
+        "data_size": 256, "batch_size": 16, "seed": 0, "num_processes": 1, "mixed_precision": "bf16"}
+    assert trainer.accelerator.mixed_precision == "bf16"
+
+
+def test_the_trainers_defaults_are_each_networks_and_the_command_lines():
+    """The keywords a `NetworkOptim` shares with the trainer default alike, and the trainer's defaults are
+    conf/train.yaml's, but the warm-up: 100 steps on the command line, none in the Python API."""
+    defaults = {name: p.default for name, p in inspect.signature(Trainer).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    assert {f.name: defaults[f.name] for f in dataclasses.fields(NetworkOptim) if f.name != "lr"} == {
+        f.name: f.default for f in dataclasses.fields(NetworkOptim) if f.name != "lr"}
+    train = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "train.yaml").train)
+    shared = sorted(set(defaults) & set(train) - {"warmup_steps", "networks"})
+    assert {"checkpoint_every", "log_every", "num_workers", "grad_clip", "mixed_precision", "cpu"} <= set(shared)
+    assert {k: defaults[k] for k in shared} == {k: tuple(train[k]) if k == "betas" else train[k] for k in shared}
+    assert (defaults["warmup_steps"], train["warmup_steps"], defaults["networks"], train["networks"]) == (0, 100, None, {})
+
+
+def test_the_smallest_run_is_one_step_on_a_data_set_of_one_batch(tmp_path):
+    trainer = Trainer(gan_nets(), TinyWGAN(), gan_data()[:16], out_dir=tmp_path, steps=1, batch_size=16, lr=1e-3,
+                      cpu=True)
+    trainer.fit()
+    assert trainer.step == 1 and (tmp_path / "checkpoints" / "step_00000001").is_dir()
+
+
+def test_the_data_order_follows_the_seed_alone(tmp_path):
+    def first_batch(seed, global_seed):
+        torch.manual_seed(global_seed)
+        trainer = gan_trainer(tmp_path / f"{seed}-{global_seed}", 1, checkpoint_every=100, seed=seed)
+        return next(iter(trainer.loader))
+
+    assert torch.equal(first_batch(0, 1), first_batch(0, 2))
+    assert not torch.equal(first_batch(0, 1), first_batch(1, 1))
+
+
+def test_each_epoch_is_a_shuffle_in_whole_batches(tmp_path):
+    data = torch.arange(20.0).repeat_interleave(2).reshape(20, 2)  # item i is (i, i)
+    trainer = Trainer(gan_nets(), TinyWGAN(), data, out_dir=tmp_path, steps=1, batch_size=8, lr=1e-3, cpu=True)
+    epoch = [batch[:, 0].long().tolist() for batch in trainer.loader]
+    assert [len(batch) for batch in epoch] == [8, 8]  # the 4 items left over are not a batch
+    order = sum(epoch, [])
+    assert len(set(order)) == 16 and order != sorted(order)
+
+
+class WhereLoaded(torch.utils.data.Dataset):
+    """16 items, each (1, 1) when a data-loader worker process loaded it, (0, 0) when the training process did."""
+
+    def __len__(self):
+        return 16
+
+    def __getitem__(self, i):
+        return torch.full((2,), float(torch.utils.data.get_worker_info() is not None))
+
+
+@pytest.mark.parametrize("workers", [None, 1])
+def test_data_is_loaded_in_the_training_process_unless_workers_are_asked_for(tmp_path, workers):
+    trainer = Trainer(gan_nets(), TinyWGAN(), WhereLoaded(), out_dir=tmp_path, steps=1, batch_size=8, lr=1e-3,
+                      cpu=True, **({} if workers is None else {"num_workers": workers}))
+    assert next(iter(trainer.loader))[:, 0].tolist() == [1.0 if workers else 0.0] * 8
 
 
 def test_settings_are_compared_only_against_a_run_with_checkpoints_and_on_every_key(tmp_path):

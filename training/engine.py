@@ -299,8 +299,7 @@ class Trainer:
             running.total = acc.reduce(running.total.to(acc.device), reduction="mean")
         try:
             acc.save_state(str(tmp), safe_serialization=True)
-            if hasattr(self.objective, "state_dict"):  # each process's own (its noise differs)
-                tmp.mkdir(parents=True, exist_ok=True)
+            if hasattr(self.objective, "state_dict"):  # each process's own (its noise differs); save_state made tmp
                 torch.save(self.objective.state_dict(), tmp / f"objective_{acc.process_index}.pt")
         except OSError as err:  # a full disk, a lost mount: say so; the previous checkpoint stays
             shutil.rmtree(tmp, ignore_errors=True)
