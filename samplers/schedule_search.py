@@ -92,7 +92,7 @@ def lever_grids(name: str, nfe: int, sigma_min: float, sigma_max: float, lowest_
             for final, lo in endings:
                 if lo >= top or (kind == "time_uniform" and lo != sigma_min):  # its VP fit needs the model's
                     continue
-                for steps in range(1, nfe + 1):
+                for steps in range(1, nfe + 2):  # afs: a grid of nfe + 1 steps costs nfe
                     sigmas = get_sigmas(kind, steps, sigma_min=lo, sigma_max=top, rho=rho or 7.0,
                                         final_sigmas_type=final)
                     if nfe_of(name, sigmas, options) == nfe:

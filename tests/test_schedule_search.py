@@ -40,6 +40,22 @@ def test_lever_grids_cost_exactly_the_nfe_and_start_where_allowed(name):
     assert all(sigmas[-1] > 0 for _, sigmas in grids) == (name == "heun")
 
 
+def test_the_levers_are_every_kind_then_top_then_ending():
+    """Tops: the model's sigma_max, then the round values from it down to lowest_top; endings: at
+    sigma_min, or a step to 0 from sigma_min, 0.1 or 0.3 (time_uniform: from sigma_min only)."""
+    hows = [how for how, _ in lever_grids("euler", 5, 0.002, 100.0, lowest_top=5.0)]
+    endings = ["ends at sigma_min 0.002", "step to 0 from 0.002", "step to 0 from 0.1", "step to 0 from 0.3"]
+    assert hows == [f"{kind}, sigma_max {top}, {ending}"
+                    for kind in ("karras rho 2", "karras rho 4", "karras rho 7", "logsnr", "time_uniform")
+                    for top in (100, 80, 40, 20, 10, 5)
+                    for ending in (endings[:2] if kind == "time_uniform" else endings)]
+    low = [how for how, _ in lever_grids("euler", 3, 0.002, 0.3)]  # no step from 0.3 down from a top of 0.3
+    assert low and not any(how.endswith("from 0.3") for how in low)
+    with_afs = list(lever_grids("euler", 3, 0.002, 100.0, lowest_top=5.0, options={"afs": True}))
+    assert [how for how, _ in with_afs] == hows  # the same levers, one step more: afs saves a call
+    assert all(len(sigmas) == 5 and samplers.nfe("euler", sigmas, {"afs": True}) == 3 for _, sigmas in with_afs)
+
+
 @pytest.mark.parametrize("ending", ["zero", "sigma_min"])
 def test_grid_parameters_reproduce_the_start_and_keep_any_grid_inside_the_range(ending):
     start = samplers.get_sigmas("karras", 5, 0.01, 60.0, final_sigmas_type=ending)
@@ -79,10 +95,10 @@ def test_search_beats_the_default_grid_on_held_out_noise(search_gmm):
 @pytest.mark.parametrize("iterations", [0, 6])
 def test_search_measures_each_start_with_the_options_and_keeps_the_refinement_only_if_it_wins_held_out(
         search_gmm, iterations):
-    """Euler with afs at NFE 4, warm-started from an NFE 3 grid: every lever grid, then the NFE 3 grid
-    with a point inserted, measured on `noise` with the options; the best refined, kept if it wins on
-    `held_out`; beside it today's default grid (Karras over the range, 5 steps with afs)."""
-    name, nfe, options = "euler", 4, {"afs": True}
+    """DPM-Solver++(2M) with afs at NFE 4, warm-started from an NFE 3 grid: every lever grid, then the
+    NFE 3 grid with a point inserted, measured on `noise` with the options; the best refined, kept if
+    it wins on `held_out`; beside it today's default grid (Karras over the range, 5 steps with afs)."""
+    name, nfe, options = "dpmpp_2m", 4, {"afs": True}
     noise, held_out = seeded_noise(range(8), (2,)), seeded_noise(range(8, 16), (2,))
     reference, held_out_reference = ode_reference(search_gmm, noise), ode_reference(search_gmm, held_out)
     warm = samplers.get_sigmas("karras", 4, 0.002, 80.0)
@@ -98,14 +114,14 @@ def test_search_measures_each_start_with_the_options_and_keeps_the_refinement_on
     errors = [ode_error(name, search_gmm, noise, reference, sigmas, options).item() for _, sigmas in starts]
     assert result.curve == [(how, error) for (how, _), error in zip(starts, errors)]
     assert all(samplers.nfe(name, sigmas, options) == nfe for _, sigmas in starts)
-    assert lines[:len(starts)] == [f"euler NFE 4: {how}: ODE error {error:.5f}" for how, error in result.curve]
+    assert lines[:len(starts)] == [f"dpmpp_2m NFE 4: {how}: ODE error {error:.5f}" for how, error in result.curve]
 
     how, sigmas = starts[errors.index(min(errors))]
     held = ode_error(name, search_gmm, held_out, held_out_reference, sigmas, options).item()
     assert (result.start.how, result.start.sigmas.tolist(), result.start.error) == (how, sigmas.tolist(), held)
     refined, train_error = refine(name, search_gmm, sigmas, noise, reference, options, iterations, 0.05, lowest_top)
     refined_held = ode_error(name, search_gmm, held_out, held_out_reference, refined, options).item()
-    assert lines[len(starts):] == [f"euler NFE 4: refined {min(errors):.5f} -> {train_error:.5f} "
+    assert lines[len(starts):] == [f"dpmpp_2m NFE 4: refined {min(errors):.5f} -> {train_error:.5f} "
                                    f"(held-out {held:.5f} -> {refined_held:.5f})"]
     if iterations:
         assert refined_held < held  # (so this case checks the refined branch)
@@ -133,9 +149,8 @@ def test_a_sampler_that_reaches_the_nfe_on_no_lever_grid_is_one_line(search_gmm)
     noise = seeded_noise(range(4), (2,))
     reference = ode_reference(search_gmm, noise)
     with pytest.raises(ValueError) as error:
-        search("euler", search_gmm, 1, noise, reference, noise, reference, {"afs": True}, iterations=0,
-               log=lambda line: None)
-    assert str(error.value) == "sampler 'euler' reaches NFE 1 on none of the lever grids"
+        search("euler", search_gmm, 0, noise, reference, noise, reference, iterations=0, log=lambda line: None)
+    assert str(error.value) == "sampler 'euler' reaches NFE 0 on none of the lever grids"
 
 
 def test_a_record_holds_the_result_as_json_values():
