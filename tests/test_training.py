@@ -505,8 +505,8 @@ def test_a_fresh_run_records_its_settings_in_nested_new_folders(tmp_path):
 
 @pytest.fixture
 def bf16():
-    """"bf16": accelerate fixes the precision of a process at its first Accelerator, so the state is
-    reset around the test (as accelerate's own tests do)."""
+    """The precision bf16. accelerate fixes a process's precision at its first Accelerator, so its state
+    is reset around the test (as accelerate's own tests do)."""
     AcceleratorState._reset_state(reset_partial_state=True)
     yield "bf16"
     AcceleratorState._reset_state(reset_partial_state=True)
