@@ -528,18 +528,21 @@ def test_run_json_holds_the_objective_and_its_public_settings_the_networks_the_d
     assert trainer.accelerator.mixed_precision == "bf16"
 
 
-def test_the_trainers_defaults_are_each_networks_and_the_command_lines():
-    """The keywords a `NetworkOptim` shares with the trainer default alike, and the trainer's defaults are
-    conf/train.yaml's, but the warm-up: 100 steps on the command line, none in the Python API."""
-    defaults = {name: p.default for name, p in inspect.signature(Trainer).parameters.items()
-                if p.default is not inspect.Parameter.empty}
-    assert {f.name: defaults[f.name] for f in dataclasses.fields(NetworkOptim) if f.name != "lr"} == {
-        f.name: f.default for f in dataclasses.fields(NetworkOptim) if f.name != "lr"}
+def test_the_trainers_defaults_are_each_networks_and_the_command_lines(tmp_path):
+    """A trainer given only what it needs trains each network with `NetworkOptim`'s defaults, and its
+    settings are conf/train.yaml's but the warm-up: 100 steps on the command line, none in Python."""
+    trainer = Trainer(gan_nets(), TinyWGAN(), gan_data(), out_dir=tmp_path, steps=1, batch_size=16, lr=1e-3)
+    assert trainer.settings == {"critic": NetworkOptim(lr=1e-3), "generator": NetworkOptim(lr=1e-3)}
     train = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "train.yaml").train)
-    shared = sorted(set(defaults) & set(train) - {"warmup_steps", "networks"})
-    assert {"checkpoint_every", "log_every", "num_workers", "grad_clip", "mixed_precision", "cpu"} <= set(shared)
-    assert {k: defaults[k] for k in shared} == {k: tuple(train[k]) if k == "betas" else train[k] for k in shared}
-    assert (defaults["warmup_steps"], train["warmup_steps"], defaults["networks"], train["networks"]) == (0, 100, None, {})
+    assert {**dataclasses.asdict(trainer.settings["critic"]), "betas": list(trainer.settings["critic"].betas)} == {
+        **{k: train[k] for k in ("lr", "optimizer", "betas", "weight_decay", "grad_clip", "ema_decay")},
+        "lr": 1e-3, "warmup_steps": 0}
+    assert train["warmup_steps"] == 100
+    assert (trainer.checkpoint_every, trainer.keep_checkpoints, trainer.log_every, trainer.loader.num_workers,
+            trainer.accelerator.mixed_precision) == tuple(train[k] for k in (
+                "checkpoint_every", "keep_checkpoints", "log_every", "num_workers", "mixed_precision"))
+    defaults = inspect.signature(Trainer).parameters  # and cpu=None, which picks the device (test_engine_processes)
+    assert defaults["cpu"].default is train["cpu"] is None and defaults["networks"].default is None
 
 
 def test_the_smallest_run_is_one_step_on_a_data_set_of_one_batch(tmp_path):
