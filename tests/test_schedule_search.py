@@ -2,7 +2,6 @@
 (samplers.schedule_tables) and schedule.kind=auto / table in the sampling configs."""
 from __future__ import annotations
 
-import inspect
 import json
 import re
 import shutil
@@ -17,7 +16,7 @@ from omegaconf import OmegaConf
 
 from conftest import ROOT
 from fewstep import samplers
-from fewstep.samplers import schedule_tables
+from fewstep.samplers import schedule_search, schedule_tables
 from fewstep.samplers.schedule_search import (PRIOR_MARGIN, Grid, SearchResult, _GridParameters, lever_grids,
                                               ode_error, ode_reference, refine, run_search, search, seeded_noise,
                                               with_point_inserted)
@@ -56,9 +55,10 @@ def test_the_levers_are_every_kind_then_top_then_ending():
     assert all(len(sigmas) == 5 and samplers.nfe("euler", sigmas, {"afs": True}) == 3 for _, sigmas in with_afs)
 
 
-@pytest.mark.parametrize("ending", ["zero", "sigma_min"])
-def test_grid_parameters_reproduce_the_start_and_keep_any_grid_inside_the_range(ending):
-    start = samplers.get_sigmas("karras", 5, 0.01, 60.0, final_sigmas_type=ending)
+@pytest.mark.parametrize("ending, low, top", [("zero", 0.01, 60.0), ("sigma_min", 0.01, 60.0), ("zero", 0.3, 60.0),
+                                               ("zero", 0.3, 20.0)])  # from 0.3; from lowest_top itself
+def test_grid_parameters_reproduce_the_start_and_keep_any_grid_inside_the_range(ending, low, top):
+    start = samplers.get_sigmas("karras", 5, low, top, final_sigmas_type=ending)
     params = _GridParameters(start, sigma_min=0.01, sigma_max=150.0, lowest_top=20.0)
     assert torch.allclose(params().detach(), start, rtol=1e-9, atol=0)
     torch.manual_seed(0)
@@ -70,6 +70,65 @@ def test_grid_parameters_reproduce_the_start_and_keep_any_grid_inside_the_range(
         samplers.check_sigmas(sigmas)  # strictly decreasing
         assert 20.0 * (1 - 1e-3) <= sigmas[0] <= 150.0 and sigmas[sigmas > 0].min() >= 0.01 * (1 - 1e-9)
         assert (sigmas[-1] == 0) == (ending == "zero") and len(sigmas) == len(start)
+        if ending == "sigma_min":  # a grid ending there keeps that end
+            assert sigmas[-1] == pytest.approx(0.01, rel=1e-12)
+
+
+def test_the_reference_is_dopri5_to_0_and_the_error_the_rms_distance_to_it_with_the_options(search_gmm):
+    noise = seeded_noise(range(4), (2,))
+    reference = ode_reference(search_gmm, noise, rtol=1e-3, atol=1e-4)
+    assert torch.equal(reference, samplers.sample("dopri5", search_gmm, noise.double(),
+                                                  torch.tensor([80.0, 0.002, 0.0], dtype=torch.float64),
+                                                  rtol=1e-3, atol=1e-4))
+    grid = [80.0, 5.0, 0.5, 0.0]  # a list: read as float64
+    x = samplers.sample("euler", search_gmm, noise.double(), torch.tensor(grid, dtype=torch.float64))
+    error = ode_error("ipndm", search_gmm, noise, reference, grid, {"max_order": 1})  # iPNDM of order 1 is Euler
+    assert error.item() == pytest.approx((x - reference).pow(2).mean().sqrt().item(), rel=1e-12)
+    assert abs(ode_error("ipndm", search_gmm, noise, reference, grid).item() - error.item()) > 1e-3
+
+
+def test_the_search_functions_default_to_the_search_commands_settings(search_gmm, monkeypatch):
+    """What `run_search`, `search` and `refine` use when not told: conf/search_schedule.yaml's values
+    (the command passes them all), the held-out noises right after the training ones."""
+    conf = OmegaConf.load(ROOT / "conf" / "search_schedule.yaml")
+    seen = {}
+
+    def fake_reference(denoiser, noise, rtol, atol):
+        seen.setdefault("references", []).append((noise, rtol, atol))
+        return noise.double()
+
+    def fake_search(name, denoiser, nfe, noise, reference, held_out, held_out_reference, options, iterations, lr, log,
+                    warm):
+        seen["search"] = (iterations, lr)
+        return SearchResult(nfe, Grid(torch.tensor([1.0, 0.0]), 0.0, "x"), Grid(torch.tensor([1.0, 0.0]), 0.0, "x"),
+                            None, 0.0)
+
+    with monkeypatch.context() as m:
+        m.setattr(schedule_search, "ode_reference", fake_reference)
+        m.setattr(schedule_search, "search", fake_search)
+        next(run_search("euler", search_gmm, [3], log=lambda line: None))
+    (noise, *tolerances), (held_out, *held_out_tolerances) = seen["references"]
+    assert torch.equal(noise, seeded_noise(range(conf.seed, conf.seed + conf.num_noises), (2,)))
+    assert torch.equal(held_out, seeded_noise(range(conf.seed + conf.num_noises, conf.seed + 2 * conf.num_noises), (2,)))
+    assert tolerances == held_out_tolerances == [conf.rtol, conf.atol]
+    assert seen["search"] == (conf.iterations, conf.lr)
+
+    def fake_refine(name, denoiser, start, noise, reference, options, iterations, lr, lowest_top):
+        seen["refine"] = (iterations, lr)
+        return start, 0.0
+
+    noise = seeded_noise(range(2), (2,))
+    with monkeypatch.context() as m:
+        m.setattr(schedule_search, "refine", fake_refine)
+        search("euler", search_gmm, 3, noise, noise.double(), noise, noise.double(), log=lambda line: None)
+    assert seen["refine"] == (conf.iterations, conf.lr)
+
+    adam, calls = torch.optim.Adam, []
+    monkeypatch.setattr(torch.optim, "Adam", lambda params, lr: seen.setdefault("adam", lr) and adam(params, lr=lr))
+    monkeypatch.setattr(schedule_search, "ode_error", lambda *args, **kwargs: calls.append(1) or torch.ones((), requires_grad=True))
+    start = samplers.get_sigmas("karras", 3, 0.5, 0.9)  # below 1: no floor of its own under the top
+    assert torch.allclose(refine("euler", search_gmm, start, noise, noise.double())[0], start, rtol=1e-9, atol=0)
+    assert (len(calls), seen["adam"]) == (conf.iterations, conf.lr)
 
 
 def test_refinement_lowers_the_ode_error_it_is_given(search_gmm):
@@ -164,16 +223,6 @@ def test_a_record_holds_the_result_as_json_values():
     assert json.loads(json.dumps(result.record())) == result.record()
 
 
-def test_the_search_functions_default_to_the_search_commands_settings():
-    conf = OmegaConf.load(ROOT / "conf" / "search_schedule.yaml")
-    defaults = {f.__name__: {k: p.default for k, p in inspect.signature(f).parameters.items()}
-                for f in (run_search, search, refine)}
-    assert {k: defaults["run_search"][k] for k in ("num_noises", "seed", "iterations", "lr", "rtol", "atol")} == {
-        k: conf[k] for k in ("num_noises", "seed", "iterations", "lr", "rtol", "atol")}
-    for f in ("search", "refine"):
-        assert (defaults[f]["iterations"], defaults[f]["lr"]) == (conf.iterations, conf.lr)
-
-
 @pytest.mark.parametrize("num_noises, iterations", [(0, 5), (4, -1)])
 def test_a_search_without_noises_or_with_negative_iterations_is_one_line(search_gmm, num_noises, iterations):
     with pytest.raises(ValueError) as error:
@@ -195,8 +244,16 @@ def test_a_search_that_produces_nan_says_so(search_gmm):
             out = search_gmm(x, sigma)
             return out if float(sigma) > 1 else out * float("nan")
 
-    with pytest.raises(FloatingPointError, match="NaN"):
-        next(run_search("euler", Broken(), [3], num_noises=4, log=lambda line: None))
+    noise = seeded_noise(range(4), (2,))
+    reference = ode_reference(search_gmm, noise)
+    with pytest.raises(FloatingPointError) as error:
+        search("euler", Broken(), 3, noise, reference, noise, reference, log=lambda line: None)
+    assert str(error.value) == ("the schedule search produced a NaN error for euler at NFE 3 on karras rho 2, "
+                                "sigma_max 80, step to 0 from 0.002")
+    start = torch.tensor([80.0, 0.5, 0.0], dtype=torch.float64)
+    with pytest.raises(FloatingPointError) as error:
+        refine("euler", Broken(), start, noise, reference, iterations=1)
+    assert str(error.value) == "the schedule search produced a NaN error on the grid [80.0, 0.5, 0.0]"
 
 
 # -- tables ---------------------------------------------------------------------------------------
