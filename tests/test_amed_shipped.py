@@ -3,6 +3,7 @@ they were trained with, and refused in one line for anything else (samplers.amed
 samplers.config)."""
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -106,6 +107,28 @@ def test_a_predictor_for_something_else_or_none_is_refused_in_one_line(model, ov
     cfg = compose_sample(*(o.replace("MODEL", str(root)) for o in overrides))
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         sampling_setup(cfg, "cpu", denoiser)
+
+
+def test_a_models_predictors_are_its_amed_folders_with_a_config_by_nfe_or_by_steps(model, gmm):
+    root, denoiser = model
+    strays = [root / "amed" / "amed-nfeX", root / "amed" / "amed-nfe8"]  # not an NFE; no config.json
+    for stray in strays:
+        stray.mkdir()
+    try:
+        assert amed_predictor.shipped(denoiser, "amed") == {3: root / "amed" / "amed-nfe3", 5: root / "amed" / "amed-nfe5"}
+    finally:
+        for stray in strays:
+            stray.rmdir()
+    assert amed_predictor.shipped(denoiser, "amed_plugin", "ipndm") == {5: root / "amed" / "amed_plugin-ipndm-nfe5"}
+    assert amed_predictor.shipped(gmm, "amed") == amed_predictor.shipped(SimpleNamespace(pretrained_path=None), "amed") == {}
+    assert [amed_predictor.find(denoiser, "amed", steps=k).name for k in (2, 3)] == ["amed-nfe3", "amed-nfe5"]
+    assert amed_predictor.load(root / "amed" / "amed-nfe5", "amed", "ipndm").config.nfe == 5  # base: amed_plugin's only
+    for path, sampler, base, trained in [(root / "amed" / "amed-nfe5", "amed_plugin", "ipndm", "amed"),
+                                         (root / "amed" / "amed_plugin-ipndm-nfe5", "amed", None, "amed_plugin base=ipndm")]:
+        with pytest.raises(ValueError) as error:
+            amed_predictor.load(path, sampler, base)
+        assert str(error.value) == (f"the AMED predictor at {path} was trained for {trained}, not {sampler}"
+                                    + (f" base={base}" if base else ""))
 
 
 def test_a_predictor_is_stored_only_beside_a_model_loaded_from_a_directory_and_never_over_another(model, gmm):
