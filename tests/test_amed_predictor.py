@@ -64,6 +64,51 @@ def test_distillation_lowers_the_error_against_the_teacher_and_the_frozen_table_
 
 
 # -- the bottleneck hook ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("teacher", ["heun", "dopri5"])
+def test_the_teacher_points_are_its_solution_at_every_time_of_the_grid(gmm, teacher):
+    """Heun on each step with 2 times inserted evenly in sigma^(1/7), or dopri5 (its tolerances) from
+    each time of the grid to the next."""
+    sigmas = karras(gmm, 3)
+    objective = AMEDDistillation(gmm, sigmas, "amed", {"afs": True}, nfe=5, teacher=teacher, teacher_steps=2,
+                                 rtol=1e-3, atol=1e-4)
+    x = noise(4, 2).double() * sigmas[0]
+    expected = [x]
+    for a, b in zip(sigmas[:-1], sigmas[1:]):
+        if teacher == "heun":
+            fine = torch.stack([a, *((a ** (1 / 7) + w * (b ** (1 / 7) - a ** (1 / 7))) ** 7 for w in (1 / 3, 2 / 3)), b])
+            expected.append(samplers.solve("heun", gmm, expected[-1], fine))
+        else:
+            expected.append(samplers.solve("dopri5", gmm, expected[-1], torch.stack([a, b]), rtol=1e-3, atol=1e-4))
+    points = objective.teacher_points(x)
+    assert len(points) == len(sigmas) and all(torch.allclose(p, e, rtol=1e-12, atol=0) for p, e in zip(points, expected))
+
+
+def test_the_held_out_noises_are_seeded_and_their_targets_the_teachers_last_points(gmm, tmp_path):
+    objective = AMEDDistillation(gmm, karras(gmm, 3), "amed", {"afs": True}, nfe=5, held_out=6, held_out_seed=7)
+    held_out, target = objective.held_out_noise()
+    assert torch.equal(held_out, torch.stack([noise(2, seed=7 + i) for i in range(6)]))
+    assert torch.equal(target, objective.teacher_points(held_out.double() * 80.0)[-1])
+    predictor = objective.new_predictor()
+    r, c = frozen_table(predictor, gmm, held_out, objective.sigmas)
+    rms = lambda x: float(((x.double() - target) ** 2).sum(1).mean().sqrt())  # noqa: E731
+    run = lambda **options: samplers.sample("amed", gmm, held_out, objective.sigmas, afs=True, **options)  # noqa: E731
+    assert objective.report({"predictor": predictor}, 0, tmp_path) == pytest.approx(
+        {"error": rms(run(predictor=predictor)), "frozen_error": rms(run(r=r, c=c)), "untrained_error": rms(run())},
+        rel=1e-12)
+
+
+def test_the_noise_data_set_is_each_seeds_noise_and_ends_where_it_says():
+    data = NoiseDataset((2,))
+    assert len(data) == 65536 and torch.equal(data[0], noise(2, seed=1_000_000))
+    assert torch.equal(NoiseDataset((3,), size=4, seed=9)[3], noise(3, seed=12))
+    for call, error, message in [(lambda: data[65536], IndexError, "noise 65536 of 65536"),
+                                 (lambda: NoiseDataset(None), ValueError,
+                                  "NoiseDataset needs the sample shape (scripts/train_amed.py gives the model's)")]:
+        with pytest.raises(error) as raised:
+            call()
+        assert str(raised.value) == message
+
+
 @pytest.mark.parametrize("afs", [False, True])
 def test_the_predictor_reads_the_mid_block_of_each_steps_first_call_without_a_call_of_its_own(afs):
     denoiser = unet_denoiser()
