@@ -8,10 +8,12 @@ import pickle
 import pytest
 import torch
 
+from conftest import tiny_unet
 from fewstep import samplers
 from fewstep.flows import (DistillationObjective, MLPVelocity, PairsDataset, RectifiedFlowObjective,
                            straightness, write_pairs)
 from fewstep.flows.distill import pseudo_huber
+from fewstep.flows.straightness import record_straightness
 from fewstep.training import Trainer, data2d
 from fewstep.training.init import init_from
 
@@ -36,6 +38,25 @@ def test_the_flow_to_one_point_is_straight(dtype):
     assert straightness(velocity, noise, steps=40, time_scale=1000.0) < 1e-10
     assert len(calls) == 40 and torch.allclose(calls[0], torch.full((7,), 1000.0, dtype=dtype))
     assert torch.allclose(calls[-1], torch.full((7,), 1000.0 / 40, dtype=dtype))
+
+
+class Curved(torch.nn.Module):
+    """The flow `v = w t x` (w = 1), a module with a parameter, as `record_straightness` expects."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, x, s):
+        return self.w * s[:, None] * x
+
+
+def test_the_recorded_straightness_is_that_of_256_seeded_noises_in_50_steps(tmp_path):
+    value = record_straightness(Curved(), (2,), tmp_path)
+    noise = torch.randn(256, 2, generator=torch.Generator().manual_seed(0))
+    assert value == straightness(Curved(), noise, steps=50, time_scale=1.0) > 0.01
+    assert json.loads((tmp_path / "straightness.json").read_text()) == {
+        "straightness": value, "noises": 256, "steps": 50, "seed": 0}
 
 
 def test_a_curved_flow_has_the_straightness_of_its_closed_form():
@@ -299,8 +320,18 @@ def test_the_distillation_losses_are_those_of_the_one_step_prediction():
     assert float(pseudo_huber(torch.zeros(2, 5))[0]) == 0.0
     with pytest.raises(ValueError, match=r"trains on \(sample, noise\) pairs \(data=pairs\), got a Tensor"):
         DistillationObjective().losses({"net": model}, x0, step=0)
+    with pytest.raises(ValueError, match=r"trains on \(sample, noise\) pairs \(data=pairs\), got a tuple"):
+        DistillationObjective().losses({"net": model}, (x0, noise, x0), step=0)
+    DistillationObjective(time_scale=1000.0).one_step(model, noise.double())
+    assert calls[-1].dtype == torch.float64  # t in the noise's dtype
     with pytest.raises(ValueError, match="unknown loss 'l1': use l2 or pseudo_huber"):
         DistillationObjective("l1")
+
+
+def test_the_distilled_model_is_exported_with_its_time_scale(tmp_path):
+    DistillationObjective(time_scale=500.0).export({"net": tiny_unet()}, tmp_path)
+    config = json.loads((tmp_path / "scheduler" / "scheduler_config.json").read_text())
+    assert (config["_class_name"], config["num_train_timesteps"]) == ("FlowMatchEulerDiscreteScheduler", 500)
 
 
 def test_one_euler_step_from_a_huge_sigma_is_the_students_one_step_prediction():
