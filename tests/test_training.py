@@ -279,12 +279,14 @@ def test_a_corrupt_latest_checkpoint_is_named_and_the_previous_one_used(tmp_path
         assert warned[0].filename == __file__  # the warning points at the caller of resume()
 
 
-def test_a_failed_save_is_reported_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+@pytest.mark.parametrize("written", [False, True])  # nothing of the checkpoint, or part of it
+def test_a_failed_save_is_reported_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch, written):
     trainer = make_trainer(tmp_path, 10, checkpoint_every=5)
 
-    def full_disk(path, **kwargs):  # after writing part of the checkpoint
-        Path(path).mkdir(parents=True)
-        (Path(path) / "model.safetensors").write_bytes(b"half")
+    def full_disk(path, **kwargs):
+        if written:
+            Path(path).mkdir(parents=True)
+            (Path(path) / "model.safetensors").write_bytes(b"half")
         raise OSError(errno.ENOSPC, "No space left on device")
 
     trainer.step = 5
