@@ -74,6 +74,13 @@ def test_the_objective_draws_noise_then_t_and_uses_given_pairs():
     assert torch.allclose(model.calls[-1][0], (1 - t[:, None]) * x0 + t[:, None] * paired)
 
 
+def test_logit_normal_times_default_to_the_standard_normal_logit():
+    torch.manual_seed(4)
+    t = RectifiedFlowObjective("logit_normal").sample_t(6, "cpu")
+    torch.manual_seed(4)
+    assert torch.equal(t, torch.sigmoid(torch.randn(6)))
+
+
 def test_logit_normal_times_concentrate_where_asked():
     torch.manual_seed(0)
     uniform = RectifiedFlowObjective().sample_t(20000, "cpu")

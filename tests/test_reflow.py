@@ -36,6 +36,8 @@ def test_the_flow_to_one_point_is_straight(dtype):
         return (x - c) / (s[:, None] / 1000)
 
     assert straightness(velocity, noise, steps=40, time_scale=1000.0) < 1e-10
+    assert straightness(velocity, noise, time_scale=1000.0) < 1e-10 and len(calls) == 40 + 100  # 100 by default
+    del calls[40:]
     assert len(calls) == 40 and torch.allclose(calls[0], torch.full((7,), 1000.0, dtype=dtype))
     assert torch.allclose(calls[-1], torch.full((7,), 1000.0 / 40, dtype=dtype))
 
@@ -57,6 +59,32 @@ def test_the_recorded_straightness_is_that_of_256_seeded_noises_in_50_steps(tmp_
     assert value == straightness(Curved(), noise, steps=50, time_scale=1.0) > 0.01
     assert json.loads((tmp_path / "straightness.json").read_text()) == {
         "straightness": value, "noises": 256, "steps": 50, "seed": 0}
+    value = record_straightness(Curved(), (2,), tmp_path, time_scale=1000.0, n=8, steps=5, seed=3)
+    noise = torch.randn(8, 2, generator=torch.Generator().manual_seed(3))
+    assert value == straightness(Curved(), noise, steps=5, time_scale=1000.0)
+    assert json.loads((tmp_path / "straightness.json").read_text()) == {
+        "straightness": value, "noises": 8, "steps": 5, "seed": 3}
+
+
+def test_a_flow_is_exported_with_its_time_scale_and_straightness(tmp_path, capsys):
+    torch.manual_seed(0)
+    net = MLPVelocity(hidden=8, depth=1)
+    RectifiedFlowObjective(time_scale=500.0).export({"net": net}, tmp_path)
+    config = json.loads((tmp_path / "scheduler" / "scheduler_config.json").read_text())
+    assert (config["_class_name"], config["num_train_timesteps"]) == ("FlowMatchEulerDiscreteScheduler", 500)
+    value = straightness(net, torch.randn(256, 2, generator=torch.Generator().manual_seed(0)), steps=50,
+                         time_scale=500.0)
+    assert json.loads((tmp_path / "straightness.json").read_text())["straightness"] == value
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"straightness {value:.6f} (256 noises, 50 Euler steps): {tmp_path / 'straightness.json'}")
+
+
+def test_a_constant_velocity_is_exactly_straight_even_in_one_step():
+    """The velocities are accumulated relative to the first, so a straight path sums zeros: exactly 0."""
+    d = torch.tensor([0.1234567, -2.7182818])
+    noise = torch.randn(5, 2, generator=torch.Generator().manual_seed(3))
+    assert straightness(lambda x, s: d.expand_as(x), noise, steps=37) == 0.0
+    assert straightness(lambda x, s: x, noise, steps=1) == 0.0  # one velocity: nothing varies
 
 
 def test_a_curved_flow_has_the_straightness_of_its_closed_form():
@@ -209,6 +237,9 @@ def damage(root, how):
         from safetensors.torch import load_file, save_file
         tensors = load_file(str(shard))
         save_file({**tensors, "seeds": tensors["seeds"] + 1}, str(shard))
+    elif how == "tensors":
+        from safetensors.torch import save_file
+        save_file({"noise": torch.zeros(4, 2), "x0": torch.zeros(4, 2)}, str(shard))
     elif how == "index":
         (root / "pairs.json").unlink()
 
@@ -219,6 +250,8 @@ def damage(root, how):
     ("truncated", ValueError, "shard {root}/shard_00001.safetensors cannot be read (Error while deserializing header"),
     ("shape", ValueError, "shard {root}/shard_00001.safetensors has noise of shape (4, 3), pairs.json says (4, 2)"),
     ("seeds", ValueError, "shard {root}/shard_00001.safetensors holds seeds 5..8, pairs.json says 4..7"),
+    ("tensors", ValueError, "shard {root}/shard_00001.safetensors holds tensors ['noise', 'x0'], not "
+                            "['noise', 'sample', 'seeds']"),
     ("index", FileNotFoundError, "no pairs.json in {root}: not a pair set written by write_pairs"),
 ])
 def test_a_damaged_pair_set_is_named(tmp_path, gmm, how, error, message):
@@ -253,9 +286,11 @@ def test_the_data_set_checks_what_it_is_told_to_expect(tmp_path, gmm):
     with pytest.raises(ValueError, match=r"pairs.json has teacher=None, expected teacher='big'$"):
         PairsDataset(tmp_path, expect={"teacher": "big"})
     data = PairsDataset(tmp_path)
-    assert torch.equal(data[-1][0], data[9][0])
-    with pytest.raises(IndexError):
-        data[10]
+    assert torch.equal(data[-1][0], data[9][0]) and torch.equal(data[-10][0], data[0][0])
+    for i in (10, -11):
+        with pytest.raises(IndexError) as error:
+            data[i]
+        assert str(error.value) == f"pair {i} of a set of 10"
 
 
 # -- starting a round from the previous one --------------------------------------------------------

@@ -50,6 +50,7 @@ def test_the_levers_are_every_kind_then_top_then_ending():
                     for ending in (endings[:2] if kind == "time_uniform" else endings)]
     low = [how for how, _ in lever_grids("euler", 3, 0.002, 0.3)]  # no step from 0.3 down from a top of 0.3
     assert low and not any(how.endswith("from 0.3") for how in low)
+    assert {len(sigmas) for _, sigmas in lever_grids("euler", 1, 0.002, 80.0)} == {2}  # one step: NFE 1
     with_afs = list(lever_grids("euler", 3, 0.002, 100.0, lowest_top=5.0, options={"afs": True}))
     assert [how for how, _ in with_afs] == hows  # the same levers, one step more: afs saves a call
     assert all(len(sigmas) == 5 and samplers.nfe("euler", sigmas, {"afs": True}) == 3 for _, sigmas in with_afs)
@@ -80,7 +81,7 @@ def test_the_reference_is_dopri5_to_0_and_the_error_the_rms_distance_to_it_with_
     assert torch.equal(reference, samplers.sample("dopri5", search_gmm, noise.double(),
                                                   torch.tensor([80.0, 0.002, 0.0], dtype=torch.float64),
                                                   rtol=1e-3, atol=1e-4))
-    grid = [80.0, 5.0, 0.5, 0.0]  # a list: read as float64
+    grid = [80.0, 5.3, 0.7, 0.0]  # a list: read as float64
     x = samplers.sample("euler", search_gmm, noise.double(), torch.tensor(grid, dtype=torch.float64))
     error = ode_error("ipndm", search_gmm, noise, reference, grid, {"max_order": 1})  # iPNDM of order 1 is Euler
     assert error.item() == pytest.approx((x - reference).pow(2).mean().sqrt().item(), rel=1e-12)
@@ -129,6 +130,16 @@ def test_the_search_functions_default_to_the_search_commands_settings(search_gmm
     start = samplers.get_sigmas("karras", 3, 0.5, 0.9)  # below 1: no floor of its own under the top
     assert torch.allclose(refine("euler", search_gmm, start, noise, noise.double())[0], start, rtol=1e-9, atol=0)
     assert (len(calls), seen["adam"]) == (conf.iterations, conf.lr)
+
+
+def test_refinement_runs_the_sampler_with_its_options(search_gmm):
+    """iPNDM of order 1 is Euler: refining for one is refining for the other."""
+    noise = seeded_noise(range(8), (2,))
+    reference = ode_reference(search_gmm, noise)
+    start = samplers.get_sigmas("karras", 3, 0.002, 80.0)
+    euler = refine("euler", search_gmm, start, noise, reference, iterations=3)
+    ipndm = refine("ipndm", search_gmm, start, noise, reference, {"max_order": 1}, iterations=3)
+    assert torch.allclose(euler[0], ipndm[0], rtol=1e-12, atol=0) and euler[1] == pytest.approx(ipndm[1], rel=1e-12)
 
 
 def test_refinement_lowers_the_ode_error_it_is_given(search_gmm):
