@@ -6,6 +6,7 @@ one process trains."""
 import csv
 import json
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -95,6 +96,20 @@ def test_the_held_out_noises_are_seeded_and_their_targets_the_teachers_last_poin
     assert objective.report({"predictor": predictor}, 0, tmp_path) == pytest.approx(
         {"error": rms(run(predictor=predictor)), "frozen_error": rms(run(r=r, c=c)), "untrained_error": rms(run())},
         rel=1e-12)
+
+
+def test_the_frozen_table_is_exported_beside_the_predictor_with_what_it_was_made_for(gmm, tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["scripts/train_amed.py", "sampler=amed_plugin", "nfe=5"])
+    objective = AMEDDistillation(gmm, karras(gmm, 3), "amed_plugin", {"afs": True, "base": "dpmpp_2m"}, nfe=5,
+                                 held_out=4, model="gmm")
+    predictor = objective.new_predictor()
+    objective.export({"predictor": predictor}, tmp_path)
+    r, c = frozen_table(predictor, gmm, objective.held_out_noise()[0], objective.sigmas)
+    assert json.loads((tmp_path / "frozen_table.json").read_text()) == {
+        "sampler": "amed_plugin", "sampler_options": {"afs": True, "base": "dpmpp_2m", "r": r, "c": c},
+        "sigmas": objective.sigmas.tolist(), "nfe": 5, "model": "gmm", "fingerprint": objective.fingerprint,
+        "command": "python scripts/train_amed.py sampler=amed_plugin nfe=5"}
+    assert (tmp_path / "config.json").is_file()
 
 
 def test_the_noise_data_set_is_each_seeds_noise_and_ends_where_it_says():
