@@ -210,7 +210,11 @@ def test_another_setting_in_the_same_directory_is_refused_and_nothing_is_written
 @pytest.mark.parametrize("change, message", [
     (dict(seeds=[1, 2, 4]), "seeds must be consecutive integers, got 4 after 2 at position 2"),
     (dict(seeds=[]), "seeds is empty: give at least one seed"),
-    (dict(shard_size=0), "shard_size must be a whole number of at least 1, got 0"),
+    (dict(shard_size=0), "^shard_size must be a whole number of at least 1, got 0$"),
+    (dict(batch_size=0), "^batch_size must be a whole number of at least 1, got 0$"),
+    (dict(sampler="amed", options={"predictor": "dir"}),
+     r"^reflow pairs record their sampler's options; an AMED predictor is not one they can record: give amed its "
+     r"frozen table \(r, c lists\) instead$"),
     (dict(metadata={"sigmas": 1}), "metadata key 'sigmas' is one write_pairs sets itself; use another name"),
     (dict(sampler="rk4"), "unknown sampler 'rk4'"),
 ])
@@ -220,6 +224,16 @@ def test_bad_arguments_are_one_line(tmp_path, gmm, change, message):
     with pytest.raises(ValueError, match=message):
         write_pairs(**{**settings, **change})
     assert not tmp_path.joinpath("pairs.json").exists()
+
+
+def test_pairs_are_made_with_the_samplers_options_one_at_a_time_if_asked(tmp_path, gmm):
+    """iPNDM of order 1 is Euler; shards and batches of one pair."""
+    write_pairs(gmm, "euler", SIGMAS, (2,), range(3), tmp_path / "euler", shard_size=2)
+    write_pairs(gmm, "ipndm", SIGMAS, (2,), range(3), tmp_path / "ipndm", shard_size=1, batch_size=1,
+                options={"max_order": 1})
+    (euler_samples, euler_noise), (samples, noise) = pairs_of(tmp_path / "euler"), pairs_of(tmp_path / "ipndm")
+    assert torch.allclose(samples, euler_samples, rtol=1e-6, atol=1e-6) and torch.equal(noise, euler_noise)
+    assert len(list((tmp_path / "ipndm").glob("shard_*.safetensors"))) == 3
 
 
 def damage(root, how):
