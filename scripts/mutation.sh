@@ -57,12 +57,12 @@ for module in modules:
     meta = Path(stage, "mutants", "fewstep") / (module + ".meta")
     codes = json.loads(meta.read_text())["exit_code_by_key"] if meta.exists() else {}
     statuses = {name: status_by_exit_code[code] for name, code in codes.items()}
+    new = {name for name, status in statuses.items() if status in NOT_KILLED and name not in listed}
     if mode == "survivors" and not meta.exists():  # never run: all of it
         print("fewstep." + module.removesuffix(".py").replace("/", ".") + ".*")
         continue
     if mode == "survivors":  # unlisted survivors, and mutants not run (a stopped run, or functions edited since)
-        print("\n".join(name for name, status in statuses.items()
-                        if status == "not checked" or (status in NOT_KILLED and name not in listed)))
+        print("\n".join(name for name, status in statuses.items() if status == "not checked" or name in new))
         continue
     if all(status == "not checked" for status in statuses.values()):
         rows.append(f"{module:28} not run")
@@ -75,7 +75,7 @@ for module in modules:
     ok &= score >= 0.9 and not unrun
     rows.append(f"{module:28} {total:6} {killed:7} {survived:9} {no_tests:9} {timeout:8} {unrun:8} "
                 f"{total - killed - timeout - survived - no_tests - unrun:6} {score:7.1%}")
-    unlisted += [f"{name} ({status})" for name, status in statuses.items() if status in NOT_KILLED and name not in listed]
+    unlisted += [f"{name} ({status})" for name, status in statuses.items() if name in new]
 if mode == "table":
     print(f"{'module':28} {'total':>6} {'killed':>7} {'survived':>9} {'no tests':>9} {'timeout':>8} {'not run':>8} "
           f"{'other':>6} {'score':>7}")
