@@ -88,7 +88,7 @@ class GANObjective:
         fn = GeneratorFn(generator, device)
         shown, path = fn(range(64)), Path(out_dir) / "samples" / f"step_{step:08d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_grid(shown.clamp(-1, 1), path) if shown.ndim == 4 else save_scatter(shown, path, f"step {step}")
+        save_grid(shown, path) if shown.ndim == 4 else save_scatter(shown, path, f"step {step}")
         digits_like = tuple(generator.sample_shape) == (1, 16, 16)
         if self.monitor is None or (self.monitor == "auto" and not digits_like):
             return {}

@@ -57,8 +57,16 @@ def test_linear_critic_closed_forms():
     assert torch.allclose(reflow_critic_loss(phi, real, fake), gap + 0.5 * a.pow(2).sum())
     assert torch.allclose(reflow_critic_loss(phi, real, fake, penalty_weight=2.0), gap + 2.0 * a.pow(2).sum())
     assert torch.allclose(wgan_gp_critic_loss(phi, real, fake), gap + 10.0 * (a.norm() - 1) ** 2)
+    for loss in (reflow_critic_loss, wgan_gp_critic_loss):  # no penalty: the critic's gap alone
+        assert torch.allclose(loss(phi, real, fake, penalty_weight=0.0), gap)
     assert torch.allclose(wgan_generator_loss(phi, fake), -phi(fake).mean())
     assert torch.allclose(generator_plain_loss(phi, fake, h=torch.exp), -phi(fake).exp().mean())
+
+
+def test_the_interpolation_times_are_drawn_where_the_batch_is():
+    critic, real = MLPCritic(width=8, depth=2).to("meta"), torch.empty(4, 2, device="meta")
+    for loss in (reflow_critic_loss, wgan_gp_critic_loss):
+        assert loss(critic, real, real).device.type == "meta"
 
 
 def test_quadratic_critic_penalties_at_recomputed_times():

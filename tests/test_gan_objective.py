@@ -390,3 +390,96 @@ def test_a_flow_pipeline_loads_as_the_one_step_generator_z_minus_v_at_t1(tmp_pat
     torch.testing.assert_close(out, expected)
     torch.testing.assert_close(out, one_step)
     assert not torch.allclose(out, z, atol=1e-3)  # the velocity is not zero: the comparison means something
+
+
+# -- 6. the objective's settings, devices and monitor ------------------------------------------------
+
+def test_the_defaults_are_the_reflow_gan_config():
+    import yaml
+
+    conf = yaml.safe_load((ROOT / "conf" / "objective" / "reflow_gan.yaml").read_text())["objective"]
+    objective = GANObjective()
+    assert {key: getattr(objective, key) for key in conf if key != "_target_"} == {
+        key: value for key, value in conf.items() if key != "_target_"}
+    assert objective.state_dict() == {}  # no regression target before the first generator update
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(critic_loss="hinge"), "unknown critic_loss 'hinge': use reflow or wgan_gp"),
+    (dict(generator_loss="nonsat"), "unknown generator_loss 'nonsat': use regression or plain"),
+    (dict(n_critic=0), "n_critic must be a whole number of at least 1, got 0"),
+    (dict(n_critic=2.5), "n_critic must be a whole number of at least 1, got 2.5"),
+    (dict(generator_steps=0), "generator_steps must be a whole number of at least 1, got 0"),
+    (dict(generator_steps=1.5), "generator_steps must be a whole number of at least 1, got 1.5"),
+    (dict(step_size=0.0), "step_size must be > 0, got 0.0"),
+    (dict(step_size=-1), "step_size must be > 0, got -1"),
+    (dict(monitor="fid"), "unknown monitor 'fid': use auto, fd_digits or null"),
+])
+def test_bad_settings_are_refused_in_one_line(kwargs, message):
+    with pytest.raises(ValueError) as err:
+        GANObjective(**kwargs)
+    assert str(err.value) == message
+
+
+def test_every_monitor_and_whole_float_counts_are_accepted():
+    for monitor in (None, "auto", "fd_digits"):
+        assert GANObjective(monitor=monitor).monitor == monitor
+    objective = GANObjective(n_critic=3.0, generator_steps=2.0)  # as a YAML float arrives
+    assert (objective.n_critic, objective.generator_steps) == (3, 2)
+    assert type(objective.n_critic) is int and type(objective.generator_steps) is int
+
+
+def test_the_critic_loss_uses_the_objectives_penalty_weight(one_thread):
+    from fewstep.gan import reflow_critic_loss, wgan_gp_critic_loss
+
+    nets, real = tiny_pair(), gaussians8(n=32)
+    for name, loss in (("reflow", reflow_critic_loss), ("wgan_gp", wgan_gp_critic_loss)):
+        torch.manual_seed(5)
+        got = GANObjective(critic_loss=name, penalty_weight=3.0).losses(nets, real, 0)["critic"]
+        expected = []
+        for weight in (3.0, 0.5):  # the same fake batch and interpolation times, two weights
+            torch.manual_seed(5)
+            with torch.no_grad():
+                fake = nets["generator"](torch.randn(32, 2))
+            expected.append(loss(nets["critic"], real, fake, weight))
+        torch.testing.assert_close(got, expected[0])
+        assert not torch.allclose(got, expected[1])
+
+
+@pytest.mark.parametrize("generator_loss", ["regression", "plain"])
+def test_latents_and_a_loaded_target_follow_the_batch_to_its_device(generator_loss):
+    """On the meta device a latent drawn elsewhere, or a target left on the CPU, fails in the network."""
+    nets = {"generator": MLPGenerator(width=8, depth=2).to("meta"), "critic": MLPCritic(width=8, depth=2).to("meta")}
+    real = torch.empty(4, 2, device="meta")
+    objective = GANObjective(generator_loss=generator_loss, n_critic=1, generator_steps=2)
+    for step in range(3):  # critic, the cycle's first generator update, the next one
+        assert next(iter(objective.losses(nets, real, step).values())).device.type == "meta"
+    assert GANObjective.latents(nets["generator"], 3, real.device).device.type == "meta"
+    if generator_loss == "regression":  # as a resumed run loads it: z and the target on the CPU
+        objective.load_state_dict({"z": torch.randn(4, 2), "target": torch.randn(4, 2)})
+        assert objective.losses(nets, real, 2)["generator"].device.type == "meta"
+
+
+def test_report_draws_64_fixed_samples_into_a_grid_in_a_new_folder(tmp_path, one_thread):
+    from fewstep.evaluation.generators import GeneratorFn
+    from fewstep.evaluation.output import save_grid
+
+    torch.manual_seed(0)
+    generator = DCGANGenerator(channels=1, image_size=16, width=8)
+    out = tmp_path / "new" / "run"
+    assert GANObjective(monitor=None).report({"generator": generator}, 12, out) == {}
+    expected = save_grid(GeneratorFn(generator)(range(64)), tmp_path / "expected.png")
+    assert (out / "samples" / "step_00000012.png").read_bytes() == expected.read_bytes()
+
+
+def test_report_of_points_is_a_scatter_titled_with_the_step(tmp_path, monkeypatch):
+    from fewstep.evaluation import output
+    from fewstep.evaluation.generators import GeneratorFn
+
+    drawn = []
+    monkeypatch.setattr(output, "save_scatter", lambda points, path, title="": drawn.append((points, path, title)))
+    generator = tiny_pair()["generator"]
+    assert GANObjective().report({"generator": generator}, 7, tmp_path) == {}  # auto: no FD for points
+    (points, path, title), = drawn
+    assert torch.equal(points, GeneratorFn(generator)(range(64)))
+    assert (path, title) == (tmp_path / "samples" / "step_00000007.png", "step 7")
