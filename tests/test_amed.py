@@ -4,6 +4,7 @@ as in test_outside_implementations), hand-written references, the mixture's exac
 NFE counts, and inside FewstepScheduler."""
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -148,8 +149,13 @@ def test_per_step_tensors_carry_gradients_to_each_steps_r_and_c(gmm):
     for name in ("amed", "amed_plugin"):
         r = torch.full((4,), 0.4, dtype=torch.float64, requires_grad=True)
         c = torch.full((4,), 1.0, dtype=torch.float64, requires_grad=True)
-        samplers.solve(name, gmm, NOISE * sigmas[0], sigmas, r=r, c=c).square().sum().backward()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # checking them reads no value off a tensor that needs its gradient
+            samplers.solve(name, gmm, NOISE * sigmas[0], sigmas, r=r, c=c).square().sum().backward()
         assert (r.grad[:3] != 0).all() and (c.grad[:3] != 0).all() and r.grad[3] == c.grad[3] == 0, name
+        one = torch.tensor(0.4, dtype=torch.float64)  # a 0-d tensor is one value for every step
+        torch.testing.assert_close(samplers.solve(name, gmm, NOISE * sigmas[0], sigmas, r=one),
+                                   samplers.solve(name, gmm, NOISE * sigmas[0], sigmas, r=0.4), rtol=0, atol=0)
 
 
 # -- AMED-Plugin ----------------------------------------------------------------------------------------

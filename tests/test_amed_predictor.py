@@ -5,6 +5,7 @@ save and load; every refusal in one line; `scripts/train_amed.py` in two process
 one process trains."""
 import csv
 import json
+import math
 import subprocess
 import sys
 
@@ -17,8 +18,9 @@ from conftest import tiny_unet
 from fewstep import samplers
 from fewstep.samplers import schedule_tables
 from fewstep.samplers.amed import between
-from fewstep.samplers.amed_distill import AMEDDistillation, NoiseDataset
-from fewstep.samplers.amed_predictor import AMEDPredictor, bottleneck_size, frozen_table
+from fewstep.samplers.amed_distill import AMEDDistillation, NoiseDataset, inserted, squared_distance
+from fewstep.samplers.amed_predictor import (AMEDPredictor, bottleneck, bottleneck_size, frozen_table, mid_block,
+                                             network, sinusoid)
 from fewstep.training import Trainer
 from test_reflow_multiprocess import ENV, command, finish, start, stop
 
@@ -219,6 +221,9 @@ REFUSALS = {
     "a pipeline": (lambda g, p: samplers.FewstepScheduler(sampler="amed", sampler_options={"predictor": p}),
                    r"^FewstepScheduler cannot take an AMED predictor .*: give amed its frozen table, frozen_table=DIR "
                    r"or sampler_options r=\[\.\.\.\], c=\[\.\.\.\]$"),
+    "the step generator itself": (
+        lambda g, p: next(samplers.SOLVERS["amed_plugin"].run(noise(2, 2), karras(g, 3), predictor="dir")),
+        r"^amed_plugin predictor must be an AMEDPredictor \(AMEDPredictor\.from_pretrained\(DIR\)\), got str 'dir'; "),
     "an NFE the grid cannot cost": (
         lambda g, p: AMEDDistillation(g, karras(g, 2), "amed", {"afs": True}, nfe=4),
         r"^amed with afs=True on a grid ending at sigma_min costs 3 NFE for 2 steps, not nfe=4: it reaches NFE "
@@ -293,3 +298,194 @@ def test_an_nfe_the_sampler_cannot_reach_is_refused_in_one_line(runs):
     assert refused.stderr.strip().splitlines()[-1] == (
         "error: amed with afs=True on a grid ending at sigma_min costs 3 NFE for 2 steps, not nfe=4: it reaches NFE "
         "1, 3, 5, 7, 9, 11, ...")
+
+
+# -- the objective's settings -----------------------------------------------------------------------------
+def test_the_defaults_are_conf_objective_amed_and_the_model_is_frozen(gmm):
+    import yaml
+
+    from conftest import ROOT
+
+    conf = yaml.safe_load((ROOT / "conf" / "objective" / "amed.yaml").read_text())
+    sigmas = karras(gmm, 3)
+    objective = AMEDDistillation(gmm, sigmas)
+    assert {key: getattr(objective, key) for key in conf if key != "_target_"} == {
+        key: value for key, value in conf.items() if key != "_target_"}
+    assert (objective.sampler, objective.afs, objective.base, objective.nfe) == ("amed", False, None, 6)
+    assert objective.model == "GMMDenoiser"  # no name given: the denoiser's class
+    assert [float(s) for s in objective.grid.split(" ")] == sigmas.tolist()  # every digit, for run.json
+    unet = unet_denoiser()
+    AMEDDistillation(unet, karras(unet, 3))
+    assert not any(p.requires_grad for p in unet.parameters()) and not unet.training
+
+
+@pytest.mark.parametrize("args, kwargs, message", [
+    ((None, "grid"), {}, "objective=amed needs the model and the grid: train it with scripts/train_amed.py "
+                             "(e.g. python scripts/train_amed.py sampler=amed nfe=5)"),
+    (("gmm", None), {}, "objective=amed needs the model and the grid: train it with scripts/train_amed.py "
+                        "(e.g. python scripts/train_amed.py sampler=amed nfe=5)"),
+    (("gmm", "grid"), dict(sampler="heun"), "AMED distillation trains amed or amed_plugin, got sampler=heun"),
+    (("gmm", "grid"), dict(teacher="euler"), "unknown teacher 'euler': use heun or dopri5"),
+    (("gmm", "grid"), dict(teacher_steps=-1), "teacher_steps must be a whole number of at least 0, got -1"),
+    (("gmm", "grid"), dict(teacher_steps=1.5), "teacher_steps must be a whole number of at least 0, got 1.5"),
+    (("gmm", "grid"), dict(options={"r": 0.4}), "AMED distillation learns amed's r and c: drop sampler.options.r=0.4"),
+    (("gmm", "grid"), dict(sampler="amed_plugin", options={"c": 1.1}),
+     "AMED distillation learns amed_plugin's r and c: drop sampler.options.c=1.1"),
+    (("gmm", "zero"), dict(options={"afs": True}, nfe=5),
+     "amed with afs=True on a grid ending at 0 costs 4 NFE for 3 steps, not nfe=5: it reaches NFE 2, 4, 6, 8, 10, ..."),
+])
+def test_bad_settings_are_refused_in_one_line(gmm, args, kwargs, message):
+    named = {"gmm": gmm, "grid": karras(gmm, 3), "zero": samplers.get_sigmas("karras", 3, gmm.sigma_min, 80.0)}
+    with pytest.raises(ValueError) as error:
+        AMEDDistillation(*(named.get(a) for a in args), **kwargs)
+    assert str(error.value) == message
+
+
+def test_no_teacher_steps_is_heun_on_the_grid_itself(gmm):
+    objective = AMEDDistillation(gmm, karras(gmm, 3), teacher_steps=0)
+    x = noise(3, 2) * 80
+    points = objective.teacher_points(x)
+    sigmas = karras(gmm, 3)
+    for n in range(3):
+        torch.testing.assert_close(points[n + 1], samplers.solve("heun", gmm, points[n], sigmas[n:n + 2]))
+
+
+# -- the predictor network ----------------------------------------------------------------------------------
+def test_the_time_embedding_is_sin_then_cos_of_t_times_10000_powers():
+    t = torch.tensor([2.0, 0.25], dtype=torch.float64)
+    frequencies = [10000.0 ** (-k / 3) for k in range(4)]  # 8 channels: k = 0..3, endpoint 1e-4 included
+    expected = torch.tensor([[math.sin(v * f) for f in frequencies] + [math.cos(v * f) for f in frequencies]
+                             for v in t.tolist()], dtype=torch.float64)
+    got = sinusoid(t, 8)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, expected, rtol=1e-14, atol=1e-14)
+    assert sinusoid(torch.empty(3, device="meta"), 6).shape == (3, 6)  # its frequencies where t is
+
+
+def test_c_spans_one_plus_minus_c_range_and_each_sample_has_its_own_times():
+    predictor = AMEDPredictor(feature_dim=3, hidden_dim=4, c_range=0.25)
+    features = noise(5, 3)
+    for bias, expected in ((50.0, 1.25), (-50.0, 0.75), (0.0, 1.0)):
+        with torch.no_grad():
+            predictor.head_c.weight.zero_()
+            predictor.head_c.bias.fill_(bias)
+        assert torch.equal(predictor(features, 2.0, 1.0)[1], torch.full((5,), expected))
+    sigma, sigma_next = torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0]), torch.tensor([1.0, 0.8, 0.6, 0.4, 0.2])
+    r = predictor(features, sigma, sigma_next)[0]
+    alone = torch.cat([predictor(features[i:i + 1], sigma[i], sigma_next[i])[0] for i in range(5)])
+    torch.testing.assert_close(r, alone)
+
+
+def test_a_predictor_on_another_device_takes_its_times_there():
+    predictor = AMEDPredictor(feature_dim=3, hidden_dim=4).to("meta")
+    r, c = predictor(torch.empty(2, 3, device="meta"), 2.0, torch.tensor([1.0, 0.5]))
+    assert r.device.type == c.device.type == "meta" and r.shape == c.shape == (2,)
+
+
+@pytest.mark.parametrize("name, sampler, base", [("amed-nfe5", "amed", None),
+                                                 ("amed_plugin-ipndm-nfe3", "amed_plugin", "ipndm")])
+def test_a_shipped_predictor_reproduces_its_frozen_table(name, sampler, base):
+    """The frozen table shipped beside each predictor was made from the 64 held-out noises (seeds
+    2000000..): the loaded network (its bottleneck features first, then the two times) gives it again."""
+    from conftest import ROOT
+    from fewstep.samplers import amed_predictor
+
+    folder = ROOT / "assets" / "digits_ddpm" / "amed" / name
+    denoiser = samplers.from_pretrained(ROOT / "assets" / "digits_ddpm")
+    table = json.loads((folder / "frozen_table.json").read_text())
+    data = NoiseDataset(denoiser.sample_shape, 64, 2_000_000)
+    r, c = frozen_table(amed_predictor.load(folder, sampler, base), denoiser, torch.stack(list(data)), table["sigmas"])
+    assert r == pytest.approx(table["sampler_options"]["r"], rel=1e-6)
+    assert c == pytest.approx(table["sampler_options"]["c"], rel=1e-6)
+
+
+def test_the_bottleneck_size_is_what_the_mid_block_gives_at_any_depth():
+    for blocks in (1, 3):  # 8x8 halved 0 and 2 times
+        unet = tiny_unet(block_out_channels=(8,) * blocks, down_block_types=("DownBlock2D",) * blocks,
+                         up_block_types=("UpBlock2D",) * blocks)
+        denoiser = samplers.DiffusersUNetDenoiser(unet, DDPMScheduler().alphas_cumprod)
+        with bottleneck(denoiser) as seen:
+            denoiser(noise(2, 1, 8, 8), torch.tensor(1.0))
+        assert seen.features.shape == (2, bottleneck_size(denoiser)) == (2, (8 // 2 ** (blocks - 1)) ** 2)
+        flow = samplers.FlowDenoiser(unet)
+        assert network(flow) is unet and mid_block(flow) is unet.mid_block
+
+
+def test_a_models_fingerprint_is_kept_only_when_it_comes_from_files(tmp_path):
+    """Weights in memory are measured at every call; a model loaded from files is measured once (its
+    files are not read again at every sampling a predictor checks it for)."""
+    from fewstep.samplers import amed_predictor
+
+    unet = unet_denoiser()
+    first = amed_predictor.fingerprint(unet)
+    assert first == schedule_tables.fingerprint(unet)
+    with torch.no_grad():
+        next(unet.parameters()).add_(1.0)
+    assert amed_predictor.fingerprint(unet) != first
+    weights = tmp_path / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.parent.mkdir()
+    weights.write_bytes(b"weights")
+    unet.pretrained_path = str(tmp_path)
+    kept = amed_predictor.fingerprint(unet)
+    assert kept == schedule_tables.fingerprint(unet) != first
+    weights.write_bytes(b"other weights")
+    assert amed_predictor.fingerprint(unet) == kept != schedule_tables.fingerprint(unet)
+
+
+def test_a_grid_off_by_more_than_float_rounding_is_refused():
+    predictor = AMEDPredictor(sampler="amed", sigmas=[80.0, 2.0, 0.0])  # NFE not pinned: the grid alone
+    predictor.check("amed", torch.tensor([80.0, 2.0, 0.0], dtype=torch.float32), afs=False)  # float32's rounding
+    for grid in ([80.0, 2.0 * (1 + 3e-6), 0.0], [80.0, 2.0, 1e-9], [80.0, 2.5, 0.0]):
+        with pytest.raises(ValueError, match=r"^this AMED predictor was trained on the grid \[80, 2, 0\], not "):
+            predictor.check("amed", torch.tensor(grid, dtype=torch.float64), afs=False)
+
+
+def test_step_ratios_come_in_the_samples_dtype_and_need_a_watched_unet():
+    predictor = AMEDPredictor(feature_dim=16)
+    x = noise(3, 1, 8, 8).double()
+    r, c = predictor.step_ratios(x, 2.0, 1.0, analytic=True)  # an AFS step: zeros for features, no UNet
+    assert r.dtype == c.dtype == torch.float64 and r.shape == c.shape == (3, 1, 1, 1)
+    with pytest.raises(ValueError) as error:
+        predictor.step_ratios(x, 2.0, 1.0, analytic=False)
+    assert str(error.value) == ("this AMED predictor reads the UNet's bottleneck at each step's first call: run the "
+                                "sampler through samplers.solve / sample, which watch the denoiser for it")
+    denoiser = unet_denoiser()
+    with predictor.watch(denoiser) as watching:
+        denoiser(noise(2, 1, 8, 8), torch.tensor(1.0))  # features of a batch of 2 for samples of 3
+        with pytest.raises(ValueError) as error:
+            watching.step_ratios(x, 2.0, 1.0, analytic=False)
+    assert str(error.value) == ("this AMED predictor takes 16 bottleneck features per sample, the model gave (2, 16) "
+                                "for a batch of 3")
+
+
+def test_amed_plugin_without_afs_reads_the_bottleneck_of_its_first_call_too():
+    denoiser = unet_denoiser()
+    sigmas = karras(denoiser, 3)
+    torch.manual_seed(0)
+    predictor = AMEDPredictor(feature_dim=bottleneck_size(denoiser), sampler="amed_plugin", base="ipndm")
+    mids, read = [], []
+    denoiser.unet.mid_block.register_forward_hook(lambda module, args, out: mids.append(out.mean(1).flatten(1)))
+    predictor.register_forward_hook(lambda module, args, out: read.append(args[0]))
+    samplers.sample("amed_plugin", denoiser, noise(4, 1, 8, 8), sigmas, base="ipndm", predictor=predictor)
+    assert len(read) == 3 and all(torch.equal(features, mids[2 * n]) for n, features in enumerate(read))
+    assert read[0].abs().sum() > 0
+
+
+def test_amed_is_scored_restarting_each_step_from_the_teachers_point(gmm):
+    """The loss of a batch: per sample, the distance of each of amed's steps, taken from the teacher's
+    point, to the teacher's next point; the noise is brought to float64 first."""
+    sigmas = karras(gmm, 3)
+    objective = AMEDDistillation(gmm, sigmas, "amed")
+    torch.manual_seed(3)
+    predictor = AMEDPredictor(hidden_dim=8)  # time only, for any grid: each step's r and c from t_n, t_{n+1}
+    batch = noise(5, 2)
+    x = batch.double() * 80.0
+    teacher = objective.teacher_points(x)
+    expected = sum(squared_distance(samplers.sample("amed", gmm, teacher[n] / sigmas[n], sigmas[n:n + 2],
+                                                    predictor=predictor), teacher[n + 1]) for n in range(3))
+    torch.testing.assert_close(objective.student_error(predictor, x, teacher), expected, rtol=1e-12, atol=0)
+    torch.testing.assert_close(objective.losses({"predictor": predictor}, batch, 0)["predictor"], expected.mean(),
+                               rtol=1e-12, atol=0)
+    assert inserted(sigmas.to("meta"), 2).device.type == "meta"
+    unet = unet_denoiser()
+    assert AMEDDistillation(unet, karras(unet, 3)).new_predictor().config.feature_dim == 16
