@@ -73,6 +73,10 @@ def test_grid_parameters_reproduce_the_start_and_keep_any_grid_inside_the_range(
         assert (sigmas[-1] == 0) == (ending == "zero") and len(sigmas) == len(start)
         if ending == "sigma_min":  # a grid ending there keeps that end
             assert sigmas[-1] == pytest.approx(0.01, rel=1e-12)
+    if ending == "sigma_min":  # whatever the bottom's parameter, which only a grid ending with a step to 0 has
+        with torch.no_grad():
+            params.b.fill_(0.0)
+        assert params()[-1].item() == pytest.approx(0.01, rel=1e-12)
 
 
 def test_the_reference_is_dopri5_to_0_and_the_error_the_rms_distance_to_it_with_the_options(search_gmm):
@@ -285,19 +289,76 @@ def test_a_table_gives_back_its_grid_and_refuses_another_model_sampler_or_nfe(se
     path = tmp_path / "ddim.json"
     schedule_tables.write(path, search_gmm, "ddim", {"eta": 0.0}, "gmm", "ode_error", 4, GRID, command="by hand")
     schedule_tables.write(path, search_gmm, "ddim", {"eta": 0.0}, "gmm", "ode_error", 2, [20.0, 1.0, 0.0])
+    schedule_tables.write(path, search_gmm, "ddim", {}, "gmm", "ode_error", 10, [20.0 * 0.5 ** k for k in range(10)] + [0.0])
     assert samplers.schedule_tables.lookup(path, search_gmm, "ddim", {"eta": 0.0}, 4).tolist() == GRID
-    assert sorted(schedule_tables.entries(path)) == [2, 4]
-    with pytest.raises(ValueError, match="has no grid for NFE 5: it has NFE 2, 4"):
-        schedule_tables.lookup(path, search_gmm, "ddim", {"eta": 0.0}, 5)
-    with pytest.raises(ValueError, match="holds grids of sampler ddim"):
-        schedule_tables.lookup(path, search_gmm, "euler", {}, 4)
+    assert sorted(schedule_tables.entries(path)) == [2, 4, 10]
+    assert schedule_tables.entries(tmp_path / "none.json") == {}
     other = samplers.GMMDenoiser(means=[[0.0, 0.0]], stds=[1.0])
-    with pytest.raises(ValueError, match="searched for another model"):
-        schedule_tables.lookup(path, other, "ddim", {"eta": 0.0}, 4)
+    mine, theirs = schedule_tables.fingerprint(search_gmm), schedule_tables.fingerprint(other)
+    for call, message in [
+            (lambda: schedule_tables.lookup(path, search_gmm, "ddim", {"eta": 0.0}, 5),
+             f"{path} has no grid for NFE 5: it has NFE 2, 4, 10"),  # in numeric order
+            (lambda: schedule_tables.lookup(path, search_gmm, "euler", {}, 4),
+             f"{path} holds grids of sampler ddim {{}}, not of euler {{}}"),
+            (lambda: schedule_tables.lookup(path, search_gmm, "ddim", {"eta": 0.5}, 4),
+             f"{path} holds grids of sampler ddim {{}}, not of ddim {{'eta': 0.5}}"),
+            (lambda: schedule_tables.lookup(path, other, "ddim", {"eta": 0.0}, 4),
+             f"{path} was searched for another model (gmm, weights {mine}); this one's weights are {theirs}: search it "
+             f"again (scripts/search_schedule.py)")]:
+        with pytest.raises(ValueError) as error:
+            call()
+        assert str(error.value) == message
     before = path.read_bytes()
     with pytest.raises(ValueError, match="another model or sampler"):
         schedule_tables.write(path, other, "ddim", {"eta": 0.0}, "other", "ode_error", 3, GRID[1:])
     assert path.read_bytes() == before  # nothing already written is lost
+
+
+def test_a_table_is_looked_up_with_the_samplers_options(search_gmm, tmp_path):
+    """euler with afs: the grid of 4 steps costs 3 NFE, so the table's NFE 3 is that grid."""
+    path = tmp_path / "euler.json"
+    schedule_tables.write(path, search_gmm, "euler", {"afs": True}, "gmm", "ode_error", 3, GRID, held_out_ode_error=0.1)
+    assert schedule_tables.lookup(path, search_gmm, "euler", {"afs": True}, 3).tolist() == GRID
+    assert schedule_tables.best_within(path, search_gmm, "euler", {"afs": True}, 3)[1].tolist() == GRID
+    table = json.loads(path.read_text())
+    table["by_nfe"]["3"]["sigmas"] = [20.0, 1.0, 0.2, 0.0]
+    path.write_text(json.dumps(table))
+    with pytest.raises(ValueError) as error:
+        schedule_tables.lookup(path, search_gmm, "euler", {"afs": True}, 3)
+    assert str(error.value) == f"{path} NFE 3: its grid of 3 steps costs euler 2 NFE, not 3"
+
+
+def test_a_best_entry_ties_to_the_larger_nfe_and_an_unmeasured_one_comes_last(search_gmm, tmp_path):
+    path = tmp_path / "heun.json"
+    for nfe, grid, error in ((3, [20.0, 1.0, 0.0], 0.2), (5, [20.0, 3.0, 0.5, 0.0], 0.2), (7, GRID, None)):
+        details = {} if error is None else {"held_out_ode_error": error}
+        schedule_tables.write(path, search_gmm, "heun", {}, "gmm", "ode_error", nfe, grid, **details)
+    assert schedule_tables.best_within(path, search_gmm, "heun", {}, 9)[0] == 5
+
+
+def test_a_table_file_that_is_not_a_table_is_refused_naming_it(tmp_path):
+    path = tmp_path / "t.json"
+    for text, reason in (("{", "Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"),
+                         ("[1]", "it lacks all keys"), ('{"sampler": "heun", "options": {}}', "it lacks by_nfe, fingerprint")):
+        path.write_text(text)
+        with pytest.raises(ValueError) as error:
+            schedule_tables.load(path)
+        assert str(error.value) == f"{path} is no schedule table: {reason}"
+    with pytest.raises(FileNotFoundError) as error:
+        schedule_tables.load(tmp_path / "none.json")
+    assert str(error.value) == f"no schedule table at {tmp_path / 'none.json'}"
+
+
+def test_a_grid_may_start_at_sigma_max_to_rounding_and_not_above():
+    assert schedule_tables.check_start([80.0, 1.0, 0.0], 80.0, "g", "the model's").tolist() == [80.0, 1.0, 0.0]
+    assert schedule_tables.check_start([80.0 * (1 + 1e-12), 1.0, 0.0], 80.0, "g", "the model's")[0] > 80.0
+    with pytest.raises(ValueError) as error:
+        schedule_tables.check_start([80.001, 1.0, 0.0], 80.0, "g", "the model's")
+    assert str(error.value) == "g starts at sigma 80.001, above the model's sigma_max 80"
+
+
+def test_a_model_not_loaded_from_a_directory_has_no_table_of_its_own(search_gmm):
+    assert schedule_tables.default_path(search_gmm, "heun") is None
 
 
 def test_a_written_table_holds_the_sampler_its_changed_options_the_model_and_the_grids_by_nfe(search_gmm, tmp_path):
@@ -364,16 +425,17 @@ def test_run_search_warm_starts_each_nfe_from_the_ones_before_on_seeded_noises(s
 
 
 @pytest.mark.parametrize("grid, message", [([20.0, 5.0, 5.0, 0.2, 0.0], "strictly decreasing"),
-                                           ([200.0, 5.0, 1.0, 0.2, 0.0], "above the model's sigma_max"),
-                                           ([20.0, 5.0, 1.0, 0.0], "costs ddim 3 NFE, not 4")])
+                                           ([200.0, 5.0, 1.0, 0.2, 0.0], "{path} NFE 4 starts at sigma 200, above the model's sigma_max 80"),
+                                           ([20.0, 5.0, 1.0, 0.0], "{path} NFE 4: its grid of 3 steps costs ddim 3 NFE, not 4")])
 def test_a_table_with_a_grid_the_model_cannot_take_is_refused(search_gmm, tmp_path, grid, message):
     path = tmp_path / "ddim.json"
     schedule_tables.write(path, search_gmm, "ddim", {}, "gmm", "ode_error", 4, GRID)
     table = json.loads(path.read_text())
     table["by_nfe"]["4"]["sigmas"] = grid
     path.write_text(json.dumps(table))
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError) as error:
         schedule_tables.lookup(path, search_gmm, "ddim", {}, 4)
+    assert message.format(path=path) in str(error.value)
 
 
 # -- schedule.kind auto and table in the sampling configs -----------------------------------------
