@@ -125,7 +125,7 @@ def write_pairs(denoiser, sampler: str, sigmas, shape, seeds: Sequence[int], out
                                     device=device, callback=_noise_recorder(float(sigmas[0]), noises),
                                     options=options))
         tensors = {"noise": torch.cat(noises).contiguous(), "sample": torch.cat(samples).float().cpu().contiguous(),
-                   "seeds": torch.tensor(shard_seeds, dtype=torch.int64)}
+                   "seeds": torch.tensor(shard_seeds)}
         final = out_dir / shard_name(k)
         tmp = final.with_name(final.name + ".tmp")
         save_file(tensors, str(tmp))

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 TIME_SAMPLINGS = ("uniform", "logit_normal")
 
 
-def velocity(model, x_t: torch.Tensor, t: torch.Tensor, time_scale: float = 1.0) -> torch.Tensor:
+def velocity(model, x_t: torch.Tensor, t: torch.Tensor, time_scale: float) -> torch.Tensor:
     """`model(x_t, t * time_scale)` as a tensor of `x_t`'s shape (diffusers models return `.sample`)."""
     out = model(x_t, t * time_scale)
     out = getattr(out, "sample", out)
@@ -82,7 +82,7 @@ class RectifiedFlowObjective:
             print(f"straightness {value:.6f} (256 noises, 50 Euler steps): {Path(out_dir) / 'straightness.json'}")
 
 
-def save_flow(net, out_dir: str | Path, time_scale: float = 1000.0) -> None:
+def save_flow(net, out_dir: str | Path, time_scale: float) -> None:
     """Write a velocity network as a diffusers pipeline directory (unet/ + scheduler/) whose scheduler
     is `FlowMatchEulerDiscreteScheduler` (the same convention, timesteps `t * time_scale`), loadable
     by `samplers.from_pretrained`."""

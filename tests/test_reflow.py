@@ -7,6 +7,7 @@ import pickle
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from conftest import tiny_unet
 from fewstep import samplers
@@ -151,6 +152,8 @@ def test_a_pair_is_the_seeds_noise_and_the_samplers_output(tmp_path, gmm):
         assert torch.equal(noise[i], expected_noise[0])
         assert torch.equal(sample[i], samplers.sample("heun", gmm, expected_noise, SIGMAS)[0])
     assert sample.dtype == noise.dtype == torch.float32
+    seeds_kept = load_file(str(tmp_path / shards[2]))["seeds"]
+    assert seeds_kept.dtype == torch.int64 and seeds_kept.tolist() == [108, 109, 110]
     index = json.loads((tmp_path / "pairs.json").read_text())
     assert index == {"model": "gmm", "sampler": "heun", "options": {"afs": False}, "sigmas": SIGMAS.tolist(),
                      "shape": [2], "seed_start": 100, "num_pairs": 11, "shard_size": 4}
@@ -186,6 +189,36 @@ def test_a_killed_run_resumes_making_only_the_missing_shard(tmp_path, gmm):
     assert torch.equal(before[0], after[0]) and torch.equal(before[1], after[1])
 
 
+def test_a_resumed_run_shows_its_progress_in_shards_and_logs_what_it_made(tmp_path, gmm, monkeypatch, caplog):
+    from fewstep.flows import pairs
+
+    bars = []
+
+    class Bar:
+        def __init__(self, **kwargs):
+            self.kwargs, self.n = kwargs, kwargs.get("initial", 0)
+            bars.append(self)
+
+        def update(self, n):
+            self.n += n
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(pairs, "tqdm", Bar)
+    out = tmp_path / "a" / "b"  # folders made
+    write_pairs(gmm, "euler", SIGMAS, (2,), range(5), out, shard_size=2)
+    (out / "shard_00001.safetensors").unlink()
+    with caplog.at_level("INFO", logger=pairs.log.name):
+        write_pairs(gmm, "euler", SIGMAS, (2,), range(5), out, shard_size=2)
+    assert [bar.kwargs for bar in bars] == [dict(total=3, initial=0, desc="pairs", unit="shard", disable=False),
+                                            dict(total=3, initial=2, desc="pairs", unit="shard", disable=False)]
+    assert [bar.n for bar in bars] == [3, 3]
+    assert caplog.messages == [f"5 pairs in 3 shards in {out}"]
+    text = (out / "pairs.json").read_text()
+    assert text == json.dumps(json.loads(text), indent=2) + "\n"  # for a person to read
+
+
 @pytest.mark.parametrize("change, message", [
     (dict(metadata={"model": "other"}), "has model='gmm', this run model='other'"),
     (dict(seeds=range(0, 12)), "has num_pairs=10, this run num_pairs=12"),
@@ -209,7 +242,7 @@ def test_another_setting_in_the_same_directory_is_refused_and_nothing_is_written
 
 @pytest.mark.parametrize("change, message", [
     (dict(seeds=[1, 2, 4]), "seeds must be consecutive integers, got 4 after 2 at position 2"),
-    (dict(seeds=[]), "seeds is empty: give at least one seed"),
+    (dict(seeds=[]), "^seeds is empty: give at least one seed$"),
     (dict(shard_size=0), "^shard_size must be a whole number of at least 1, got 0$"),
     (dict(batch_size=0), "^batch_size must be a whole number of at least 1, got 0$"),
     (dict(sampler="amed", options={"predictor": "dir"}),
@@ -248,7 +281,7 @@ def damage(root, how):
         from safetensors.torch import save_file
         save_file({"noise": torch.zeros(4, 3), "sample": torch.zeros(4, 3), "seeds": torch.arange(4, 8)}, str(shard))
     elif how == "seeds":
-        from safetensors.torch import load_file, save_file
+        from safetensors.torch import save_file
         tensors = load_file(str(shard))
         save_file({**tensors, "seeds": tensors["seeds"] + 1}, str(shard))
     elif how == "tensors":
