@@ -27,7 +27,7 @@ class FlowGenerator(nn.Module):
         self.latent_shape = self.sample_shape = tuple(flow.sample_shape)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.flow(z * FLOW_SIGMA_MAX, torch.full((len(z),), FLOW_SIGMA_MAX, device=z.device, dtype=z.dtype))
+        return self.flow(z * FLOW_SIGMA_MAX, FLOW_SIGMA_MAX)  # the denoiser takes one sigma for the batch
 
     def save_pretrained(self, out_dir) -> None:
         save_flow(self.flow.velocity_model, out_dir, self.flow.time_scale)
@@ -50,7 +50,7 @@ def load_generator(path) -> nn.Module:
         if config.is_file():
             class_name = json.loads(config.read_text()).get("_class_name")
             cls = getattr(nets, str(class_name), None)
-            if cls is None or not hasattr(cls, "from_pretrained") or "Generator" not in class_name:
+            if cls is None or "Generator" not in class_name:
                 raise ValueError(f"{config} names {class_name!r}, which is not a generator of gan.nets")
             return cls.from_pretrained(str(candidate)).eval()
     raise FileNotFoundError(f"no generator in {root}: neither a gan.nets model (config.json) nor a flow "

@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -483,3 +484,67 @@ def test_report_of_points_is_a_scatter_titled_with_the_step(tmp_path, monkeypatc
     (points, path, title), = drawn
     assert torch.equal(points, GeneratorFn(generator)(range(64)))
     assert (path, title) == (tmp_path / "samples" / "step_00000007.png", "step 7")
+
+
+# -- 7. one-step generators from files ---------------------------------------------------------------
+
+def test_a_flow_generator_is_saved_as_the_flow_it_came_from_and_is_its_one_euler_step(tmp_path, one_thread):
+    from fewstep import samplers
+    from fewstep.flows import MLPVelocity, RectifiedFlowObjective
+
+    torch.manual_seed(0)
+    RectifiedFlowObjective(time_scale=500.0).export({"net": MLPVelocity(dim=2, hidden=16, depth=2).eval()},
+                                                    tmp_path / "flow")
+    generator = load_generator(tmp_path / "flow")
+    generator.save_pretrained(tmp_path / "again")
+    again = load_generator(tmp_path / "again")
+    assert json.loads((tmp_path / "again" / "scheduler" / "scheduler_config.json").read_text())[
+        "num_train_timesteps"] == 500
+    z = torch.randn(8, 2, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        out = generator(z)
+        torch.testing.assert_close(again(z), out, rtol=0, atol=0)
+        generator.double()
+        one_euler_step = samplers.sample("euler", generator.flow, z.double(),
+                                         torch.tensor([generator.flow.sigma_max, 0.0], dtype=torch.float64))
+        torch.testing.assert_close(one_euler_step, generator(z.double()), rtol=1e-12, atol=1e-12)
+    assert generator.to("meta")(z.double().to("meta")).device.type == "meta"
+
+
+def test_a_gan_nets_generator_loads_from_its_folder_or_its_generator_subfolder(tmp_path):
+    torch.manual_seed(0)
+    saved = MLPGenerator(width=8, depth=1)
+    saved.save_pretrained(str(tmp_path / "run" / "generator"))
+    z = torch.randn(4, 2)
+    for path in (tmp_path / "run", tmp_path / "run" / "generator"):
+        loaded = load_generator(path)
+        assert type(loaded) is MLPGenerator and not loaded.training
+        assert torch.equal(loaded(z), saved(z))
+
+
+def test_a_shipped_generators_name_is_taken_unless_a_local_folder_of_that_name_holds_one(tmp_path, monkeypatch):
+    from fewstep.flows import MLPVelocity, RectifiedFlowObjective
+
+    monkeypatch.chdir(tmp_path)
+    assert type(load_generator("digits_gan")) is DCGANGenerator  # the shipped one
+    Path("digits_gan").mkdir()
+    assert type(load_generator("digits_gan")) is DCGANGenerator  # an empty run folder does not hide it
+    MLPGenerator(width=8, depth=1).save_pretrained("digits_gan/generator")
+    assert type(load_generator("digits_gan")) is MLPGenerator
+    RectifiedFlowObjective().export({"net": MLPVelocity(dim=2, hidden=8, depth=1)}, "digits_rf_gan")
+    assert load_generator("digits_rf_gan").sample_shape == (2,)  # the local flow, not the shipped 16x16 one
+
+
+@pytest.mark.parametrize("class_name", ["DCGANCritic", "BigGenerator", "ModelMixin"])
+def test_a_config_naming_no_generator_of_gan_nets_is_refused(tmp_path, class_name):
+    (tmp_path / "config.json").write_text(json.dumps({"_class_name": class_name}))
+    with pytest.raises(ValueError) as err:
+        load_generator(tmp_path)
+    assert str(err.value) == f"{tmp_path / 'config.json'} names {class_name!r}, which is not a generator of gan.nets"
+
+
+def test_a_folder_without_a_generator_is_named_with_where_it_looked(tmp_path):
+    with pytest.raises(FileNotFoundError) as err:
+        load_generator(tmp_path)
+    assert str(err.value) == (f"no generator in {tmp_path}: neither a gan.nets model (config.json) nor a flow pipeline "
+                              f"(unet/), there or in {tmp_path / 'generator'}")
