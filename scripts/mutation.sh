@@ -28,7 +28,7 @@ CORE=(evaluation/frechet.py samplers/schedules.py samplers/schedulers.py sampler
       training/engine.py)
 LATER=(samplers/schedule_search.py samplers/schedule_tables.py samplers/amed.py samplers/amed_predictor.py
        samplers/amed_distill.py flows/rectified_flow.py flows/distill.py flows/straightness.py flows/pairs.py
-       gan/losses.py gan/objective.py)  # searched schedules, AMED, ReFlow, the GAN: as they landed
+       gan/losses.py gan/objective.py gan/generators.py)  # searched schedules, AMED, ReFlow, the GAN: as they landed
 MODULES=("${CORE[@]}" "${LATER[@]}")  # only_mutate in [tool.mutmut] lists the same files
 PACKAGES=(samplers evaluation training flows gan)  # staged as fewstep/<package>: source_paths in [tool.mutmut]
 STAGE=.mutation                                   # mutmut's project folder; its working copy is $STAGE/mutants
