@@ -12,11 +12,12 @@ import sys
 import pytest
 import torch
 from diffusers import DDPMScheduler
+from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from conftest import tiny_unet
+from conftest import ROOT, tiny_unet
 from fewstep import samplers
-from fewstep.samplers import schedule_tables
+from fewstep.samplers import amed_predictor, schedule_tables
 from fewstep.samplers.amed import between
 from fewstep.samplers.amed_distill import AMEDDistillation, NoiseDataset, inserted, squared_distance
 from fewstep.samplers.amed_predictor import (AMEDPredictor, bottleneck, bottleneck_size, frozen_table, mid_block,
@@ -302,20 +303,16 @@ def test_an_nfe_the_sampler_cannot_reach_is_refused_in_one_line(runs):
 
 # -- the objective's settings -----------------------------------------------------------------------------
 def test_the_defaults_are_conf_objective_amed_and_the_model_is_frozen(gmm):
-    import yaml
-
-    from conftest import ROOT
-
-    conf = yaml.safe_load((ROOT / "conf" / "objective" / "amed.yaml").read_text())
+    conf = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "objective" / "amed.yaml"))
+    del conf["_target_"]
     sigmas = karras(gmm, 3)
     objective = AMEDDistillation(gmm, sigmas)
-    assert {key: getattr(objective, key) for key in conf if key != "_target_"} == {
-        key: value for key, value in conf.items() if key != "_target_"}
+    assert {key: getattr(objective, key) for key in conf} == conf
     assert (objective.sampler, objective.afs, objective.base, objective.nfe) == ("amed", False, None, 6)
     assert objective.model == "GMMDenoiser"  # no name given: the denoiser's class
     assert [float(s) for s in objective.grid.split(" ")] == sigmas.tolist()  # every digit, for run.json
     unet = unet_denoiser()
-    AMEDDistillation(unet, karras(unet, 3))
+    assert AMEDDistillation(unet, karras(unet, 3)).new_predictor().config.feature_dim == 16  # the bottleneck's 4x4
     assert not any(p.requires_grad for p in unet.parameters()) and not unet.training
 
 
@@ -348,6 +345,7 @@ def test_no_teacher_steps_is_heun_on_the_grid_itself(gmm):
     sigmas = karras(gmm, 3)
     for n in range(3):
         torch.testing.assert_close(points[n + 1], samplers.solve("heun", gmm, points[n], sigmas[n:n + 2]))
+    assert inserted(sigmas.to("meta"), 2).device.type == "meta"  # inserted times are made where the grid is
 
 
 # -- the predictor network ----------------------------------------------------------------------------------
@@ -387,9 +385,6 @@ def test_a_predictor_on_another_device_takes_its_times_there():
 def test_a_shipped_predictor_reproduces_its_frozen_table(name, sampler, base):
     """The frozen table shipped beside each predictor was made from the 64 held-out noises (seeds
     2000000..): the loaded network (its bottleneck features first, then the two times) gives it again."""
-    from conftest import ROOT
-    from fewstep.samplers import amed_predictor
-
     folder = ROOT / "assets" / "digits_ddpm" / "amed" / name
     denoiser = samplers.from_pretrained(ROOT / "assets" / "digits_ddpm")
     table = json.loads((folder / "frozen_table.json").read_text())
@@ -414,8 +409,6 @@ def test_the_bottleneck_size_is_what_the_mid_block_gives_at_any_depth():
 def test_a_models_fingerprint_is_kept_only_when_it_comes_from_files(tmp_path):
     """Weights in memory are measured at every call; a model loaded from files is measured once (its
     files are not read again at every sampling a predictor checks it for)."""
-    from fewstep.samplers import amed_predictor
-
     unet = unet_denoiser()
     first = amed_predictor.fingerprint(unet)
     assert first == schedule_tables.fingerprint(unet)
@@ -486,6 +479,3 @@ def test_amed_is_scored_restarting_each_step_from_the_teachers_point(gmm):
     torch.testing.assert_close(objective.student_error(predictor, x, teacher), expected, rtol=1e-12, atol=0)
     torch.testing.assert_close(objective.losses({"predictor": predictor}, batch, 0)["predictor"], expected.mean(),
                                rtol=1e-12, atol=0)
-    assert inserted(sigmas.to("meta"), 2).device.type == "meta"
-    unet = unet_denoiser()
-    assert AMEDDistillation(unet, karras(unet, 3)).new_predictor().config.feature_dim == 16
