@@ -26,11 +26,15 @@ class DiffusionObjective:
                  beta_schedule: str = "linear", prediction_type: str = "epsilon"):
         if prediction_type not in ("epsilon", "v_prediction", "sample"):
             raise ValueError(f"unknown prediction_type {prediction_type!r}: use epsilon, v_prediction or sample")
-        self.num_train_timesteps, self.beta_schedule, self.prediction_type = num_train_timesteps, beta_schedule, prediction_type
-        self.beta_start, self.beta_end = beta_start, beta_end  # the settings a resumed run must share (run.json)
         self.scheduler = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_start=beta_start,
                                        beta_end=beta_end, beta_schedule=beta_schedule,
                                        prediction_type=prediction_type, clip_sample=False)
+
+    def settings(self) -> dict:
+        """The noise table and the prediction type."""
+        c = self.scheduler.config
+        return {key: c[key] for key in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule",
+                                        "prediction_type")}
 
     def losses(self, nets, x0: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
         """`{"net": loss}` at every step."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .rectified_flow import save_flow, velocity
+from .velocity import save_flow, velocity
 
 LOSSES = ("l2", "pseudo_huber")
 
@@ -37,6 +37,9 @@ class DistillationObjective:
         if loss not in LOSSES:
             raise ValueError(f"unknown loss {loss!r}: use {' or '.join(LOSSES)}")
         self.loss, self.time_scale = loss, time_scale
+
+    def settings(self) -> dict:
+        return {"loss": self.loss, "time_scale": self.time_scale}
 
     def one_step(self, model, noise: torch.Tensor) -> torch.Tensor:
         """`noise - v(noise, 1)`: one Euler step of the flow ODE from t = 1 to 0."""

@@ -8,16 +8,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..samplers import FlowDenoiser
+from .straightness import record_straightness
+from .velocity import save_flow, velocity
+
 TIME_SAMPLINGS = ("uniform", "logit_normal")
-
-
-def velocity(model, x_t: torch.Tensor, t: torch.Tensor, time_scale: float) -> torch.Tensor:
-    """`model(x_t, t * time_scale)` as a tensor of `x_t`'s shape (diffusers models return `.sample`)."""
-    out = model(x_t, t * time_scale)
-    out = getattr(out, "sample", out)
-    if out.shape != x_t.shape:
-        raise ValueError(f"the velocity model returned shape {tuple(out.shape)} for x_t of shape {tuple(x_t.shape)}")
-    return out
 
 
 def rectified_flow_loss(model, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
@@ -54,6 +49,9 @@ class RectifiedFlowObjective:
             raise ValueError(f"unknown time_sampling {time_sampling!r}: use {' or '.join(TIME_SAMPLINGS)}")
         self.time_sampling, self.loc, self.scale, self.time_scale = time_sampling, loc, scale, time_scale
 
+    def settings(self) -> dict:
+        return {"time_sampling": self.time_sampling, "loc": self.loc, "scale": self.scale, "time_scale": self.time_scale}
+
     def sample_t(self, n: int, device) -> torch.Tensor:
         if self.time_sampling == "uniform":
             return torch.rand(n, device=device)
@@ -71,22 +69,9 @@ class RectifiedFlowObjective:
     def export(self, nets, out_dir: str | Path) -> None:
         """`save_flow(nets["net"])`, with the flow's straightness (`record_straightness`) in
         out_dir/straightness.json, also printed."""
-        from ..samplers import FlowDenoiser
-        from .straightness import record_straightness
-
         save_flow(nets["net"], out_dir, self.time_scale)
         shape = FlowDenoiser(nets["net"]).sample_shape
         if shape is not None:  # a network that knows its sample shape (a diffusers UNet, flows.MLPVelocity)
             with torch.no_grad():
                 value = record_straightness(nets["net"], shape, out_dir, self.time_scale)
             print(f"straightness {value:.6f} (256 noises, 50 Euler steps): {Path(out_dir) / 'straightness.json'}")
-
-
-def save_flow(net, out_dir: str | Path, time_scale: float) -> None:
-    """Write a velocity network as a diffusers pipeline directory (unet/ + scheduler/) whose scheduler
-    is `FlowMatchEulerDiscreteScheduler` (the same convention, timesteps `t * time_scale`), loadable
-    by `samplers.from_pretrained`."""
-    from diffusers import DDPMPipeline, FlowMatchEulerDiscreteScheduler
-
-    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=int(time_scale), shift=1.0)
-    DDPMPipeline(unet=net, scheduler=scheduler).save_pretrained(str(out_dir))

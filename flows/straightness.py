@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from .rectified_flow import velocity as _velocity
+from .velocity import velocity as _velocity
 
 
 def straightness(velocity, noise: torch.Tensor, steps: int = 100, time_scale: float = 1.0) -> float:

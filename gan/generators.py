@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from . import nets
-from ..flows.rectified_flow import save_flow
+from ..flows.velocity import save_flow
 from ..samplers import FlowDenoiser, from_pretrained
-from ..samplers.scheduler_spaces import FLOW_SIGMA_MAX
+from ..samplers.spaces import FLOW_SIGMA_MAX
 
 
 class FlowGenerator(nn.Module):

@@ -53,6 +53,11 @@ class GANObjective:
         self.monitor, self.monitor_samples = monitor, monitor_samples
         self._z = self._target = self._reference = None
 
+    def settings(self) -> dict:
+        return {"critic_loss": self.critic_loss, "generator_loss": self.generator_loss,
+                "penalty_weight": self.penalty_weight, "step_size": self.step_size, "n_critic": self.n_critic,
+                "generator_steps": self.generator_steps, "monitor": self.monitor, "monitor_samples": self.monitor_samples}
+
     @staticmethod
     def latents(generator, n: int, device) -> torch.Tensor:
         return torch.randn(n, *generator.latent_shape, device=device)

@@ -1,11 +1,13 @@
-"""Few-step sampling in one sigma space: denoisers (model adapters), schedules and samplers."""
+"""The sampling core, in one sigma space: denoisers (model adapters) and their spaces, schedules, the
+step generators and the one registry that runs them, Skip-Tuning. It imports no other fewstep package."""
+from .contracts import Denoiser, StepGenerator, StepPredictor
 from .denoisers import DiffusersUNetDenoiser, FlowDenoiser, GMMDenoiser, from_pretrained
+from .noise import seeded_noise
 from .schedules import get_sigmas
 from .skip_tuning import SkipTuning, skip_tuning
-from .schedulers import FewstepScheduler
 from .solvers import (FIXED_GRID_NAMES, SAMPLER_NAMES, SOLVERS, check_sigmas, nfe, sample, sample_seeds, solve,
                       steps_for_nfe)
 
-__all__ = ["DiffusersUNetDenoiser", "FlowDenoiser", "GMMDenoiser", "from_pretrained", "FewstepScheduler", "get_sigmas", "sample",
-           "sample_seeds", "solve", "nfe", "steps_for_nfe", "check_sigmas", "SAMPLER_NAMES", "FIXED_GRID_NAMES",
-           "SOLVERS", "skip_tuning", "SkipTuning"]
+__all__ = ["Denoiser", "StepGenerator", "StepPredictor", "DiffusersUNetDenoiser", "FlowDenoiser", "GMMDenoiser",
+           "from_pretrained", "seeded_noise", "get_sigmas", "sample", "sample_seeds", "solve", "nfe", "steps_for_nfe",
+           "check_sigmas", "SAMPLER_NAMES", "FIXED_GRID_NAMES", "SOLVERS", "skip_tuning", "SkipTuning"]

@@ -4,7 +4,7 @@ step generators of `solvers.SOLVERS`; sigma space, `d = (x - D) / sigma`.
 Every step from `t_n` to `t_{n+1}` evaluates once more at `s_n = t_{n+1}^r t_n^(1-r)`. `amed` is the
 AMED-Solver step, DPM-Solver-2 (`dpm_2`) at r = 1/2, c = 1; `amed_plugin` inserts `s_n` into a
 multistep solver. `r` and `c` are numbers, one per step (a frozen table), or with `predictor` (an
-`amed_predictor.AMEDPredictor`) learned per sample from the UNet's bottleneck at `t_n`: the
+`tuning.amed_predictor.AMEDPredictor`) learned per sample from the UNet's bottleneck at `t_n`: the
 intermediate time is then one sigma per sample, of shape (B,), in the call to the denoiser. A step
 that ends at sigma = 0 has no `s_n` (one call).
 """
@@ -16,7 +16,8 @@ from functools import partial
 
 import torch
 
-from .solvers import ask, dpmpp_2m_step, ipndm_step
+from .contracts import StepPredictor
+from .steps import ask, dpmpp_2m_step, ipndm_step
 
 PLUGIN_BASES = {"ipndm": ipndm_step, "dpmpp_2m": dpmpp_2m_step}
 
@@ -47,13 +48,12 @@ def between(sigma, sigma_next, r):
 
 
 def as_predictor(sampler: str, predictor):
-    """`predictor` if it is an AMEDPredictor, else one line (a path from the command line is not)."""
-    from .amed_predictor import AMEDPredictor
-
-    if not isinstance(predictor, AMEDPredictor):
+    """`predictor` if it is a `StepPredictor` (an AMEDPredictor), else one line (a path from the command
+    line is not)."""
+    if not isinstance(predictor, StepPredictor):
         raise ValueError(f"{sampler} predictor must be an AMEDPredictor (AMEDPredictor.from_pretrained(DIR)), got "
                          f"{type(predictor).__name__} {predictor!r:.80}; where options are text (the command line, a "
-                         f"pipeline) give its frozen table instead, r=[...] c=[...] (amed_predictor.frozen_table)")
+                         f"pipeline) give its frozen table instead, r=[...] c=[...] (tuning.amed_predictor.frozen_table)")
     return predictor
 
 

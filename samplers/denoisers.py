@@ -13,7 +13,8 @@ import json
 import torch
 from torch import nn
 
-from .vp import fractional_timestep, sigmas_from_alphas_cumprod, vp_output_to_denoised
+from .spaces import (check_flow_config, flow_output_to_denoised, flow_t, fractional_timestep, is_flow_matching,
+                     sigmas_from_alphas_cumprod, vp_output_to_denoised)
 
 
 def _per_sample(sigma, x: torch.Tensor) -> torch.Tensor:
@@ -95,12 +96,6 @@ def _check_unet_shape(unet: nn.Module, shape) -> None:
         raise ValueError(f"the model takes image sizes divisible by {factor}, got {tuple(shape[1:])}")
 
 
-def is_flow_matching(scheduler_config: dict) -> bool:
-    """A FlowMatchEulerDiscreteScheduler config: by its class name (a saved config) or its keys (`.config`)."""
-    return (scheduler_config.get("_class_name") == "FlowMatchEulerDiscreteScheduler"
-            or {"shift", "use_dynamic_shifting"} <= set(scheduler_config))
-
-
 # Model classes a saved config.json may name besides diffusers' own, as "module:Class" (imported when
 # first needed); add an entry to load another ModelMixin through `from_pretrained`.
 MODEL_CLASSES: dict[str, str] = {"MLPVelocity": "fewstep.flows.mlp:MLPVelocity"}
@@ -152,16 +147,14 @@ def from_pretrained(path, torch_dtype=None, sigma_max: float | None = None):
     one-step model distilled at t = 1 uses 1e8, whose float32 t is 1)."""
     unet, scheduler_config, root = _load_unet(path, torch_dtype)
     if is_flow_matching(scheduler_config):
-        if scheduler_config.get("shift", 1.0) != 1.0 or scheduler_config.get("use_dynamic_shifting"):
-            raise ValueError(f"a flow-matching model with shift={scheduler_config.get('shift')} or dynamic "
-                             f"shifting is not supported (shift 1.0 only)")
+        check_flow_config(scheduler_config, "model")
         extra = {} if sigma_max is None else {"sigma_max": float(sigma_max)}
         denoiser = FlowDenoiser(unet, time_scale=float(scheduler_config.get("num_train_timesteps", 1000)), **extra)
     elif sigma_max is not None:
         raise ValueError(f"sigma_max={sigma_max} is for flow-matching models; {root} has a VP noise table")
     else:
         denoiser = DiffusersUNetDenoiser.from_config(unet, scheduler_config)
-    denoiser.pretrained_path = root  # where its searched schedules are (schedule_tables)
+    denoiser.pretrained_path = root  # where what is tuned for it lies (tuning.store)
     return denoiser
 
 
@@ -214,7 +207,7 @@ class DiffusersUNetDenoiser(nn.Module):
             raise ValueError(f"{root} is a flow-matching model ({scheduler_config['_class_name']}): "
                              f"load it with samplers.from_pretrained")
         denoiser = cls.from_config(unet, scheduler_config)
-        denoiser.pretrained_path = root  # where its searched schedules are (schedule_tables)
+        denoiser.pretrained_path = root  # where what is tuned for it lies (tuning.store)
         return denoiser
 
     def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
@@ -260,10 +253,8 @@ class FlowDenoiser(nn.Module):
 
     def forward(self, x: torch.Tensor, sigma, **cond) -> torch.Tensor:
         s = _per_sample(sigma, x)
-        t = s / (1 + s)
-        x_t = x / (1 + s)
         dtype = _dtype(self.velocity_model)
-        t_in = (t.reshape(-1) * self.time_scale).to(torch.promote_types(dtype, torch.float32))
-        v = _network_output(self.velocity_model(x_t.to(dtype), t_in, **cond))
-        return x_t - t * v.to(x.dtype)
+        t_in = (flow_t(s).reshape(-1) * self.time_scale).to(torch.promote_types(dtype, torch.float32))
+        v = _network_output(self.velocity_model((x / (1 + s)).to(dtype), t_in, **cond))
+        return flow_output_to_denoised(v, x, s)
 

@@ -10,7 +10,7 @@ import math
 import numpy as np
 import torch
 
-from .vp import sigmas_from_alphas_cumprod
+from .spaces import sigmas_from_alphas_cumprod
 
 
 def _append_zero(sigmas) -> torch.Tensor:
@@ -130,12 +130,14 @@ def discrete_grid(n: int, alphas_cumprod, spacing: str = "leading", steps_offset
     return torch.from_numpy(np.append(sigmas, final)), steps
 
 
+RHO = 7.0     # Karras' rho: the default of every grid (get_sigmas, FewstepScheduler, the command line)
+EPS_S = 1e-3  # the VP-time floor of time_uniform
 SCHEDULES = {"karras": karras, "logsnr": logsnr, "time_uniform": time_uniform, "flow_uniform": flow_uniform}
 
 
 def get_sigmas(kind: str, n: int, sigma_min: float | None = None, sigma_max: float | None = None,
-               rho: float = 7.0, alphas_cumprod=None, spacing: str = "leading", steps_offset: int = 0,
-               eps_s: float = 1e-3, device=None, mirror: str = "ddim", final_sigmas_type: str = "zero") -> torch.Tensor:
+               rho: float = RHO, alphas_cumprod=None, spacing: str = "leading", steps_offset: int = 0,
+               eps_s: float = EPS_S, device=None, mirror: str = "ddim", final_sigmas_type: str = "zero") -> torch.Tensor:
     """The grid of `n` sampler steps, float64 on `device`: `n + 1` decreasing sigmas.
 
     kind: "karras" (uses `rho`), "logsnr", "time_uniform" (uses `eps_s`), "flow_uniform" (uniform in

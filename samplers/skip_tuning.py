@@ -8,25 +8,17 @@ The skips reach each diffusers up block as `res_hidden_states_tuple` (positional
 rescales them. Down-block outputs are never touched (the last residual of a down block is the
 same tensor that feeds the next block).
 
-The calibrated factors live in one YAML table per sampler, `conf/sampler/<name>+skiptune.yaml`
-(the `sampler=<name>+skiptune` config): `skip: {rho_top, rho_bottom, sigma_range, by_nfe}`, where
-`by_nfe` maps an NFE to its calibrated `rho_bottom`. `load_table`, `skip_tuning_for` and
-`write_table` are the only code that reads or writes it.
+The factors calibrated for a model lie beside it (`tuning.skiptune_tables`).
 """
 from __future__ import annotations
 
-import logging
 import math
-from contextlib import nullcontext
-from importlib.resources import files
-from pathlib import Path
 
 import torch
 
-from .vp import sigma_of_timestep, sigmas_from_alphas_cumprod
+from .spaces import sigma_of_timestep, sigmas_from_alphas_cumprod
 
 _ATTRIBUTE = "_fewstep_skip_tuning"
-log = logging.getLogger(__name__)
 
 
 def _unet_and_table(model):
@@ -145,76 +137,3 @@ def skip_tuning(model, rho_top: float = 1.0, rho_bottom: float = 0.8, sigma_rang
         noise table, so pass the denoiser or the pipeline).
     """
     return SkipTuning(model, rho_top, rho_bottom, sigma_range)
-
-
-def calibrated_rho(by_nfe: dict, nfe: int) -> float:
-    """The calibrated factor of the nearest NFE in a table `{nfe: rho}` (ties: the smaller NFE)."""
-    if not by_nfe:
-        raise ValueError("no calibrated Skip-Tuning table (by_nfe is empty): set rho_bottom or calibrate first")
-    return by_nfe[min(by_nfe, key=lambda k: (abs(int(k) - nfe), int(k)))]
-
-
-# -- the calibrated tables ------------------------------------------------------------------------
-TEMPLATE = """\
-# {name} with Skip-Tuning (samplers.skip_tuning): the UNet's skips scaled from rho_top (outermost)
-# to rho_bottom (innermost), linear in depth. rho_bottom null: the calibrated value at the nearest
-# NFE of by_nfe (ties: the smaller); override with sampler.skip.rho_bottom=0.7 (and sampler.skip.rho_top, sampler.skip.sigma_range).
-{provenance}
-defaults:
-  - {name}
-  - _self_
-
-skip:
-  rho_top: {rho_top}
-  rho_bottom: null
-  sigma_range: null
-  by_nfe:
-{table}
-"""
-
-
-def table_path(name: str, table=None) -> Path:
-    """Where the table of sampler `name` is: `table` when given, else the shipped
-    `conf/sampler/<name>+skiptune.yaml`."""
-    if table is not None:
-        return Path(table).expanduser()
-    return Path(str(files("fewstep.conf") / "sampler" / f"{name}+skiptune.yaml"))
-
-
-def load_table(name: str, table=None):
-    """The `skip` settings of a table (table_path): `rho_top`, `rho_bottom`, `sigma_range`, `by_nfe`."""
-    from omegaconf import OmegaConf
-
-    path = table_path(name, table)
-    if not path.is_file():
-        raise FileNotFoundError(f"no Skip-Tuning table for sampler {name!r}: {path}")
-    skip = OmegaConf.load(path).get("skip")
-    if skip is None or "by_nfe" not in skip:
-        raise ValueError(f"{path} is no Skip-Tuning table (no skip.by_nfe)")
-    return skip
-
-
-def skip_tuning_for(skip, model, nfe: int):
-    """The Skip-Tuning that `skip` settings (a table's, or a sampler config's `skip`) ask for at
-    `nfe` on `model`: `rho_bottom` when set, else the calibrated one of the nearest NFE of `by_nfe`.
-    Returns the handle (use it as a context manager), or a no-op context when `skip` is None."""
-    if skip is None:
-        return nullcontext()
-    rho_bottom = skip.get("rho_bottom")
-    if rho_bottom is None:
-        rho_bottom = calibrated_rho(skip.get("by_nfe") or {}, nfe)
-    sigma_range = skip.get("sigma_range")
-    handle = skip_tuning(model, skip.get("rho_top", 1.0), rho_bottom, None if sigma_range is None else list(sigma_range))
-    log.debug("%s at NFE %s", handle, nfe)  # the entry points print the handle itself
-    return handle
-
-
-def write_table(path, name: str, rho_top: float, by_nfe: dict, provenance: list[str]) -> Path:
-    """Write the table of sampler `name`: one `rho_top`, the `rho_bottom` of each NFE, and
-    `provenance` (how it was calibrated) as comment lines."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    table = "\n".join(f"    {nfe}: {by_nfe[nfe]}" for nfe in sorted(by_nfe))
-    path.write_text(TEMPLATE.format(name=name, rho_top=rho_top, table=table,
-                                    provenance="\n".join(f"# {line}" for line in provenance)))
-    return path

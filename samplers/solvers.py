@@ -1,17 +1,11 @@
-"""Samplers over a denoiser and a sigma list (docs/conventions.md §4), in the EDM sigma space.
+"""The one registry of samplers, `SOLVERS`, and the drivers that run them (docs/conventions.md §4), in
+EDM's sigma space.
 
-Every fixed-grid sampler is written once, as a generator: it yields `(x, sigma)` whenever it needs
-`D(x, sigma)`, receives back `(x, D)` (the point that was evaluated, which a driver may have
-changed, e.g. a pipeline that blends a known region back in, and its denoised value) and
-continues from that point; it returns the final sample. `solve()` drives
-it with a denoiser, differentiably; `sample()` is `solve()` from noise, without gradients; a
-diffusers scheduler drives the same generator one `step()` at a time. `SOLVERS` is the one registry
-(DPM-Solver-2 and AMED's samplers live in `amed.py`). With `h = sigma_next - sigma` and
-`d = (x - D) / sigma`, the ODE is `dx/dsigma = d`. Every fixed-grid sampler takes `afs`: the first D
-analytic instead of a network call (`ask`).
-
-The generators do their arithmetic on 0-d tensors (`sigma` in `zip(sigmas[:-1], sigmas[1:])`), so
-gradients reach `x`, the sigmas and anything inside the denoiser.
+Each fixed-grid sampler is a step generator (`samplers.steps`, AMED's in `samplers.amed`): it yields
+`(x, sigma)` whenever it needs `D(x, sigma)` and receives back `(x, D)`. `solve()` drives it with a
+denoiser, differentiably; `sample()` is `solve()` from noise, without gradients; `sample_seeds()` draws
+that noise from one seed per sample; `pipelines.FewstepScheduler` drives the same generator one diffusers
+`step()` at a time. An entry also says which options the sampler takes and how many calls it makes.
 """
 from __future__ import annotations
 
@@ -20,137 +14,10 @@ from functools import partial
 from typing import Callable, Mapping
 
 import torch
-from diffusers.utils.torch_utils import randn_tensor
 
-TINY = torch.finfo(torch.float64).tiny
-
-
-def ask(x, sigma, afs: bool):
-    """Yield `(x, sigma)` for `D(x, sigma)` and return the `(x, D)` sent back; with `afs`, the analytical
-    first step of AMED (Zhou et al. 2024), answer without the network: `d = x / sqrt(1 + sigma^2)`,
-    i.e. `D = x - sigma x / sqrt(1 + sigma^2)` (the noise read as the unit-variance VP input). Only
-    for a start from pure noise at a large sigma, where the data's mean is about 0 next to `x`."""
-    if afs:
-        return x, x - sigma * x / (1 + sigma ** 2).sqrt()
-    return (yield x, sigma)
-
-
-def ddim(x, sigmas, eta: float = 0.0, afs: bool = False, generator=None):
-    """DDIM (Song et al. 2021) from `sigma` to `sigma_next`: `eps = (x - D) / sigma`,
-    `c = eta (sigma_next / sigma) sqrt(sigma^2 - sigma_next^2)`,
-    `x_next = D + sqrt(sigma_next^2 - c^2) eps + c z`. `eta = 0` is deterministic (one Euler step of
-    the ODE), `eta = 1` is DDPM-ancestral; in VP space this is diffusers' `DDIMScheduler`, whose
-    `std_dev_t` is `c / sqrt(1 + sigma_next^2)`. With `eta > 0`, `z` is drawn at every step (as
-    DDIMScheduler does, even where `c = 0`) in float32 from `generator`, as diffusers draws it
-    for a float32 model, then upcast, so a seed gives DDIMScheduler's noise. afs: the first D
-    analytic (`ask`), one call fewer."""
-    if not 0 <= eta <= 1:
-        raise ValueError(f"ddim eta must be in [0, 1], got {eta}")
-    for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
-        x, denoised = yield from ask(x, sigma, afs and i == 0)
-        eps = (x - denoised) / sigma
-        c = eta * (sigma_next / sigma) * (sigma ** 2 - sigma_next ** 2).sqrt()
-        # sqrt(sigma_next^2 - c^2) is >= 0 but for rounding; kept off 0, where sqrt's slope is infinite
-        x = denoised + (sigma_next if eta == 0 else (sigma_next ** 2 - c ** 2).clamp(min=TINY).sqrt()) * eps
-        if eta > 0:
-            z = randn_tensor(x.shape, generator=generator, device=x.device, dtype=torch.float32)
-            x = x + c * z.to(x.dtype)
-    return x
-
-
-def heun(x, sigmas, afs: bool = False):
-    """Heun's second-order method (Karras et al. 2022, Algorithm 1, deterministic): an Euler
-    predictor, then the trapezoid `x + h (d + d') / 2`; the last step to sigma = 0 is Euler.
-    afs: the first `d` analytic (`ask`), one call fewer."""
-    for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
-        h = sigma_next - sigma
-        x, denoised = yield from ask(x, sigma, afs and i == 0)
-        d = (x - denoised) / sigma
-        x_euler = x + h * d
-        if sigma_next == 0:
-            x = x_euler
-        else:
-            x_euler, denoised_next = yield x_euler, sigma_next
-            d_next = (x_euler - denoised_next) / sigma_next
-            x = x + h * (d + d_next) / 2
-    return x
-
-
-def multistep(x, sigmas, step: Callable, afs: bool, scales=None):
-    """Drive a one-call-per-step update down `sigmas`: `x = step(x, sigma, sigma_next, D, scale)`, the
-    step keeping its own history; `scale` is 1, or `scales[i]` (AMED-Plugin's `c`). afs: the first D
-    analytic (`ask`)."""
-    for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
-        x, denoised = yield from ask(x, sigma, afs and i == 0)
-        x = step(x, sigma, sigma_next, denoised, 1.0 if scales is None else scales[i])
-    return x
-
-
-def dpmpp_2m_step() -> Callable:
-    """DPM-Solver++(2M)'s update with its history (`dpmpp_2m`), the data term scaled:
-    `x_next = (sigma_next / sigma) x - scale expm1(-h) D'`; `x = D` on a step to sigma = 0."""
-    previous = h_previous = None
-
-    def step(x, sigma, sigma_next, denoised, scale):
-        nonlocal previous, h_previous
-        if (sigma_next == 0).all():  # AMED-Plugin's intermediate sigma_next may be one per sample
-            return denoised
-        h = (sigma / sigma_next).log()
-        corrected = denoised
-        if previous is not None:
-            r = h_previous / h
-            corrected = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * previous
-        previous, h_previous = denoised, h
-        return (sigma_next / sigma) * x - scale * (-h).expm1() * corrected
-
-    return step
-
-
-def dpmpp_2m(x, sigmas, afs: bool = False):
-    """DPM-Solver++(2M) (Lu et al. 2022), data prediction, multistep, `lambda = -log sigma`:
-    `x_next = (sigma_next / sigma) x - expm1(-h) D'` with `h = lambda_next - lambda` and
-    `D' = (1 + 1/(2r)) D_i - 1/(2r) D_{i-1}`, `r = h_{i-1} / h`; first order on the first step and
-    on the last step to sigma = 0 (where it gives `x = D`). afs: the first D analytic (`ask`)."""
-    return (yield from multistep(x, sigmas, dpmpp_2m_step(), afs))
-
-
-ADAMS_BASHFORTH = {1: (1.0,), 2: (3 / 2, -1 / 2), 3: (23 / 12, -16 / 12, 5 / 12),
-                   4: (55 / 24, -59 / 24, 37 / 24, -9 / 24)}
-
-
-def ipndm_step(max_order: int = 4) -> Callable:
-    """iPNDM's update with its history of slopes (`ipndm`), scaled: `x_next = x + scale h sum_j b_j d_{i-j}`."""
-    if max_order not in ADAMS_BASHFORTH:
-        raise ValueError(f"ipndm max_order must be 1, 2, 3 or 4, got {max_order}")
-    history = []  # newest first
-
-    def step(x, sigma, sigma_next, denoised, scale):
-        history[:] = [(x - denoised) / sigma, *history][:max_order]
-        slope = sum(b * d_j for b, d_j in zip(ADAMS_BASHFORTH[len(history)], history))
-        return x + scale * (sigma_next - sigma) * slope
-
-    return step
-
-
-def ipndm(x, sigmas, max_order: int = 4, afs: bool = False):
-    """Improved PNDM (Zhang & Chen 2023): explicit Adams–Bashforth on `d` with the fixed
-    coefficients of orders 1–4, `x_next = x + h sum_j b_j d_{i-j}`, lower orders while the history
-    is short. max_order: 1 to 4. afs: the first `d` analytic (`ask`)."""
-    return (yield from multistep(x, sigmas, ipndm_step(max_order), afs))
-
-
-def dopri5(denoise, x, sigmas, rtol: float = 1e-5, atol: float = 1e-5):
-    """Adaptive Dormand–Prince 5(4) (torchdiffeq) on `dx/d(log sigma) = x - D(x, sigma)` from
-    `sigmas[0]` to the smallest positive sigma, then, if the list ends at 0, `x = D(x, sigma)` (an
-    Euler step to 0). Only the two ends of the list matter; the reference solver."""
-    from torchdiffeq import odeint
-
-    s_end = sigmas[-2] if sigmas[-1] == 0 else sigmas[-1]
-    if s_end < sigmas[0]:
-        log_sigmas = torch.stack([sigmas[0], s_end]).log().to(x.device)
-        x = odeint(lambda u, y: y - denoise(y, u.exp()), x, log_sigmas, rtol=rtol, atol=atol, method="dopri5")[-1]
-    return denoise(x, s_end) if sigmas[-1] == 0 else x
-
+from .amed import amed, amed_plugin, dpm_2, watching
+from .noise import generators, normal
+from .steps import ddim, dopri5, dpmpp_2m, heun, ipndm
 
 def analytical_first_step(steps: int, options: Mapping) -> int:
     """The call `afs` saves: 1 if it is on and there is a step."""
@@ -185,8 +52,6 @@ class Solver:
     stochastic: bool = False
 
 
-from .amed import amed, amed_plugin, dpm_2, watching  # noqa: E402 (amed.py builds on the steps above)
-
 SOLVERS: dict[str, Solver] = {
     "ddim": Solver(ddim, {"eta": 0.0, "afs": False}, stochastic=True),
     # Euler's x + h d is DDIM's eta = 0 step, D + sigma_next eps
@@ -195,7 +60,7 @@ SOLVERS: dict[str, Solver] = {
     "dpmpp_2m": Solver(dpmpp_2m, {"afs": False}),
     "ipndm": Solver(ipndm, {"max_order": 4, "afs": False}),
     "dpm_2": Solver(dpm_2, {"afs": False}, nfe=two_per_step),  # amed with r = 1/2, c = 1
-    # predictor: an amed_predictor.AMEDPredictor (a module, not a config value: FewstepScheduler refuses it)
+    # predictor: a tuning.amed_predictor.AMEDPredictor (a module, not a config value: FewstepScheduler refuses it)
     "amed": Solver(amed, {"r": 0.5, "c": 1.0, "afs": False, "predictor": None}, nfe=two_per_step),
     "amed_plugin": Solver(amed_plugin, {"base": "ipndm", "r": 0.5, "c": 1.0, "afs": False, "predictor": None},
                           nfe=two_per_step),
@@ -331,12 +196,11 @@ def sample(name: str, denoiser, noise: torch.Tensor, sigmas, /, *, generator=Non
 def sample_seeds(name: str, denoiser, seeds, sigmas, shape, batch_size: int = 64, device=None, callback=None,
                  options: Mapping | None = None):
     """Yield batches of samples, sample `i` drawn from its own seed `seeds[i]` (its noise and any
-    sampler noise come from `torch.Generator().manual_seed(seeds[i])`), so the samples depend
-    neither on the batch size nor on how the seeds are split over processes or devices. options:
-    the sampler's keywords, as one mapping."""
+    sampler noise come from `noise.generators`), so the samples depend neither on the batch size nor
+    on how the seeds are split over processes or devices. options: the sampler's keywords, as one
+    mapping."""
     options = resolve_options(name, options)
     seeds = list(seeds)
     for start in range(0, len(seeds), batch_size):
-        generators = [torch.Generator().manual_seed(int(s)) for s in seeds[start:start + batch_size]]
-        noise = randn_tensor((len(generators), *shape), generator=generators, device=device, dtype=torch.float32)
-        yield sample(name, denoiser, noise, sigmas, generator=generators, callback=callback, **options)
+        gens = generators(seeds[start:start + batch_size])
+        yield sample(name, denoiser, normal(gens, shape, device), sigmas, generator=gens, callback=callback, **options)

@@ -22,6 +22,7 @@ import csv
 import json
 import math
 import time
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from fewstep import samplers
+from fewstep.pipelines import FewstepScheduler
 from fewstep.assets import names as asset_names
 from fewstep.evaluation import FeatureStats, frechet_distance, frechet_of, get_extractor
 from fewstep.evaluation.fid import accumulate, data_stats, fd_to, gmm_stats
@@ -40,11 +42,11 @@ from fewstep.evaluation.report import (assemble, nfe_plot, nfe_table, scatter_pa
 from fewstep.flows import (DistillationObjective, MLPVelocity, PairsDataset, RectifiedFlowObjective, straightness,
                            write_pairs)
 from fewstep.gan import GANObjective, MLPCritic, MLPGenerator, load_generator
-from fewstep.samplers.skip_tuning import load_table, skip_tuning_for
+from fewstep.tuning import skiptune_tables
 from fewstep.training import Trainer, data2d
 from fewstep.training.data import digits
 from fewstep.training.init import load_weights
-from fewstep.scripts._cli import config_dir
+from fewstep.cli.common import config_dir
 
 NFE_TARGETS = [3, 4, 5, 6, 8, 10, 20, 50]
 SAMPLERS = ["ddim", "euler", "heun", "dpmpp_2m", "ipndm"]
@@ -65,11 +67,10 @@ def plain_rows(names, targets):
     return [(name, name, {}, targets, None) for name in names]
 
 
-def skiptune_rows(names, targets):
-    """Rows with Skip-Tuning at the calibrated factors of conf/sampler/<name>+skiptune.yaml."""
-    tables = {name: load_table(name) for name in names}
-    return [(f"{name}+skiptune", name, {}, [t for t in targets if t in SKIPTUNE_NFE], skip)
-            for name, skip in tables.items() if skip.by_nfe]
+def skiptune_rows(denoiser, names, targets):
+    """Rows with Skip-Tuning at the factors calibrated for the model (`tuning.skiptune_tables`)."""
+    return [(f"{name}+skiptune", name, {}, [t for t in targets if t in SKIPTUNE_NFE], True)
+            for name in names if skiptune_tables.default_path(denoiser, name).is_file()]
 
 
 def sweep(denoiser, rows, seeds, shape, batch_size, extractor, reference, measure, grid):
@@ -95,7 +96,9 @@ def sweep(denoiser, rows, seeds, shape, batch_size, extractor, reference, measur
                 return kept[-1]
 
             start = time.perf_counter()
-            with skip_tuning_for(skip, denoiser, nfe):
+            tuning = samplers.skip_tuning(denoiser, *skiptune_tables.factors(denoiser, name, nfe)[:2]) if skip \
+                else nullcontext()
+            with tuning:
                 fd = frechet_of(keep, seeds, extractor, reference, batch_size=batch_size)
             row = {"label": label, "sampler": name, "options": options, "target_nfe": target, "steps": steps,
                    "nfe": nfe, "seconds": round(time.perf_counter() - start, 2), "fd": fd,
@@ -186,7 +189,7 @@ def suite_digits(args):
     reference = data_stats(real, extractor)
     seeds = range(args.seed, args.seed + args.num_samples)
     half_fd = fd_to(reference, accumulate(real[: len(real) // 2].split(256), extractor))
-    rows = plain_rows(args.samplers, args.nfe) + skiptune_rows([s for s in SKIPTUNE_SAMPLERS if s in args.samplers],
+    rows = plain_rows(args.samplers, args.nfe) + skiptune_rows(denoiser, [s for s in SKIPTUNE_SAMPLERS if s in args.samplers],
                                                                args.nfe)
     results = sweep(denoiser, rows, seeds, denoiser.sample_shape, args.batch_size, extractor, reference,
                     lambda x: {"grid": x[:16]}, grid_of(args))
@@ -491,8 +494,9 @@ def searched_grids_table(tables: dict[str, dict], targets) -> str:
 
 
 def suite_schedules(args):
-    from fewstep.samplers import schedule_tables
-    from fewstep.samplers.schedule_search import run_search, seeded_noise
+    from fewstep.tuning import schedule_tables
+    from fewstep.samplers import seeded_noise
+    from fewstep.tuning.schedule_search import run_search
 
     # digits: the shipped searched tables (assets/digits_ddpm/schedules), FD-digits on the seeds of this run
     denoiser = samplers.from_pretrained("digits_ddpm").eval()
@@ -637,8 +641,8 @@ def mixture_predictors(gmm, targets) -> dict[str, dict[int, tuple]]:
     noises at lr 5e-3), at each odd target."""
     import tempfile
 
-    from fewstep.samplers.amed_distill import AMEDDistillation, NoiseDataset
-    from fewstep.samplers.amed_predictor import AMEDPredictor
+    from fewstep.tuning.amed_distill import AMEDDistillation, NoiseDataset
+    from fewstep.tuning.amed_predictor import AMEDPredictor
 
     found, out_dir = {}, tempfile.mkdtemp(prefix="amed-gmm-")
     for name in LEARNED:
@@ -657,7 +661,7 @@ def mixture_predictors(gmm, targets) -> dict[str, dict[int, tuple]]:
 
 def shipped_predictors(denoiser, targets) -> dict[str, dict[int, tuple]]:
     """The digits model's own predictors (`assets/digits_ddpm/amed/`) at the targets, with their frozen tables."""
-    from fewstep.samplers import amed_predictor
+    from fewstep.tuning import amed_predictor
 
     found = {}
     for name in LEARNED:
@@ -671,7 +675,7 @@ def shipped_predictors(denoiser, targets) -> dict[str, dict[int, tuple]]:
 
 def predictor_cost(denoiser, predictors) -> str:
     """The digits predictor's size and its time per step against the UNet's, batch 500, on this machine."""
-    from fewstep.samplers.amed_predictor import network
+    from fewstep.tuning.amed_predictor import network
 
     predictor = next(p for by_nfe in predictors.values() for p, _ in by_nfe.values())
     unet = network(denoiser)
@@ -693,8 +697,9 @@ def predictor_cost(denoiser, predictors) -> str:
 
 
 def suite_amed(args):
-    from fewstep.samplers import schedule_tables
-    from fewstep.samplers.schedule_search import run_search, seeded_noise
+    from fewstep.tuning import schedule_tables
+    from fewstep.samplers import seeded_noise
+    from fewstep.tuning.schedule_search import run_search
 
     denoiser = samplers.from_pretrained("digits_ddpm").eval()
     extractor, seeds = get_extractor("digits"), range(args.seed, args.seed + args.num_samples)

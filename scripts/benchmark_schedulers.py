@@ -30,7 +30,7 @@ from diffusers import (AutoencoderKL, DDIMScheduler, DPMSolverMultistepScheduler
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from fewstep.evaluation.report import section
-from fewstep.samplers import FewstepScheduler
+from fewstep.pipelines import FewstepScheduler
 
 THEIRS = {"ddim": DDIMScheduler, "euler": EulerDiscreteScheduler, "heun": HeunDiscreteScheduler,
           "dpmpp_2m": DPMSolverMultistepScheduler}

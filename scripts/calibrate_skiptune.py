@@ -1,8 +1,8 @@
 """Find the Skip-Tuning factors of a model and sampler by Fréchet distance, for several NFEs.
 
     python scripts/calibrate_skiptune.py sampler=heun nfes=[5,9] rho_top_grid=[0.9,1.0]   # prints the curve only
-    python scripts/calibrate_skiptune.py sampler=ddim write=true    # writes conf/sampler/ddim+skiptune.yaml
-    python scripts/calibrate_skiptune.py sampler=ddim write=true table=runs/ddim+skiptune.yaml   # or there
+    python scripts/calibrate_skiptune.py sampler=ddim write=true    # stores them beside the model: skiptune/ddim.json
+    python scripts/calibrate_skiptune.py sampler=ddim write=true table=runs/ddim-skiptune.json   # or there
 """
 import json
 import sys
@@ -13,13 +13,28 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from fewstep import samplers
-from fewstep.evaluation import config as _schema  # noqa: F401  (registers calibrate_schema, which conf/calibrate.yaml names)
+from fewstep.cli import schemas
+from fewstep.cli.common import CONFIG_PATH, accelerator_for, one_line_errors
+from fewstep.cli.sampling import from_config
+from fewstep.cli.setup import model_of, reference
 from fewstep.evaluation import get_extractor
-from fewstep.evaluation.calibration import best_factors, scan
-from fewstep.evaluation.generators import from_config
-from fewstep.evaluation.reference import reference_stats
-from fewstep.samplers.skip_tuning import table_path, write_table
-from fewstep.scripts._cli import CONFIG_PATH, accelerator_for, one_line_errors
+from fewstep.tuning import skiptune_tables
+from fewstep.tuning.calibration import best_factors, scan
+
+schemas.register()
+
+
+def table_path(cfg, model) -> Path:
+    """Where write=true stores the factors: `table=`, else beside the model (refused if it has no directory)."""
+    if cfg.table is not None:
+        path = Path(cfg.table).expanduser()
+    else:
+        path = skiptune_tables.default_path(model, cfg.sampler.name)
+        if path is None:
+            raise ValueError(f"{type(model).__name__} was not loaded from a directory: give write=true a table=FILE")
+    if path.is_dir():
+        raise ValueError(f"table={path} is a directory; give the path of a .json file")
+    return path
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="calibrate", version_base="1.3")
@@ -30,22 +45,20 @@ def main(cfg):
         raise ValueError(f"Skip-Tuning is calibrated for fixed-grid samplers, got {name!r}")
     if cfg.table is not None and not cfg.write:
         raise ValueError(f"table={cfg.table} is only written with write=true")
-    path = table_path(name, cfg.table)
-    if cfg.write and path.is_dir():
-        raise ValueError(f"table={path} is a directory; give the path of a .yaml file")
+    path = table_path(cfg, model_of(cfg)) if cfg.write else None
     acc, device = accelerator_for(cfg.device)
     extractor = get_extractor(cfg.extractor, cfg.extractor_weights).to(device)
     seeds = list(range(cfg.seed, cfg.seed + cfg.num_samples))
-    reference, results, grids = None, {}, {}
+    stats, results, grids, model = None, {}, {}, None
     for target in cfg.nfes:
         run = from_config(OmegaConf.merge(cfg, {"nfe": target}), device)
         if run.planned_nfe in results:  # a target that rounds to an NFE already scanned (Heun: odd NFE only)
             continue
-        if reference is None:
-            reference = reference_stats(cfg, run.model, extractor, acc, device)
+        if stats is None:
+            stats, model = reference(cfg, run.model, extractor, acc, device), run.model
         grids[run.planned_nfe] = run.lines[0]
         rows = results[run.planned_nfe] = []
-        for row in scan(run.sample_fn, run.model, seeds, extractor, reference, cfg.rho_top_grid, cfg.rho_grid, acc,
+        for row in scan(run.sample_fn, run.model, seeds, extractor, stats, cfg.rho_top_grid, cfg.rho_grid, acc,
                         cfg.batch_size, device):
             rows.append(row)
             acc.print(f"{name} NFE {run.planned_nfe} ({run.steps} steps) rho_top {row['rho_top']} "
@@ -55,14 +68,14 @@ def main(cfg):
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"calibration-{name}.json").write_text(json.dumps({str(k): v for k, v in results.items()}, indent=1))
+    rho_top, by_nfe = best_factors(results)
+    print(f"best factors: rho_top {rho_top}, " + ", ".join(f"NFE {n}: rho_bottom {e['rho_bottom']} (FD {e['fd']:.3f})"
+                                                           for n, e in by_nfe.items()))
     if cfg.write:
-        rho_top, by_nfe, summary = best_factors(results)
-        provenance = [f"by_nfe was calibrated on model={HydraConfig.get().runtime.choices.model} ({cfg.num_samples} "
-                      f"samples, FD-{cfg.extractor}) by",
-                      "  python scripts/calibrate_skiptune.py " + " ".join(sys.argv[1:]),
-                      f"FD per NFE without Skip-Tuning -> with the chosen factors: {summary}",
-                      *(f"NFE {nfe} {line}" for nfe, line in grids.items())]
-        print(f"wrote {write_table(path, name, rho_top, by_nfe, provenance)}")
+        command = "python scripts/calibrate_skiptune.py " + " ".join(sys.argv[1:])
+        entries = {nfe: {**entry, "grid": grids[nfe], "command": command} for nfe, entry in by_nfe.items()}
+        objective = f"FD-{cfg.extractor}, {cfg.num_samples} samples from seed {cfg.seed}"
+        print(f"wrote {skiptune_tables.write(path, model, name, HydraConfig.get().runtime.choices.model, objective, rho_top, entries)}")
 
 
 if __name__ == "__main__":

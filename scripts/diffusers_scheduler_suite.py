@@ -119,7 +119,7 @@ def fewstep_config(native: dict, sampler: str, schedule: str) -> dict:
     defaults, plus sampler and schedule (what `FewstepScheduler.from_config(native, sampler=...,
     schedule=...)` would set, without the keys left at their defaults, so that a test may still pass
     e.g. `trained_betas=` next to `**config`)."""
-    from fewstep.samplers import FewstepScheduler
+    from fewstep.pipelines import FewstepScheduler
 
     params = inspect.signature(FewstepScheduler.__init__).parameters
     config = {key: value for key, value in native.items()
@@ -134,7 +134,7 @@ def suite_class_name(name: str) -> str:
 
 def make_suite(name: str, parent: type, sampler: str, schedule: str) -> type:
     """A subclass of diffusers' test class `parent` that tests FewstepScheduler."""
-    from fewstep.samplers import FewstepScheduler
+    from fewstep.pipelines import FewstepScheduler
 
     common = parent.__name__ == "SchedulerCommonTest"
     native_class = None if common else parent.scheduler_classes[0]

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import hydra
 
+from fewstep.cli import schemas
+from fewstep.cli.common import CONFIG_PATH, accelerator_for, one_line_errors
+from fewstep.cli.sampling import from_config, skip_tuning_for
+from fewstep.cli.setup import reference
 from fewstep.evaluation import get_extractor, statistics_of
-from fewstep.evaluation import config as _schema  # noqa: F401  (registers eval_schema, which conf/eval.yaml names)
 from fewstep.evaluation.fid import fd_to
-from fewstep.evaluation.generators import from_config
-from fewstep.evaluation.reference import reference_stats
-from fewstep.samplers.skip_tuning import skip_tuning_for
-from fewstep.scripts._cli import CONFIG_PATH, accelerator_for, one_line_errors
+
+schemas.register()
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="eval", version_base="1.3")
@@ -25,14 +26,14 @@ def main(cfg):
     acc, device = accelerator_for(cfg.device)
     run = from_config(cfg, device)
     extractor = get_extractor(cfg.extractor, cfg.extractor_weights).to(device)
-    reference = reference_stats(cfg, run.model, extractor, acc, device)
+    stats_ref = reference(cfg, run.model, extractor, acc, device)
     seeds = list(range(cfg.seed, cfg.seed + cfg.num_samples))
     start = time.perf_counter()
-    with skip_tuning_for(cfg.sampler.get("skip"), run.model, run.planned_nfe or 0) as tuning:
+    with skip_tuning_for(cfg, run.model, run.planned_nfe or 0) as tuning:
         if tuning is not None:
             acc.print(tuning)
         stats = statistics_of(run.sample_fn, seeds, extractor, acc, cfg.batch_size, device)
-    fd = fd_to(reference, stats)
+    fd = fd_to(stats_ref, stats)
     result = {"fd": fd, "extractor": cfg.extractor, "reference": cfg.reference, "num_samples": int(stats.n),
               "model": str(cfg.model.get("path", cfg.model._target_)), "sampler": run.name, "options": run.options,
               "steps": run.steps, "nfe": run.sample_fn.nfe, "schedule": cfg.schedule.kind.value,

@@ -8,7 +8,7 @@
 #   scripts/mutation.sh --summary                # only the table of the last results
 #
 # mutmut runs in .mutation/ (git-ignored), which this script fills with links into the checkout:
-# fewstep/<package> for the five code packages (mutmut's source, so that mutants are named
+# fewstep/<package> for the code packages (mutmut's source, so that mutants are named
 # fewstep.samplers.solvers.x_... like the modules the tests import) and the checkout's own layout
 # (tests/, conf/, scripts/, assets/, the packages, pyproject.toml) for what the tests read there.
 # The configuration is [tool.mutmut] in pyproject.toml (paths relative to .mutation/): mutmut copies
@@ -24,13 +24,13 @@
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 
-CORE=(evaluation/frechet.py samplers/schedules.py samplers/schedulers.py samplers/skip_tuning.py samplers/solvers.py
-      training/engine.py)
-LATER=(samplers/schedule_search.py samplers/schedule_tables.py samplers/amed.py samplers/amed_predictor.py
-       samplers/amed_distill.py flows/rectified_flow.py flows/distill.py flows/straightness.py flows/pairs.py
+CORE=(evaluation/frechet.py samplers/schedules.py pipelines/scheduler.py samplers/skip_tuning.py samplers/solvers.py
+      samplers/steps.py training/engine.py)
+LATER=(tuning/schedule_search.py tuning/schedule_tables.py samplers/amed.py tuning/amed_predictor.py
+       tuning/amed_distill.py flows/rectified_flow.py flows/distill.py flows/straightness.py flows/pairs.py
        gan/losses.py gan/objective.py gan/generators.py)  # searched schedules, AMED, ReFlow, the GAN: as they landed
 MODULES=("${CORE[@]}" "${LATER[@]}")  # only_mutate in [tool.mutmut] lists the same files
-PACKAGES=(samplers evaluation training flows gan)  # staged as fewstep/<package>: source_paths in [tool.mutmut]
+PACKAGES=(samplers pipelines tuning evaluation training flows gan cli)  # staged as fewstep/<package>: source_paths in [tool.mutmut]
 STAGE=.mutation                                   # mutmut's project folder; its working copy is $STAGE/mutants
 PYTHON=${PYTHON:-python}
 MUTMUT=${MUTMUT:-mutmut}

@@ -8,12 +8,13 @@ the next rectified-flow round (data=pairs) or of a one-step distillation (object
 import hydra
 from omegaconf import OmegaConf
 
-from fewstep.flows import config as _schema  # noqa: F401  (registers reflow_pairs_schema for conf/reflow_pairs.yaml)
+from fewstep.cli import schemas
+from fewstep.cli.common import CONFIG_PATH, accelerator_for, one_line_errors
+from fewstep.cli.sampling import printable, sampling_setup, skip_tuning_for, text_to_image_dir
 from fewstep.flows import write_pairs
 from fewstep.samplers import nfe
-from fewstep.samplers.config import printable, sampling_setup, text_to_image_dir
-from fewstep.samplers.skip_tuning import skip_tuning_for
-from fewstep.scripts._cli import CONFIG_PATH, accelerator_for, one_line_errors
+
+schemas.register()
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="reflow_pairs", version_base="1.3")
@@ -28,7 +29,7 @@ def main(cfg):
     acc.print(how)
     acc.print(f"{name} {printable(options)}: {steps} steps, NFE {planned if planned is not None else 'adaptive'}, "
               f"{cfg.num_pairs} pairs of {shape} from seed {cfg.seed}")
-    with skip_tuning_for(cfg.sampler.get("skip"), denoiser, planned or 0) as tuning:
+    with skip_tuning_for(cfg, denoiser, planned or 0) as tuning:
         metadata = {"model": OmegaConf.to_container(cfg.model, resolve=True),
                     "skip_tuning": None if tuning is None else str(tuning)}
         out = write_pairs(denoiser, name, sigmas, shape, range(cfg.seed, cfg.seed + cfg.num_pairs), cfg.out_dir,

@@ -11,12 +11,13 @@ import hydra
 import torch
 from tqdm.auto import tqdm
 
-from fewstep.evaluation.generators import from_config
+from fewstep.cli import schemas
+from fewstep.cli.common import CONFIG_PATH, accelerator_for, one_line_errors
+from fewstep.cli.sampling import from_config, skip_tuning_for
 from fewstep.evaluation.output import save_samples
 from fewstep.evaluation.seeds import gather_by_seed, generate, split
-from fewstep.samplers import config as _schema  # noqa: F401  (registers sample_schema, which conf/sample.yaml names)
-from fewstep.samplers.skip_tuning import skip_tuning_for
-from fewstep.scripts._cli import CONFIG_PATH, accelerator_for, one_line_errors
+
+schemas.register()
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="sample", version_base="1.3")
@@ -28,7 +29,7 @@ def main(cfg):
         acc.print(line)
     seeds = list(range(cfg.seed, cfg.seed + cfg.num_samples))
     mine = split(seeds, acc)
-    with skip_tuning_for(cfg.sampler.get("skip"), run.model, run.planned_nfe or 0) as tuning:
+    with skip_tuning_for(cfg, run.model, run.planned_nfe or 0) as tuning:
         if tuning is not None:
             acc.print(tuning)
         batches = list(tqdm(generate(run.sample_fn, mine, cfg.batch_size), total=-(-len(mine) // cfg.batch_size),

@@ -1,4 +1,4 @@
-"""Search the sigma grid of a model and sampler for several NFEs (samplers.schedule_search).
+"""Search the sigma grid of a model and sampler for several NFEs (tuning.schedule_search).
 
     python scripts/search_schedule.py sampler=dpmpp_2m nfes=[5]          # prints the curve only
     python scripts/search_schedule.py sampler=dpmpp_2m write=true         # stores the grids next to the model
@@ -10,12 +10,14 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 
-from fewstep.samplers import config as _schema  # noqa: F401  (registers search_schema, which conf/search_schedule.yaml names)
-from fewstep.samplers import schedule_tables
-from fewstep.samplers.schedule_search import run_search
-from fewstep.scripts._cli import CONFIG_PATH, one_line_errors, resolve_device
+from fewstep.cli import schemas
+from fewstep.cli.common import CONFIG_PATH, one_line_errors, resolve_device
+from fewstep.cli.setup import model_of
+from fewstep.tuning import schedule_tables
+from fewstep.tuning.schedule_search import run_search
+
+schemas.register()
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="search_schedule", version_base="1.3")
@@ -30,7 +32,7 @@ def main(cfg):
     if cfg.table is not None and not cfg.write:
         raise ValueError(f"table={cfg.table} is only written with write=true")
     device = resolve_device(cfg.device)
-    denoiser = instantiate(cfg.model, _convert_="all").to(device).eval()
+    denoiser = model_of(cfg).to(device).eval()
     path = Path(cfg.table).expanduser() if cfg.table is not None else schedule_tables.default_path(denoiser, name)
     if cfg.write and path is None:
         raise ValueError(f"{type(denoiser).__name__} was not loaded from a directory: give write=true a table=FILE")

@@ -9,23 +9,23 @@
 """
 import hydra
 from accelerate.utils import set_seed
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
-from fewstep.scripts._cli import CONFIG_PATH, one_line_errors
+from fewstep.cli import schemas
+from fewstep.cli.common import CONFIG_PATH, one_line_errors
+from fewstep.cli.setup import trainer_keywords, training_parts
 from fewstep.training import Trainer
-from fewstep.training import config as _schema  # noqa: F401  (registers train_schema, which conf/train.yaml names)
 from fewstep.training.init import init_from
+
+schemas.register()
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="train", version_base="1.3")
 @one_line_errors
 def main(cfg):
     set_seed(cfg.seed)  # the initial weights
-    nets = instantiate(cfg.net, _convert_="all")  # one module, or {name: module}
+    nets, objective, data = training_parts(cfg)  # nets: one module, or {name: module}
     init_from(nets, cfg.init_from, cfg.out_dir)  # a fresh start only: a resume loads its checkpoint
-    trainer = Trainer(nets, instantiate(cfg.objective), instantiate(cfg.data), out_dir=cfg.out_dir, seed=cfg.seed,
-                      **OmegaConf.to_container(cfg.train, resolve=True))
+    trainer = Trainer(nets, objective, data, out_dir=cfg.out_dir, seed=cfg.seed, **trainer_keywords(cfg))
     trainer.fit()
 
 

@@ -12,7 +12,7 @@ import torch
 from diffusers import DDPMPipeline, DDPMScheduler, KDPM2DiscreteScheduler
 
 from fewstep import samplers
-from fewstep.samplers import FewstepScheduler
+from fewstep.pipelines import FewstepScheduler
 from test_diffusers_parity import TABLE
 from test_outside_implementations import TOLERANCE, mixture, standard_noise
 from test_schedulers import assert_same_images, fewstep, noise_like_unet, reference  # noqa: F401 (a fixture)
@@ -325,7 +325,7 @@ def test_a_pipeline_runs_amed_from_its_frozen_table_as_sample_does_without_afs(n
 
 
 def test_a_frozen_table_is_read_from_its_file_or_its_folder(frozen):
-    from fewstep.samplers.amed_predictor import read_frozen_table
+    from fewstep.tuning.amed_predictor import read_frozen_table
 
     folder, table = frozen
     assert read_frozen_table(folder, "amed_plugin") == read_frozen_table(folder / "frozen_table.json", "amed_plugin")

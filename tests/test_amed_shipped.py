@@ -1,6 +1,6 @@
 """A model's own AMED predictors (`<model dir>/amed/`): found by NFE, sampled on the grid and afs
-they were trained with, and refused in one line for anything else (samplers.amed_predictor,
-samplers.config)."""
+they were trained with, and refused in one line for anything else (tuning.amed_predictor,
+cli.sampling)."""
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from fewstep import samplers
-from fewstep.samplers import amed_predictor, schedule_tables
-from fewstep.samplers.amed_predictor import AMEDPredictor, bottleneck_size
-from fewstep.samplers.config import sampling_setup
+from fewstep.tuning import amed_predictor, schedule_tables
+from fewstep.tuning.amed_predictor import AMEDPredictor, bottleneck_size
+from fewstep.cli.sampling import sampling_setup
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -21,7 +21,7 @@ GRIDS = {3: [80.0, 2.0, 0.01], 5: [80.0, 11.0, 0.8, 0.01], 7: [80.0, 20.0, 3.0, 
 def compose_sample(*overrides):
     from hydra import compose, initialize_config_dir
 
-    from fewstep.samplers import config as _schema  # noqa: F401  (registers sample_schema)
+    from fewstep.cli import schemas; schemas.register()
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return compose("sample", overrides=list(overrides))

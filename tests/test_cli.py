@@ -71,7 +71,7 @@ def test_bad_input_gives_one_clear_line(tmp_path, overrides, message):
                  marks=without(torch.cuda.is_available(), "CUDA")),
 ])
 def test_devices_torch_cannot_use_are_refused_by_name(name, message):
-    from fewstep.scripts._cli import resolve_device
+    from fewstep.cli.common import resolve_device
 
     with pytest.raises(ValueError, match=re.escape(message)):
         resolve_device(name)
@@ -96,7 +96,7 @@ def test_the_sample_schema_rejects_wrong_types_and_values(overrides, message):
     """The same validation the command line runs (above), composed in this process."""
     from hydra import compose, initialize_config_dir
 
-    from fewstep.samplers import config  # noqa: F401  (registers the schema conf/sample.yaml names)
+    from fewstep.cli import schemas; schemas.register()
 
     from hydra.errors import ConfigCompositionException
 

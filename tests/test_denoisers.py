@@ -140,9 +140,9 @@ def test_image_sizes_the_unet_cannot_take_are_refused(shape, message):
 
 
 def test_sigma_of_timestep_inverts_fractional_timestep():
-    from fewstep.samplers.vp import fractional_timestep, sigma_of_timestep
+    from fewstep.samplers.spaces import fractional_timestep, sigma_of_timestep
 
-    log_sigmas = samplers.vp.sigmas_from_alphas_cumprod(DDPMScheduler().alphas_cumprod).log()
+    log_sigmas = samplers.spaces.sigmas_from_alphas_cumprod(DDPMScheduler().alphas_cumprod).log()
     sigmas = torch.tensor([0.0101, 0.5, 3.0, 80.0, 157.0], dtype=torch.float64)
     back = sigma_of_timestep(fractional_timestep(sigmas, log_sigmas), log_sigmas)
     assert torch.allclose(back, sigmas, rtol=1e-9)

@@ -9,6 +9,7 @@ from diffusers.models.unets.unet_2d import UNet2DOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from fewstep import samplers
+from fewstep.pipelines import FewstepScheduler
 from conftest import tiny_unet
 
 TABLE = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
@@ -108,7 +109,7 @@ def test_discrete_schedule_plans_the_mirrored_schedulers_timesteps_and_sigmas(na
     scheduler's, value for value (Euler's and Heun's fractional 749.25 included); its sigmas are
     the scheduler's `sigmas` (float32 there) or, for DDIM, the table at its timesteps then its final alpha."""
     theirs = cls(**TABLE, timestep_spacing=spacing, steps_offset=steps_offset)
-    ours = samplers.FewstepScheduler.from_config(theirs.config, sampler=name, schedule="discrete")
+    ours = FewstepScheduler.from_config(theirs.config, sampler=name, schedule="discrete")
     for steps in (1, 2, 5, 8, 10, 25):
         theirs.set_timesteps(steps)
         ours.set_timesteps(steps)
@@ -126,7 +127,7 @@ def test_discrete_ddim_ends_where_ddim_scheduler_does_without_set_alpha_to_one()
     """set_alpha_to_one=False (Stable Diffusion's config): the last step lands on the table's
     sigma(0), not 0; with steps_offset 0 the leading timesteps already end at t = 0, which is refused."""
     theirs = DDIMScheduler(**TABLE, set_alpha_to_one=False, steps_offset=1)
-    ours = samplers.FewstepScheduler.from_config(theirs.config, sampler="ddim", schedule="discrete")
+    ours = FewstepScheduler.from_config(theirs.config, sampler="ddim", schedule="discrete")
     theirs.set_timesteps(5)
     ours.set_timesteps(5)
     sigma_0 = math.sqrt((1 - float(theirs.alphas_cumprod[0])) / float(theirs.alphas_cumprod[0]))
@@ -135,7 +136,7 @@ def test_discrete_ddim_ends_where_ddim_scheduler_does_without_set_alpha_to_one()
     for t in ours.timesteps:
         x = ours.step(torch.ones_like(x), t, x).prev_sample  # the exact noise: x stays on the noise level of t
     assert torch.allclose(x, torch.full_like(x, math.sqrt(1 - float(theirs.alphas_cumprod[0]))), rtol=0, atol=1e-6)
-    ours = samplers.FewstepScheduler.from_config(theirs.config, sampler="ddim", schedule="discrete", steps_offset=0)
+    ours = FewstepScheduler.from_config(theirs.config, sampler="ddim", schedule="discrete", steps_offset=0)
     with pytest.raises(ValueError, match=r"^final_sigmas_type sigma_min ends at sigma\(0\) = 0.01.*last timestep 0 already has"):
         ours.set_timesteps(5)
 
@@ -155,7 +156,7 @@ def test_swapped_ddim_equals_ddim_scheduler_image(unet, spacing, steps_offset, s
     """The same image with DDIMScheduler and with FewstepScheduler(ddim, discrete), the seed
     drawing both the start and (eta > 0) every step's noise."""
     theirs = DDIMScheduler(**TABLE, clip_sample=False, timestep_spacing=spacing, steps_offset=steps_offset)
-    ours = samplers.FewstepScheduler.from_config(theirs.config, sampler="ddim", schedule="discrete")
+    ours = FewstepScheduler.from_config(theirs.config, sampler="ddim", schedule="discrete")
     images = [run_pipeline_eta(unet, scheduler, steps, 4, eta) for scheduler in (theirs, ours)]
     assert_same_images(*images)
     if eta:
@@ -166,7 +167,7 @@ def test_swapped_ddim_equals_ddim_scheduler_image(unet, spacing, steps_offset, s
                                        "next of its own linspace timesteps; our ddim steps to the next one")
 def test_swapped_ddim_equals_ddim_scheduler_image_with_linspace_spacing(unet):
     theirs = DDIMScheduler(**TABLE, clip_sample=False, timestep_spacing="linspace")
-    ours = samplers.FewstepScheduler.from_config(theirs.config, sampler="ddim", schedule="discrete")
+    ours = FewstepScheduler.from_config(theirs.config, sampler="ddim", schedule="discrete")
     assert_same_images(*[run_pipeline_eta(unet, scheduler, 5, 4, 0.0) for scheduler in (theirs, ours)])
 
 
@@ -175,7 +176,7 @@ def test_swapped_ddim_equals_ddim_scheduler_image_with_linspace_spacing(unet):
 def test_swapped_dpmpp_2m_equals_dpm_solver_image(unet, spacing, steps_offset, steps):
     theirs = DPMSolverMultistepScheduler(**TABLE, algorithm_type="dpmsolver++", solver_order=2,
                                          timestep_spacing=spacing, steps_offset=steps_offset)
-    ours = samplers.FewstepScheduler.from_config(theirs.config, sampler="dpmpp_2m", schedule="discrete")
+    ours = FewstepScheduler.from_config(theirs.config, sampler="dpmpp_2m", schedule="discrete")
     assert_same_images(*[run_pipeline(unet, scheduler, steps, seed=5) for scheduler in (theirs, ours)])
 
 
@@ -185,7 +186,7 @@ def test_fractional_timesteps_step_as_euler_and_heun_do(name, cls):
     sigmas interpolated linearly in sigma; a hand loop with a timestep-dependent stand-in model
     ends where theirs does (their start `x = x_vp sqrt(1 + sigma_0^2)`, ours `x_vp`)."""
     theirs = cls(**TABLE, timestep_spacing="linspace")
-    ours = samplers.FewstepScheduler.from_config(theirs.config, sampler=name, schedule="discrete")
+    ours = FewstepScheduler.from_config(theirs.config, sampler=name, schedule="discrete")
     model = lambda x_vp, t: 0.9 * x_vp + (t / 1000) ** 2  # noqa: E731
     ends = []
     for scheduler in (theirs, ours):

@@ -12,8 +12,8 @@ from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
                        StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline)
 
 from fewstep import samplers
-from fewstep.samplers import FewstepScheduler
-from fewstep.samplers.vp import sigma_of_timestep
+from fewstep.pipelines import FewstepScheduler
+from fewstep.samplers.spaces import sigma_of_timestep
 from fewstep.scripts.benchmark_schedulers import tiny_text_to_image
 from conftest import tiny_unet
 from test_diffusers_parity import TABLE, NoiseLikeUNet

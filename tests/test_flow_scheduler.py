@@ -10,8 +10,8 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from conftest import tiny_unet
 from fewstep import samplers
-from fewstep.samplers import FewstepScheduler
-from fewstep.samplers.scheduler_spaces import FLOW_SIGMA_MAX
+from fewstep.pipelines import FewstepScheduler
+from fewstep.pipelines.timesteps import FLOW_SIGMA_MAX
 
 SAMPLERS = ["ddim", "euler", "heun", "dpmpp_2m", "ipndm"]
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -37,8 +37,8 @@ def ok(done):
 def compose_train(*overrides):
     from hydra import compose, initialize_config_dir
 
-    from fewstep.scripts._cli import config_dir
-    from fewstep.training import config as _schema  # noqa: F401  (registers train_schema)
+    from fewstep.cli.common import config_dir
+    from fewstep.cli import schemas; schemas.register()
 
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
         return compose("train", overrides=list(overrides))

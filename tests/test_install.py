@@ -60,7 +60,7 @@ PROBE = """
 import json, torch
 import fewstep.samplers as samplers, fewstep.evaluation, fewstep.conf, fewstep.assets, fewstep.scripts
 from fewstep.evaluation import get_extractor
-from fewstep.samplers.amed_predictor import shipped
+from fewstep.tuning.amed_predictor import shipped
 from fewstep.samplers.skip_tuning import load_table, table_path
 
 denoiser = samplers.DiffusersUNetDenoiser.from_pretrained("digits_ddpm")

@@ -508,9 +508,9 @@ def test_the_configs_build_the_objective_the_net_and_the_data(data):
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from fewstep.flows import config as _pairs_schema  # noqa: F401
-    from fewstep.scripts._cli import config_dir
-    from fewstep.training import config as _train_schema  # noqa: F401
+    from fewstep.cli import schemas; schemas.register()
+    from fewstep.cli.common import config_dir
+    from fewstep.cli import schemas; schemas.register()
 
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
         cfg = compose("train", overrides=["objective=distill", "objective.loss=pseudo_huber", "net=mlp2d",

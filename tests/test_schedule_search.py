@@ -1,5 +1,5 @@
-"""The schedule search (samplers.schedule_search), its tables next to the model
-(samplers.schedule_tables) and schedule.kind=auto / table in the sampling configs."""
+"""The schedule search (tuning.schedule_search), its tables next to the model
+(tuning.schedule_tables) and schedule.kind=auto / table in the sampling configs."""
 from __future__ import annotations
 
 import json
@@ -16,8 +16,8 @@ from omegaconf import OmegaConf
 
 from conftest import ROOT
 from fewstep import samplers
-from fewstep.samplers import schedule_search, schedule_tables
-from fewstep.samplers.schedule_search import (PRIOR_MARGIN, Grid, SearchResult, _GridParameters, lever_grids,
+from fewstep.tuning import schedule_search, schedule_tables
+from fewstep.tuning.schedule_search import (PRIOR_MARGIN, Grid, SearchResult, _GridParameters, lever_grids,
                                               ode_error, ode_reference, refine, run_search, search, seeded_noise,
                                               with_point_inserted)
 
@@ -290,7 +290,7 @@ def test_a_table_gives_back_its_grid_and_refuses_another_model_sampler_or_nfe(se
     schedule_tables.write(path, search_gmm, "ddim", {"eta": 0.0}, "gmm", "ode_error", 4, GRID, command="by hand")
     schedule_tables.write(path, search_gmm, "ddim", {"eta": 0.0}, "gmm", "ode_error", 2, [20.0, 1.0, 0.0])
     schedule_tables.write(path, search_gmm, "ddim", {}, "gmm", "ode_error", 10, [20.0 * 0.5 ** k for k in range(10)] + [0.0])
-    assert samplers.schedule_tables.lookup(path, search_gmm, "ddim", {"eta": 0.0}, 4).tolist() == GRID
+    assert schedule_tables.lookup(path, search_gmm, "ddim", {"eta": 0.0}, 4).tolist() == GRID
     assert sorted(schedule_tables.entries(path)) == [2, 4, 10]
     assert schedule_tables.entries(tmp_path / "none.json") == {}
     other = samplers.GMMDenoiser(means=[[0.0, 0.0]], stds=[1.0])
@@ -442,7 +442,7 @@ def test_a_table_with_a_grid_the_model_cannot_take_is_refused(search_gmm, tmp_pa
 def compose_sample(*overrides):
     from hydra import compose, initialize_config_dir
 
-    from fewstep.samplers import config as _schema  # noqa: F401  (registers sample_schema)
+    from fewstep.cli import schemas; schemas.register()
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return compose("sample", overrides=list(overrides))
@@ -460,7 +460,7 @@ def model_with_table(tmp_path_factory):
 
 
 def grid_of(*overrides, model=None):
-    from fewstep.samplers.config import planned_grid
+    from fewstep.cli.sampling import planned_grid
 
     cfg = compose_sample(*overrides)
     return planned_grid(cfg, model)
@@ -526,7 +526,7 @@ def test_the_search_command_writes_a_table_that_sample_py_samples_on(tmp_path):
 
 
 def test_a_pipeline_scheduler_plans_on_a_table_named_by_file_or_by_model(model_with_table):
-    from fewstep.samplers import FewstepScheduler
+    from fewstep.pipelines import FewstepScheduler
 
     root, _ = model_with_table
     config = json.loads((root / "scheduler" / "scheduler_config.json").read_text())

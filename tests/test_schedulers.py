@@ -19,7 +19,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from fewstep import samplers
 from fewstep.scripts.benchmark_schedulers import tiny_text_to_image
 from conftest import ROOT, tiny_unet
-from fewstep.samplers import FewstepScheduler
+from fewstep.pipelines import FewstepScheduler
 from test_diffusers_parity import TABLE, NoiseLikeUNet
 
 SAMPLERS = ["ddim", "euler", "heun", "dpmpp_2m", "ipndm"]

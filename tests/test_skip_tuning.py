@@ -99,66 +99,6 @@ def test_bad_arguments_are_named(kwargs, message):
         samplers.skip_tuning(tiny_unet(), **kwargs)
 
 
-@pytest.mark.parametrize("nfe, rho", [(1, 0.85), (5, 0.85), (7, 0.85), (8, 0.9), (10, 0.9), (15, 0.9),
-                                       (16, 0.95), (20, 0.95), (100, 0.95)])
-def test_the_calibrated_rho_is_the_nearest_nfe_s(nfe, rho):
-    """The nearest calibrated NFE wins; halfway between two (15: 10 and 20), the smaller."""
-    from fewstep.samplers.skip_tuning import calibrated_rho
-
-    assert calibrated_rho({20: 0.95, 5: 0.85, 10: 0.9}, nfe) == rho
-
-
-@pytest.mark.parametrize("nfe, rho", [(4, 0.85), (9, 0.9), (30, 0.95)])
-def test_a_skiptune_config_applies_the_nearest_nfe_s_rho(nfe, rho, capsys, caplog):
-    """It logs what it applied (the scripts print the handle); the library prints nothing."""
-    import logging
-
-    from omegaconf import OmegaConf
-    from fewstep.samplers.skip_tuning import skip_tuning_for
-
-    cfg = OmegaConf.create({"sampler": {"skip": {"rho_top": 1.0, "rho_bottom": None, "sigma_range": None,
-                                                 "by_nfe": {5: 0.85, 10: 0.9, 20: 0.95}}}})
-    unet = tiny_unet()
-    with caplog.at_level(logging.DEBUG, logger="fewstep.samplers.skip_tuning"):
-        with skip_tuning_for(cfg.sampler.skip, unet, nfe) as handle:
-            assert (handle.rho_top, handle.rho_bottom) == (1.0, rho)
-            assert str(handle) == f"Skip-Tuning: rho_top 1.0, rho_bottom {rho}"
-    assert not any(block._forward_pre_hooks for block in unet.up_blocks)
-    assert capsys.readouterr().out == "" and f"rho_bottom {rho} at NFE {nfe}" in caplog.text
-
-
-def test_a_set_rho_bottom_and_sigma_range_win_over_the_table_and_no_settings_tune_nothing():
-    from contextlib import nullcontext
-
-    from fewstep.samplers.skip_tuning import skip_tuning_for
-
-    denoiser = samplers.DiffusersUNetDenoiser(tiny_unet(), DDPMScheduler().alphas_cumprod)
-    skip = {"rho_top": 0.9, "rho_bottom": 0.6, "sigma_range": [1, 80], "by_nfe": {5: 0.85}}
-    with skip_tuning_for(skip, denoiser, 5) as handle:
-        assert str(handle) == "Skip-Tuning: rho_top 0.9, rho_bottom 0.6, sigma in [1.0, 80.0]"
-    assert isinstance(skip_tuning_for(None, denoiser, 5), nullcontext)
-    with pytest.raises(ValueError, match="no calibrated Skip-Tuning table"):
-        skip_tuning_for({"rho_top": 1.0, "rho_bottom": None, "by_nfe": {}}, denoiser, 5)
-
-
-def test_tables_round_trip_and_the_shipped_ones_load(tmp_path):
-    from fewstep.samplers.skip_tuning import load_table, table_path, write_table
-
-    path = write_table(tmp_path / "t" / "heun+skiptune.yaml", "heun", 0.95, {10: 0.9, 5: 0.8}, ["made by hand"])
-    text = path.read_text()
-    assert "# made by hand\n" in text and text.index("5: 0.8") < text.index("10: 0.9")
-    skip = load_table("heun", path)
-    assert (skip.rho_top, skip.rho_bottom, skip.sigma_range, dict(skip.by_nfe)) == (0.95, None, None, {5: 0.8, 10: 0.9})
-    assert table_path("ddim") == ROOT / "conf" / "sampler" / "ddim+skiptune.yaml"
-    shipped = (ROOT / "conf" / "sampler" / "ddim+skiptune.yaml").read_text()
-    by_nfe = dict(load_table("ddim").by_nfe)
-    assert len(by_nfe) >= 2 and all(f"    {nfe}: {rho}\n" in shipped for nfe, rho in by_nfe.items())
-    with pytest.raises(FileNotFoundError, match="no Skip-Tuning table for sampler 'lms'"):
-        load_table("lms")
-    with pytest.raises(ValueError, match="is no Skip-Tuning table"):
-        load_table("ddim", ROOT / "conf" / "sampler" / "ddim.yaml")
-
-
 def test_models_without_skips_are_refused(gmm):
     with pytest.raises(ValueError, match="GMMDenoiser has no UNet skip connections"):
         samplers.skip_tuning(gmm)
@@ -190,10 +130,11 @@ def test_skiptune_sampler_configs_change_the_samples(tmp_path, tiny_pipeline):
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1] == "error: rho_bottom must be a positive number, got -1.0"
 
 
-def test_the_calibrated_fixed_grid_samplers_have_a_skiptune_config():
+def test_the_calibrated_fixed_grid_samplers_have_a_skiptune_config_and_factors_beside_the_digits_model():
     """dpm_2 and amed_plugin have none until a calibration run makes their tables."""
     names = {p.name.removesuffix("+skiptune.yaml") for p in (ROOT / "conf" / "sampler").glob("*+skiptune.yaml")}
     assert names == {"ddim", "euler", "heun", "dpmpp_2m", "ipndm", "amed"} and names <= set(samplers.FIXED_GRID_NAMES)
+    assert {p.stem for p in (ROOT / "assets" / "digits_ddpm" / "skiptune").glob("*.json")} == names
 
 
 def test_calibration_scans_the_grid_and_writes_nothing_unasked(tmp_path, tiny_pipeline):
@@ -211,8 +152,8 @@ def test_calibration_scans_the_grid_and_writes_nothing_unasked(tmp_path, tiny_pi
     assert [p.name.split("-")[-1] for p in (tmp_path / "cache").iterdir()] == ["raw.npz"]  # the reference, cached
 
 
-def test_the_best_factors_share_one_rho_top_and_the_summary_compares_with_the_plain_sampler():
-    from fewstep.evaluation.calibration import best_factors
+def test_the_best_factors_share_one_rho_top_and_keep_the_plain_sampler_s_fd():
+    from fewstep.tuning.calibration import best_factors
 
     def rows(*fds):  # (rho_top, rho_bottom) over [1.0, 0.9] x [1.0, 0.8]
         grid = [(1.0, 1.0), (1.0, 0.8), (0.9, 1.0), (0.9, 0.8)]
@@ -220,9 +161,12 @@ def test_the_best_factors_share_one_rho_top_and_the_summary_compares_with_the_pl
 
     # NFE 5 and 20 are best at rho_top 0.9, NFE 10 at 1.0: 0.9 is kept and NFE 10 re-picked under it.
     results = {5: rows(50, 40, 45, 30), 10: rows(20, 10, 25, 15), 20: rows(8, 9, 7, 9)}
-    rho_top, by_nfe, summary = best_factors(results)
-    assert (rho_top, by_nfe) == (0.9, {5: 0.8, 10: 0.8, 20: 1.0})
-    assert summary == "NFE 5: 50.00 -> 30.00, NFE 10: 20.00 -> 15.00, NFE 20: 8.00 -> 7.00"
+    rho_top, by_nfe = best_factors(results)
+    assert rho_top == 0.9
+    assert by_nfe == {5: {"rho_bottom": 0.8, "fd": 30, "fd_plain": 50}, 10: {"rho_bottom": 0.8, "fd": 15, "fd_plain": 20},
+                      20: {"rho_bottom": 1.0, "fd": 7, "fd_plain": 8}}
+    without_plain = {5: [r for r in rows(50, 40, 45, 30) if r["rho_top"] == 0.9]}
+    assert best_factors(without_plain) == (0.9, {5: {"rho_bottom": 0.8, "fd": 30, "fd_plain": None}})
 
 
 # -- what each part of the tuning does, one behaviour at a time ------------------------------------
@@ -281,7 +225,7 @@ def test_the_sigma_range_includes_its_ends_and_reads_the_timestep_by_keyword_too
     """At the timesteps whose sigmas are the range's ends the skips are scaled; one step outside
     they are not. A pipeline's noise table serves as well as a denoiser's."""
     from diffusers import DDPMPipeline
-    from fewstep.samplers.vp import sigma_of_timestep, sigmas_from_alphas_cumprod
+    from fewstep.samplers.spaces import sigma_of_timestep, sigmas_from_alphas_cumprod
 
     unet, scheduler = tiny_unet(), DDPMScheduler()
     log_sigmas = sigmas_from_alphas_cumprod(scheduler.alphas_cumprod).log()
@@ -319,35 +263,6 @@ def test_a_sigma_range_may_start_at_zero_and_must_not_be_empty(sigma_range, ok):
 
 
 def test_the_refusals_are_whole_sentences():
-    from fewstep.samplers.skip_tuning import calibrated_rho
-
     with pytest.raises(ValueError, match="^sigma_range needs the model's noise table: pass the denoiser or the "
                                          "pipeline, not the bare UNet$"):
         samplers.skip_tuning(tiny_unet(), sigma_range=(1.0, 10.0))
-    with pytest.raises(ValueError, match="^no calibrated Skip-Tuning table \\(by_nfe is empty\\): set rho_bottom or "
-                                         "calibrate first$"):
-        calibrated_rho({}, 5)
-
-
-def test_settings_without_rho_top_tune_from_1_and_the_log_line_is_the_handle_and_nfe(caplog):
-    import logging
-
-    from fewstep.samplers.skip_tuning import skip_tuning_for
-
-    with caplog.at_level(logging.DEBUG, logger="fewstep.samplers.skip_tuning"):
-        with skip_tuning_for({"rho_bottom": 0.7}, tiny_unet(), 5) as handle:
-            assert (handle.rho_top, handle.rho_bottom) == (1.0, 0.7)
-    assert caplog.messages == ["Skip-Tuning: rho_top 1.0, rho_bottom 0.7 at NFE 5"]
-
-
-def test_a_table_is_written_into_new_folders_over_an_old_one_and_names_its_sampler(tmp_path):
-    from omegaconf import OmegaConf
-    from fewstep.samplers.skip_tuning import write_table
-
-    path = tmp_path / "a" / "b" / "heun+skiptune.yaml"
-    write_table(path, "heun", 1.0, {5: 0.9}, ["old"])
-    write_table(path.parent / "ddim+skiptune.yaml", "ddim", 1.0, {5: 0.9}, ["other"])
-    write_table(path, "heun", 0.95, {5: 0.8}, ["first line", "second line"])
-    text = path.read_text()
-    assert "# first line\n# second line\n" in text and "old" not in text
-    assert list(OmegaConf.load(path).defaults) == ["heun", "_self_"]

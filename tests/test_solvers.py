@@ -182,7 +182,8 @@ def test_each_samplers_defaults_are_the_ones_the_registry_declares(problem, name
 
 
 def test_multistep_passes_each_steps_scale_to_the_update():
-    from fewstep.samplers.solvers import multistep, run_steps
+    from fewstep.samplers.solvers import run_steps
+    from fewstep.samplers.steps import multistep
 
     def recorded(scales):
         seen = []

@@ -231,7 +231,7 @@ def test_per_network_settings_from_the_command_line_reach_the_optimisers(tmp_pat
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from fewstep.training import config  # noqa: F401  (registers the schema conf/train.yaml names)
+    from fewstep.cli import schemas; schemas.register()
 
     overrides = ["train.steps=3", "train.batch_size=16", "train.optimizer=adam", "train.betas=[0,0.9]",
                  "train.networks.critic.lr=4e-3", "train.networks.critic.ema_decay=null",
@@ -329,8 +329,13 @@ def test_missing_data_is_named(tmp_path, call, message):
 class Answers:
     """An objective whose `losses` returns `answer(nets, batch)`."""
 
+    networks = ("critic", "generator")
+
     def __init__(self, answer):
         self.answer = answer
+
+    def settings(self):
+        return {}
 
     def losses(self, nets, batch, step):
         return self.answer(nets, batch)
@@ -364,7 +369,8 @@ def test_an_objective_answer_that_is_no_dict_of_scalar_losses_is_one_line(tmp_pa
 @pytest.mark.parametrize("change, message", [
     (dict(steps=0), "steps must be at least 1, got 0"),
     (dict(keep_checkpoints=0), "keep_checkpoints must be at least 1, got 0"),
-    (dict(objective=object()), "object is no objective: it has no losses(nets, batch, step) method"),
+    (dict(objective=object()), "object is no objective: it has no networks, losses, export, settings "
+                               "(training.objective.Objective)"),
     (dict(data=gan_data()[:8]), "the data set has 8 items, fewer than one batch of 16"),
     (dict(frozen=True), "network 'critic' has no trainable parameters"),
 ])

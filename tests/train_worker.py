@@ -29,6 +29,9 @@ class TinyWGAN:
     def __init__(self, n_critic: int = 2, gp_weight: float = 10.0):
         self.n_critic, self.gp_weight = n_critic, gp_weight
 
+    def settings(self) -> dict:
+        return {"n_critic": self.n_critic, "gp_weight": self.gp_weight}
+
     def losses(self, nets, x, step):
         critic, generator = nets["critic"], nets["generator"]
         fake = generator(torch.randn_like(x))  # not detached: the trainer must keep the critic loss out of G

@@ -1,5 +1,7 @@
 """The shared Accelerate training loop that every objective (diffusion, rectified flow, GAN,
 AMED distillation) plugs into, and the training data sets."""
-from .engine import NetworkOptim, Trainer
+from .engine import Trainer
+from .objective import Objective
+from .optim import NetworkOptim
 
-__all__ = ["NetworkOptim", "Trainer"]
+__all__ = ["NetworkOptim", "Objective", "Trainer"]

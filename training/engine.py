@@ -1,7 +1,7 @@
 """One Accelerate training loop for named networks: data, optimisers, EMAs, checkpoint/resume,
 logging, export.
 
-The objective protocol (docs/conventions.md §8):
+The objective protocol (`training.objective.Objective`; docs/conventions.md §8):
 
 * `losses(nets, batch, step) -> dict[str, Tensor]`: `nets` maps each network's name to the module,
   `batch` is this process's share of the batch, `step` the number of training steps already taken
@@ -11,7 +11,8 @@ The objective protocol (docs/conventions.md §8):
   Every process must return the same keys.
 * `export(nets, out_dir)`: write the trained networks; it receives copies carrying the EMA weights
   (the raw weights for a network trained without an EMA).
-* `networks` (optional): the names of the networks it trains, checked against the trainer's.
+* `networks`: the names of the networks it trains, checked against the trainer's.
+* `settings() -> dict`: the plain values that define it, recorded in `run.json`; a resume must share them.
 * `state_dict()` / `load_state_dict(state)` (optional): state the objective carries from step to
   step (a GAN's regression target), saved with every checkpoint by each process for itself.
 * `report(nets, step, out_dir) -> dict[str, float]` (optional): called by the main process after
@@ -35,7 +36,7 @@ import json
 import shutil
 import sys
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Mapping
 
@@ -48,59 +49,12 @@ from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .objective import Objective
+from .optim import NetworkOptim, network_settings
+
 CHECKPOINT_PREFIX = "step_"
-OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
 
 log = get_logger(__name__)
-
-
-@dataclass(frozen=True)
-class NetworkOptim:
-    """How one network is trained. The `Trainer` keywords of the same names are the defaults of every
-    network; its `networks` keyword overrides them per network.
-
-    lr: the peak learning rate.
-    optimizer: "adamw" (weight decay decoupled from the gradient, Loshchilov & Hutter 2019) or "adam"
-        (weight decay added to the gradient). betas, weight_decay: the optimiser's.
-    warmup_steps: linear warm-up: this network's update k (counted from 0) uses the learning rate
-        `lr * min(1, k / warmup_steps)` (diffusers "constant_with_warmup").
-    grad_clip: clip the norm of this network's gradient to this value (`None`: no clipping).
-    ema_decay: decay of the exponential moving average of the weights (diffusers `EMAModel`): after
-        this network's update k, `ema = d_k ema + (1 - d_k) theta` with the warm-up
-        `d_k = min(ema_decay, k / (9 + k))` (`d_1 = 0`: the first update copies the weights).
-        `None`: no EMA; the weights themselves are exported.
-    """
-
-    lr: float
-    optimizer: str = "adamw"
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    grad_clip: float | None = 1.0
-    ema_decay: float | None = 0.999
-
-    def __post_init__(self):
-        # Values from the command line arrive unchecked (train.networks.<name>.<setting> has no schema).
-        for name, kinds in [("lr", (int, float)), ("weight_decay", (int, float)), ("warmup_steps", (int,)),
-                            ("grad_clip", (int, float, type(None))), ("ema_decay", (int, float, type(None)))]:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, kinds):
-                raise ValueError(f"{name} must be {'an integer' if kinds == (int,) else 'a number'}, got {value!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.optimizer!r}: use {' or '.join(OPTIMIZERS)}")
-        if (isinstance(self.betas, str) or len(self.betas) != 2
-                or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas)):
-            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
-        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip}")
-        if self.ema_decay is not None and not 0 <= self.ema_decay < 1:
-            raise ValueError(f"ema_decay must be in [0, 1) or None, got {self.ema_decay}")
-
-    def build(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-        return OPTIMIZERS[self.optimizer](params, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
 
 
 class RunningLoss:
@@ -135,28 +89,6 @@ def checkpoints(root: Path) -> list[Path]:
     """Complete checkpoints under `root`, oldest first (a save in progress has a `.tmp` suffix)."""
     found = [p for p in root.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and p.name[len(CHECKPOINT_PREFIX):].isdigit()]
     return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
-
-
-def _network_settings(names, defaults: dict, networks) -> dict[str, NetworkOptim]:
-    """Each network's NetworkOptim: the defaults, overridden by its entry of `networks` (a mapping
-    of some settings, or a whole NetworkOptim)."""
-    networks = dict(networks or {})
-    unknown = sorted(set(networks) - set(names))
-    if unknown:
-        raise ValueError(f"networks names {unknown[0]!r}, which is not a network of this run ({', '.join(names)})")
-    allowed = [f.name for f in fields(NetworkOptim)]
-    settings = {}
-    for name in names:
-        given = networks.get(name) or {}
-        if not isinstance(given, NetworkOptim):
-            bad = sorted(set(given) - set(allowed))
-            if bad:
-                raise ValueError(f"network {name!r}: unknown setting {bad[0]!r}; use {', '.join(allowed)}")
-        try:
-            settings[name] = given if isinstance(given, NetworkOptim) else NetworkOptim(**{**defaults, **given})
-        except ValueError as err:
-            raise ValueError(f"network {name!r}: {err}") from None
-    return settings
 
 
 class Trainer:
@@ -201,11 +133,13 @@ class Trainer:
             raise ValueError(f"steps must be at least 1, got {steps}")
         if keep_checkpoints < 1:
             raise ValueError(f"keep_checkpoints must be at least 1, got {keep_checkpoints}")
-        if not callable(getattr(objective, "losses", None)):
-            raise ValueError(f"{type(objective).__name__} is no objective: it has no losses(nets, batch, step) method")
+        if not isinstance(objective, Objective):
+            missing = [m for m in ("networks", "losses", "export", "settings") if not hasattr(objective, m)]
+            raise ValueError(f"{type(objective).__name__} is no objective: it has no {', '.join(missing)} "
+                             f"(training.objective.Objective)")
         nets = {"net": nets} if isinstance(nets, torch.nn.Module) else dict(nets)
-        expected = getattr(objective, "networks", None)
-        if expected is not None and sorted(expected) != sorted(nets):
+        expected = objective.networks
+        if sorted(expected) != sorted(nets):
             raise ValueError(f"{type(objective).__name__} trains the networks {', '.join(sorted(expected))}; "
                              f"got {', '.join(sorted(nets))}")
         names = sorted(nets)
@@ -214,7 +148,7 @@ class Trainer:
                 raise ValueError(f"network {name!r} has no trainable parameters")
         defaults = dict(lr=lr, optimizer=optimizer, betas=betas, weight_decay=weight_decay,
                         warmup_steps=warmup_steps, grad_clip=grad_clip, ema_decay=ema_decay)
-        self.settings = _network_settings(names, defaults, networks)
+        self.settings = network_settings(names, defaults, networks)
 
         cpu = (not torch.cuda.is_available()) if cpu is None else cpu
         self.accelerator = acc = Accelerator(
@@ -262,8 +196,7 @@ class Trainer:
         """What a resumed run must share with the run that wrote the checkpoints (run.json): the
         objective and its settings, each network's size and training settings, the data size, the
         batch, the seed, the processes. The step count and the checkpoint and log periods may change."""
-        objective = {k: v for k, v in vars(self.objective).items()
-                     if not k.startswith("_") and (v is None or isinstance(v, (str, int, float, bool)))}
+        objective = self.objective.settings()
         nets = {name: {"parameters": sum(p.numel() for p in net.parameters()), **asdict(self.settings[name])}
                 for name, net in self.nets.items()}
         return json.loads(json.dumps({"objective": type(self.objective).__name__, "objective_settings": objective,

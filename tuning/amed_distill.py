@@ -14,20 +14,17 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
-from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
 from torch.utils.data import Dataset
 
-from ..training.config import TrainerConfig
-from .amed_predictor import AMEDPredictor, bottleneck_size, fingerprint, frozen_table
-from .config import SamplerConfig, ScheduleConfig
-from .solvers import SOLVERS, check_sigmas, nfe as nfe_of, resolve_options, sample, solve
+from ..samplers.noise import seeded_noise
+from ..samplers.schedules import RHO
+from ..samplers.solvers import SOLVERS, check_sigmas, nfe as nfe_of, resolve_options, sample, solve
+from .amed_predictor import AMEDPredictor, bottleneck_size, frozen_table
+from . import store
+from .store import fingerprint
 
 TEACHERS = ("heun", "dopri5")
 STUDENTS = ("amed", "amed_plugin")
@@ -35,7 +32,7 @@ STUDENTS = ("amed", "amed_plugin")
 
 class NoiseDataset(Dataset):
     """`size` standard-normal noises of `shape`, item `i` drawn in float32 from
-    `torch.Generator().manual_seed(seed + i)` alone (the noise `samplers.sample_seeds` draws for that
+    `samplers.seeded_noise` of seed `seed + i` (the noise `samplers.sample_seeds` draws for that
     seed), so a batch is the same whatever the processes and a resume."""
 
     def __init__(self, shape, size: int = 65536, seed: int = 1_000_000):
@@ -49,10 +46,10 @@ class NoiseDataset(Dataset):
     def __getitem__(self, i: int) -> torch.Tensor:
         if not 0 <= i < self.size:
             raise IndexError(f"noise {i} of {self.size}")
-        return torch.randn(self.shape, generator=torch.Generator().manual_seed(self.seed + int(i)))
+        return seeded_noise([self.seed + int(i)], self.shape)[0]
 
 
-def inserted(sigmas: torch.Tensor, m: int, rho: float = 7.0) -> torch.Tensor:
+def inserted(sigmas: torch.Tensor, m: int, rho: float = RHO) -> torch.Tensor:
     """`sigmas` with `m` times inserted evenly in `sigma^(1/rho)` between each two: on a Karras grid of
     that rho, the Karras grid `m + 1` times finer (the authors' teacher grid, `M = m`)."""
     a, b = sigmas[:-1] ** (1 / rho), sigmas[1:] ** (1 / rho)
@@ -113,9 +110,17 @@ class AMEDDistillation:
         self.teacher, self.teacher_steps, self.rtol, self.atol = teacher, int(teacher_steps), rtol, atol
         self.hidden_dim, self.time_channels, self.c_range = hidden_dim, time_channels, c_range
         self.model, self.fingerprint = model or type(denoiser).__name__, fingerprint(denoiser)
-        self.grid = " ".join(f"{float(s):.17g}" for s in self.sigmas)  # run.json: a resume on another grid is refused
         self.held_out, self.held_out_seed = held_out, held_out_seed
         self._held_out = None  # (noise, the teacher's samples)
+
+    def settings(self) -> dict:
+        """What defines the distillation, the grid with every digit (a resume on another grid is refused)."""
+        return {"sampler": self.sampler, "afs": self.afs, "base": self.base, "nfe": self.nfe,
+                "grid": " ".join(f"{float(s):.17g}" for s in self.sigmas), "teacher": self.teacher,
+                "teacher_steps": self.teacher_steps, "rtol": self.rtol, "atol": self.atol,
+                "hidden_dim": self.hidden_dim, "time_channels": self.time_channels, "c_range": self.c_range,
+                "model": self.model, "fingerprint": self.fingerprint, "held_out": self.held_out,
+                "held_out_seed": self.held_out_seed}
 
     def new_predictor(self) -> AMEDPredictor:
         """An untrained predictor for this model, sampler and grid (feature input: the UNet's bottleneck)."""
@@ -208,26 +213,5 @@ class AMEDDistillation:
         r, c = frozen_table(predictor, self.denoiser, noise, self.sigmas)
         table = {"sampler": self.sampler, "sampler_options": {**self._sampler_options(), "r": r, "c": c},
                  "sigmas": self.sigmas.tolist(), "nfe": self.nfe, "model": self.model, "fingerprint": self.fingerprint,
-                 "command": "python " + " ".join(sys.argv)}
+                 "command": store.command()}
         (out_dir / "frozen_table.json").write_text(json.dumps(table, indent=1) + "\n")
-
-
-@dataclass
-class AMEDTrainConfig:
-    """scripts/train_amed.py (conf/train_amed.yaml): the model, the sampler (amed or amed_plugin) and its
-    options, the NFE and the grid (`schedule`, planned as the sampling commands plan it:
-    `config.planned_grid`), the objective (conf/objective/amed.yaml), the noise (conf/data/noise.yaml)
-    and the engine's keywords."""
-    model: Any = MISSING
-    sampler: SamplerConfig = MISSING
-    nfe: int = 5
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    objective: Any = MISSING
-    data: Any = MISSING
-    seed: int = 0
-    out_dir: str = MISSING
-    write: bool = False      # also store the predictor beside the model: <model dir>/amed/<sampler>-nfe<N>/
-    train: TrainerConfig = field(default_factory=TrainerConfig)
-
-
-ConfigStore.instance().store(name="train_amed_schema", node=AMEDTrainConfig)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import weakref
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,12 +21,12 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from . import schedule_tables
-from .amed import PLUGIN_BASES, between
-from .solvers import check_sigmas, nfe as nfe_of, sample
+from ..samplers.amed import PLUGIN_BASES, between
+from ..samplers.solvers import check_sigmas, nfe as nfe_of, sample
+from . import store
+from .store import fingerprint
 
 FEATURE_OUT = 4  # the authors' bottleneck_output_dim
-_FINGERPRINTS = weakref.WeakKeyDictionary()  # a model loaded from files: its weights do not change
 
 
 def network(denoiser):
@@ -85,15 +84,6 @@ def bottleneck(denoiser):
         handle.remove()
 
 
-def fingerprint(denoiser) -> str:
-    """`schedule_tables.fingerprint`, kept per model object when it comes from files."""
-    if getattr(denoiser, "pretrained_path", None) is None:
-        return schedule_tables.fingerprint(denoiser)
-    if denoiser not in _FINGERPRINTS:
-        _FINGERPRINTS[denoiser] = schedule_tables.fingerprint(denoiser)
-    return _FINGERPRINTS[denoiser]
-
-
 def sinusoid(t: torch.Tensor, channels: int) -> torch.Tensor:
     """`[sin(t f_k), cos(t f_k)]`, `f_k = 10000^(-k / (channels/2 - 1))` (the authors' positional embedding
     of sigma, endpoint included, sin first), over a last new axis."""
@@ -114,7 +104,7 @@ class AMEDPredictor(ModelMixin, ConfigMixin):
 
     The rest of the config is what it was made for, checked at every use (None: not pinned): sampler
     (amed or amed_plugin) and base (amed_plugin's), afs, nfe, sigmas (the grid), model (a name) and
-    fingerprint (`schedule_tables.fingerprint` of its weights). `save_pretrained` / `from_pretrained`
+    fingerprint (`store.fingerprint` of its weights). `save_pretrained` / `from_pretrained`
     keep it all (config.json and safetensors)."""
 
     @register_to_config
@@ -240,8 +230,7 @@ def shipped_name(sampler: str, base: str | None, nfe: int) -> str:
 
 def shipped(denoiser, sampler: str, base: str | None = None) -> dict[int, Path]:
     """The predictors stored beside the denoiser's model for `sampler` (and `base`), by NFE."""
-    root = getattr(denoiser, "pretrained_path", None)
-    folder = None if root is None else Path(root) / FOLDER
+    folder = store.beside(denoiser, FOLDER, "")
     if folder is None or not folder.is_dir():
         return {}
     prefix = shipped_name(sampler, base, 0)[:-1]
@@ -252,11 +241,10 @@ def shipped(denoiser, sampler: str, base: str | None = None) -> dict[int, Path]:
 def destination(denoiser, sampler: str, base: str | None, nfe: int) -> Path:
     """Where a predictor is stored beside the denoiser's model (`scripts/train_amed.py write=true`),
     refused in one line if the model has no directory or a predictor is there already."""
-    root = getattr(denoiser, "pretrained_path", None)
-    if root is None:
+    target = store.beside(denoiser, FOLDER, shipped_name(sampler, base, nfe))
+    if target is None:
         raise ValueError(f"a predictor is stored beside the model, and {type(denoiser).__name__} was not loaded "
                          f"from a directory; use the trained one from its out_dir/model (predictor=DIR)")
-    target = Path(root) / FOLDER / shipped_name(sampler, base, nfe)
     if target.exists():
         raise FileExistsError(f"{target} holds a predictor already: remove it first to store another")
     return target

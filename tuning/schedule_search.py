@@ -25,13 +25,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
-from diffusers.utils.torch_utils import randn_tensor
 
-from .schedules import get_sigmas
-from .solvers import nfe as nfe_of, sample, solve, steps_for_nfe
+from ..samplers.noise import seeded_noise
+from ..samplers.schedules import RHO, get_sigmas
+from ..samplers.solvers import nfe as nfe_of, sample, solve, steps_for_nfe
 
 PRIOR_MARGIN = 10.0
-KINDS = (("karras", 2.0), ("karras", 4.0), ("karras", 7.0), ("logsnr", None), ("time_uniform", None))
+KINDS = (("karras", 2.0), ("karras", 4.0), ("karras", RHO), ("logsnr", None), ("time_uniform", None))
 
 
 @dataclass
@@ -90,7 +90,7 @@ def lever_grids(name: str, nfe: int, sigma_min: float, sigma_max: float, lowest_
                 if lo >= top or (kind == "time_uniform" and lo != sigma_min):  # its VP fit needs the model's
                     continue
                 for steps in range(1, nfe + 2):  # afs: a grid of nfe + 1 steps costs nfe
-                    sigmas = get_sigmas(kind, steps, sigma_min=lo, sigma_max=top, rho=rho or 7.0,
+                    sigmas = get_sigmas(kind, steps, sigma_min=lo, sigma_max=top, rho=rho or RHO,
                                         final_sigmas_type=final)
                     if nfe_of(name, sigmas, options) == nfe:
                         how = (f"{kind}{f' rho {rho:g}' if rho else ''}, sigma_max {top:g}, "
@@ -211,13 +211,6 @@ def search(name: str, denoiser, nfe: int, noise: torch.Tensor, reference: torch.
                    "karras rho 7 over the model's range, step to 0") if nfe_of(name, default, options) == nfe else None
     return SearchResult(nfe, best, Grid(start.sigmas, start_held, start.how), default,
                         time.perf_counter() - begin, [(g.how, g.error) for g in curve])
-
-
-def seeded_noise(seeds, shape, device=None) -> torch.Tensor:
-    """Standard-normal noise, sample `i` from `torch.Generator().manual_seed(seeds[i])` (as
-    `solvers.sample_seeds` draws it)."""
-    generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
-    return randn_tensor((len(generators), *shape), generator=generators, device=device, dtype=torch.float32)
 
 
 def run_search(name: str, denoiser, nfes, options=None, num_noises: int = 64, seed: int = 900000,

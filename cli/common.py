@@ -1,5 +1,5 @@
 """What the entry points share: one-line errors, the device choice and the config folder. The
-config schemas live next to the code they configure (samplers.config, evaluation.config)."""
+config schemas are in `schemas`."""
 from __future__ import annotations
 
 import functools

@@ -10,40 +10,21 @@ exists, and on the Karras grid otherwise.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import torch
 
-from .solvers import check_sigmas, get_solver, nfe as nfe_of, resolve_options
+from ..samplers.solvers import check_sigmas, get_solver, nfe as nfe_of, resolve_options
+from . import store
+from .store import fingerprint
 
 FOLDER = "schedules"
-BESIDE = (FOLDER, "amed")  # what is stored next to a model (tables, AMED predictors): not its weights
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
-
-
-def fingerprint(denoiser) -> str:
-    """The first 16 hex digits of a sha256 over the model's weights: the weight files under
-    `denoiser.pretrained_path` (whatever dtype they are loaded in), else its state dict."""
-    digest = hashlib.sha256()
-    root = getattr(denoiser, "pretrained_path", None)
-    if root is not None:
-        for file in sorted(p for p in Path(root).rglob("*") if p.suffix in WEIGHT_SUFFIXES
-                           and not set(BESIDE) & set(p.relative_to(root).parts)):
-            digest.update(file.relative_to(root).as_posix().encode())
-            digest.update(file.read_bytes())
-    else:
-        for key, value in sorted(denoiser.state_dict().items()):
-            digest.update(key.encode())
-            digest.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def default_path(denoiser, sampler: str) -> Path | None:
     """`<model dir>/schedules/<sampler>.json` for a model loaded from a directory, else None."""
-    root = getattr(denoiser, "pretrained_path", None)
-    return None if root is None else Path(root) / FOLDER / f"{sampler}.json"
+    return store.beside(denoiser, FOLDER, f"{sampler}.json")
 
 
 def changed_options(sampler: str, options) -> dict:

@@ -1,5 +1,9 @@
-"""The maths of a discrete VP noise table (docs/conventions.md §2): sigma from `alphas_cumprod`,
-fractional timesteps and back, and a VP network's output turned into the denoised `D`."""
+"""The two model spaces in sigma space (docs/conventions.md §2), written once for the denoisers and the
+diffusers scheduler.
+
+A discrete VP noise table: sigma from `alphas_cumprod`, fractional timesteps and back, a VP network's
+output turned into the denoised `D`. A rectified flow `x_t = (1 - t) x0 + t eps`: `sigma = t / (1 - t)`,
+`x_t = x / (1 + sigma)`, `D = x_t - t v`; and which flow-matching configs this mapping serves."""
 from __future__ import annotations
 
 import torch
@@ -45,3 +49,36 @@ def vp_output_to_denoised(out: torch.Tensor, x: torch.Tensor, sigma: torch.Tenso
         return out
     abar = 1 / (1 + sigma ** 2)
     return abar * x - (1 - abar).sqrt() * out  # sqrt(abar) x_vp = abar x
+
+
+# The noise end of a flow, t = 1, has an infinite sigma; it is planned at t = 1 - 1e-8, whose float32
+# timestep is num_train_timesteps itself and whose sigma-space point x = x_t * 1e8 float64 holds exactly.
+FLOW_SIGMA_MAX = 1e8
+
+
+def flow_t(sigma: torch.Tensor) -> torch.Tensor:
+    """A flow's time of `sigma`: `t = sigma / (1 + sigma)`."""
+    return sigma / (1 + sigma)
+
+
+def flow_sigma(t: torch.Tensor) -> torch.Tensor:
+    """The inverse of `flow_t`, `sigma = t / (1 - t)`, with t = 1 at `FLOW_SIGMA_MAX`."""
+    return torch.where(t < 1, t / (1 - t).clamp(min=1 / FLOW_SIGMA_MAX), torch.full_like(t, FLOW_SIGMA_MAX))
+
+
+def flow_output_to_denoised(v: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """`D = x_t - t v` with `x_t = x / (1 + sigma)`, `t = sigma / (1 + sigma)` (`sigma` broadcastable to `x`)."""
+    return (x - sigma * v.to(x.dtype)) / (1 + sigma)
+
+
+def is_flow_matching(scheduler_config: dict) -> bool:
+    """A FlowMatchEulerDiscreteScheduler config: by its class name (a saved config) or its keys (`.config`)."""
+    return (scheduler_config.get("_class_name") == "FlowMatchEulerDiscreteScheduler"
+            or {"shift", "use_dynamic_shifting"} <= set(scheduler_config))
+
+
+def check_flow_config(scheduler_config: dict, what: str) -> None:
+    """Refuse, in one line, a flow-matching config whose plan this mapping does not follow (a shift)."""
+    if scheduler_config.get("shift", 1.0) != 1.0 or scheduler_config.get("use_dynamic_shifting"):
+        raise ValueError(f"a flow-matching {what} with shift={scheduler_config.get('shift')} or dynamic "
+                         f"shifting is not supported (shift 1.0 only)")

@@ -1,11 +1,11 @@
 """Calibrating Skip-Tuning (docs/conventions.md §6): the Fréchet distance of a generator's samples
-over a grid of factors, on the same seeds, and the best factors per NFE."""
+over a grid of factors, on the same seeds, and the best factors per NFE (stored by `skiptune_tables`)."""
 from __future__ import annotations
 
 from typing import Iterator
 
 from ..samplers.skip_tuning import skip_tuning
-from .fid import frechet_of
+from ..evaluation.fid import frechet_of
 
 
 def scan(sample_fn, model, seeds, extractor, reference, rho_tops, rho_bottoms, accelerator=None,
@@ -19,17 +19,16 @@ def scan(sample_fn, model, seeds, extractor, reference, rho_tops, rho_bottoms, a
             yield {"rho_top": rho_top, "rho_bottom": rho_bottom, "fd": fd}
 
 
-def best_factors(results: dict) -> tuple[float, dict, str]:
-    """From the scans `{nfe: rows}`: one `rho_top` (the commonest among the best rows of the NFEs),
-    the best `rho_bottom` under it per NFE, and a summary "NFE n: FD without -> with" (for the NFEs
-    whose scan includes the plain sampler, rho_top = rho_bottom = 1)."""
+def best_factors(results: dict) -> tuple[float, dict]:
+    """From the scans `{nfe: rows}`: one `rho_top` (the commonest among the best rows of the NFEs) and
+    per NFE `{"rho_bottom", "fd", "fd_plain"}`: the best `rho_bottom` under it, its FD, and the plain
+    sampler's (rho_top = rho_bottom = 1; None when the scan does not include it)."""
     best = {nfe: min(rows, key=lambda r: r["fd"]) for nfe, rows in results.items()}
-    plain = {nfe: next(r["fd"] for r in rows if r["rho_top"] == 1.0 and r["rho_bottom"] == 1.0)
-             for nfe, rows in results.items() if any(r["rho_top"] == r["rho_bottom"] == 1.0 for r in rows)}
     tops = {b["rho_top"] for b in best.values()}
     if len(tops) > 1:  # one rho_top per table: keep the commonest, re-pick rho_bottom under it
         top = max(tops, key=lambda t: sum(b["rho_top"] == t for b in best.values()))
         best = {nfe: min((r for r in rows if r["rho_top"] == top), key=lambda r: r["fd"]) for nfe, rows in results.items()}
-    summary = ", ".join(f"NFE {nfe}: {plain[nfe]:.2f} -> {best[nfe]['fd']:.2f}" for nfe in best if nfe in plain)
+    plain = {nfe: next((r["fd"] for r in rows if r["rho_top"] == r["rho_bottom"] == 1.0), None)
+             for nfe, rows in results.items()}
     rho_top = next(iter(best.values()))["rho_top"]
-    return rho_top, {nfe: b["rho_bottom"] for nfe, b in best.items()}, summary
+    return rho_top, {nfe: {"rho_bottom": b["rho_bottom"], "fd": b["fd"], "fd_plain": plain[nfe]} for nfe, b in best.items()}

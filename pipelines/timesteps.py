@@ -12,11 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .vp import fractional_timestep, sigma_of_timestep, sigmas_from_alphas_cumprod, vp_output_to_denoised
-
-# The noise end of a flow, t = 1, has an infinite sigma; it is planned at t = 1 - 1e-8, whose float32
-# timestep is num_train_timesteps itself and whose sigma-space point x = x_t * 1e8 float64 holds exactly.
-FLOW_SIGMA_MAX = 1e8
+from ..samplers.spaces import (FLOW_SIGMA_MAX, flow_output_to_denoised, flow_sigma, flow_t, fractional_timestep,
+                               sigma_of_timestep, sigmas_from_alphas_cumprod, vp_output_to_denoised)
 
 
 class VPTable:
@@ -62,12 +59,10 @@ class FlowTime:
         self.sigma_max = 999.0 if sampler == "heun" else FLOW_SIGMA_MAX
 
     def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
-        sigma = sigma.double()
-        return sigma / (1 + sigma) * self.n
+        return flow_t(sigma.double()) * self.n
 
     def sigma(self, timesteps: torch.Tensor) -> torch.Tensor:
-        t = (timesteps.double() / self.n).clamp(0, 1)
-        return torch.where(t < 1, t / (1 - t).clamp(min=1 / FLOW_SIGMA_MAX), torch.full_like(t, FLOW_SIGMA_MAX))
+        return flow_sigma((timesteps.double() / self.n).clamp(0, 1))
 
     def custom_timesteps(self, timesteps: torch.Tensor) -> torch.Tensor:
         return self.sigma(timesteps)
@@ -79,5 +74,5 @@ class FlowTime:
 
     @staticmethod
     def denoised(out, x, sigma, prediction_type: str) -> torch.Tensor:
-        """`D = x_t - t v` with `x_t = x / (1 + sigma)`, `t = sigma / (1 + sigma)`."""
-        return (x - sigma * out.to(x.dtype)) / (1 + sigma)
+        """`D = x_t - t v` (`spaces.flow_output_to_denoised`)."""
+        return flow_output_to_denoised(out, x, sigma)

@@ -16,7 +16,7 @@ schedulers do; otherwise from its own float64 one.
 
 Flow-matching pipelines (`prediction_type="flow_prediction"`, which `from_config` sets for a
 FlowMatchEulerDiscreteScheduler config) work the same way in the flow's own coordinates
-(`scheduler_spaces.FlowTime`): the pipeline's sample is `x_t = x / (1 + sigma)`, the UNet sees
+(`timesteps.FlowTime`): the pipeline's sample is `x_t = x / (1 + sigma)`, the UNet sees
 `t * num_train_timesteps` and returns the velocity. Euler on the `flow_uniform` grid is then exactly
 FlowMatchEulerDiscreteScheduler's Euler.
 """
@@ -30,11 +30,12 @@ from diffusers import DDPMScheduler
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 
-from .denoisers import DiffusersUNetDenoiser, is_flow_matching
-from . import amed_predictor, schedule_tables
-from .scheduler_spaces import FlowTime, VPTable
-from .schedules import DISCRETE_MIRRORS, discrete_grid, get_sigmas
-from .solvers import FIXED_GRID_NAMES, SOLVERS, check_sigmas, resolve_options, run_steps
+from ..samplers.denoisers import DiffusersUNetDenoiser
+from ..samplers.schedules import DISCRETE_MIRRORS, EPS_S, RHO, discrete_grid, get_sigmas
+from ..samplers.solvers import FIXED_GRID_NAMES, SOLVERS, check_sigmas, resolve_options, run_steps
+from ..samplers.spaces import check_flow_config, is_flow_matching
+from ..tuning import amed_predictor, schedule_tables
+from .timesteps import FlowTime, VPTable
 
 NOISE_TABLE_KEYS = ("beta_schedule", "trained_betas")
 FLOW = "flow_prediction"  # diffusers' name (DPMSolverMultistepScheduler, UniPC) for a velocity-predicting flow
@@ -59,7 +60,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         e.g. {"eta": 1.0} (not afs=True: the pipeline's first evaluation is on its starting noise).
     schedule: karras (rho), logsnr, time_uniform (eps_s), flow_uniform over [sigma_min, sigma_max] (None: the
         table's range; a flow's is t from 1 / num_train_timesteps to 1, to 0.999 for heun:
-        `scheduler_spaces.FlowTime`); None: karras on a VP table, flow_uniform
+        `timesteps.FlowTime`); None: karras on a VP table, flow_uniform
         (FlowMatchEulerDiscreteScheduler's own grid) on a flow; or discrete (VP only): exactly the
         timesteps and sigmas of the diffusers scheduler the sampler mirrors
         (`schedules.DISCRETE_MIRRORS`: DDIMScheduler for ddim and ipndm,
@@ -95,8 +96,8 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
                  rescale_betas_zero_snr: bool = False, timestep_spacing: str = "leading", steps_offset: int = 0,
                  set_alpha_to_one: bool = True, final_sigmas_type: str = "zero",
                  sampler: str = "ddim", sampler_options: dict | None = None, schedule: str | None = None,
-                 rho: float = 7.0, sigma_min: float | None = None, sigma_max: float | None = None,
-                 eps_s: float = 1e-3, schedule_table: str | None = None, frozen_table: str | None = None):
+                 rho: float = RHO, sigma_min: float | None = None, sigma_max: float | None = None,
+                 eps_s: float = EPS_S, schedule_table: str | None = None, frozen_table: str | None = None):
         if schedule_table is not None and schedule not in (None, "table"):
             raise ValueError(f"schedule_table={schedule_table} gives the whole grid; it takes no schedule={schedule!r}")
         self._frozen = None
@@ -179,9 +180,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         if unknown:
             raise ValueError(f"FewstepScheduler has no option {', '.join(unknown)}; its options: {', '.join(params)}")
         if isinstance(config, dict) and is_flow_matching(config):
-            if config.get("shift", 1.0) != 1.0 or config.get("use_dynamic_shifting"):
-                raise ValueError(f"a flow-matching scheduler with shift={config.get('shift')} or dynamic shifting "
-                                 f"is not supported (shift 1.0 only)")
+            check_flow_config(config, "scheduler")
             kwargs.setdefault("prediction_type", FLOW)
         elif isinstance(config, dict) and not any(key in config or key in kwargs for key in NOISE_TABLE_KEYS):
             keys = ", ".join(sorted(k for k in config if not k.startswith("_")))

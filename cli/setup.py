@@ -1,0 +1,58 @@
+"""From a checked evaluation or training config to the plain objects the libraries take: the reference
+statistics (`reference`, with the cache file keyed by the data config), the networks, objective and data
+of a training run (`training_parts`), AMED's distillation objective (`amed_parts`)."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from ..evaluation.reference import reference_stats
+from .sampling import planned_grid
+
+
+def cache_path(data, extractor: str, weights, cache_dir) -> Path:
+    """The file that caches the statistics of the data set `data` (a conf/data config) in the feature
+    space `extractor`: named by the data set's class, a hash of its config and of the weights file
+    (path, size, modification time), and the extractor."""
+    weights = Path(weights).expanduser() if weights else None
+    weights_id = f"{weights.resolve()}:{weights.stat().st_size}:{weights.stat().st_mtime_ns}" if weights else ""
+    key = hashlib.sha1((OmegaConf.to_yaml(data) + weights_id).encode()).hexdigest()[:10]
+    return Path(cache_dir) / f"{data._target_.rsplit('.', 1)[-1]}-{key}-{extractor}.npz"
+
+
+def reference(cfg, model, extractor, accelerator=None, device=None):
+    """`evaluation.reference.reference_stats` of an evaluation config (`schemas.EvalConfig`)."""
+    data = cfg.data
+    cache = None if data is None else cache_path(data, cfg.extractor, cfg.extractor_weights, cfg.cache_dir)
+    make_data = None if data is None else (lambda: instantiate(data))
+    return reference_stats(cfg.reference, extractor, cfg.extractor, model, make_data, cache, accelerator, device)
+
+
+def model_of(cfg):
+    """The model a config's `model` node names (a denoiser, or a one-step generator)."""
+    return instantiate(cfg.model, _convert_="all")
+
+
+def trainer_keywords(cfg) -> dict:
+    """`training.Trainer` keywords of a config's `train` node, as plain Python values."""
+    return OmegaConf.to_container(cfg.train, resolve=True)
+
+
+def training_parts(cfg):
+    """The networks (one module, or `{name: module}`), the objective and the data set of `train.py`."""
+    return instantiate(cfg.net, _convert_="all"), instantiate(cfg.objective), instantiate(cfg.data)
+
+
+def amed_parts(cfg, model_name: str):
+    """The model, AMED's distillation objective on the grid the config plans (`sampling.planned_grid`),
+    a line saying which grid, and the noise data set of `train_amed.py`."""
+    denoiser = model_of(cfg).eval()
+    _, sigmas, how = planned_grid(cfg, denoiser)
+    objective = instantiate(cfg.objective, _partial_=True)(
+        denoiser=denoiser, sigmas=sigmas, sampler=cfg.sampler.name, options=dict(cfg.sampler.options), nfe=cfg.nfe,
+        model=model_name)
+    shape = denoiser.sample_shape if cfg.data.get("shape") is None else cfg.data.shape
+    return denoiser, objective, how, instantiate(cfg.data, shape=list(shape))
