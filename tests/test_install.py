@@ -58,27 +58,28 @@ def python(installed, *args):
 
 PROBE = """
 import json, torch
-import fewstep.samplers as samplers, fewstep.evaluation, fewstep.conf, fewstep.assets, fewstep.scripts
+import fewstep.samplers as samplers, fewstep.evaluation, fewstep.conf, fewstep.assets, fewstep.scripts, fewstep.cli
 from fewstep.evaluation import get_extractor
+from fewstep.tuning import skiptune_tables
 from fewstep.tuning.amed_predictor import shipped
-from fewstep.samplers.skip_tuning import load_table, table_path
 
 denoiser = samplers.DiffusersUNetDenoiser.from_pretrained("digits_ddpm")
 sigmas = samplers.get_sigmas("karras", 2, denoiser.sigma_min, denoiser.sigma_max)
 x = samplers.sample("ddim", denoiser, torch.randn(2, *denoiser.sample_shape, generator=torch.Generator().manual_seed(0)), sigmas)
 features = get_extractor("digits")(x.clamp(-1, 1))
-print(json.dumps({"files": [m.__file__ for m in (samplers, fewstep.evaluation, fewstep.conf, fewstep.assets, fewstep.scripts)],
-                  "table": str(table_path("ddim")), "by_nfe": {str(k): v for k, v in load_table("ddim").by_nfe.items()},
+table = skiptune_tables.default_path(denoiser, "ddim")
+print(json.dumps({"files": [m.__file__ for m in (samplers, fewstep.evaluation, fewstep.conf, fewstep.assets, fewstep.scripts,
+                                                 fewstep.cli)],
+                  "table": str(table), "by_nfe": {k: e["rho_bottom"] for k, e in skiptune_tables.load(table)["by_nfe"].items()},
                   "features": list(features.shape),
                   "amed": {n: str(p) for n, p in shipped(denoiser, "amed").items()}}))
 """
 
 
 def shipped_ddim_table() -> dict:
-    """`by_nfe` of the checkout's conf/sampler/ddim+skiptune.yaml, which the wheel must carry."""
-    from omegaconf import OmegaConf
-
-    return dict(OmegaConf.load(ROOT / "conf" / "sampler" / "ddim+skiptune.yaml").skip.by_nfe)
+    """`{nfe: rho_bottom}` of the checkout's assets/digits_ddpm/skiptune/ddim.json, which the wheel must carry."""
+    table = json.loads((ROOT / "assets" / "digits_ddpm" / "skiptune" / "ddim.json").read_text())
+    return {int(k): e["rho_bottom"] for k, e in table["by_nfe"].items()}
 
 
 def test_the_installed_wheel_finds_its_model_extractor_and_tables_by_name(installed):

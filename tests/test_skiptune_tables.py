@@ -69,7 +69,9 @@ def test_a_model_without_factors_is_refused_and_never_borrows_the_digits_model_s
 
 
 @pytest.mark.parametrize("text, problem", [("{", "Expecting property name"), ('{"sampler": "ddim"}', "it lacks by_nfe, "
-                                           "fingerprint, rho_top"), ("[]", "it lacks all keys")])
+                                           "fingerprint, rho_top"), ("[]", "it lacks all keys"),
+                                          ('{"sampler": "ddim", "fingerprint": "0", "rho_top": 1, "by_nfe": {}}',
+                                           "it has no factors \\(by_nfe is empty\\)")])
 def test_a_file_that_is_no_table_is_named(tmp_path, text, problem):
     path = tmp_path / "t.json"
     path.write_text(text)

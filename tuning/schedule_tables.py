@@ -36,17 +36,7 @@ def changed_options(sampler: str, options) -> dict:
 
 def load(path) -> dict:
     """A table file; one that is not a table is refused naming the file."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"no schedule table at {path}")
-    try:
-        table = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is no schedule table: {err}") from None
-    missing = {"sampler", "options", "fingerprint", "by_nfe"} - set(table) if isinstance(table, dict) else {"all keys"}
-    if missing:
-        raise ValueError(f"{path} is no schedule table: it lacks {', '.join(sorted(missing))}")
-    return table
+    return store.read_table(path, "schedule table", ("sampler", "options", "fingerprint", "by_nfe"))
 
 
 def _check_sampler(table: dict, path: Path, sampler: str, options: dict) -> None:

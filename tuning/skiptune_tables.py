@@ -20,16 +20,9 @@ def default_path(model, sampler: str) -> Path | None:
 
 def load(path) -> dict:
     """A table file; a missing file or one that is not a table is refused naming the file."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"no Skip-Tuning table at {path}")
-    try:
-        table = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is no Skip-Tuning table: {err}") from None
-    missing = {"sampler", "fingerprint", "rho_top", "by_nfe"} - set(table) if isinstance(table, dict) else {"all keys"}
-    if missing or not table["by_nfe"]:
-        raise ValueError(f"{path} is no Skip-Tuning table: it lacks {', '.join(sorted(missing)) or 'factors (by_nfe)'}")
+    table = store.read_table(path, "Skip-Tuning table", ("sampler", "fingerprint", "rho_top", "by_nfe"))
+    if not table["by_nfe"]:
+        raise ValueError(f"{Path(path).expanduser()} is no Skip-Tuning table: it has no factors (by_nfe is empty)")
     return table
 
 

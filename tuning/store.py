@@ -11,6 +11,7 @@ fingerprint covers its weight files and ignores these folders, so storing an art
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 import weakref
 from pathlib import Path
@@ -64,6 +65,22 @@ def check_made_for(recorded: str, model, what) -> None:
     mine = fingerprint(model)
     if recorded != mine:
         raise ValueError(f"{what} was tuned for another model (weights {recorded}); this one's weights are {mine}")
+
+
+def read_table(path, what: str, keys) -> dict:
+    """The JSON table `what` at `path`: a missing file, or one that is not JSON or lacks any of `keys`,
+    is refused in one line naming the file."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"no {what} at {path}")
+    try:
+        table = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is no {what}: {err}") from None
+    missing = set(keys) - set(table) if isinstance(table, dict) else {"all keys"}
+    if missing:
+        raise ValueError(f"{path} is no {what}: it lacks {', '.join(sorted(missing))}")
+    return table
 
 
 def command() -> str:
