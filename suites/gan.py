@@ -110,7 +110,7 @@ def gan_2d(out_dir, *, num_samples: int = 5000, seed: int = 100_000, gan_steps: 
 def training_curves(runs, path) -> Path | None:
     """FD-digits against generator updates from the `metrics.csv` of each run folder that has one,
     plotted to `path`; None when no run has one."""
-    curves = {run: list(csv.DictReader(open(Path(run) / "metrics.csv"))) for run in runs
+    curves = {run: list(csv.DictReader((Path(run) / "metrics.csv").read_text().splitlines())) for run in runs
               if (Path(run) / "metrics.csv").is_file()}
     if not curves:
         return None

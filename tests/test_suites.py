@@ -134,12 +134,13 @@ def test_adaptive_rows_split_off_and_skiptune_changes_are_summed_up():
 
 def test_schedule_rows_tables_and_the_best_sentence():
     model = sweep.gmm_model()
-    rows = schedules.grid_rows(model, ["euler"], [3, 4], lambda name, nfe: torch.tensor([1.0, 0.0]) if nfe == 4 else None)
+    searched = lambda name, nfe: torch.tensor([1.0, 0.0]) if nfe == 4 else None  # noqa: E731
+    rows = schedules.grid_rows(model, ["euler"], [3, 4], searched)
     assert [(label, target) for label, _, target, _ in rows] == [("euler karras", 3), ("euler karras", 4),
                                                                   ("euler searched", 4)]
     assert torch.equal(rows[0][3], sweep.default_grid("euler", model, 3))
-    table = schedules.searched_grids_table({"heun": {5: {"sigmas": [80.0, 1.5, 0.0], "how": "karras", "seconds": 12.4}}},
-                                           [5, 6])
+    entry = {"sigmas": [80.0, 1.5, 0.0], "how": "karras", "seconds": 12.4}
+    table = schedules.searched_grids_table({"heun": {5: entry}}, [5, 6])
     assert table.splitlines()[2:] == ["| heun | 5 | 80, 1.5, 0 | karras | 12 |"]
     results = [{"label": "euler karras", "target_nfe": 5, "fd": 4.0}, {"label": "euler searched", "target_nfe": 5,
                                                                        "fd": 2.0}]
@@ -160,13 +161,15 @@ def test_amed_rows_cover_the_paper_grid_the_predictors_and_the_searched_grids():
     paper = amed.paper_grid("ddim", model, 3, {"afs": True})
     assert paper[0] == 80.0 and paper[-1] == pytest.approx(model.sigma_min)
     assert rows[2][2]["predictor"] == "predictor" and rows[3][2] == table["sampler_options"]
-    assert amed.frozen_tables({"amed": {3: (None, table)}}) == "| amed | 3 | 80, 1, 0.002 | 0.400, 0.600 | 1.0000, 0.9900 |"
+    assert amed.frozen_tables({"amed": {3: (None, table)}}) == (
+        "| amed | 3 | 80, 1, 0.002 | 0.400, 0.600 | 1.0000, 0.9900 |")
 
 
 def test_run_rows_measures_each_grid_once_and_drops_missing_ones(capsys):
     calls = []
     grid = torch.tensor([2.0, 1.0, 0.0])
-    rows = [("euler a", "euler", {}, 2, grid), ("euler a", "euler", {}, 3, grid), ("euler b", "euler", {}, 2, lambda: None)]
+    rows = [("euler a", "euler", {}, 2, grid), ("euler a", "euler", {}, 3, grid),
+            ("euler b", "euler", {}, 2, lambda: None)]
     results = amed.run_rows(rows, lambda name, options, sigmas: calls.append(name) or {"fd": 1.5})
     assert calls == ["euler"] and [(r["label"], r["target_nfe"], r["nfe"]) for r in results] == [("euler a", 2, 2),
                                                                                                 ("euler a", 3, 2)]
@@ -174,7 +177,8 @@ def test_run_rows_measures_each_grid_once_and_drops_missing_ones(capsys):
 
 
 def test_amed_ratios_sentence_names_missing_rows_with_a_dash():
-    results = [{"label": "amed learned", "target_nfe": 5, "fd": 3.0}, {"label": "ipndm paper", "target_nfe": 5, "fd": 6.0}]
+    results = [{"label": "amed learned", "target_nfe": 5, "fd": 3.0},
+               {"label": "ipndm paper", "target_nfe": 5, "fd": 6.0}]
     text = amed.ratios_sentence(results, 1.5)
     assert "AMED-Solver is 0.50x iPNDM's FD and – DDIM's" in text
     assert text.endswith("Best at NFE 5: amed learned 3.00 (2.00x converged).")
