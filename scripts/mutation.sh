@@ -115,11 +115,11 @@ fi
 # fewstep a regular package, found on sys.path before the editable install's finder.
 mkdir -p "$STAGE/fewstep" "$STAGE/mutants" || exit 2
 ln -sfn ../pyproject.toml "$STAGE/pyproject.toml" || exit 2
-for dir in tests scripts conf assets "${PACKAGES[@]}"; do ln -sfn "../$dir" "$STAGE/$dir" || exit 2; done
+for dir in tests scripts suites conf assets "${PACKAGES[@]}"; do ln -sfn "../$dir" "$STAGE/$dir" || exit 2; done
 for dir in "${PACKAGES[@]}"; do ln -sfn "../../$dir" "$STAGE/fewstep/$dir" || exit 2; done
 cat > "$STAGE/fewstep/__init__.py" <<'EOF'
 # Written by scripts/mutation.sh, for mutmut only. The code packages are here (in mutants/, mutmut's
-# mutated copies); fewstep.conf, fewstep.assets and fewstep.scripts come from the folder above, the
+# mutated copies); fewstep.conf, fewstep.assets, fewstep.suites and fewstep.scripts come from the folder above, the
 # checkout's layout, where the tests look for them too (ROOT / "conf" in tests/conftest.py).
 import os
 

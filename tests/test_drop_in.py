@@ -14,7 +14,7 @@ from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from fewstep import samplers
 from fewstep.pipelines import FewstepScheduler
 from fewstep.samplers.spaces import sigma_of_timestep
-from fewstep.scripts.benchmark_schedulers import tiny_text_to_image
+from fewstep.suites.tiny_pipelines import tiny_text_to_image
 from conftest import tiny_unet
 from test_diffusers_parity import TABLE, NoiseLikeUNet
 

@@ -17,7 +17,7 @@ from diffusers.utils import DummyObject
 from diffusers.utils.torch_utils import randn_tensor
 
 from fewstep import samplers
-from fewstep.scripts.benchmark_schedulers import tiny_text_to_image
+from fewstep.suites.tiny_pipelines import tiny_text_to_image
 from conftest import ROOT, tiny_unet
 from fewstep.pipelines import FewstepScheduler
 from test_diffusers_parity import TABLE, NoiseLikeUNet

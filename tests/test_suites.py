@@ -1,0 +1,235 @@
+"""The benchmark suites as a library (fewstep.suites): the cheap suites run here at tiny settings, the
+ones that train for minutes through their helpers."""
+import json
+import math
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from fewstep import suites
+from fewstep.suites import SUITES, amed, diffusers_tests, digits, fd_speed, gan, gmm, schedules, sweep
+from fewstep.training import data2d
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models on one thread
+
+
+def numbers(rows, key):
+    return [r[key] for r in rows]
+
+
+@pytest.fixture
+def quick_plots(monkeypatch):
+    """The suites' plots as empty files (matplotlib takes seconds a plot on a busy machine); the gmm
+    test draws real ones."""
+    def touch(*args):
+        path = next(a for a in args if isinstance(a, Path))
+        path.write_bytes(b"")
+        return path
+
+    for module, names in ((gmm, ["nfe_plot"]), (digits, ["nfe_plot", "side_by_side"]),
+                          (gan, ["side_by_side"])):
+        for name in names:
+            monkeypatch.setattr(module, name, touch)
+
+
+def test_the_registry_names_every_suite_and_no_module_imports_hydra_or_the_scripts():
+    assert list(SUITES) == ["gmm", "digits", "reflow", "reflow-2d", "gan-2d", "gan-digits", "fd-speed",
+                                   "schedules", "amed"]
+    for path in Path(suites.__file__).parent.glob("*.py"):
+        source = path.read_text()
+        assert not re.search(r"^\s*(from|import) (hydra|omegaconf|fewstep\.scripts)", source, re.M), path.name
+        assert len(source.splitlines()) < 500, path.name
+
+
+def test_gmm_writes_its_section_results_and_plots(tmp_path):
+    written = gmm.gmm(tmp_path / "out", samplers=["euler", "heun"], nfe=[3, 10], num_samples=200, batch_size=100)
+    assert [p.name for p in written] == ["gmm.md", "gmm.json", "gmm_fd.png", "gmm_ode_error.png"]
+    assert all(p.is_file() for p in written) and written[2].stat().st_size > 1000
+    rows = json.loads((tmp_path / "out" / "gmm.json").read_text())
+    assert [(r["label"], r["target_nfe"], r["nfe"]) for r in rows] == [
+        ("euler", 3, 3), ("euler", 10, 10), ("heun", 3, 3), ("heun", 10, 9)]
+    assert all(math.isfinite(v) and v > 0 for v in numbers(rows, "fd") + numbers(rows, "ode_error"))
+    euler = {r["nfe"]: r["ode_error"] for r in rows if r["label"] == "euler"}
+    assert euler[10] < euler[3]
+    text = (tmp_path / "out" / "gmm.md").read_text()
+    assert text.startswith("## Analytic Gaussian mixture\n\nCommand: `python ")
+    assert "200 samples of the 2-D mixture" in text and "| sampler | NFE 3 | NFE 10 |" in text
+    assert re.search(r"\| heun \| [\d.e+-]+ \| [\d.e+-]+ \(9\) \|", text)
+
+
+def test_gmm_samples_on_the_grid_it_is_given(tmp_path, quick_plots):
+    runs = {kind: json.loads(gmm.gmm(tmp_path / kind, samplers=["euler"], nfe=[4], num_samples=100,
+                                        grid={"kind": kind})[1].read_text())[0] for kind in ("karras", "logsnr")}
+    assert runs["karras"]["ode_error"] != runs["logsnr"]["ode_error"]
+
+
+def test_an_unknown_grid_key_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"grid keys \['spacing'\] unknown"):
+        sweep.grid_of({"spacing": "linspace"})
+    assert sweep.grid_of({"rho": 3.0}) == {**sweep.DEFAULT_GRID, "rho": 3.0}
+
+
+def test_the_mixture_is_the_one_of_the_config():
+    model = sweep.gmm_model()
+    assert model.sample_shape == (2,) and (model.sigma_min, model.sigma_max) == (0.002, 80.0)
+    assert model.means.tolist() == [[-2.0, 0.0], [2.0, 1.0], [0.0, -3.0], [0.5, 2.5]]
+
+
+def test_digits_scores_plain_and_skiptune_rows_and_draws_the_grids(tmp_path, quick_plots):
+    written = digits.digits(tmp_path, samplers=["ddim"], nfe=[5], num_samples=40, batch_size=40)
+    assert [p.name for p in written] == ["digits.md", "digits.json", "digits_grids_nfe5.png", "digits_fd.png"]
+    rows = json.loads(written[1].read_text())
+    assert [r["label"] for r in rows] == ["ddim", "ddim+skiptune"] and "grid" not in rows[0]
+    assert all(math.isfinite(r["fd"]) for r in rows)
+    text = written[0].read_text()
+    assert "| ddim+skiptune |" in text and "Change with Skip-Tuning: ddim NFE 5: " in text
+
+
+def test_gan_digits_scores_the_shipped_generators_on_three_seed_ranges(tmp_path, quick_plots):
+    written = gan.gan_digits(tmp_path, num_samples=30, batch_size=30)
+    assert [p.name for p in written] == ["gan-digits.md", "gan-digits.json", "gan_digits_grids.png"]
+    rows = json.loads(written[1].read_text())
+    assert [r["label"] for r in rows] == list(gan.SHIPPED)
+    assert all(len(r["fd"]) == 3 and r["mean"] == pytest.approx(sum(r["fd"]) / 3) for r in rows)
+    assert f"| {rows[0]['label']} | " + ", ".join(f"{v:.2f}" for v in rows[0]["fd"]) in written[0].read_text()
+
+
+def test_fd_speed_agrees_with_pytorch_fid(tmp_path):
+    written = fd_speed.fd_speed(tmp_path, repeats=1, dim=16, count=200)
+    assert [p.name for p in written] == ["fd-speed.md", "fd-speed.json"]
+    text = written[0].read_text()
+    ours, theirs = (float(v) for v in re.findall(r"` \| ([\d.]+) \|", text))
+    assert ours == pytest.approx(theirs, rel=1e-6) and ours > 0
+    assert "16-d statistics of 200 correlated Gaussian features each, 1 runs" in text
+
+
+def test_mode_coverage_counts_the_modes_a_sample_reaches():
+    truth = data2d.gaussians8(n=4000, seed=1)
+    assert gan.mode_coverage(truth, truth) == (8, pytest.approx(0.99, abs=0.01))
+    one_mode = truth[(truth[:, 0] > 1) & (truth[:, 1].abs() < 0.5)]
+    modes, good = gan.mode_coverage(one_mode, truth)
+    assert modes == 1 and good == pytest.approx(0.99, abs=0.01)
+    assert gan.mode_coverage(torch.zeros(100, 2), truth) == (0, 0.0)
+
+
+def test_the_gan_2d_table_shows_modes_only_where_measured():
+    rows = [{"data": "gaussians8", "objective": "wgan_gp", "generator_updates": 10, "fd": 0.5, "modes": 7,
+             "good": 0.9}, {"data": "moons", "objective": "reflow_gan", "generator_updates": 10, "fd": 0.25}]
+    assert gan.gan_2d_table(rows).splitlines()[2:] == ["| gaussians8 | wgan_gp | 10 | 0.5000 | 7 | 90.0% |",
+                                                        "| moons | reflow_gan | 10 | 0.2500 | – | – |"]
+
+
+def test_adaptive_rows_split_off_and_skiptune_changes_are_summed_up():
+    rows = [{"label": "ddim", "sampler": "ddim", "target_nfe": 5, "nfe": 5, "fd": 10.0},
+            {"label": "ddim+skiptune", "sampler": "ddim", "target_nfe": 5, "nfe": 5, "fd": 8.0},
+            {"label": "rf dopri5", "sampler": "dopri5", "target_nfe": "dopri5", "nfe": 120.5, "fd": 1.234}]
+    plotted, adaptive = sweep.split_adaptive(rows)
+    assert plotted == rows[:2] and adaptive == "| rf dopri5 | 1.23 | 120.5 |"
+    assert sweep.skiptune_summary(rows) == "Change with Skip-Tuning: ddim NFE 5: 10.00 -> 8.00 (-20%)."
+    assert sweep.skiptune_summary(rows[:1]) == ""
+
+
+def test_schedule_rows_tables_and_the_best_sentence():
+    model = sweep.gmm_model()
+    searched = lambda name, nfe: torch.tensor([1.0, 0.0]) if nfe == 4 else None  # noqa: E731
+    rows = schedules.grid_rows(model, ["euler"], [3, 4], searched)
+    assert [(label, target) for label, _, target, _ in rows] == [("euler karras", 3), ("euler karras", 4),
+                                                                  ("euler searched", 4)]
+    assert torch.equal(rows[0][3], sweep.default_grid("euler", model, 3))
+    entry = {"sigmas": [80.0, 1.5, 0.0], "how": "karras", "seconds": 12.4}
+    table = schedules.searched_grids_table({"heun": {5: entry}}, [5, 6])
+    assert table.splitlines()[2:] == ["| heun | 5 | 80, 1.5, 0 | karras | 12 |"]
+    results = [{"label": "euler karras", "target_nfe": 5, "fd": 4.0}, {"label": "euler searched", "target_nfe": 5,
+                                                                       "fd": 2.0}]
+    assert schedules.best_sentence(results, 1.0, ["euler"]) == (
+        " At NFE 5 the searched grid improves FD by euler 2.0x (default / searched). Best at NFE 5: euler searched "
+        "2.00 (2.00x converged).")
+    assert schedules.best_sentence([], 1.0, ["euler"]) == ""
+
+
+def test_amed_rows_cover_the_paper_grid_the_predictors_and_the_searched_grids():
+    model = sweep.gmm_model()
+    table = {"sigmas": [80.0, 1.0, 0.002], "sampler_options": {"afs": True, "r": [0.4, 0.6], "c": [1.0, 0.99]}}
+    rows = amed.amed_rows(model, ["ddim", "amed", "amed_plugin"], [3], {"amed": {3: ("predictor", table)}},
+                          lambda name, nfe: None)
+    assert [label for label, *_ in rows] == ["ddim paper", "amed_plugin r=1/2 paper", "amed learned",
+                                             "amed frozen table", "amed_plugin r=1/2 karras",
+                                             "amed_plugin r=1/2 searched"]
+    paper = amed.paper_grid("ddim", model, 3, {"afs": True})
+    assert paper[0] == 80.0 and paper[-1] == pytest.approx(model.sigma_min)
+    assert rows[2][2]["predictor"] == "predictor" and rows[3][2] == table["sampler_options"]
+    assert amed.frozen_tables({"amed": {3: (None, table)}}) == (
+        "| amed | 3 | 80, 1, 0.002 | 0.400, 0.600 | 1.0000, 0.9900 |")
+
+
+def test_run_rows_measures_each_grid_once_and_drops_missing_ones(capsys):
+    calls = []
+    grid = torch.tensor([2.0, 1.0, 0.0])
+    rows = [("euler a", "euler", {}, 2, grid), ("euler a", "euler", {}, 3, grid),
+            ("euler b", "euler", {}, 2, lambda: None)]
+    results = amed.run_rows(rows, lambda name, options, sigmas: calls.append(name) or {"fd": 1.5})
+    assert calls == ["euler"] and [(r["label"], r["target_nfe"], r["nfe"]) for r in results] == [("euler a", 2, 2),
+                                                                                                ("euler a", 3, 2)]
+    assert len(capsys.readouterr().out.splitlines()) == 2
+
+
+def test_amed_ratios_sentence_names_missing_rows_with_a_dash():
+    results = [{"label": "amed learned", "target_nfe": 5, "fd": 3.0},
+               {"label": "ipndm paper", "target_nfe": 5, "fd": 6.0}]
+    text = amed.ratios_sentence(results, 1.5)
+    assert "AMED-Solver is 0.50x iPNDM's FD and – DDIM's" in text
+    assert text.endswith("Best at NFE 5: amed learned 3.00 (2.00x converged).")
+
+
+def fake_checkout(root: Path) -> Path:
+    """A diffusers checkout with one SchedulerCommonTest: a test that passes, one that fails, one skipped."""
+    (root / "tests" / "schedulers").mkdir(parents=True)
+    (root / "tests" / "__init__.py").write_text("")
+    (root / "tests" / "schedulers" / "__init__.py").write_text("")
+    (root / "setup.py").write_text('setup(version="9.9.9")\n')
+    (root / "tests" / "schedulers" / "test_schedulers.py").write_text(textwrap.dedent("""
+        import unittest
+
+        class SchedulerCommonTest(unittest.TestCase):
+            scheduler_classes = ()
+
+            def test_steps(self):
+                scheduler = self.scheduler_classes[0](**self.get_scheduler_config())
+                scheduler.set_timesteps(4)
+                assert len(scheduler.timesteps) == 4
+
+            def test_clip_sample(self):
+                self.scheduler_classes[0](**self.get_scheduler_config(clip_sample=True))
+
+            def test_later(self):
+                self.skipTest("not today")
+    """))
+    return root
+
+
+def test_the_diffusers_runner_reports_passes_failures_and_skips(tmp_path):
+    checkout = fake_checkout(tmp_path / "diffusers")
+    assert diffusers_tests.checkout_version(checkout) == "9.9.9"
+    results, broken = diffusers_tests.run_tests(checkout, ["common-euler", "ddim"], "karras")
+    text, failed = diffusers_tests.report(["common-euler", "ddim"], "karras", results, broken)
+    lines = text.splitlines()
+    assert lines[2:5] == ["common-euler: diffusers SchedulerCommonTest on FewstepScheduler(sampler=euler, "
+                          "schedule=karras)", "    passed 1  failed 1  errors 0  skipped 1",
+                          lines[4]] and lines[4].startswith("    FAILED test_clip_sample: ")
+    assert "clip_sample" in lines[4] and "ddim: diffusers DDIMSchedulerTest" in lines[5]
+    assert lines[6].startswith("    NOT IMPORTABLE: ModuleNotFoundError") and failed == 2
+    assert lines[-1] == "TOTAL: passed 1  failed 1  errors 0  skipped 1"
+
+
+def test_the_diffusers_runner_refuses_a_folder_without_scheduler_tests(tmp_path):
+    with pytest.raises(ValueError, match=f"{tmp_path} has no tests/schedulers"):
+        diffusers_tests.run_tests(tmp_path, ["ddim"], "karras")
+
+
+def test_fewstep_config_keeps_only_what_differs_from_the_defaults():
+    config = diffusers_tests.fewstep_config({"num_train_timesteps": 1000, "beta_end": 0.012, "clip_sample": True},
+                                            "heun", "discrete")
+    assert config == {"beta_end": 0.012, "sampler": "heun", "schedule": "discrete"}
