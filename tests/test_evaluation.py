@@ -253,7 +253,7 @@ def test_the_reference_cache_key_follows_the_data_config_and_the_weights_file(tm
 
     from omegaconf import OmegaConf
 
-    from fewstep.evaluation.reference import cache_path
+    from fewstep.cli.setup import cache_path
 
     data = OmegaConf.create({"_target_": "fewstep.training.data.digits", "image_size": 16})
     path = cache_path(data, "digits", None, tmp_path)
@@ -271,7 +271,7 @@ def test_the_reference_cache_key_follows_the_data_config_and_the_weights_file(tm
 def test_reference_statistics_of_each_kind(tmp_path, gmm):
     from omegaconf import OmegaConf
 
-    from fewstep.evaluation.reference import reference_stats
+    from fewstep.cli.setup import reference as reference_stats
 
     def cfg(**kw):
         return OmegaConf.create({"reference": "data", "extractor": "raw", "extractor_weights": None,
