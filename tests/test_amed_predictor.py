@@ -15,7 +15,7 @@ from diffusers import DDPMScheduler
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from conftest import ROOT, tiny_unet
+from helpers import ROOT, tiny_unet
 from fewstep import samplers
 from fewstep.samplers import amed_predictor, schedule_tables
 from fewstep.samplers.amed import between

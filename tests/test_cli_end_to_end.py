@@ -26,7 +26,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from fewstep import samplers
-from conftest import ROOT
+from helpers import ROOT
 from fewstep.evaluation import frechet_distance, save_stats
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

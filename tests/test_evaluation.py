@@ -8,7 +8,7 @@ import torch
 from pytorch_fid.fid_score import calculate_frechet_distance
 from sklearn.datasets import load_digits
 
-from conftest import ROOT, accelerate_launch
+from helpers import ROOT, accelerate_launch
 from fewstep.evaluation import FeatureStats, frechet_distance, get_extractor, load_stats, save_stats
 from fewstep.evaluation.features import DigitsClassifier, InceptionFeatures, check_images
 from fewstep.evaluation.fid import gmm_stats

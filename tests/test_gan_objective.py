@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT, accelerate_launch
+from helpers import ROOT, accelerate_launch
 from fewstep.gan import (DCGANCritic, DCGANGenerator, FlowGenerator, GANObjective, MLPCritic, MLPGenerator,
                          generator_plain_loss, load_generator, regression_loss, regression_target)
 from fewstep.training import Trainer

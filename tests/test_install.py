@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 NOT_SHIPPED = shutil.ignore_patterns(".git", ".venv", ".ci", "runs", "outputs", "multirun", "build", "dist",
                                      "mutants", "*.egg-info", "__pycache__", ".pytest_cache", "tests")

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT
+from helpers import ROOT
 from fewstep import samplers
 from fewstep.flows import PairsDataset, straightness
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import ROOT
+from helpers import ROOT
 from fewstep import samplers
 from fewstep.samplers import schedule_search, schedule_tables
 from fewstep.samplers.schedule_search import (PRIOR_MARGIN, Grid, SearchResult, _GridParameters, lever_grids,

@@ -14,13 +14,11 @@ import diffusers
 from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, DiffusionPipeline, EDMEulerScheduler
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers
 from diffusers.utils import DummyObject
-from diffusers.utils.torch_utils import randn_tensor
 
 from fewstep import samplers
 from fewstep.scripts.benchmark_schedulers import tiny_text_to_image
-from conftest import ROOT, tiny_unet
+from helpers import ROOT, TABLE, assert_same_images, fewstep, reference
 from fewstep.samplers import FewstepScheduler
-from test_diffusers_parity import TABLE, NoiseLikeUNet
 
 SAMPLERS = ["ddim", "euler", "heun", "dpmpp_2m", "ipndm"]
 
@@ -33,29 +31,7 @@ def run(*overrides):
                           text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
-@pytest.fixture(scope="module")
-def noise_like_unet():
-    torch.manual_seed(0)
-    return NoiseLikeUNet.from_config(tiny_unet().config).eval()
-
-
-def fewstep(name="ddim", **config):
-    return FewstepScheduler.from_config(DDPMScheduler(**TABLE).config, sampler=name, **config)
-
-
-def reference(denoiser, name, grid, shape, seed, **options):
-    """`samplers.sample` from the noise a pipeline draws first, scaled to diffusers' unit-variance
-    start (docs/conventions.md §2), with the rest of the seed's stream left for the sampler."""
-    generator = torch.Generator().manual_seed(seed)
-    noise_vp = randn_tensor(shape, generator=generator)
-    s0 = float(grid[0])
-    return samplers.sample(name, denoiser, noise_vp * math.sqrt(1 + s0 ** 2) / s0, grid, generator=generator, **options)
-
-
-def assert_same_images(ours, theirs):
-    """Equal to 1e-5, with enough pixels inside (0, 1) that the final clamp hides nothing."""
-    assert ((theirs > 0) & (theirs < 1)).float().mean() > 0.2
-    assert (ours - theirs).abs().max() < 1e-5
+# the fixture noise_like_unet: conftest; fewstep, reference, assert_same_images: helpers.py
 
 
 @pytest.mark.parametrize("pipeline_cls", [DDPMPipeline, DDIMPipeline])

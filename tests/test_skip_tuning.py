@@ -3,7 +3,7 @@ import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
 
 from fewstep import samplers
-from conftest import ROOT, tiny_unet
+from helpers import ROOT, tiny_unet
 
 
 def tiny_conditional_unet():

@@ -21,17 +21,11 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from fewstep import samplers
-from conftest import ROOT, accelerate_launch, tiny_unet
+from helpers import ROOT, accelerate_launch, make_trainer, tiny_unet
 from fewstep.flows import DiffusionObjective
 from fewstep.training import NetworkOptim, Trainer
 from fewstep.training.data import ImageFolder, cifar10, digits
 from train_worker import TinyWGAN, gan_data, gan_nets, gan_trainer
-
-
-def make_trainer(out_dir, steps, objective=None, data=None, checkpoint_every=20):
-    return Trainer(tiny_unet(), objective or DiffusionObjective(), digits(image_size=8) if data is None else data,
-                   out_dir=out_dir, steps=steps, batch_size=32, lr=2e-3, warmup_steps=5,
-                   checkpoint_every=checkpoint_every, log_every=10, ema_decay=0.9, cpu=True)
 
 
 def test_training_lowers_the_loss_resumes_and_exports(tmp_path):
