@@ -3,9 +3,6 @@ from the command line."""
 import inspect
 import json
 import math
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -17,7 +14,7 @@ from diffusers.utils import DummyObject
 
 from fewstep import samplers
 from fewstep.scripts.benchmark_schedulers import tiny_text_to_image
-from helpers import ROOT, TABLE, assert_same_images, fewstep, reference
+from helpers import TABLE, assert_same_images, fewstep, reference, run_cli
 from fewstep.samplers import FewstepScheduler
 
 SAMPLERS = ["ddim", "euler", "heun", "dpmpp_2m", "ipndm"]
@@ -27,8 +24,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models on o
 
 
 def run(*overrides):
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / "sample.py"), *overrides], capture_output=True,
-                          text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    """sample.py with these overrides, in this process (helpers.run_cli)."""
+    return run_cli("sample.py", *overrides)
 
 
 # the fixture noise_like_unet: conftest; fewstep, reference, assert_same_images: helpers.py
