@@ -1,32 +1,9 @@
-import socket
-import sys
-from pathlib import Path
-
+"""Fixtures every test module may take. The helpers they share are in helpers.py (test modules import
+from there, never from each other)."""
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def accelerate_launch(processes: int) -> list[str]:
-    """`accelerate launch` for CPU processes over gloo, on a free port (so runs never collide)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port)]
-
-
-def tiny_unet(**overrides):
-    """A random 8x8 UNet2DModel small enough to run in milliseconds."""
-    from diffusers import UNet2DModel
-
-    config = dict(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
-                  norm_num_groups=4, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-                  up_block_types=("AttnUpBlock2D", "UpBlock2D"), attention_head_dim=4)
-    config.update(overrides)
-    torch.manual_seed(0)
-    return UNet2DModel(**config).eval()
+from helpers import ROOT, NoiseLikeUNet, accelerate_launch, mixture_problem, tiny_unet  # noqa: F401 (ROOT, accelerate_launch: for old imports)
 
 
 @pytest.fixture(scope="module")
@@ -48,3 +25,22 @@ def gmm():
     from fewstep import samplers
     return samplers.GMMDenoiser(means=[[-2.0, 0.0], [2.0, 1.0], [0.0, -3.0]], stds=[0.3, 0.5, 0.2],
                                 weights=[0.3, 0.5, 0.2])
+
+
+@pytest.fixture(scope="module")
+def noise_like_unet():
+    """helpers.NoiseLikeUNet with the tiny UNet's config, seeded (test_schedulers, test_amed)."""
+    torch.manual_seed(0)
+    return NoiseLikeUNet.from_config(tiny_unet().config).eval()
+
+
+@pytest.fixture(scope="session")
+def problem():
+    """The mixture, 256 noises and their exact ODE solution (helpers.mixture_problem): computed once
+    per worker, for test_solvers and test_amed."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return mixture_problem()
+    finally:
+        torch.set_num_threads(threads)

@@ -13,10 +13,8 @@ from diffusers import DDPMPipeline, DDPMScheduler, KDPM2DiscreteScheduler
 
 from fewstep import samplers
 from fewstep.pipelines import FewstepScheduler
-from test_diffusers_parity import TABLE
-from test_outside_implementations import TOLERANCE, mixture, standard_noise
-from test_schedulers import assert_same_images, fewstep, noise_like_unet, reference  # noqa: F401 (a fixture)
-from test_solvers import STEPS, problem  # noqa: F401 (a fixture)
+from helpers import STEPS, TABLE, TOLERANCE, assert_same_images, fewstep, mixture, reference, standard_noise
+# the fixtures noise_like_unet and problem: conftest
 
 pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),  # numpy, in diffusers
               pytest.mark.filterwarnings("ignore:__array_wrap__ must accept context:DeprecationWarning")]

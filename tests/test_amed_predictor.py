@@ -1,12 +1,11 @@
 """AMED's learned predictor (samplers/amed_predictor.py) and its distillation (samplers/amed_distill.py):
 on the analytic mixture, training lowers the sampler's distance to the teacher and the frozen table keeps
 it; the bottleneck hook on a tiny UNet reads the mid block of each step's first call, no call of its own;
-save and load; every refusal in one line; `scripts/train_amed.py` in two processes trains the predictor
-one process trains."""
+save and load; every refusal in one line; `scripts/train_amed.py` in two processes (`accelerate launch`)
+trains the predictor one process (in this process, helpers.run_cli) trains."""
 import csv
 import json
 import math
-import subprocess
 import sys
 
 import pytest
@@ -15,7 +14,7 @@ from diffusers import DDPMScheduler
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from conftest import ROOT, tiny_unet
+from helpers import ROOT, command, finish, ok, run_cli, start, stop, tiny_unet
 from fewstep import samplers
 from fewstep.pipelines import FewstepScheduler
 from fewstep.tuning import amed_predictor, store
@@ -24,7 +23,6 @@ from fewstep.tuning.amed_distill import AMEDDistillation, NoiseDataset, inserted
 from fewstep.tuning.amed_predictor import (AMEDPredictor, bottleneck, bottleneck_size, frozen_table, mid_block,
                                              network, sinusoid)
 from fewstep.training import Trainer
-from test_reflow_multiprocess import ENV, command, finish, start, stop
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -264,14 +262,14 @@ RUN = ["model=gmm", "train.steps=20", "train.batch_size=32", "train.checkpoint_e
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """The same run in one process and in two, and one asking for NFE 4, all at once."""
+    """The same run in two processes (`accelerate launch`) and, meanwhile, in this one, and one asking
+    for NFE 4 (in this process too)."""
     tmp = tmp_path_factory.mktemp("train_amed")
-    procs = [start(command("train_amed.py", *RUN, f"out_dir={tmp / 'one'}"), tmp / "one"),
-             start(command("train_amed.py", *RUN, f"out_dir={tmp / 'two'}", processes=2), tmp / "two")]
+    procs = [start(command("train_amed.py", *RUN, f"out_dir={tmp / 'two'}", processes=2), tmp / "two")]
     try:
-        refused = subprocess.run(command("train_amed.py", *RUN, "nfe=4", f"out_dir={tmp / 'nfe4'}"), env=ENV,
-                                 capture_output=True, text=True, timeout=120)
-        one, two = map(finish, procs)
+        one = ok(run_cli("train_amed.py", *RUN, f"out_dir={tmp / 'one'}"))
+        refused = run_cli("train_amed.py", *RUN, "nfe=4", f"out_dir={tmp / 'nfe4'}")
+        (two,) = map(finish, procs)
     finally:
         stop(*procs)
     return tmp, one, two, refused

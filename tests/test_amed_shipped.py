@@ -143,19 +143,17 @@ def test_a_predictor_is_stored_only_beside_a_model_loaded_from_a_directory_and_n
 def test_train_amed_stores_beside_the_model_what_sample_py_then_samples_with(tmp_path):
     """train_amed.py write=true on a copy of the digits model (2 updates), then sample.py sampler=amed
     nfe=5 on it: the stored predictor, its grid, afs and the command that trained it (the refusals
-    are the in-process tests above)."""
+    are the in-process tests above). Both commands run in this process (helpers.run_cli), from tmp_path;
+    train_amed.py runs in processes of its own in test_amed_predictor.py."""
     import json
-    import subprocess
-    import sys
+
+    from helpers import run_cli
 
     root = tmp_path / "digits"
     shutil.copytree(ROOT / "assets" / "digits_ddpm", root, ignore=shutil.ignore_patterns("schedules", "amed"))
-    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
 
     def run(script, *overrides):
-        return subprocess.run([sys.executable, str(ROOT / "scripts" / script), "model=diffusers",
-                               f"model.path={root}", *overrides], cwd=tmp_path, env=env, capture_output=True,
-                              text=True, timeout=300)
+        return run_cli(script, "model=diffusers", f"model.path={root}", *overrides, cwd=tmp_path)
 
     train = ["sampler=amed", "nfe=5", "write=true", "train.steps=2", "train.batch_size=4", "train.log_every=1",
              "objective.teacher_steps=1", "objective.held_out=4", f"out_dir={tmp_path / 'run'}"]

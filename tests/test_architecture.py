@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 LIBRARY = ("samplers", "pipelines", "tuning", "flows", "gan", "training", "evaluation", "suites")
 # what each package may import of fewstep (the arrows of docs/architecture.md)

@@ -1,4 +1,5 @@
-"""The entry points as a user runs them."""
+"""The entry points as a user runs them: sample.py once in a Python process of its own and once under
+`accelerate launch`; the other checks run the same command lines in this process (helpers.run_cli)."""
 import re
 import subprocess
 import sys
@@ -7,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, accelerate_launch
+from helpers import ROOT, accelerate_launch, run_cli
 
 
 def run(script, *overrides):
+    """The end-to-end run: `python scripts/<script>` in a process of its own."""
     return subprocess.run([sys.executable, str(ROOT / "scripts" / script), *overrides], capture_output=True,
                           text=True, cwd=ROOT)
 
@@ -33,7 +35,7 @@ def test_sampling_the_embedded_default_model_writes_a_grid_and_the_samples_it_sh
 def test_samples_depend_on_the_seed_not_on_the_batch_size_or_the_processes(tmp_path):
     common = ["model=gmm", "sampler=ddim", "sampler.options.eta=1.0", "num_samples=10", "steps=4"]
     for name, batch in [("a", 10), ("b", 3)]:
-        done = run("sample.py", *common, f"batch_size={batch}", f"out_dir={tmp_path / name}")
+        done = run_cli("sample.py", *common, f"batch_size={batch}", f"out_dir={tmp_path / name}")
         assert done.returncode == 0, done.stderr
     two = subprocess.run([*accelerate_launch(2), str(ROOT / "scripts" / "sample.py"), *common, "batch_size=4",
                           f"out_dir={tmp_path / 'c'}"], capture_output=True, text=True, cwd=ROOT)
@@ -54,7 +56,7 @@ def without(available: bool, device: str):
                  marks=without(torch.cuda.is_available(), "CUDA")),
 ])
 def test_bad_input_gives_one_clear_line(tmp_path, overrides, message):
-    done = run("sample.py", *overrides, f"out_dir={tmp_path}")
+    done = run_cli("sample.py", *overrides, f"out_dir={tmp_path}")
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1] == message
     assert not (tmp_path / "samples.npz").exists()
@@ -84,7 +86,7 @@ def test_devices_torch_cannot_use_are_refused_by_name(name, message):
     ("train.py", ["train.lr=fast"], "Value 'fast' of type 'str' could not be converted to Float"),
 ])
 def test_hydra_rejects_unknown_choices_and_wrong_types(script, overrides, message):
-    done = run(script, *overrides)
+    done = run_cli(script, *overrides)
     assert done.returncode != 0 and message in done.stderr
 
 

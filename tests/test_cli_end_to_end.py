@@ -1,21 +1,20 @@
-"""train.py, sample.py, eval_fid.py and calibrate_skiptune.py run as a user runs them: one Python
-process per command, with Hydra overrides, checked through the files and lines they write.
+"""train.py, sample.py, eval_fid.py and calibrate_skiptune.py with Hydra overrides, checked through
+the files and lines they write.
 
-Every command is a separate Python process that spends most of its time importing torch and
-diffusers, so the commands the selected tests need are started together when the module starts,
-two at a time, and each test waits for the ones it reads (`runs.get(name)`).
+The command lines run in this process (helpers.run_cli: the script's Hydra main with sys.argv set,
+its output captured, its exit code from SystemExit), as a separate Python process would spend most of
+its time importing torch and diffusers; each is run once, when the first test that reads it asks
+(`runs.get(name)`), and kept for the others. The same scripts run in processes of their own in
+test_cli.py (sample.py), test_evaluation.py (eval_fid.py, one and two processes), test_skip_tuning.py
+(calibrate_skiptune.py) and under `accelerate launch` (train.py: test_gan_objective.py,
+test_reflow_multiprocess.py).
 """
 from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +25,9 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from fewstep import samplers
-from conftest import ROOT
+from helpers import ROOT, ok, run_cli, the_error
 from fewstep.evaluation import frechet_distance, save_stats
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 # A 45k-parameter 8x8 UNet on 8x8 digits, 12 steps, a checkpoint every 4 steps (2 kept), a loss row every 2.
 TRAIN = ["net=unet_tiny", "data.image_size=8", "train.steps=12", "train.batch_size=16", "train.lr=2e-3",
          "train.warmup_steps=0", "train.ema_decay=0.9", "train.checkpoint_every=4", "train.keep_checkpoints=2",
@@ -48,24 +46,8 @@ CALIBRATE = ["sampler=ddim", "nfes=[3]", "rho_grid=[0.8,1.0]", "num_samples=64",
 
 
 def run(script, *overrides):
-    start = time.perf_counter()
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / script), *map(str, overrides)], cwd=ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=300)
-    done.seconds = time.perf_counter() - start  # shown by ok() on a failure
-    return done
-
-
-def ok(done):
-    assert done.returncode == 0, f"{' '.join(done.args[1:])} ({done.seconds:.1f} s)\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
-    return done
-
-
-def the_error(done):
-    """The one `error:` line of a refused command (exit code 2, no traceback)."""
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert done.returncode == 2 and "Traceback" not in done.stderr and len(errors) == 1, done.stderr[-3000:]
-    assert done.stderr.strip().splitlines()[-1] == errors[0]
-    return errors[0]
+    """`python scripts/<script> <overrides>`, in this process (helpers.run_cli; ok() shows its seconds)."""
+    return run_cli(script, *overrides)
 
 
 def files_state(root: Path) -> dict:
@@ -161,26 +143,26 @@ def _calibrate(tmp):
             "tracked_after": (ROOT / "conf" / "sampler" / "ddim+skiptune.yaml").read_bytes()}
 
 
-# The longest first: the train chain is three commands in a row.
 JOBS = {f.__name__.lstrip("_"): f for f in (
     _train, _calibrate, _eval, _train_bf16, _sample_logsnr, _train_image_folder,
     _sample_discrete, _train_image_folder_missing, _eval_missing)}
 
 
 class Runs:
-    def __init__(self, tmp, names):
+    """Each command (chain) of JOBS run once, when first asked for, in this process."""
+
+    def __init__(self, tmp):
         self.tmp = tmp
-        self.pool = ThreadPoolExecutor(max_workers=2)
-        self.futures = {name: self.pool.submit(JOBS[name], tmp) for name in JOBS if name in names}
+        self.results = {}
 
     def get(self, name):
-        if name not in self.futures:  # not foreseen (a test asked for a command it did not name): run it now
-            self.futures[name] = self.pool.submit(JOBS[name], self.tmp)
-        return self.futures[name].result()
+        if name not in self.results:
+            self.results[name] = JOBS[name](self.tmp)
+        return self.results[name]
 
 
 def needs(*names):
-    """The commands a test reads; the module starts all of them at once."""
+    """The commands a test reads (documentation: `runs.get` runs each the first time it is asked for)."""
     def mark(test):
         test.needs = names
         return test
@@ -188,15 +170,11 @@ def needs(*names):
 
 
 @pytest.fixture(scope="module")
-def runs(request, tmp_path_factory):
-    wanted = {name for item in request.session.items if item.module is request.module
-              for name in getattr(item.function, "needs", ())}
-    pool = Runs(tmp_path_factory.mktemp("cli"), wanted)
+def runs(tmp_path_factory):
+    pool = Runs(tmp_path_factory.mktemp("cli"))
     yield pool
-    pool.pool.shutdown(wait=True, cancel_futures=True)
-    print("\ncommand seconds:", {name: round(getattr(f.result(), "seconds", 0), 1) for name, f in pool.futures.items()
-                                  if f.done() and not f.cancelled() and f.exception() is None
-                                  and not isinstance(f.result(), dict)})
+    print("\ncommand seconds:", {name: round(getattr(r, "seconds", 0), 1) for name, r in pool.results.items()
+                                  if not isinstance(r, dict)})
 
 
 # -- 1. train.py: checkpoints, loss.csv, the export, the resume; the export samples ---------------

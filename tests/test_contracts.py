@@ -7,7 +7,7 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from conftest import tiny_unet
+from helpers import tiny_unet
 from fewstep import samplers
 from fewstep.flows import DiffusionObjective, DistillationObjective, MLPVelocity, RectifiedFlowObjective
 from fewstep.gan import GANObjective

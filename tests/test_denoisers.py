@@ -7,7 +7,7 @@ import torch
 from diffusers import DDPMPipeline, DDPMScheduler
 
 from fewstep import samplers
-from conftest import tiny_unet
+from helpers import tiny_unet
 
 X0 = torch.linspace(-0.9, 0.9, 64, dtype=torch.float64).reshape(1, 1, 8, 8)
 SIGMAS = [157.0, 10.0, 1.0, 0.3, 0.02]

@@ -4,23 +4,12 @@ import math
 import pytest
 import torch
 from diffusers import (DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, DPMSolverMultistepScheduler,
-                       EulerDiscreteScheduler, HeunDiscreteScheduler, UNet2DModel)
-from diffusers.models.unets.unet_2d import UNet2DOutput
+                       EulerDiscreteScheduler, HeunDiscreteScheduler)
 from diffusers.utils.torch_utils import randn_tensor
 
 from fewstep import samplers
 from fewstep.pipelines import FewstepScheduler
-from conftest import tiny_unet
-
-TABLE = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
-
-
-class NoiseLikeUNet(UNet2DModel):
-    """A random UNet plus its input: it predicts roughly the noise of data near 0, so samples stay
-    in the picture range and the pipeline's final clamp does not hide differences."""
-
-    def forward(self, sample, timestep, **kwargs):
-        return UNet2DOutput(sample=sample + 0.1 * super().forward(sample, timestep).sample)
+from helpers import TABLE, NoiseLikeUNet, tiny_unet  # TABLE: diffusers' DDPM table; NoiseLikeUNet: helpers.py
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models on one thread

@@ -15,8 +15,7 @@ from fewstep import samplers
 from fewstep.pipelines import FewstepScheduler
 from fewstep.samplers.spaces import sigma_of_timestep
 from fewstep.suites.tiny_pipelines import tiny_text_to_image
-from conftest import tiny_unet
-from test_diffusers_parity import TABLE, NoiseLikeUNet
+from helpers import TABLE, NoiseLikeUNet, tiny_unet
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models on one thread
 

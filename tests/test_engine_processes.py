@@ -10,7 +10,7 @@ import torch
 from accelerate.utils import DistributedType
 
 from fewstep.training import engine
-from test_training import make_trainer
+from helpers import make_trainer
 from train_worker import TinyWGAN, gan_data, gan_trainer
 
 

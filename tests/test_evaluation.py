@@ -8,7 +8,7 @@ import torch
 from pytorch_fid.fid_score import calculate_frechet_distance
 from sklearn.datasets import load_digits
 
-from conftest import ROOT, accelerate_launch
+from helpers import ROOT, accelerate_launch, finish, ok, run_cli, start, stop
 from fewstep.evaluation import FeatureStats, frechet_distance, get_extractor, load_stats, save_stats
 from fewstep.evaluation.features import DigitsClassifier, InceptionFeatures, check_images
 from fewstep.evaluation.fid import gmm_stats
@@ -157,13 +157,17 @@ def test_check_images_accepts_the_declared_range():
 
 
 def test_eval_gives_the_same_number_with_one_and_two_processes(tmp_path):
+    """Two processes under `accelerate launch` (eval_fid.py end to end) and, meanwhile, one: this one
+    (helpers.run_cli)."""
     args = ["model=gmm", "extractor=raw", "reference=analytic", "sampler=ddim", "sampler.options.eta=1.0",
             "steps=6", "num_samples=301", "batch_size=50"]
     script = str(ROOT / "scripts" / "eval_fid.py")
-    for run in ([sys.executable, script, *args, f"out_dir={tmp_path / 'one'}"],
-                [*accelerate_launch(2), script, *args, f"out_dir={tmp_path / 'two'}"]):
-        done = subprocess.run(run, capture_output=True, text=True)
-        assert done.returncode == 0, f"{' '.join(run)}\n{done.stderr[-3000:]}"  # what failed, e.g. gloo's rendezvous
+    two = start([*accelerate_launch(2), script, *args, f"out_dir={tmp_path / 'two'}"], tmp_path / "two")
+    try:
+        ok(run_cli("eval_fid.py", *args, f"out_dir={tmp_path / 'one'}"))
+        finish(two)  # on a failure, what failed, e.g. gloo's rendezvous
+    finally:
+        stop(two)
     one, two = (json.loads(next((tmp_path / d).glob("*.json")).read_text()) for d in ("one", "two"))
     assert two["num_processes"] == 2 and one["num_samples"] == two["num_samples"] == 301
     assert one["fd"] == pytest.approx(two["fd"], rel=1e-9)

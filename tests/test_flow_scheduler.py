@@ -8,7 +8,7 @@ import torch
 from diffusers import DDPMPipeline, EDMEulerScheduler, FlowMatchEulerDiscreteScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
-from conftest import tiny_unet
+from helpers import tiny_unet
 from fewstep import samplers
 from fewstep.pipelines import FewstepScheduler
 from fewstep.pipelines.timesteps import FLOW_SIGMA_MAX

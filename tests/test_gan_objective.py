@@ -5,9 +5,6 @@ from the command line (scripts/sample.py, scripts/eval_fid.py) and from `gan.loa
 import csv
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,23 +12,17 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT, accelerate_launch
+from helpers import ROOT, accelerate_launch, ok, run_cli, run_script
 from fewstep.gan import (DCGANCritic, DCGANGenerator, FlowGenerator, GANObjective, MLPCritic, MLPGenerator,
                          generator_plain_loss, load_generator, regression_loss, regression_target)
 from fewstep.training import Trainer
 from fewstep.training.data2d import gaussians8
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
-
-def run(script, *overrides, launcher=(sys.executable,)):
-    return subprocess.run([*launcher, str(ROOT / "scripts" / script), *map(str, overrides)], cwd=ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=300)
-
-
-def ok(done):
-    assert done.returncode == 0, f"{' '.join(done.args[1:])}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
-    return done
+def run(script, *overrides, launcher=None):
+    """scripts/<script> with these overrides: in this process (helpers.run_cli), or under `launcher`
+    (`accelerate launch`) in processes of their own."""
+    return run_cli(script, *overrides) if launcher is None else run_script(script, *overrides, launcher=launcher)
 
 
 def compose_train(*overrides):

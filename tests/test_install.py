@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 NOT_SHIPPED = shutil.ignore_patterns(".git", ".venv", ".ci", "runs", "outputs", "multirun", "build", "dist",
                                      "mutants", "*.egg-info", "__pycache__", ".pytest_cache", "tests")
@@ -114,13 +114,25 @@ def test_the_installed_console_command_samples_the_default_model(installed):
 
 
 def test_the_installed_wheel_samples_every_shipped_model_by_name(installed):
-    """The flows and the GAN generator ship inside the wheel too, and their model configs find them."""
+    """The flows and the GAN generator ship inside the wheel too, and their model configs find them.
+    One Hydra multirun (`-m`, one process) for the flows and one for the generators; each job writes
+    into a run directory named like its model: the name still means the shipped one."""
     from fewstep.assets import names
 
     shipped = [m for m in ("digits_rf1", "digits_rf2", "digits_rf_1step", "digits_gan", "digits_rf_gan") if m in names()]
     assert {"digits_rf1", "digits_rf2"} <= set(shipped)
-    for model in shipped:
-        sampler = [] if model in ("digits_gan", "digits_rf_gan") else ["sampler=euler", "nfe=1"]
-        # a run directory named like the model: the name still means the shipped one
-        done, out = fewstep_sample(installed, model, f"model={model}", *sampler)
-        assert "NFE used per sample: 1" in done.stdout and (out / "samples.png").stat().st_size > 100
+    flows = [m for m in shipped if m not in ("digits_gan", "digits_rf_gan")]
+    generators = [m for m in shipped if m in ("digits_gan", "digits_rf_gan")]
+    target, elsewhere, _ = installed
+    for models, sampler in ((flows, ["sampler=euler", "nfe=1"]), (generators, [])):
+        if not models:
+            continue
+        sweep = "flows" if sampler else "generators"
+        done = python(installed, str(target / "bin" / "fewstep-sample"), "-m", f"model={','.join(models)}", *sampler,
+                      "num_samples=2", "out_dir=${hydra:runtime.choices.model}", f"hydra.sweep.dir={elsewhere / sweep}")
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.count("NFE used per sample: 1") == len(models), done.stdout
+        for model in models:
+            out = elsewhere / model
+            assert f"wrote {model}/samples.png" in done.stdout or f"wrote {out / 'samples.png'}" in done.stdout, done.stdout
+            assert (out / "samples.png").stat().st_size > 100

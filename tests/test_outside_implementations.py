@@ -14,26 +14,13 @@ import torch
 from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler, IPNDMScheduler
 
 from fewstep import samplers
+from helpers import TOLERANCE, mixture, standard_noise
+
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # numpy, in diffusers
 
 STEPS = [4, 7, 10]
-# max |ours - diffusers| / max(1, max |x|) over every evaluated state and the result. Measured:
-# 2e-7 to 9e-6, and 2.5e-5 for DPM-Solver at 4 steps on the exponential grid: diffusers keeps the
-# sample and the network output in float32, and its epsilon -> x0 conversion at sigma = 157
-# multiplies their rounding by sigma (with its tables widened to float64, Heun agrees to 1e-14 and
-# the others to 1e-6). The algorithmic faults tried against this file move it by 1e-3 or more.
-TOLERANCE = 1e-4
-
-
-def mixture(zero_mean=False):
-    """Three unequal 2-D Gaussians. `zero_mean` reweights them so the mixture's mean is 0."""
-    weights = [3, 3, 1] if zero_mean else [0.3, 0.5, 0.2]  # [3, 3, 1]: -2*3 + 2*3 + 0 = 0, 0 + 3 - 3 = 0
-    return samplers.GMMDenoiser(means=[[-2.0, 0.0], [2.0, 1.0], [0.0, -3.0]], stds=[0.3, 0.5, 0.2],
-                                weights=weights)
-
-
-def standard_noise(seed=0, n=64):
-    return torch.randn(n, 2, generator=torch.Generator().manual_seed(seed))
+# TOLERANCE: max |ours - diffusers| / max(1, max |x|) over every evaluated state and the result (see
+# helpers.py for what was measured); mixture, standard_noise: helpers.py, shared with test_amed.
 
 
 class Recorder:

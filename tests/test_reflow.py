@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import tiny_unet
+from helpers import tiny_unet
 from fewstep import samplers
 from fewstep.flows import (DistillationObjective, MLPVelocity, PairsDataset, RectifiedFlowObjective,
                            straightness, write_pairs)

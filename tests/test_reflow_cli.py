@@ -1,31 +1,23 @@
 """A ReFlow round from the command line, as a user runs it: train a rectified flow on 2-D moons
 (net=mlp2d), write its reflow pairs (scripts/reflow_pairs.py), train the next round on them from the
-first round's weights (data=pairs, init_from), and check that the second flow is straighter."""
+first round's weights (data=pairs, init_from), and check that the second flow is straighter. The
+commands run in this process (helpers.run_cli); under `accelerate launch`, in processes of their own,
+in test_reflow_multiprocess.py."""
 import csv
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import ROOT
+from helpers import ok, run_cli
 from fewstep import samplers
 from fewstep.flows import PairsDataset, straightness
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 TRAIN = ["objective=rectified_flow", "net=mlp2d", "train.batch_size=256", "train.warmup_steps=0", "train.log_every=100",
          "train.ema_decay=0.99", "train.cpu=true"]
 
 
 def run(script, *overrides):
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / script), *map(str, overrides)], cwd=ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=300)
-
-
-def ok(done):
-    assert done.returncode == 0, f"{' '.join(done.args[1:])}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
-    return done
+    return run_cli(script, *overrides)
 
 
 @pytest.fixture(scope="module")

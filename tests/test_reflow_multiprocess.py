@@ -4,23 +4,19 @@ two-process round killed with SIGKILL after a checkpoint and started again ends 
 uninterrupted one does (as test_training.py checks for the diffusion objective in one process)."""
 import csv
 import json
-import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, accelerate_launch
+from helpers import ENV, ROOT, command, finish, ok, output, run_cli, start, stop  # noqa: F401 (ENV)
 from fewstep.flows import PairsDataset
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 TRAIN = ["objective=rectified_flow", "net=mlp2d", "train.warmup_steps=0", "train.ema_decay=0.99", "train.cpu=true"]
 # 1200 pairs in 5 shards (the last of 176): process 0 makes shards 0, 2, 4 and process 1 shards 1, 3
 PAIRS = ["model=mlp2d", "sampler=euler", "steps=20", "num_pairs=1200", "shard_size=256", "batch_size=128",
@@ -31,20 +27,6 @@ ROUND2 = [*TRAIN, "data=pairs", "train.batch_size=128", "train.lr=1e-3", "train.
           "train.checkpoint_every=60", "train.log_every=20"]
 
 
-def script(name):
-    return str(ROOT / "scripts" / name)
-
-
-def command(name, *overrides, processes=1):
-    launcher = [sys.executable] if processes == 1 else accelerate_launch(processes)
-    return [*launcher, script(name), *map(str, overrides)]
-
-
-def ok(done):
-    assert done.returncode == 0, f"{' '.join(done.args)}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
-    return done
-
-
 def run(cmd, timeout=120):
     return ok(subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout))
 
@@ -53,69 +35,21 @@ def losses(run_dir):
     return [float(row["loss"]) for row in csv.DictReader(open(run_dir / "loss.csv"))]
 
 
-def start(cmd, logs):
-    """Start a run in a session of its own, its stdout and stderr going to `logs`.out and `logs`.err
-    (files, not pipes: nothing has to read them while it runs)."""
-    with open(f"{logs}.out", "w") as out, open(f"{logs}.err", "w") as err:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=out, stderr=err, text=True, start_new_session=True)
-    proc.logs = logs
-    return proc
-
-
-def output(proc):
-    return subprocess.CompletedProcess(proc.args, proc.returncode, open(f"{proc.logs}.out").read(),
-                                       open(f"{proc.logs}.err").read())
-
-
-def finish(proc, timeout=150):
-    """Wait for a run `start` began; its CompletedProcess (the run must succeed)."""
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        kill_tree(proc)
-        raise
-    return ok(output(proc))
-
-
-def kill_tree(launcher: subprocess.Popen) -> None:
-    """SIGKILL the launcher's process group and every worker: torch's elastic agent starts each worker
-    in a session of its own, so killing the launcher's group alone would leave them training."""
-    try:
-        victims = psutil.Process(launcher.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        victims = []
-    for child in victims:
-        try:
-            os.killpg(child.pid, signal.SIGKILL)  # a worker leads its own group; otherwise the launcher's
-        except (ProcessLookupError, PermissionError):
-            pass
-    try:
-        os.killpg(launcher.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    launcher.wait(timeout=30)
-    _, alive = psutil.wait_procs(victims, timeout=30)
-    assert not alive, f"still running after SIGKILL: {alive}"
-
-
-def stop(*procs):
-    """SIGKILL those of the runs `start` began that are still running."""
-    for proc in procs:
-        if proc.poll() is None:
-            kill_tree(proc)
+# start, output, finish, kill_tree, stop: helpers.py
 
 
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory):
-    """A small 1-RF on moons, and its pairs written by one process and, at the same time, by two."""
+    """A small 1-RF on moons (trained in this process, helpers.run_cli), and its pairs written by two
+    processes (`accelerate launch`) and, at the same time, by one (this one)."""
     tmp = tmp_path_factory.mktemp("reflow_mp")
-    run(command("train.py", *TRAIN, "data=moons", "train.batch_size=256", "train.lr=3e-3", "train.steps=300",
-                "train.checkpoint_every=300", "train.log_every=100", f"out_dir={tmp / 'round1'}"))
+    ok(run_cli("train.py", *TRAIN, "data=moons", "train.batch_size=256", "train.lr=3e-3", "train.steps=300",
+               "train.checkpoint_every=300", "train.log_every=100", f"out_dir={tmp / 'round1'}"))
     model = f"model.path={tmp / 'round1' / 'model'}"
-    runs = [start(command("reflow_pairs.py", *PAIRS, model, f"out_dir={tmp / 'pairs1'}"), tmp / "pairs1"),
-            start(command("reflow_pairs.py", *PAIRS, model, f"out_dir={tmp / 'pairs2'}", processes=2), tmp / "pairs2")]
+    runs = [start(command("reflow_pairs.py", *PAIRS, model, f"out_dir={tmp / 'pairs2'}", processes=2), tmp / "pairs2")]
     try:
-        one, two = map(finish, runs)
+        one = ok(run_cli("reflow_pairs.py", *PAIRS, model, f"out_dir={tmp / 'pairs1'}"))
+        (two,) = map(finish, runs)
     finally:
         stop(*runs)
     return tmp, one, two

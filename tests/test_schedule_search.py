@@ -14,7 +14,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import ROOT
+from helpers import ROOT, run_cli
 from fewstep import samplers
 from fewstep.tuning import schedule_search, schedule_tables
 from fewstep.tuning.schedule_search import (PRIOR_MARGIN, Grid, SearchResult, _GridParameters, lever_grids,
@@ -503,8 +503,9 @@ def test_kind_table_reads_the_file_given_and_refuses_what_it_lacks(model_with_ta
 
 
 def test_the_search_command_writes_a_table_that_sample_py_samples_on(tmp_path):
-    """search_schedule.py on the analytic mixture, write=true into a table file, then sample.py
-    with schedule.kind=table samples on exactly that grid and says so in its first line."""
+    """search_schedule.py on the analytic mixture, write=true into a table file (end to end, in a
+    Python process of its own), then sample.py (in this process) with schedule.kind=table samples on
+    exactly that grid and says so in its first line."""
     table = tmp_path / "gmm-dpmpp_2m.json"
     env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
     search = subprocess.run([sys.executable, str(ROOT / "scripts" / "search_schedule.py"), "model=gmm",
@@ -515,10 +516,8 @@ def test_the_search_command_writes_a_table_that_sample_py_samples_on(tmp_path):
     entry = json.loads(table.read_text())["by_nfe"]["4"]
     assert entry["command"].startswith("python scripts/search_schedule.py model=gmm sampler=dpmpp_2m")
     assert entry["held_out_ode_error"] <= entry["default_held_out_ode_error"]
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "sample.py"), "model=gmm", "sampler=dpmpp_2m",
-                           "nfe=4", "schedule.kind=table", f"schedule.table={table}", "num_samples=8",
-                           f"out_dir={tmp_path / 'sample'}"], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
+    done = run_cli("sample.py", "model=gmm", "sampler=dpmpp_2m", "nfe=4", "schedule.kind=table",
+                   f"schedule.table={table}", "num_samples=8", f"out_dir={tmp_path / 'sample'}")
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.splitlines()[0] == f"schedule: table, the searched grid for NFE 4 ({table})"
     import numpy as np

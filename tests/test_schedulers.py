@@ -3,9 +3,6 @@ from the command line."""
 import inspect
 import json
 import math
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,13 +11,11 @@ import diffusers
 from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, DiffusionPipeline, EDMEulerScheduler
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers
 from diffusers.utils import DummyObject
-from diffusers.utils.torch_utils import randn_tensor
 
 from fewstep import samplers
 from fewstep.suites.tiny_pipelines import tiny_text_to_image
-from conftest import ROOT, tiny_unet
+from helpers import TABLE, assert_same_images, fewstep, reference, run_cli
 from fewstep.pipelines import FewstepScheduler
-from test_diffusers_parity import TABLE, NoiseLikeUNet
 
 SAMPLERS = ["ddim", "euler", "heun", "dpmpp_2m", "ipndm"]
 
@@ -29,33 +24,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models on o
 
 
 def run(*overrides):
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / "sample.py"), *overrides], capture_output=True,
-                          text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    """sample.py with these overrides, in this process (helpers.run_cli)."""
+    return run_cli("sample.py", *overrides)
 
 
-@pytest.fixture(scope="module")
-def noise_like_unet():
-    torch.manual_seed(0)
-    return NoiseLikeUNet.from_config(tiny_unet().config).eval()
-
-
-def fewstep(name="ddim", **config):
-    return FewstepScheduler.from_config(DDPMScheduler(**TABLE).config, sampler=name, **config)
-
-
-def reference(denoiser, name, grid, shape, seed, **options):
-    """`samplers.sample` from the noise a pipeline draws first, scaled to diffusers' unit-variance
-    start (docs/conventions.md §2), with the rest of the seed's stream left for the sampler."""
-    generator = torch.Generator().manual_seed(seed)
-    noise_vp = randn_tensor(shape, generator=generator)
-    s0 = float(grid[0])
-    return samplers.sample(name, denoiser, noise_vp * math.sqrt(1 + s0 ** 2) / s0, grid, generator=generator, **options)
-
-
-def assert_same_images(ours, theirs):
-    """Equal to 1e-5, with enough pixels inside (0, 1) that the final clamp hides nothing."""
-    assert ((theirs > 0) & (theirs < 1)).float().mean() > 0.2
-    assert (ours - theirs).abs().max() < 1e-5
+# the fixture noise_like_unet: conftest; fewstep, reference, assert_same_images: helpers.py
 
 
 @pytest.mark.parametrize("pipeline_cls", [DDPMPipeline, DDIMPipeline])

@@ -3,7 +3,7 @@ import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
 
 from fewstep import samplers
-from conftest import ROOT, tiny_unet
+from helpers import ROOT, run_cli, run_script, tiny_unet
 
 
 def tiny_conditional_unet():
@@ -117,16 +117,15 @@ def tiny_pipeline(tmp_path):
 
 def test_skiptune_sampler_configs_change_the_samples(tmp_path, tiny_pipeline):
     import numpy as np
-    from test_cli import run
 
     common = ["model=diffusers", f"model.path={tiny_pipeline}", "num_samples=4", "steps=3"]
-    plain = run("sample.py", *common, "sampler=ddim", f"out_dir={tmp_path / 'plain'}")
-    tuned = run("sample.py", *common, "sampler=ddim+skiptune", "sampler.skip.rho_bottom=0.5", f"out_dir={tmp_path / 'tuned'}")
+    plain = run_cli("sample.py", *common, "sampler=ddim", f"out_dir={tmp_path / 'plain'}")
+    tuned = run_cli("sample.py", *common, "sampler=ddim+skiptune", "sampler.skip.rho_bottom=0.5", f"out_dir={tmp_path / 'tuned'}")
     assert plain.returncode == 0 and tuned.returncode == 0, tuned.stderr
     assert "Skip-Tuning: rho_top 1.0, rho_bottom 0.5" in tuned.stdout
     a, b = (np.load(tmp_path / d / "samples.npz")["samples"] for d in ("plain", "tuned"))
     assert not np.allclose(a, b, atol=1e-4)
-    bad = run("sample.py", *common, "sampler=ddim+skiptune", "sampler.skip.rho_bottom=-1", f"out_dir={tmp_path / 'bad'}")
+    bad = run_cli("sample.py", *common, "sampler=ddim+skiptune", "sampler.skip.rho_bottom=-1", f"out_dir={tmp_path / 'bad'}")
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1] == "error: rho_bottom must be a positive number, got -1.0"
 
 
@@ -138,11 +137,10 @@ def test_the_calibrated_fixed_grid_samplers_have_a_skiptune_config_and_factors_b
 
 
 def test_calibration_scans_the_grid_and_writes_nothing_unasked(tmp_path, tiny_pipeline):
+    """calibrate_skiptune.py end to end, in a Python process of its own."""
     import json
 
-    from test_cli import run
-
-    done = run("calibrate_skiptune.py", "model=diffusers", f"model.path={tiny_pipeline}", "data.image_size=8",
+    done = run_script("calibrate_skiptune.py", "model=diffusers", f"model.path={tiny_pipeline}", "data.image_size=8",
                "extractor=raw", "num_samples=40", "batch_size=40", "rho_grid=[0.5,1.0]", "nfes=[2]", "write=false",
                f"cache_dir={tmp_path / 'cache'}", f"out_dir={tmp_path}")
     assert done.returncode == 0, done.stderr

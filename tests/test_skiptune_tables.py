@@ -7,7 +7,7 @@ import pytest
 from diffusers import DDPMPipeline, DDPMScheduler
 from omegaconf import OmegaConf
 
-from conftest import ROOT, tiny_unet
+from helpers import ROOT, tiny_unet
 from fewstep import samplers
 from fewstep.cli.sampling import skip_tuning_for
 from fewstep.tuning import skiptune_tables, store

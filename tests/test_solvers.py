@@ -6,17 +6,7 @@ import pytest
 import torch
 
 from fewstep import samplers
-STEPS = [16, 32, 64]
-
-
-@pytest.fixture(scope="module")
-def problem():
-    gmm = samplers.GMMDenoiser(means=[[-2.0, 0.0], [2.0, 1.0], [0.0, -3.0]], stds=[0.3, 0.5, 0.2],
-                               weights=[0.3, 0.5, 0.2])
-    noise = torch.randn(256, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    sigmas = samplers.get_sigmas("karras", 4, gmm.sigma_min, gmm.sigma_max)
-    exact = samplers.sample("dopri5", gmm, noise, sigmas, rtol=1e-10, atol=1e-10)
-    return gmm, noise, exact
+from helpers import STEPS  # the fixture `problem` (the exact solution): conftest
 
 
 def observed_order(problem, name):

@@ -4,7 +4,7 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from conftest import tiny_unet
+from helpers import tiny_unet
 from fewstep import samplers
 from fewstep.tuning import store
 

@@ -21,17 +21,11 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from fewstep import samplers
-from conftest import ROOT, accelerate_launch, tiny_unet
+from helpers import ENV, ROOT, accelerate_launch, make_trainer, reset_accelerate, tiny_unet
 from fewstep.flows import DiffusionObjective
 from fewstep.training import NetworkOptim, Trainer
 from fewstep.training.data import ImageFolder, cifar10, digits
 from train_worker import TinyWGAN, gan_data, gan_nets, gan_trainer
-
-
-def make_trainer(out_dir, steps, objective=None, data=None, checkpoint_every=20):
-    return Trainer(tiny_unet(), objective or DiffusionObjective(), digits(image_size=8) if data is None else data,
-                   out_dir=out_dir, steps=steps, batch_size=32, lr=2e-3, warmup_steps=5,
-                   checkpoint_every=checkpoint_every, log_every=10, ema_decay=0.9, cpu=True)
 
 
 def test_training_lowers_the_loss_resumes_and_exports(tmp_path):
@@ -123,8 +117,24 @@ def test_a_nan_loss_stops_with_the_step_and_keeps_the_checkpoints(tmp_path):
 WORKER = str(ROOT / "tests" / "train_worker.py")
 
 
+def in_process(out, steps, every, *kind):
+    """train_worker's run in this process (its own Accelerator, then accelerate's state forgotten): the
+    uninterrupted runs and the resumes of the SIGKILL tests, whose victims are processes of their own.
+    One thread, as the victims (ENV): the same arithmetic, and no threads spinning on a busy machine."""
+    import train_worker
+
+    threads = torch.get_num_threads()
+    reset_accelerate()
+    torch.set_num_threads(1)
+    try:
+        train_worker.main(Path(out), int(steps), int(every), *kind)
+    finally:
+        torch.set_num_threads(threads)
+        reset_accelerate()
+
+
 def test_two_cpu_processes_really_train_together(tmp_path):
-    subprocess.run([*accelerate_launch(2), WORKER, str(tmp_path), "4", "100"], check=True, capture_output=True)
+    subprocess.run([*accelerate_launch(2), WORKER, str(tmp_path), "4", "100"], check=True, capture_output=True, env=ENV)
     infos = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert all(info == {"num_processes": 2, "batch_shape": [8, 1, 8, 8]} for info in infos)
     rank0, rank1 = (load_file(str(tmp_path / f"rank{r}.safetensors")) for r in (0, 1))
@@ -135,8 +145,8 @@ def test_two_cpu_processes_really_train_together(tmp_path):
 
 def test_a_run_killed_with_sigkill_resumes_to_the_same_parameters(tmp_path):
     steps, every = "100", "5"
-    subprocess.run([sys.executable, WORKER, str(tmp_path / "straight"), steps, every], check=True, capture_output=True)
-    victim = subprocess.Popen([sys.executable, WORKER, str(tmp_path / "killed"), steps, every],
+    in_process(tmp_path / "straight", steps, every)
+    victim = subprocess.Popen([sys.executable, WORKER, str(tmp_path / "killed"), steps, every], env=ENV,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoint = tmp_path / "killed" / "run" / "checkpoints" / "step_00000015"
     deadline = time.monotonic() + 120
@@ -145,7 +155,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_parameters(tmp_path):
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     assert not (tmp_path / "killed" / "rank0.safetensors").exists(), "the run finished before the kill"
-    subprocess.run([sys.executable, WORKER, str(tmp_path / "killed"), steps, every], check=True, capture_output=True)
+    in_process(tmp_path / "killed", steps, every)
     straight, resumed = (load_file(str(tmp_path / d / "rank0.safetensors")) for d in ("straight", "killed"))
     assert max((straight[k] - resumed[k]).abs().max().item() for k in straight) <= 1e-6
     logged = [(tmp_path / d / "run" / "loss.csv").read_text().splitlines() for d in ("straight", "killed")]
@@ -158,13 +168,12 @@ def test_two_networks_killed_with_sigkill_resume_to_the_same_weights_emas_and_op
     def worker(run, *kill_at):
         return [sys.executable, WORKER, str(tmp_path / run), "30", "5", "gan", *kill_at]
 
-    straight = subprocess.Popen(worker("straight"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    killed = subprocess.run(worker("killed", "23"), capture_output=True)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
+    killed = subprocess.Popen(worker("killed", "23"), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    in_process(tmp_path / "straight", "30", "5", "gan")  # meanwhile, in this process
+    assert killed.wait() == -signal.SIGKILL, killed.stderr.read().decode()[-2000:]
     checkpoints = tmp_path / "killed" / "run" / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["step_00000015", "step_00000020"]
-    subprocess.run(worker("killed"), check=True, capture_output=True)
-    assert straight.wait() == 0, straight.stderr.read().decode()[-2000:]
+    in_process(tmp_path / "killed", "30", "5", "gan")
     straight, resumed = (load_file(str(tmp_path / d / "rank0.safetensors")) for d in ("straight", "killed"))
     assert {k.split(".")[0] + "." + k.split(".")[1] for k in straight} == {
         "critic.0", "critic.2", "generator.0", "generator.2", "ema.critic", "ema.generator",

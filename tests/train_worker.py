@@ -102,7 +102,7 @@ def main(out: Path, steps: int, every: int, kind: str = "unet", kill_at: int | N
         objective = TinyWGAN() if kill_at is None else die_at(TinyWGAN(), kill_at)
         trainer = gan_trainer(out / "run", steps, every, objective=objective)
     else:
-        from conftest import tiny_unet
+        from helpers import tiny_unet
         from fewstep.flows import DiffusionObjective
         from fewstep.training import Trainer
         from fewstep.training.data import digits
