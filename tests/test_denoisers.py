@@ -12,6 +12,8 @@ from helpers import tiny_unet
 X0 = torch.linspace(-0.9, 0.9, 64, dtype=torch.float64).reshape(1, 1, 8, 8)
 SIGMAS = [157.0, 10.0, 1.0, 0.3, 0.02]
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models on one thread
+
 
 class VPOracle(torch.nn.Module):
     """The exact network of a data set holding the one image X0, for each prediction type."""

@@ -130,6 +130,7 @@ def test_images_the_extractor_cannot_take_are_refused(x, message):
         get_extractor("digits")(x)
 
 
+@pytest.mark.usefixtures("one_thread")  # Inception-v3 on 299x299: two threads spin when the cores are busy
 def test_inception_weights_load_from_a_local_file_and_a_missing_one_is_named(tmp_path, monkeypatch):
     import torch_fidelity.feature_extractor_inceptionv3 as tf
 

@@ -28,6 +28,8 @@ from fewstep.training.data import ImageFolder, cifar10, digits
 from train_worker import TinyWGAN, gan_data, gan_nets, gan_trainer
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models on one thread
+
 def test_training_lowers_the_loss_resumes_and_exports(tmp_path):
     make_trainer(tmp_path, steps=40).fit()
     rows = list(csv.DictReader(open(tmp_path / "loss.csv")))
