@@ -27,6 +27,7 @@ from safetensors.torch import load_file
 from fewstep import samplers
 from helpers import ROOT, ok, run_cli, the_error
 from fewstep.evaluation import frechet_distance, save_stats
+from fewstep.tuning import store
 
 # A 45k-parameter 8x8 UNet on 8x8 digits, 12 steps, a checkpoint every 4 steps (2 kept), a loss row every 2.
 TRAIN = ["net=unet_tiny", "data.image_size=8", "train.steps=12", "train.batch_size=16", "train.lr=2e-3",
@@ -135,12 +136,12 @@ def _eval_missing(tmp):
 
 
 def _calibrate(tmp):
-    table = tmp / "tables" / "ddim+skiptune.yaml"
-    tracked = (ROOT / "conf" / "sampler" / "ddim+skiptune.yaml").read_bytes()
+    table = tmp / "tables" / "ddim.json"
+    tracked = (ROOT / "assets" / "digits_ddpm" / "skiptune" / "ddim.json").read_bytes()
     done = run("calibrate_skiptune.py", *CALIBRATE, f"table={table}", f"cache_dir={tmp / 'cache'}",
                f"out_dir={tmp / 'calibrate'}")
     return {"done": done, "table": table, "tracked_before": tracked,
-            "tracked_after": (ROOT / "conf" / "sampler" / "ddim+skiptune.yaml").read_bytes()}
+            "tracked_after": (ROOT / "assets" / "digits_ddpm" / "skiptune" / "ddim.json").read_bytes()}
 
 
 JOBS = {f.__name__.lstrip("_"): f for f in (
@@ -330,19 +331,24 @@ def calibrate_config(*overrides):
 
 
 def test_calibration_writes_no_table_unless_asked(tmp_path):
-    from fewstep.samplers.skip_tuning import table_path
+    from fewstep.cli.setup import model_of
     from fewstep.scripts import calibrate_skiptune
 
     cfg = calibrate_config()
     assert cfg.write is False and cfg.table is None
-    assert table_path("heun", cfg.table) == ROOT / "conf" / "sampler" / "heun+skiptune.yaml"
-    assert table_path("heun", calibrate_config(f"table={tmp_path}/t.yaml").table) == tmp_path / "t.yaml"
-    # A table path without write=true is refused before any sampling (main as Hydra calls it, unwrapped).
+    model = model_of(cfg)
+    assert calibrate_skiptune.table_path(cfg, model) == ROOT / "assets" / "digits_ddpm" / "skiptune" / "ddim.json"
+    assert calibrate_skiptune.table_path(calibrate_config(f"table={tmp_path}/t.json"), model) == tmp_path / "t.json"
+    # Refused before any sampling (main as Hydra calls it, unwrapped): a table path without write=true, a
+    # directory, a model without a directory to store beside, an adaptive sampler.
     unwrapped = calibrate_skiptune.main.__wrapped__.__wrapped__
-    with pytest.raises(ValueError, match=re.escape(f"table={tmp_path}/t.yaml is only written with write=true")):
-        unwrapped(calibrate_config(f"table={tmp_path}/t.yaml"))
+    with pytest.raises(ValueError, match=re.escape(f"table={tmp_path}/t.json is only written with write=true")):
+        unwrapped(calibrate_config(f"table={tmp_path}/t.json"))
     with pytest.raises(ValueError, match=re.escape(f"table={tmp_path} is a directory")):
         unwrapped(calibrate_config(f"table={tmp_path}", "write=true"))
+    with pytest.raises(ValueError, match=re.escape("GMMDenoiser was not loaded from a directory: give write=true a "
+                                                   "table=FILE")):
+        unwrapped(calibrate_config("model=gmm", "write=true"))
     with pytest.raises(ValueError, match=re.escape("Skip-Tuning is calibrated for fixed-grid samplers, got 'dopri5'")):
         unwrapped(calibrate_config("sampler=dopri5"))
 
@@ -360,14 +366,13 @@ def test_calibration_writes_the_best_rho_per_nfe_where_asked(runs):
     assert sorted(scores) == [0.8, 1.0] and len(set(scores.values())) == 2, done.stdout
     best = min(scores, key=scores.get)
 
-    text = r["table"].read_text()
-    table = OmegaConf.to_container(OmegaConf.create(text))
-    assert table["defaults"] == ["ddim", "_self_"]
-    assert table["skip"]["by_nfe"] == {3: best}
-    assert table["skip"]["rho_top"] == 1.0 and table["skip"]["rho_bottom"] is None
-    header = [line for line in text.splitlines() if line.startswith("#")]
+    table = json.loads(r["table"].read_text())
+    assert (table["sampler"], table["model"], table["rho_top"]) == ("ddim", "digits_ddpm", 1.0)
+    assert table["fingerprint"] == store.fingerprint(samplers.from_pretrained("digits_ddpm"))
     command = "python scripts/calibrate_skiptune.py " + " ".join(
         [*CALIBRATE, f"table={r['table']}", f"cache_dir={runs.tmp / 'cache'}", f"out_dir={runs.tmp / 'calibrate'}"])
-    assert f"#   {command}" in header
-    assert f"NFE 3: {scores[1.0]:.2f} -> {scores[best]:.2f}" in text
+    entry = table["by_nfe"]["3"]
+    assert entry["rho_bottom"] == best and entry["command"] == command and entry["grid"].startswith("schedule: ")
+    assert entry["fd"] == pytest.approx(scores[best], abs=5e-4) and entry["fd_plain"] == pytest.approx(scores[1.0], abs=5e-4)
+    assert f"best factors: rho_top 1.0, NFE 3: rho_bottom {best} (FD {scores[best]:.3f})" in done.stdout
 
