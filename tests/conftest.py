@@ -3,7 +3,7 @@ from there, never from each other)."""
 import pytest
 import torch
 
-from helpers import ROOT, NoiseLikeUNet, accelerate_launch, mixture_problem, tiny_unet  # noqa: F401 (ROOT, accelerate_launch: for old imports)
+from helpers import NoiseLikeUNet, mixture_problem, tiny_unet
 
 
 @pytest.fixture(scope="module")
