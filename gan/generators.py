@@ -5,7 +5,6 @@ evaluation (`evaluation.generators.GeneratorFn` samples it by seed)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import torch
 from torch import nn

@@ -10,7 +10,7 @@ from sklearn.datasets import load_digits
 
 from helpers import ROOT, accelerate_launch, finish, ok, run_cli, start, stop
 from fewstep.evaluation import FeatureStats, frechet_distance, get_extractor, load_stats, save_stats
-from fewstep.evaluation.features import DigitsClassifier, InceptionFeatures, check_images
+from fewstep.evaluation.features import InceptionFeatures, check_images
 from fewstep.evaluation.fid import gmm_stats
 from fewstep.training.data import digits
 

@@ -1,5 +1,4 @@
 """Samplers against the exact ODE solution of an analytic Gaussian mixture."""
-import math
 
 import numpy as np
 import pytest
