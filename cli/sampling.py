@@ -62,8 +62,9 @@ def _predictor_grid(kind, others, sc, predictor, device):
                                      f"(NFE {predictor.config.nfe}, afs {predictor.config.afs})")
 
 
-def _searched(cfg, kind, others, denoiser, path):
-    """`(nfe, sigmas)` of the table at `path` for the config, or None (schedule.kind auto falls back)."""
+def _searched(cfg, kind, others, denoiser, path, steps: int):
+    """`(nfe, sigmas)` of the table at `path` for the config (`steps`: its step count on a computed
+    grid), or None (schedule.kind auto falls back)."""
     sc, name, options = cfg.schedule, cfg.sampler.name, dict(cfg.sampler.options)
     table = schedule_tables.load(path) if path is not None and path.is_file() else None
     usable = table is not None and (kind == "table" or (
@@ -77,7 +78,7 @@ def _searched(cfg, kind, others, denoiser, path):
                                  f"{', '.join(map(str, sorted(schedule_tables.entries(path))))}")
             return None
         return schedule_tables.best_within(path, denoiser, name, options, cfg.nfe)
-    steps = steps_of(cfg)  # a step count: the entry of that many steps at the NFE they cost on a grid ending at 0
+    # a step count: the entry of that many steps at the NFE they cost on a grid ending at 0
     target = nfe_of(name, computed_grid("karras", steps, sc, denoiser, name), options)
     entry = table["by_nfe"].get(str(target))
     if kind == "table" or (entry is not None and len(entry["sigmas"]) - 1 == steps):
@@ -113,7 +114,7 @@ def planned_grid(cfg, denoiser, device=None, predictor=None):
     path = Path(sc.table).expanduser() if kind == "table" else schedule_tables.default_path(denoiser, name)
     if kind == "table" and not path.is_file():
         raise FileNotFoundError(f"no schedule table at {path}")
-    found = _searched(cfg, kind, others, denoiser, path)
+    found = _searched(cfg, kind, others, denoiser, path, steps)
     if found is not None:
         nfe, sigmas = found
         budget = f" (budget {cfg.nfe})" if cfg.nfe is not None and cfg.nfe != nfe else ""

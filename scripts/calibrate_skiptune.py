@@ -16,7 +16,7 @@ from fewstep import samplers
 from fewstep.cli import schemas
 from fewstep.cli.common import CONFIG_PATH, accelerator_for, one_line_errors
 from fewstep.cli.sampling import from_config
-from fewstep.cli.setup import model_of, reference
+from fewstep.cli.setup import reference
 from fewstep.evaluation import get_extractor
 from fewstep.tuning import skiptune_tables
 from fewstep.tuning.calibration import best_factors, scan
@@ -45,16 +45,16 @@ def main(cfg):
         raise ValueError(f"Skip-Tuning is calibrated for fixed-grid samplers, got {name!r}")
     if cfg.table is not None and not cfg.write:
         raise ValueError(f"table={cfg.table} is only written with write=true")
-    path = table_path(cfg, model_of(cfg)) if cfg.write else None
     acc, device = accelerator_for(cfg.device)
     extractor = get_extractor(cfg.extractor, cfg.extractor_weights).to(device)
     seeds = list(range(cfg.seed, cfg.seed + cfg.num_samples))
-    stats, results, grids, model = None, {}, {}, None
+    stats, results, grids, model, path = None, {}, {}, None, None
     for target in cfg.nfes:
         run = from_config(OmegaConf.merge(cfg, {"nfe": target}), device)
         if run.planned_nfe in results:  # a target that rounds to an NFE already scanned (Heun: odd NFE only)
             continue
-        if stats is None:
+        if stats is None:  # the first run: where write=true stores the factors (refused before any sampling)
+            path = table_path(cfg, run.model) if cfg.write else None
             stats, model = reference(cfg, run.model, extractor, acc, device), run.model
         grids[run.planned_nfe] = run.lines[0]
         rows = results[run.planned_nfe] = []
