@@ -6,8 +6,8 @@ import inspect
 
 import torch
 
-from ..samplers import sample_seeds, seeded_noise
-from ..samplers.noise import generators
+from ..samplers import sample_seeds
+from ..samplers.noise import generators, seeded_noise
 
 
 class SamplerFn:
