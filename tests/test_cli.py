@@ -2,7 +2,6 @@
 `accelerate launch`; the other checks run the same command lines in this process (helpers.run_cli)."""
 import re
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -11,21 +10,17 @@ import torch
 from helpers import ROOT, accelerate_launch, run_cli
 
 
-def run(script, *overrides):
-    """The end-to-end run: `python scripts/<script>` in a process of its own."""
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / script), *overrides], capture_output=True,
-                          text=True, cwd=ROOT)
-
-
 def test_sampling_the_embedded_default_model_writes_a_grid_and_the_samples_it_shows(tmp_path):
-    """`samples.npz` holds the images of `samples.png`, in [-1, 1] (few-step Skip-Tuning overshoots it)."""
+    """`samples.npz` holds the images of `samples.png`, in [-1, 1] (few-step Skip-Tuning overshoots it).
+    In this process (helpers.run_cli); the installed console command runs it end to end (test_install)."""
     import torch
     from PIL import Image
     from fewstep.evaluation.output import save_grid
 
-    done = run("sample.py", "sampler=ddim+skiptune", "num_samples=6", "steps=3", f"out_dir={tmp_path}")
+    done = run_cli("sample.py", "sampler=ddim+skiptune", "num_samples=6", "steps=3", f"out_dir={tmp_path}")
     assert done.returncode == 0, done.stderr
     assert f"wrote {tmp_path / 'samples.png'}" in done.stdout
+    assert "Skip-Tuning: rho_top 1.0, rho_bottom " in done.stdout  # the factors shipped beside the model
     samples = np.load(tmp_path / "samples.npz")["samples"]
     assert samples.shape == (6, 1, 16, 16) and samples.min() >= -1 and samples.max() <= 1
     save_grid(torch.from_numpy(samples), tmp_path / "again.png")
