@@ -77,11 +77,12 @@ def _dtype(module: nn.Module) -> torch.dtype:
     return next(itertools.chain(module.parameters(), module.buffers()), torch.empty(0)).dtype
 
 
-def _unet_sample_shape(unet: nn.Module):
-    """The network's own `sample_shape`, else (C, H, W) from a diffusers UNet's config, else None."""
-    if getattr(unet, "sample_shape", None) is not None:
-        return tuple(unet.sample_shape)
-    config = getattr(unet, "config", None)
+def sample_shape_of(net: nn.Module):
+    """The shape of the samples a network (or denoiser) makes: its own `sample_shape`, else (C, H, W) from a
+    diffusers UNet's config, else None."""
+    if getattr(net, "sample_shape", None) is not None:
+        return tuple(net.sample_shape)
+    config = getattr(net, "config", None)
     size = getattr(config, "sample_size", None)
     if isinstance(size, int):
         size = (size, size)
@@ -185,7 +186,7 @@ class DiffusersUNetDenoiser(nn.Module):
         self.alphas_cumprod = torch.as_tensor(alphas_cumprod).double().cpu()
         self.log_sigmas = table.log()
         self.sigma_min, self.sigma_max = float(table[0]), float(table[-1])
-        self.sample_shape = _unet_sample_shape(unet)
+        self.sample_shape = sample_shape_of(unet)
 
     @classmethod
     def from_config(cls, unet: nn.Module, scheduler_config: dict) -> "DiffusersUNetDenoiser":
@@ -250,7 +251,7 @@ class FlowDenoiser(nn.Module):
         super().__init__()
         self.velocity_model, self.time_scale, self.shift = velocity_model, time_scale, shift
         self.sigma_min, self.sigma_max = sigma_min, sigma_max
-        self.sample_shape = tuple(sample_shape) if sample_shape is not None else _unet_sample_shape(velocity_model)
+        self.sample_shape = tuple(sample_shape) if sample_shape is not None else sample_shape_of(velocity_model)
 
     def shifted(self, grid: torch.Tensor) -> torch.Tensor:
         """`grid` with its times shifted by `shift`; a dynamic shift's `mu` from the sequence length of

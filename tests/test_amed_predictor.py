@@ -14,10 +14,10 @@ from diffusers import DDPMScheduler
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from helpers import ROOT, command, finish, ok, run_cli, start, stop, tiny_unet
+from helpers import ROOT, command, finish, ok, run_cli, start, stop, the_error, tiny_unet
 from fewstep import samplers
 from fewstep.pipelines import FewstepScheduler
-from fewstep.tuning import amed_predictor, store
+from fewstep.tuning import amed_predictor
 from fewstep.samplers.amed import between
 from fewstep.tuning.amed_distill import AMEDDistillation, NoiseDataset, inserted, squared_distance
 from fewstep.tuning.amed_predictor import (AMEDPredictor, bottleneck, bottleneck_size, frozen_table, mid_block,
@@ -126,6 +126,31 @@ def test_the_noise_data_set_is_each_seeds_noise_and_ends_where_it_says():
         assert str(raised.value) == message
 
 
+@pytest.mark.parametrize("change, message", [
+    ({"seed": 5}, "data_settings.seed=1000000; this run has data_settings.seed=5"),
+    ({"model": "other"}, "objective_settings.fingerprint={mine}; this run has objective_settings.fingerprint={theirs}"),
+])
+def test_a_distillation_is_not_resumed_on_other_noises_or_another_model(gmm, tmp_path, change, message):
+    """run.json records the noise set (shape, size, seeds) and the model's fingerprint; a resume with another
+    of either is refused in one line naming both values."""
+    other = samplers.GMMDenoiser(means=gmm.means + 1, stds=gmm.stds, weights=gmm.weights)
+
+    def fit(model, seed):
+        objective = AMEDDistillation(model, karras(model, 3), "amed", {"afs": True}, nfe=5, held_out=4)
+        Trainer({"predictor": objective.new_predictor()}, objective, NoiseDataset(model.sample_shape, 64, seed),
+                out_dir=tmp_path, steps=1, batch_size=8, lr=5e-3, optimizer="adam", grad_clip=None, ema_decay=None,
+                checkpoint_every=1, cpu=True).fit()
+
+    fit(gmm, 1_000_000)
+    assert json.loads((tmp_path / "run.json").read_text())["data_settings"] == {"shape": [2], "size": 64,
+                                                                                  "seed": 1_000_000}
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(ValueError) as error:
+        fit(other if change.get("model") else gmm, change.get("seed", 1_000_000))
+    assert message.format(mine=samplers.fingerprint(gmm), theirs=samplers.fingerprint(other)) in str(error.value)
+    assert "\n" not in str(error.value) and {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
 @pytest.mark.parametrize("afs", [False, True])
 def test_the_predictor_reads_the_mid_block_of_each_steps_first_call_without_a_call_of_its_own(afs):
     denoiser = unet_denoiser()
@@ -184,7 +209,7 @@ def test_a_saved_predictor_loads_with_its_metadata_and_gives_the_same_samples(tm
     assert (tmp_path / "diffusion_pytorch_model.safetensors").is_file()
     assert {k: loaded.config[k] for k in ("sampler", "base", "afs", "nfe", "sigmas", "model", "fingerprint")} == {
         "sampler": "amed_plugin", "base": "dpmpp_2m", "afs": True, "nfe": 5, "sigmas": sigmas.tolist(),
-        "model": "tiny", "fingerprint": store.fingerprint(denoiser)}
+        "model": "tiny", "fingerprint": samplers.fingerprint(denoiser)}
     assert {k: v for k, v in loaded.config.items() if not k.startswith("_")} == dict(predictor.config)
     x = noise(3, 1, 8, 8)
     runs = [samplers.sample("amed_plugin", denoiser, x, sigmas, base="dpmpp_2m", afs=True, predictor=p)
@@ -298,6 +323,13 @@ def test_an_nfe_the_sampler_cannot_reach_is_refused_in_one_line(runs):
     assert refused.stderr.strip().splitlines()[-1] == (
         "error: amed with afs=True on a grid ending at sigma_min costs 3 NFE for 2 steps, not nfe=4: it reaches NFE "
         "1, 3, 5, 7, 9, 11, ...")
+
+
+def test_noise_of_another_shape_than_the_models_is_refused_before_anything_is_written(tmp_path):
+    done = run_cli("train_amed.py", *RUN, "data.shape=[3]", f"out_dir={tmp_path / 'run'}")
+    assert the_error(done) == ("error: the data (NoiseDataset) has samples of shape (3,); the model (GMMDenoiser) "
+                               "makes samples of shape (2,): use data and network of one shape")
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name not in (".hydra", "train_amed.log")]
 
 
 # -- the objective's settings -----------------------------------------------------------------------------

@@ -9,11 +9,12 @@ from diffusers import DDPMScheduler
 
 from helpers import tiny_unet
 from fewstep import samplers
-from fewstep.flows import DiffusionObjective, DistillationObjective, MLPVelocity, RectifiedFlowObjective
+from fewstep.flows import (DiffusionObjective, DistillationObjective, MLPVelocity, PairsDataset, RectifiedFlowObjective,
+                           write_pairs)
 from fewstep.gan import GANObjective
 from fewstep.samplers import Denoiser, StepGenerator, StepPredictor
 from fewstep.training import Objective
-from fewstep.tuning.amed_distill import AMEDDistillation
+from fewstep.tuning.amed_distill import AMEDDistillation, NoiseDataset
 from fewstep.tuning.amed_predictor import AMEDPredictor
 
 
@@ -68,3 +69,12 @@ def test_every_objective_is_one_and_its_settings_are_plain_values(gmm):
         assert settings and json.loads(json.dumps(settings)) == settings
         assert all(v is None or isinstance(v, (str, int, float, bool)) for v in settings.values())
     assert DiffusionObjective(beta_end=0.03).settings()["beta_end"] == 0.03
+
+
+def test_every_data_set_that_records_its_origin_gives_plain_values(gmm, tmp_path):
+    """What run.json records of reflow pairs and of AMED's noise (`training.data.data_record`)."""
+    write_pairs(gmm, "euler", [80.0, 1.0, 0.0], (2,), range(3), tmp_path, shard_size=2)
+    for data in (PairsDataset(tmp_path), NoiseDataset((2,), size=8, seed=3)):
+        settings = data.settings()
+        assert settings and json.loads(json.dumps(settings)) == settings
+    assert PairsDataset(tmp_path).settings()["fingerprint"] == samplers.fingerprint(gmm)

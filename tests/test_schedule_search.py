@@ -294,7 +294,7 @@ def test_a_table_gives_back_its_grid_and_refuses_another_model_sampler_or_nfe(se
     assert sorted(schedule_tables.entries(path)) == [2, 4, 10]
     assert schedule_tables.entries(tmp_path / "none.json") == {}
     other = samplers.GMMDenoiser(means=[[0.0, 0.0]], stds=[1.0])
-    mine, theirs = schedule_tables.fingerprint(search_gmm), schedule_tables.fingerprint(other)
+    mine, theirs = samplers.fingerprint(search_gmm), samplers.fingerprint(other)
     for call, message in [
             (lambda: schedule_tables.lookup(path, search_gmm, "ddim", {"eta": 0.0}, 5),
              f"{path} has no grid for NFE 5: it has NFE 2, 4, 10"),  # in numeric order
@@ -368,7 +368,7 @@ def test_a_written_table_holds_the_sampler_its_changed_options_the_model_and_the
     text = path.read_text()
     assert text.startswith('{\n "sampler": "euler",\n "options": {\n  "afs": true\n }')  # indent 1
     assert json.loads(text) == {
-        "sampler": "euler", "options": {"afs": True}, "model": "gmm", "fingerprint": schedule_tables.fingerprint(search_gmm),
+        "sampler": "euler", "options": {"afs": True}, "model": "gmm", "fingerprint": samplers.fingerprint(search_gmm),
         "objective": "ode_error", "by_nfe": {"9": {"sigmas": GRID[1:], "note": 9}, "10": {"sigmas": GRID, "note": 10}}}
     assert list(json.loads(text)["by_nfe"]) == ["9", "10"]  # in numeric order
     with pytest.raises(ValueError) as error:

@@ -24,7 +24,7 @@ from helpers import ENV, ROOT, accelerate_launch, make_trainer, reset_accelerate
 from fewstep.flows import DiffusionObjective
 from fewstep.training import NetworkOptim, Trainer
 from fewstep.training.data import ImageFolder, cifar10, digits
-from train_worker import TinyWGAN, gan_data, gan_nets, gan_trainer
+from train_worker import GAN_SETTINGS, TinyWGAN, gan_data, gan_nets, gan_trainer
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models on one thread
@@ -53,8 +53,10 @@ def test_training_lowers_the_loss_resumes_and_exports(tmp_path):
 
 @pytest.mark.parametrize("change, message", [
     (dict(batch_size=16), "holds a run made with batch_size=32; this run has batch_size=16"),
-    (dict(lr=1e-3), "holds a run made with networks={'net': {"),
-    (dict(objective=DiffusionObjective(prediction_type="v_prediction")), "holds a run made with objective_settings="),
+    (dict(lr=1e-3), "holds a run made with networks.net.lr=0.002; this run has networks.net.lr=0.001"),
+    (dict(objective=DiffusionObjective(prediction_type="v_prediction")),
+     "holds a run made with objective_settings.prediction_type=epsilon; this run has "
+     "objective_settings.prediction_type=v_prediction"),
 ])
 def test_resuming_with_settings_that_mix_runs_is_one_line_and_writes_nothing(tmp_path, change, message):
     make_trainer(tmp_path, steps=20).fit()
@@ -523,7 +525,8 @@ def test_run_json_holds_the_objective_and_its_public_settings_the_networks_the_d
                             "weight_decay": 0.0, "warmup_steps": 2, "grad_clip": None, "ema_decay": decay}
                      for name, parameters, lr, decay in [("critic", 2 * 16 + 16 + 16 + 1, 2e-3, 0.8),
                                                          ("generator", 2 * 16 + 16 + 16 * 2 + 2, 1e-3, 0.9)]},
-        "data_size": 256, "batch_size": 16, "seed": 0, "num_processes": 1, "mixed_precision": "bf16"}
+        "data_size": 256, "data_shape": [2], "data_settings": None, "batch_size": 16, "seed": 0, "num_processes": 1,
+        "mixed_precision": "bf16"}
     assert trainer.accelerator.mixed_precision == "bf16"
 
 
@@ -597,6 +600,18 @@ def test_settings_are_compared_only_against_a_run_with_checkpoints_and_on_every_
     (tmp_path / "run.json").write_text(json.dumps(recorded))
     with pytest.raises(ValueError, match=r"holds a run made with seed=None; this run has seed=0: use another out_dir"):
         gan_trainer(tmp_path, 4, checkpoint_every=100, batch_size=32).fit()
+
+
+def test_a_run_is_not_resumed_on_data_of_another_shape(tmp_path):
+    """The same size and networks, items of another shape (digits at another image size): refused, nothing written."""
+    gan_trainer(tmp_path, 2, checkpoint_every=2).fit()
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    other = Trainer(gan_nets(), TinyWGAN(), gan_data().repeat(1, 2), out_dir=tmp_path, steps=4, checkpoint_every=2,
+                    **GAN_SETTINGS)
+    with pytest.raises(ValueError, match=r"^.* holds a run made with data_shape=\[2\]; this run has data_shape=\[4\]: "
+                                         r"use another out_dir or the same settings$"):
+        other.fit()
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
 @pytest.mark.parametrize("networks, message", [

@@ -49,6 +49,7 @@ from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .data import data_record
 from .objective import Objective
 from .optim import NetworkOptim, network_settings
 
@@ -89,6 +90,20 @@ def checkpoints(root: Path) -> list[Path]:
     """Complete checkpoints under `root`, oldest first (a save in progress has a `.tmp` suffix)."""
     found = [p for p in root.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and p.name[len(CHECKPOINT_PREFIX):].isdigit()]
     return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+
+
+def _first_difference(old, new, prefix: str = ""):
+    """The first (sorted) key where two records differ, dotted into nested mappings, with both values
+    (a missing key reads as None); None when they agree."""
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found = _first_difference(a, b, f"{prefix}{key}.")
+            if found is not None:
+                return found
+        elif a != b:
+            return f"{prefix}{key}", a, b
+    return None
 
 
 class Trainer:
@@ -194,13 +209,14 @@ class Trainer:
 
     def _settings(self, dataset, batch_size: int, mixed_precision: str) -> dict:
         """What a resumed run must share with the run that wrote the checkpoints (run.json): the
-        objective and its settings, each network's size and training settings, the data size, the
-        batch, the seed, the processes. The step count and the checkpoint and log periods may change."""
+        objective and its settings, each network's size and training settings, the data (its size,
+        the shape of an item, what made it: `data.data_record`), the batch, the seed, the processes.
+        The step count and the checkpoint and log periods may change."""
         objective = self.objective.settings()
         nets = {name: {"parameters": sum(p.numel() for p in net.parameters()), **asdict(self.settings[name])}
                 for name, net in self.nets.items()}
         return json.loads(json.dumps({"objective": type(self.objective).__name__, "objective_settings": objective,
-                                      "networks": nets, "data_size": len(dataset), "batch_size": batch_size,
+                                      "networks": nets, **data_record(dataset), "batch_size": batch_size,
                                       "seed": self.seed, "num_processes": self.accelerator.num_processes,
                                       "mixed_precision": mixed_precision}))
 
@@ -209,11 +225,11 @@ class Trainer:
         run writes run.json."""
         path = self.out_dir / "run.json"
         if checkpoints(self.checkpoint_dir) and path.is_file():
-            old = json.loads(path.read_text())
-            for key in sorted(set(old) | set(self.run_settings)):
-                if old.get(key) != self.run_settings.get(key):
-                    raise ValueError(f"{self.out_dir} holds a run made with {key}={old.get(key)}; this run has "
-                                     f"{key}={self.run_settings.get(key)}: use another out_dir or the same settings")
+            difference = _first_difference(json.loads(path.read_text()), self.run_settings)
+            if difference is not None:
+                key, old, new = difference
+                raise ValueError(f"{self.out_dir} holds a run made with {key}={old}; this run has {key}={new}: "
+                                 "use another out_dir or the same settings")
         elif self.accelerator.is_main_process:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(self.run_settings, indent=2) + "\n")

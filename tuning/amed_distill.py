@@ -19,12 +19,12 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from ..samplers.fingerprints import fingerprint
 from ..samplers.noise import seeded_noise
 from ..samplers.schedules import RHO
 from ..samplers.solvers import SOLVERS, check_sigmas, nfe as nfe_of, resolve_options, sample, solve
 from .amed_predictor import AMEDPredictor, bottleneck_size, frozen_table
 from . import store
-from .store import fingerprint
 
 TEACHERS = ("heun", "dopri5")
 STUDENTS = ("amed", "amed_plugin")
@@ -39,6 +39,10 @@ class NoiseDataset(Dataset):
         if shape is None:
             raise ValueError("NoiseDataset needs the sample shape (scripts/train_amed.py gives the model's)")
         self.shape, self.size, self.seed = tuple(int(s) for s in shape), int(size), int(seed)
+
+    def settings(self) -> dict:
+        """What defines the noises, which a training run records (`training.Trainer`'s run.json)."""
+        return {"shape": list(self.shape), "size": self.size, "seed": self.seed}
 
     def __len__(self) -> int:
         return self.size
