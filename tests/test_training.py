@@ -104,7 +104,7 @@ def nan_objective():
     """The diffusion objective (so the run resumes) whose loss has turned NaN."""
     objective = DiffusionObjective()
     loss = objective.loss
-    objective.loss = lambda model, x0: loss(model, x0) * float("nan")
+    objective.loss = lambda *args: loss(*args) * float("nan")
     return objective
 
 
