@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ..samplers import FlowDenoiser
+from ..samplers.noise import generators, normal, uniform
 from .straightness import record_straightness
 from .velocity import save_flow, velocity
 
@@ -52,18 +53,21 @@ class RectifiedFlowObjective:
     def settings(self) -> dict:
         return {"time_sampling": self.time_sampling, "loc": self.loc, "scale": self.scale, "time_scale": self.time_scale}
 
-    def sample_t(self, n: int, device) -> torch.Tensor:
+    def sample_t(self, gens, device) -> torch.Tensor:
+        """One time per generator (`time_sampling`)."""
         if self.time_sampling == "uniform":
-            return torch.rand(n, device=device)
-        return torch.sigmoid(self.loc + self.scale * torch.randn(n, device=device))
+            return uniform(gens, (), device)
+        return torch.sigmoid(self.loc + self.scale * normal(gens, (), device))
 
-    def losses(self, nets, batch, step: int) -> dict[str, torch.Tensor]:
-        """`{"net": loss}` at every step."""
+    def losses(self, nets, batch, step: int, seeds) -> dict[str, torch.Tensor]:
+        """`{"net": loss}` at every step: row `i`'s noise (unless paired), then its time, from `seeds[i]`."""
+        gens = generators(seeds)
         if isinstance(batch, (tuple, list)):
             x0, noise = batch
         else:
-            x0, noise = batch, torch.randn_like(batch)
-        t = self.sample_t(x0.shape[0], x0.device)
+            x0 = batch
+            noise = normal(gens, x0.shape[1:], x0.device).to(x0.dtype)
+        t = self.sample_t(gens, x0.device)
         return {"net": rectified_flow_loss(nets["net"], x0, noise, t, self.time_scale)}
 
     def export(self, nets, out_dir: str | Path) -> None:

@@ -139,6 +139,26 @@ def make_trainer(out_dir, steps, objective=None, data=None, checkpoint_every=20)
                    checkpoint_every=checkpoint_every, log_every=10, ema_decay=0.9, cpu=True)
 
 
+WORKER = str(ROOT / "tests" / "train_worker.py")
+
+
+def in_process(out, steps, every, *kind):
+    """train_worker's run in this process (its own Accelerator, then accelerate's state forgotten): the
+    uninterrupted runs and the resumes of the SIGKILL tests, whose victims are processes of their own,
+    and the one-process runs of the two-process comparison. One thread, as the processes of their own
+    (ENV): the same arithmetic, and no threads spinning on a busy machine."""
+    import train_worker
+
+    threads = torch.get_num_threads()
+    reset_accelerate()
+    torch.set_num_threads(1)
+    try:
+        train_worker.main(Path(out), int(steps), int(every), *kind)
+    finally:
+        torch.set_num_threads(threads)
+        reset_accelerate()
+
+
 # -- the command line in this process ---------------------------------------------------------------
 def reset_accelerate() -> None:
     """Forget accelerate's process-wide state, so that the next Accelerator is made afresh."""

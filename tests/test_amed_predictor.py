@@ -277,7 +277,7 @@ def test_a_teacher_that_gives_nan_is_refused_in_one_line(gmm):
     objective = AMEDDistillation(broken, karras(broken, 3), "amed", {"afs": True}, nfe=5)
     with pytest.raises(FloatingPointError, match=r"^the teacher \(heun\) gives NaN or inf at sigma=0\.469979 for 4 of "
                                                  r"4 noises: the model fails there$"):
-        objective.losses({"predictor": objective.new_predictor()}, noise(4, 2), 0)
+        objective.losses({"predictor": objective.new_predictor()}, noise(4, 2), 0, [])
 
 
 # -- scripts/train_amed.py: one process, two processes, an NFE out of reach --------------------------------
@@ -489,5 +489,5 @@ def test_amed_is_scored_restarting_each_step_from_the_teachers_point(gmm):
     expected = sum(squared_distance(samplers.sample("amed", gmm, teacher[n] / sigmas[n], sigmas[n:n + 2],
                                                     predictor=predictor), teacher[n + 1]) for n in range(3))
     torch.testing.assert_close(objective.student_error(predictor, x, teacher), expected, rtol=1e-12, atol=0)
-    torch.testing.assert_close(objective.losses({"predictor": predictor}, batch, 0)["predictor"], expected.mean(),
+    torch.testing.assert_close(objective.losses({"predictor": predictor}, batch, 0, [])["predictor"], expected.mean(),
                                rtol=1e-12, atol=0)

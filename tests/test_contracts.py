@@ -1,6 +1,7 @@
 """Every shipped implementation keeps its contract (samplers.contracts, training.objective): the
 denoisers, each fixed-grid sampler's step generator, AMED's predictor, and every objective, whose
-settings are the plain values run.json records."""
+settings are the plain values run.json records and whose losses take the rows' seeds."""
+import inspect
 import json
 
 import pytest
@@ -65,6 +66,7 @@ def objectives(gmm):
 def test_every_objective_is_one_and_its_settings_are_plain_values(gmm):
     for objective in objectives(gmm):
         assert isinstance(objective, Objective), type(objective).__name__
+        assert list(inspect.signature(objective.losses).parameters)[2:] == ["step", "seeds"], type(objective).__name__
         settings = objective.settings()
         assert settings and json.loads(json.dumps(settings)) == settings
         assert all(v is None or isinstance(v, (str, int, float, bool)) for v in settings.values())

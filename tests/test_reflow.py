@@ -466,17 +466,17 @@ def test_the_distillation_losses_are_those_of_the_one_step_prediction():
     g = torch.Generator().manual_seed(0)
     x0, noise = torch.randn(3, 2, 4, 4, generator=g), torch.randn(3, 2, 4, 4, generator=g)
     d = (noise - (0.5 * noise + 0.1)) - x0
-    l2 = DistillationObjective(time_scale=1000.0).losses({"net": model}, (x0, noise), step=0)["net"]
+    l2 = DistillationObjective(time_scale=1000.0).losses({"net": model}, (x0, noise), 0, [])["net"]
     assert torch.equal(calls[0], torch.full((3,), 1000.0)) and torch.allclose(l2, (d ** 2).mean())
-    huber = DistillationObjective("pseudo_huber").losses({"net": model}, [x0, noise], step=0)["net"]
+    huber = DistillationObjective("pseudo_huber").losses({"net": model}, [x0, noise], 0, [])["net"]
     c = 0.00054 * math.sqrt(32)
     by_hand = sum(math.sqrt(float((di ** 2).sum()) + c * c) - c for di in d) / 3
     assert math.isclose(float(huber), by_hand, rel_tol=1e-5)
     assert float(pseudo_huber(torch.zeros(2, 5))[0]) == 0.0
     with pytest.raises(ValueError, match=r"trains on \(sample, noise\) pairs \(data=pairs\), got a Tensor"):
-        DistillationObjective().losses({"net": model}, x0, step=0)
+        DistillationObjective().losses({"net": model}, x0, 0, [])
     with pytest.raises(ValueError, match=r"trains on \(sample, noise\) pairs \(data=pairs\), got a tuple"):
-        DistillationObjective().losses({"net": model}, (x0, noise, x0), step=0)
+        DistillationObjective().losses({"net": model}, (x0, noise, x0), 0, [])
     DistillationObjective(time_scale=1000.0).one_step(model, noise.double())
     assert calls[-1].dtype == torch.float64  # t in the noise's dtype
     with pytest.raises(ValueError, match="unknown loss 'l1': use l2 or pseudo_huber"):

@@ -20,7 +20,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from fewstep import samplers
-from helpers import ENV, ROOT, accelerate_launch, make_trainer, reset_accelerate, tiny_unet
+from helpers import ENV, ROOT, WORKER, in_process, make_trainer, tiny_unet
 from fewstep.flows import DiffusionObjective
 from fewstep.training import NetworkOptim, Trainer
 from fewstep.training.data import ImageFolder, cifar10, digits
@@ -105,7 +105,7 @@ def nan_objective():
     """The diffusion objective (so the run resumes) whose loss has turned NaN."""
     objective = DiffusionObjective()
     loss = objective.loss
-    objective.loss = lambda model, x0: loss(model, x0) * float("nan")
+    objective.loss = lambda *args: loss(*args) * float("nan")
     return objective
 
 
@@ -117,33 +117,7 @@ def test_a_nan_loss_stops_with_the_step_and_keeps_the_checkpoints(tmp_path):
     assert (tmp_path / "checkpoints" / "step_00000020" / "model.safetensors").is_file()
 
 
-WORKER = str(ROOT / "tests" / "train_worker.py")
-
-
-def in_process(out, steps, every, *kind):
-    """train_worker's run in this process (its own Accelerator, then accelerate's state forgotten): the
-    uninterrupted runs and the resumes of the SIGKILL tests, whose victims are processes of their own.
-    One thread, as the victims (ENV): the same arithmetic, and no threads spinning on a busy machine."""
-    import train_worker
-
-    threads = torch.get_num_threads()
-    reset_accelerate()
-    torch.set_num_threads(1)
-    try:
-        train_worker.main(Path(out), int(steps), int(every), *kind)
-    finally:
-        torch.set_num_threads(threads)
-        reset_accelerate()
-
-
-def test_two_cpu_processes_really_train_together(tmp_path):
-    subprocess.run([*accelerate_launch(2), WORKER, str(tmp_path), "4", "100"], check=True, capture_output=True, env=ENV)
-    infos = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
-    assert all(info == {"num_processes": 2, "batch_shape": [8, 1, 8, 8]} for info in infos)
-    rank0, rank1 = (load_file(str(tmp_path / f"rank{r}.safetensors")) for r in (0, 1))
-    initial = tiny_unet().state_dict()
-    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)  # weights, EMA and optimiser state
-    assert any(not torch.equal(rank0[f"net.{k}"], initial[k]) for k in initial)
+# in_process: helpers.py. Two processes training together: test_engine_processes.py.
 
 
 def test_two_networks_killed_with_sigkill_resume_to_the_same_weights_emas_and_optimisers(tmp_path):
@@ -330,7 +304,7 @@ class Answers:
     def settings(self):
         return {}
 
-    def losses(self, nets, batch, step):
+    def losses(self, nets, batch, step, seeds):
         return self.answer(nets, batch)
 
     def export(self, nets, out_dir):
@@ -641,7 +615,7 @@ def test_a_resume_logs_where_it_resumed_from(tmp_path, caplog):
 class BothAtOnce(TinyWGAN):
     """The critic and generator losses every step, from one shared graph of G(z)."""
 
-    def losses(self, nets, x, step):
+    def losses(self, nets, x, step, seeds):
         fake = nets["generator"](torch.randn_like(x))
         scores = nets["critic"](fake)
         return {"critic": scores.mean() - nets["critic"](x).mean(), "generator": -scores.mean()}

@@ -3,9 +3,12 @@ logging, export.
 
 The objective protocol (`training.objective.Objective`; docs/conventions.md §8):
 
-* `losses(nets, batch, step) -> dict[str, Tensor]`: `nets` maps each network's name to the module,
-  `batch` is this process's share of the batch, `step` the number of training steps already taken
-  (0 on the first). Each key names the network its scalar loss updates, and only the losses due at
+* `losses(nets, batch, step, seeds) -> dict[str, Tensor]`: `nets` maps each network's name to the
+  module, `batch` is this process's share of the batch, `step` the number of training steps already
+  taken (0 on the first), `seeds` one seed per row of `batch`: `(seed, step, i)`, `i` the row's place
+  in the global batch. Every random number of a row (its noise, its time, a penalty's interpolation
+  weight) is drawn from `samplers.noise.generators(seeds)`, so a run is the same on any number of
+  processes. Each key names the network its scalar loss updates, and only the losses due at
   this step are returned: that is how an objective says how often each network is updated (a GAN
   returns the critic loss on `n_critic` steps of each cycle and the generator loss on the others).
   Every process must return the same keys.
@@ -26,7 +29,10 @@ learning-rate schedule and EMA are stepped. All losses of a step are backpropaga
 network is stepped, so several losses may share one graph.
 
 The loop works unchanged on one CPU, one GPU, several GPUs or nodes (`accelerate launch`), and
-several CPU processes over gloo (`cpu=True`, see docs/conventions.md §8).
+several CPU processes over gloo (`cpu=True`, see docs/conventions.md §8). The global batch of step `k`
+is rows `k B .. (k + 1) B - 1` of the epoch's shuffle whatever the processes (process `p` takes the
+`p`-th of its `n` equal slices), and the rows' seeds follow it, so 1 and `n` processes give the same
+losses and weights up to the order of floating-point sums.
 """
 from __future__ import annotations
 
@@ -124,8 +130,10 @@ class Trainer:
     checkpoint_every, keep_checkpoints: checkpoint period in steps, and how many to keep.
     log_every: period of the `loss.csv` rows: the mean of each network's losses over the steps that
         updated it and over all processes (an empty cell if none did), and its learning rate.
-    seed: seeds the data order and the per-process noise (seed the initial weights before building
-        the networks, as scripts/train.py does; every process starts from process 0's weights).
+    seed: seeds the data order and the rows' random numbers (`seeds` above); what a network draws
+        itself (dropout) comes from each process's own generator, seeded from `seed + 1` and the
+        process (seed the initial weights before building the networks, as scripts/train.py does;
+        every process starts from process 0's weights).
     mixed_precision: "no", "fp16" or "bf16". cpu: force CPU (gloo between CPU processes);
         `None` means "when no CUDA device is present". num_workers: data-loader worker processes.
 
@@ -178,7 +186,7 @@ class Trainer:
             raise ValueError(f"the data set has {len(dataset)} items, fewer than one batch of {batch_size}")
         self.out_dir = Path(out_dir)
         self.checkpoint_dir = self.out_dir / "checkpoints"
-        self.objective, self.steps, self.seed = objective, steps, seed
+        self.objective, self.steps, self.seed, self.batch_size = objective, steps, seed, batch_size
         self.checkpoint_every, self.keep_checkpoints, self.log_every = checkpoint_every, keep_checkpoints, log_every
 
         # Placed on the device and given the autocast of mixed precision, but not wrapped for DDP.
@@ -187,7 +195,8 @@ class Trainer:
             for net in self.nets.values():
                 broadcast([t.detach() for t in (*net.parameters(), *net.buffers())])
         raw = {name: self.settings[name].build(list(self.nets[name].parameters())) for name in names}
-        # Its own generator: starting an epoch then never draws from the global RNG (the loss noise).
+        # Its own generator: starting an epoch then never draws from the global RNG. accelerate gives
+        # process p the (k n + p)-th of these batches at step k: the p-th slice of the global batch k.
         loader = DataLoader(dataset, batch_size=batch_size // world, shuffle=True, drop_last=True,
                             num_workers=num_workers, generator=torch.Generator().manual_seed(seed))
         *prepared, self.loader = acc.prepare(*raw.values(), loader)
@@ -248,7 +257,7 @@ class Trainer:
             running.total = acc.reduce(running.total.to(acc.device), reduction="mean")
         try:
             acc.save_state(str(tmp), safe_serialization=True)
-            if hasattr(self.objective, "state_dict"):  # each process's own (its noise differs); save_state made tmp
+            if hasattr(self.objective, "state_dict"):  # each process's own (of its rows); save_state made tmp
                 torch.save(self.objective.state_dict(), tmp / f"objective_{acc.process_index}.pt")
         except OSError as err:  # a full disk, a lost mount: say so; the previous checkpoint stays
             shutil.rmtree(tmp, ignore_errors=True)
@@ -363,6 +372,13 @@ class Trainer:
             self.emas[name].step(net.parameters())
         optimizer.zero_grad(set_to_none=True)
 
+    def seeds(self) -> list[tuple[int, int, int]]:
+        """`(seed, step, i)` for the rows of this process's share of the step's batch, `i` their places
+        in the global batch (this process's slice of it)."""
+        share = self.batch_size // self.accelerator.num_processes
+        first = self.accelerator.process_index * share
+        return [(self.seed, self.step, i) for i in range(first, first + share)]
+
     def train_step(self, batch) -> dict[str, torch.Tensor]:
         """One training step: the losses due at this step, each backpropagated into its own network,
         then each of those networks updated. Returns the losses."""
@@ -370,7 +386,7 @@ class Trainer:
         for net in self.nets.values():
             net.train()
         with acc.autocast():
-            losses = self.objective.losses(self.nets, batch, self.step)
+            losses = self.objective.losses(self.nets, batch, self.step, self.seeds())
         self._check(losses)
         last = len(losses) - 1
         for i, (name, loss) in enumerate(losses.items()):  # every backward before any update: graphs may be shared
@@ -427,7 +443,7 @@ class Trainer:
         acc = self.accelerator
         self._check_run()
         if not self.resume():
-            set_seed(self.seed + 1, device_specific=True)  # per-process noise; a resume restores saved RNG states
+            set_seed(self.seed + 1, device_specific=True)  # the networks' own draws; a resume restores RNG states
         bar = tqdm(total=self.steps, initial=self.step, disable=not acc.is_main_process, desc="train")
         batches = self._batches()
         while self.step < self.steps:

@@ -172,8 +172,9 @@ class AMEDDistillation:
             except StopIteration as done:
                 return error + squared_distance(done.value, teacher[-1])
 
-    def losses(self, nets, batch: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
-        """`{"predictor": loss}` at every step; `batch`: standard-normal noise (`NoiseDataset`)."""
+    def losses(self, nets, batch: torch.Tensor, step: int, seeds) -> dict[str, torch.Tensor]:
+        """`{"predictor": loss}` at every step; `batch`: standard-normal noise (`NoiseDataset`, seeded by
+        its index: `seeds` is not used)."""
         self.denoiser.to(batch.device)
         x = batch.to(torch.float64) * float(self.sigmas[0])
         with torch.no_grad():
