@@ -51,9 +51,10 @@ class VPTable:
         return vp_output_to_denoised(out, x, sigma, prediction_type)
 
 
-# The samplers whose flow plan (flow_uniform, unshifted ends) is FlowMatchEuler/HeunDiscreteScheduler's; the
-# others' is DPMSolverMultistepScheduler's and UniPC's with `use_flow_sigmas` (FlowTime.t_min).
-FLOW_MATCH_PLANNED = ("euler", "ddim", "heun")
+# The samplers whose flow plan (flow_uniform) is FlowMatchEuler/HeunDiscreteScheduler's, ending close to t = 0:
+# the one-step and the two-call ones; the multistep ones' is DPMSolverMultistepScheduler's and UniPC's with
+# `use_flow_sigmas` (FlowTime.sigma_min_of_plan), whose last step from t about 1/n to 0 suits their history.
+FLOW_MATCH_PLANNED = ("euler", "ddim", "heun", "dpm_2", "amed")
 
 
 class FlowTime:

@@ -2,7 +2,8 @@
 step generators of `solvers.SOLVERS`, in the model's time (`spaces.StepTime`: `t` is sigma on a diffusion
 model, the flow's own t on a flow), `y = s(sigma) x`, slope `f = (y - D) / t`.
 
-Every step from `t_n` to `t_{n+1}` evaluates once more at `s_n = t_{n+1}^r t_n^(1-r)`. `amed` is the
+Every step from `t_n` to `t_{n+1}` evaluates once more at `s_n = t_{n+1}^r t_n^(1-r)` (on a flow
+`t_n + r (t_{n+1} - t_n)`: `spaces.StepTime.between`). `amed` is the
 AMED-Solver step, DPM-Solver-2 (`dpm_2`) at r = 1/2, c = 1; `amed_plugin` inserts `s_n` into a
 multistep solver. `r` and `c` are numbers, one per step (a frozen table), or with `predictor` (an
 `tuning.amed_predictor.AMEDPredictor`) learned per sample from the UNet's bottleneck at `t_n`: the
@@ -45,9 +46,9 @@ def ratios(sampler: str, r, c, steps: int) -> tuple[list, list]:
 
 
 def between(sigma, sigma_next, r, time: StepTime = SIGMA_TIME):
-    """AMED's intermediate point `s = t_next^r t^(1-r)` in the model's time, as a sigma (geometric:
-    r = 1/2 is DPM-Solver-2's)."""
-    return time.sigma(time.tau(sigma_next) ** r * time.tau(sigma) ** (1 - r))
+    """AMED's intermediate point `s_n` as a sigma: `t_{n+1}^r t_n^(1-r)` in sigma time (r = 1/2 is
+    DPM-Solver-2's), `t_n + r (t_{n+1} - t_n)` in a flow's t (`StepTime.between`)."""
+    return time.between(sigma, sigma_next, r)
 
 
 def as_predictor(sampler: str, predictor):

@@ -89,6 +89,15 @@ class StepTime:
         """The inverse of `tau`."""
         return flow_sigma(tau) if self.flow else tau
 
+    def between(self, sigma, sigma_next, r):
+        """A step's intermediate point as a sigma (AMED's `s_n`, DPM-Solver-2's midpoint at r = 1/2): in sigma
+        time geometric, `sigma_next^r sigma^(1-r)`; in a flow's t arithmetic, `t + r (t_next - t)` (the
+        geometric mean of t is pulled towards 0 on a step that ends near it)."""
+        if self.flow:
+            t = flow_t(sigma)
+            return flow_sigma(t + r * (flow_t(sigma_next) - t))
+        return sigma_next ** r * sigma ** (1 - r)
+
     def to_model(self, x, sigma):
         """`y = s(sigma) x`."""
         return x / (1 + sigma) if self.flow else x
