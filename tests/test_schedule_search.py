@@ -195,7 +195,8 @@ def test_search_measures_each_start_with_the_options_and_keeps_the_refinement_on
     assert (result.start.how, result.start.sigmas.tolist(), result.start.error) == (how, sigmas.tolist(), held)
     refined, train_error = refine(name, search_gmm, sigmas, noise, reference, options, iterations, 0.05, lowest_top)
     refined_held = ode_error(name, search_gmm, held_out, held_out_reference, refined, options).item()
-    assert lines[len(starts):] == [f"dpmpp_2m NFE 4: refined {min(errors):.5f} -> {train_error:.5f} "
+    assert lines[len(starts):] == [f"dpmpp_2m NFE 4: refining {how} ({iterations} Adam steps)",
+                                   f"dpmpp_2m NFE 4: refined {min(errors):.5f} -> {train_error:.5f} "
                                    f"(held-out {held:.5f} -> {refined_held:.5f})"]
     if iterations:
         assert refined_held < held  # (so this case checks the refined branch)
@@ -419,9 +420,10 @@ def test_run_search_warm_starts_each_nfe_from_the_ones_before_on_seeded_noises(s
                    log=lambda line: None, warm={3: results[0].best.sigmas})
     assert results[1].curve == again.curve and torch.equal(results[1].best.sigmas, again.best.sigmas)
     assert results[1].curve[-1][0] == "the NFE 3 grid with a point inserted"
-    seconds = re.fullmatch(r"dopri5 references of 8 noises: (\d+) s", lines[0])
+    assert lines[0] == "dopri5 references of 8 noises (rtol 0.001, atol 0.0001)"
+    seconds = re.fullmatch(r"dopri5 references of 8 noises: (\d+) s", lines[1])
     assert seconds and int(seconds[1]) <= took + 1
-    assert sum(line.startswith("ipndm NFE 4: ") for line in lines) == len(again.curve) + 1
+    assert sum(line.startswith("ipndm NFE 4: ") for line in lines) == len(again.curve) + 2  # refining, refined
 
 
 @pytest.mark.parametrize("grid, message", [([20.0, 5.0, 5.0, 0.2, 0.0], "strictly decreasing"),

@@ -211,10 +211,10 @@ class Trainer:
         run = self.run_settings
         nets = ", ".join(f"{name} ({type(net).__name__}, {run['networks'][name]['parameters']:,} parameters)"
                          for name, net in self.nets.items())
-        processes = run["num_processes"]
-        return (f"{run['objective']}: {nets}; {run['data_size']} items, batch {run['batch_size']} over {processes} "
-                f"process{'es' if processes > 1 else ''}, {self.steps} steps, checkpoints every "
-                f"{self.checkpoint_every} in {self.checkpoint_dir}")
+        processes = f"{run['num_processes']} process" + ("es" if run["num_processes"] > 1 else "")
+        steps = f"{self.steps} step" + ("s" if self.steps > 1 else "")
+        return (f"{run['objective']}: {nets}; {run['data_size']} items, batch {run['batch_size']} over {processes}, "
+                f"{steps}, checkpoints every {self.checkpoint_every} in {self.checkpoint_dir}")
 
     def _check_run(self) -> None:
         """Refuse to resume into an out_dir whose run.json says the run was made otherwise; a fresh

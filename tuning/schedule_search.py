@@ -168,9 +168,9 @@ def refine(name: str, denoiser, start: torch.Tensor, noise, reference, options=N
     params = _GridParameters(start, denoiser.sigma_min, denoiser.sigma_max, lowest_top)
     optimizer = torch.optim.Adam(params.parameters(), lr=lr)
     best, best_error = start, math.inf
+    bar = tqdm(range(iterations), desc=f"refine {name}", unit="step", leave=False, disable=not progress)
     with _frozen(denoiser), torch.enable_grad():
-        for _ in (bar := tqdm(range(iterations), desc=f"refine {name}", unit="step", leave=False,
-                              disable=not progress)):
+        for _ in bar:
             sigmas = params()
             error = ode_error(name, denoiser, noise, reference, sigmas, options, grad=True)
             if not torch.isfinite(error):
