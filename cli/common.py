@@ -1,8 +1,10 @@
-"""What the entry points share: one-line errors, the device choice and the config folder. The
-config schemas are in `schemas`."""
+"""What the entry points share: one-line errors, the device choice, the config folder and the filter of
+the commands' logging (conf/hydra/job_logging/fewstep.yaml). The config schemas are in `schemas`."""
 from __future__ import annotations
 
 import functools
+import logging
+import os
 import sys
 from importlib.resources import files
 from pathlib import Path
@@ -10,6 +12,8 @@ from pathlib import Path
 import torch
 from hydra.errors import InstantiationException
 from omegaconf.errors import MissingMandatoryValue
+
+from ..training.processes import warn_if_alone
 
 CONFIG_PATH = "pkg://fewstep.conf"  # the configs travel with the package
 
@@ -67,5 +71,21 @@ def accelerator_for(name: str):
 
     device = resolve_device(name)
     accelerator = Accelerator(cpu=device.type == "cpu")
+    warn_if_alone(accelerator.num_processes)
     return accelerator, accelerator.device if accelerator.num_processes > 1 else device
 
+
+
+class ProcessFilter(logging.Filter):
+    """The records a handler of conf/hydra/job_logging/fewstep.yaml takes: those under level `below`
+    (all when None), and of them the warnings of every process but the rest of the first only
+    (`RANK` 0, or no launcher), so that several processes say a thing once."""
+
+    def __init__(self, below: str | int | None = None):
+        super().__init__()
+        self.below = None if below is None else logging.getLevelName(below) if isinstance(below, str) else below
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.below is not None and record.levelno >= self.below:
+            return False
+        return record.levelno >= logging.WARNING or os.environ.get("RANK", "0") == "0"

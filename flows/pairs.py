@@ -88,7 +88,8 @@ def write_pairs(denoiser, sampler: str, sigmas, shape, seeds: Sequence[int], out
     (`samplers.fingerprint`), `metadata` (the caller's: the model's name), the sampler, its options,
     the sigmas, the shape, the seeds and the shard size; a directory whose `pairs.json` says
     otherwise (other weights at the same path, too) is refused, naming both values, and nothing is
-    written. Shards are written with the mode of any new file (0666 less the umask).
+    written. Shards are written with the mode of any new file (0666 less the umask). The first
+    process shows a bar of its pairs on stderr; each shard written is logged (this module's logger).
     """
     if int(shard_size) != shard_size or shard_size < 1:
         raise ValueError(f"shard_size must be a whole number of at least 1, got {shard_size}")
@@ -134,20 +135,23 @@ def write_pairs(denoiser, sampler: str, sigmas, shape, seeds: Sequence[int], out
     shards = range(-(-count // shard_size))
     mine = [k for k in shards if k % world == rank]
     todo = [k for k in mine if not (out_dir / shard_name(k)).is_file()]
-    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc="pairs", unit="shard", disable=not main)
+    size = {k: min((k + 1) * shard_size, count) - k * shard_size for k in mine}
+    bar = tqdm(total=sum(size.values()), initial=sum(size[k] for k in mine if k not in todo), desc="pairs",
+               unit="pair", disable=not main)
     for k in todo:
-        shard_seeds = list(range(first + k * shard_size, first + min((k + 1) * shard_size, count)))
-        noises = []
-        samples = list(sample_seeds(sampler, denoiser, shard_seeds, sigmas, shape, batch_size=batch_size,
-                                    device=device, callback=_noise_recorder(float(sigmas[0]), noises),
-                                    options=options))
+        shard_seeds = list(range(first + k * shard_size, first + k * shard_size + size[k]))
+        noises, samples = [], []
+        for batch in sample_seeds(sampler, denoiser, shard_seeds, sigmas, shape, batch_size=batch_size, device=device,
+                                  callback=_noise_recorder(float(sigmas[0]), noises), options=options):
+            samples.append(batch)
+            bar.update(len(batch))
         tensors = {"noise": torch.cat(noises).contiguous(), "sample": torch.cat(samples).float().cpu().contiguous(),
                    "seeds": torch.tensor(shard_seeds)}
         final = out_dir / shard_name(k)
         tmp = final.with_name(final.name + ".tmp")
         tmp.write_bytes(save(tensors))  # not save_file: safetensors 0.8 makes that file 0600 whatever the umask
         tmp.rename(final)
-        bar.update(1)
+        log.info(f"{final}: the pairs of seeds {shard_seeds[0]}..{shard_seeds[-1]}")
     bar.close()
     if accelerator is not None:
         accelerator.wait_for_everyone()

@@ -3,6 +3,7 @@ noise, `x_t = (1 - t) x0 + t eps`, `v = eps - x0`, t = 0 data and t = 1 noise
 (docs/conventions.md §2: `samplers.FlowDenoiser` maps it to sigma space)."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -14,6 +15,8 @@ from .straightness import record_straightness
 from .velocity import save_flow, velocity
 
 TIME_SAMPLINGS = ("uniform", "logit_normal")
+
+log = logging.getLogger(__name__)
 
 
 def rectified_flow_loss(model, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
@@ -72,10 +75,10 @@ class RectifiedFlowObjective:
 
     def export(self, nets, out_dir: str | Path) -> None:
         """`save_flow(nets["net"])`, with the flow's straightness (`record_straightness`) in
-        out_dir/straightness.json, also printed."""
+        out_dir/straightness.json, also logged."""
         save_flow(nets["net"], out_dir, self.time_scale)
         shape = FlowDenoiser(nets["net"]).sample_shape
         if shape is not None:  # a network that knows its sample shape (a diffusers UNet, flows.MLPVelocity)
             with torch.no_grad():
                 value = record_straightness(nets["net"], shape, out_dir, self.time_scale)
-            print(f"straightness {value:.6f} (256 noises, 50 Euler steps): {Path(out_dir) / 'straightness.json'}")
+            log.info(f"straightness {value:.6f} (256 noises, 50 Euler steps): {Path(out_dir) / 'straightness.json'}")

@@ -491,3 +491,14 @@ def test_amed_is_scored_restarting_each_step_from_the_teachers_point(gmm):
     torch.testing.assert_close(objective.student_error(predictor, x, teacher), expected, rtol=1e-12, atol=0)
     torch.testing.assert_close(objective.losses({"predictor": predictor}, batch, 0, [])["predictor"], expected.mean(),
                                rtol=1e-12, atol=0)
+
+
+def test_the_teacher_points_of_the_held_out_noises_are_said_and_shown_as_a_bar(gmm, capsys, caplog):
+    objective = AMEDDistillation(gmm, karras(gmm, 3), "amed", {"afs": True}, nfe=5, held_out=6)
+    with caplog.at_level("INFO", logger="fewstep.tuning.amed_distill"):
+        objective.held_out_noise()
+        objective.held_out_noise()  # made once
+    assert caplog.messages == ["the teacher's points (heun) for 6 held-out noises"]
+    assert "teacher (heun): " in capsys.readouterr().err
+    objective.teacher_points(torch.zeros(2, 2, dtype=torch.float64))  # a training batch's: no bar
+    assert capsys.readouterr().err == ""

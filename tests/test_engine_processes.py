@@ -267,3 +267,56 @@ def test_every_objective_trains_the_same_on_one_and_two_processes(tmp_path):
     state = [torch.load(d / "reflow_gan" / "checkpoints" / "step_00000020" / f"objective_{r}.pt", weights_only=True)
              for d, r in ((tmp_path / "one", 0), (tmp_path / "two", 0), (tmp_path / "two", 1))]
     assert state[1]["z"].shape == (8, 2) and torch.equal(torch.cat([state[1]["z"], state[2]["z"]]), state[0]["z"])
+
+
+# -- a launch that asked for several processes and got one (training.processes) ------------------------
+SIMPLE_LAUNCHER = {"ACCELERATE_USE_CPU": "True", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+
+
+@pytest.mark.parametrize("environ, processes, asked", [
+    ({"WORLD_SIZE": "2", "RANK": "0"}, 1, "2"),  # --multi_gpu without a CPU accelerator: each process alone
+    (SIMPLE_LAUNCHER, 1, "several"),             # --cpu --num_processes N: one process, N not in its environment
+])
+def test_a_run_with_fewer_processes_than_its_launch_asked_for_warns_in_one_line(environ, processes, asked, caplog):
+    from fewstep.training.processes import warn_if_alone
+
+    with caplog.at_level("WARNING", logger="fewstep.training.processes"):
+        line = warn_if_alone(processes, environ)
+    assert caplog.messages == [line] and line.startswith(
+        f"accelerate launch asked for {asked} processes, but this run has {processes}: several CPU processes need "
+        f"`accelerate launch --multi_gpu --num_processes ")
+
+
+@pytest.mark.parametrize("environ, processes", [
+    ({}, 1),                                     # python scripts/...: no launch for several
+    ({"WORLD_SIZE": "2", "RANK": "0"}, 2),       # as asked
+    ({"WORLD_SIZE": "2", "RANK": "1"}, 1),       # the first process says it
+    ({"ACCELERATE_USE_CPU": "False"}, 1),        # accelerate launch of one process sets no MASTER_PORT
+])
+def test_a_run_with_the_processes_it_asked_for_says_nothing(environ, processes, caplog):
+    from fewstep.training.processes import warn_if_alone
+
+    assert warn_if_alone(processes, environ) is None and caplog.messages == []
+
+
+def test_the_simple_launchers_process_count_is_read_from_its_command_line(tmp_path):
+    from fewstep.training.processes import _launcher_num_processes
+
+    cmdline = tmp_path / "cmdline"
+    for args, count in [(["accelerate", "launch", "--cpu", "--num_processes", "3", "x.py"], 3),
+                        (["accelerate", "launch", "--num-processes=4", "x.py"], 4),
+                        (["accelerate", "launch", "x.py"], 0), (["accelerate", "launch", "--num_processes"], 0)]:
+        cmdline.write_bytes("\0".join(args).encode() + b"\0")
+        assert _launcher_num_processes(cmdline) == count
+    assert _launcher_num_processes(tmp_path / "gone") == 0
+
+
+def test_a_trainer_alone_under_a_launch_for_several_warns(tmp_path, monkeypatch, caplog):
+    from fewstep.training import processes
+
+    monkeypatch.setattr(processes, "_launcher_num_processes", lambda cmdline: 2)
+    for key, value in SIMPLE_LAUNCHER.items():
+        monkeypatch.setenv(key, value)
+    with caplog.at_level("WARNING", logger="fewstep.training.processes"):
+        make_trainer(tmp_path, 1)
+    assert [m.split(":")[0] for m in caplog.messages] == ["accelerate launch asked for 2 processes, but this run has 1"]

@@ -67,16 +67,17 @@ def test_the_recorded_straightness_is_that_of_256_seeded_noises_in_50_steps(tmp_
         "straightness": value, "noises": 8, "steps": 5, "seed": 3}
 
 
-def test_a_flow_is_exported_with_its_time_scale_and_straightness(tmp_path, capsys):
+def test_a_flow_is_exported_with_its_time_scale_and_straightness(tmp_path, caplog):
     torch.manual_seed(0)
     net = MLPVelocity(hidden=8, depth=1)
-    RectifiedFlowObjective(time_scale=500.0).export({"net": net}, tmp_path)
+    with caplog.at_level("INFO", logger="fewstep.flows.rectified_flow"):
+        RectifiedFlowObjective(time_scale=500.0).export({"net": net}, tmp_path)
     config = json.loads((tmp_path / "scheduler" / "scheduler_config.json").read_text())
     assert (config["_class_name"], config["num_train_timesteps"]) == ("FlowMatchEulerDiscreteScheduler", 500)
     value = straightness(net, torch.randn(256, 2, generator=torch.Generator().manual_seed(0)), steps=50,
                          time_scale=500.0)
     assert json.loads((tmp_path / "straightness.json").read_text())["straightness"] == value
-    assert capsys.readouterr().out.splitlines()[-1] == (
+    assert caplog.messages[-1] == (
         f"straightness {value:.6f} (256 noises, 50 Euler steps): {tmp_path / 'straightness.json'}")
 
 
@@ -189,32 +190,34 @@ def test_a_killed_run_resumes_making_only_the_missing_shard(tmp_path, gmm):
     assert torch.equal(before[0], after[0]) and torch.equal(before[1], after[1])
 
 
-def test_a_resumed_run_shows_its_progress_in_shards_and_logs_what_it_made(tmp_path, gmm, monkeypatch, caplog):
+def test_a_resumed_run_shows_its_progress_in_pairs_and_logs_each_shard_and_what_it_made(tmp_path, gmm, monkeypatch,
+                                                                                        caplog):
     from fewstep.flows import pairs
 
     bars = []
 
     class Bar:
         def __init__(self, **kwargs):
-            self.kwargs, self.n = kwargs, kwargs.get("initial", 0)
+            self.kwargs, self.n, self.updates = kwargs, kwargs.get("initial", 0), []
             bars.append(self)
 
         def update(self, n):
             self.n += n
+            self.updates.append(n)
 
         def close(self):
             pass
 
     monkeypatch.setattr(pairs, "tqdm", Bar)
     out = tmp_path / "a" / "b"  # folders made
-    write_pairs(gmm, "euler", SIGMAS, (2,), range(5), out, shard_size=2)
+    write_pairs(gmm, "euler", SIGMAS, (2,), range(5), out, shard_size=2, batch_size=1)
     (out / "shard_00001.safetensors").unlink()
     with caplog.at_level("INFO", logger=pairs.log.name):
         write_pairs(gmm, "euler", SIGMAS, (2,), range(5), out, shard_size=2)
-    assert [bar.kwargs for bar in bars] == [dict(total=3, initial=0, desc="pairs", unit="shard", disable=False),
-                                            dict(total=3, initial=2, desc="pairs", unit="shard", disable=False)]
-    assert [bar.n for bar in bars] == [3, 3]
-    assert caplog.messages == [f"5 pairs in 3 shards in {out}"]
+    assert [bar.kwargs for bar in bars] == [dict(total=5, initial=0, desc="pairs", unit="pair", disable=False),
+                                            dict(total=5, initial=3, desc="pairs", unit="pair", disable=False)]
+    assert [bar.n for bar in bars] == [5, 5] and [bar.updates for bar in bars] == [[1] * 5, [2]]  # every batch
+    assert caplog.messages == [f"{out / 'shard_00001.safetensors'}: the pairs of seeds 2..3", f"5 pairs in 3 shards in {out}"]
     text = (out / "pairs.json").read_text()
     assert text == json.dumps(json.loads(text), indent=2) + "\n"  # for a person to read
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import logging
 import shutil
 import sys
 import warnings
@@ -48,7 +49,6 @@ from typing import Mapping
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.logging import get_logger
 from accelerate.utils import DistributedType, broadcast, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
@@ -58,10 +58,11 @@ from tqdm.auto import tqdm
 from .data import data_record
 from .objective import Objective
 from .optim import NetworkOptim, network_settings
+from .processes import warn_if_alone
 
 CHECKPOINT_PREFIX = "step_"
 
-log = get_logger(__name__)
+log = logging.getLogger(__name__)  # said by the main process (accelerate's INFO lines: conf/hydra/job_logging)
 
 
 class RunningLoss:
@@ -180,6 +181,7 @@ class Trainer:
         if acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
             raise ValueError(f"the trainer is data parallel only; {acc.distributed_type.value} is not supported")
         world = acc.num_processes
+        warn_if_alone(world)
         if batch_size % world:
             raise ValueError(f"batch_size {batch_size} is not divisible by the number of processes {world}")
         if len(dataset) < batch_size:
@@ -228,6 +230,16 @@ class Trainer:
                                       "networks": nets, **data_record(dataset), "batch_size": batch_size,
                                       "seed": self.seed, "num_processes": self.accelerator.num_processes,
                                       "mixed_precision": mixed_precision}))
+
+    def describe(self) -> str:
+        """One line: the objective, each network's class and size, the data, batch, processes and steps."""
+        run = self.run_settings
+        nets = ", ".join(f"{name} ({type(net).__name__}, {run['networks'][name]['parameters']:,} parameters)"
+                         for name, net in self.nets.items())
+        processes = f"{run['num_processes']} process" + ("es" if run["num_processes"] > 1 else "")
+        steps = f"{self.steps} step" + ("s" if self.steps > 1 else "")
+        return (f"{run['objective']}: {nets}; {run['data_size']} items, batch {run['batch_size']} over {processes}, "
+                f"{steps}, checkpoints every {self.checkpoint_every} in {self.checkpoint_dir}")
 
     def _check_run(self) -> None:
         """Refuse to resume into an out_dir whose run.json says the run was made otherwise; a fresh
@@ -288,7 +300,8 @@ class Trainer:
                               "trying the previous one", RuntimeWarning, stacklevel=2)
                 continue
             self.step = int(path.name[len(CHECKPOINT_PREFIX):])
-            log.info(f"resumed from {path} at step {self.step}")
+            if self.accelerator.is_main_process:
+                log.info(f"resumed from {path} at step {self.step}")
             self._truncate_log()
             return True
         if found:
@@ -441,6 +454,8 @@ class Trainer:
     def fit(self):
         """Train to `steps`, checkpointing on the way; export the EMA weights at the end."""
         acc = self.accelerator
+        if acc.is_main_process:
+            log.info(self.describe())
         self._check_run()
         if not self.resume():
             set_seed(self.seed + 1, device_specific=True)  # the networks' own draws; a resume restores RNG states
