@@ -23,7 +23,9 @@ FlowMatchEulerDiscreteScheduler's Euler.
 from __future__ import annotations
 
 import inspect
+import json
 import numbers
+from pathlib import Path
 
 import torch
 from diffusers import DDPMScheduler
@@ -32,9 +34,11 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutpu
 
 from ..samplers.denoisers import DiffusersUNetDenoiser
 from ..samplers.schedules import DISCRETE_MIRRORS, EPS_S, RHO, discrete_grid, get_sigmas
-from ..samplers.solvers import FIXED_GRID_NAMES, SOLVERS, check_sigmas, resolve_options, run_steps
-from ..samplers.spaces import check_flow_config, is_flow_matching
+from ..samplers.solvers import FIXED_GRID_NAMES, SOLVERS, check_sigmas, one_per_step, resolve_options, run_steps
+from ..samplers.spaces import check_flow_config, is_flow_matching, sigmas_from_alphas_cumprod
 from ..tuning import amed_predictor, schedule_tables
+from . import conventions
+from .state import FLOAT32_SIGMA_MAX, copy_states, fresh_like, version
 from .timesteps import FlowTime, VPTable
 
 NOISE_TABLE_KEYS = ("beta_schedule", "trained_betas")
@@ -93,8 +97,10 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
     @register_to_config
     def __init__(self, num_train_timesteps: int = 1000, beta_start: float = 0.0001, beta_end: float = 0.02,
                  beta_schedule: str | None = "linear", trained_betas=None, prediction_type: str = "epsilon",
-                 rescale_betas_zero_snr: bool = False, timestep_spacing: str = "leading", steps_offset: int = 0,
-                 set_alpha_to_one: bool = True, final_sigmas_type: str = "zero",
+                 rescale_betas_zero_snr: bool = False, timestep_spacing: str | None = None, steps_offset: int = 0,
+                 set_alpha_to_one: bool = True, final_sigmas_type: str = "zero", clip_sample: bool = False,
+                 clip_sample_range: float = 1.0, thresholding: bool = False, dynamic_thresholding_ratio: float = 0.995,
+                 sample_max_value: float = 1.0,
                  sampler: str = "ddim", sampler_options: dict | None = None, schedule: str | None = None,
                  rho: float = RHO, sigma_min: float | None = None, sigma_max: float | None = None,
                  eps_s: float = EPS_S, schedule_table: str | None = None, frozen_table: str | None = None):
@@ -128,12 +134,14 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         if prediction_type not in (*DiffusersUNetDenoiser.PREDICTION_TYPES, FLOW):
             raise ValueError(f"unsupported prediction_type {prediction_type!r}: "
                              f"use one of {', '.join(DiffusersUNetDenoiser.PREDICTION_TYPES)}, {FLOW}")
+        conventions.check_clipping(sampler, {"clip_sample": clip_sample, "thresholding": thresholding})
         if final_sigmas_type not in ("zero", "sigma_min"):
             raise ValueError(f"unknown final_sigmas_type {final_sigmas_type!r}: use zero or sigma_min")
         self.order = SOLVERS[sampler].nfe(1, False, self._options)  # evaluations per step: 2 for heun, dpm_2, amed
         self.num_inference_steps = self.grid = self.sigmas = self._plan_key = None
         self._step_index = self._begin_index = self._set_generator = None
-        self._steps = self._request = self._generator = self._eta = self._shape = self._returned = None
+        self._steps = self._request = self._generator = self._rng = self._eta = self._shape = None
+        self._returned = self._version = None
         if prediction_type == FLOW:
             if schedule == "discrete":
                 raise ValueError("schedule 'discrete' needs a VP noise table; a flow's own grid is flow_uniform")
@@ -174,7 +182,8 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         mode (`prediction_type="flow_prediction"`; shift 1 only), a config without a VP noise table
         (an EDM scheduler's) is refused instead of silently getting the default betas, and so is a
         keyword that is not an option of this scheduler (the config's own keys belong to the scheduler
-        it replaces and are left out)."""
+        it replaces and are left out). Another scheduler's clipping keys are read as the sampler's mirrored
+        scheduler reads them (`conventions.adopted`)."""
         params = [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
         unknown = sorted(set(kwargs) - set(params))
         if unknown:
@@ -186,7 +195,27 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
             keys = ", ".join(sorted(k for k in config if not k.startswith("_")))
             raise ValueError(f"the scheduler config has no noise table (no beta_schedule or trained_betas): "
                              f"{config.get('_class_name', 'a config')} with keys {keys}")
+        if isinstance(config, dict) and config.get("_class_name") != cls.__name__ and not is_flow_matching(config):
+            config = conventions.adopted(config, kwargs.get("sampler", "ddim"))
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
+
+    def save_pretrained(self, save_directory, **kwargs) -> None:
+        """As diffusers', and the table files the config names (`schedule_table`, `frozen_table`) are
+        copied beside the config and named relatively, so the saved folder may move."""
+        super().save_pretrained(save_directory, **kwargs)
+        carried = conventions.carry_tables(dict(self.config), save_directory)
+        if carried:
+            path = Path(save_directory) / self.config_name
+            path.write_text(json.dumps({**json.loads(path.read_text()), **carried}, indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load_config(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """As diffusers', with the table files of a saved folder (`save_pretrained`) found in it."""
+        loaded = super().load_config(pretrained_model_name_or_path, *args, **kwargs)
+        config = loaded[0] if isinstance(loaded, tuple) else loaded
+        folder = Path(pretrained_model_name_or_path, kwargs.get("subfolder") or "")
+        config.update(conventions.resolve_tables(config, folder))
+        return loaded
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps
@@ -290,12 +319,12 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
             path = schedule_tables.table_file(c.schedule_table, c.sampler)
             return schedule_tables.grid_of_steps(path, c.sampler, self._options, steps, self._space.sigma_max), {}
         if self._schedule == "discrete":
-            if DISCRETE_MIRRORS.get(c.sampler) == "DDIMScheduler":  # none: discrete_grid names the mirrors
-                final = "zero" if c.set_alpha_to_one else "sigma_min"
-            else:
-                final = c.final_sigmas_type
-            grid, timesteps = discrete_grid(steps, self.alphas_cumprod, c.timestep_spacing, c.steps_offset,
-                                            c.sampler, final)
+            ddim = DISCRETE_MIRRORS.get(c.sampler) == "DDIMScheduler"  # none: discrete_grid names the mirrors
+            spacing = c.timestep_spacing or conventions.mirror_default(c.sampler, "timestep_spacing")
+            grid, timesteps = discrete_grid(steps, self.alphas_cumprod, spacing, c.steps_offset, c.sampler,
+                                            "zero" if ddim else c.final_sigmas_type)
+            if ddim and not c.set_alpha_to_one:  # DDIM's last step lands on sigma(0), a step of 0 from t = 0
+                grid[-1] = sigmas_from_alphas_cumprod(self.alphas_cumprod[:1])[0]
             return grid, dict(zip(grid.tolist(), timesteps.tolist()))
         grid = get_sigmas(self._schedule, steps, self._space.sigma_min if c.sigma_min is None else c.sigma_min,
                           self._space.sigma_max if c.sigma_max is None else c.sigma_max, rho=c.rho, eps_s=c.eps_s,
@@ -303,17 +332,19 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         return grid, {}
 
     def _plan(self, grid: torch.Tensor, timestep_of: dict, device: torch.device):
-        """The grid does not depend on `x`, so one dry run of the step generator on a one-element
-        `x` (with a throwaway generator: no random state is consumed) lists the sigmas it evaluates;
-        each one's timestep is the given one (discrete schedule, custom timesteps) or
-        `fractional_timestep(sigma)`."""
-        evaluated = []
+        """The sigmas the sampler evaluates: a one-call sampler's grid but its end; otherwise, as the
+        grid does not depend on `x`, those of one dry run of the step generator on a one-element `x`
+        (with a throwaway generator: no random state is consumed). Each one's timestep is the given
+        one (discrete schedule, custom timesteps) or `fractional_timestep(sigma)`."""
+        evaluated = grid[:-1].tolist() if self._solver.nfe is one_per_step else []
 
         def record(x, sigma):
             evaluated.append(float(sigma))
             return x
 
-        run_steps(self._trajectory(torch.zeros(1, dtype=torch.float64), grid, torch.Generator(), self._options), record)
+        if not evaluated:
+            run_steps(self._trajectory(torch.zeros(1, dtype=torch.float64), grid, torch.Generator(), self._options),
+                      record)
         sigmas = torch.tensor([*evaluated, float(grid[-1])], dtype=torch.float64)
         fractional = self._space.timestep(sigmas[:-1]).tolist()
         timesteps = [timestep_of.get(sigma, t) for sigma, t in zip(evaluated, fractional)]
@@ -358,19 +389,37 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         else:
             self._check_same(timestep, sample, generator, eta)
         x, sigma = self._request
-        if not torch.equal(sample, self._returned):  # the pipeline changed the point: continue from there
+        if self._edited(sample):  # the pipeline changed the point: continue from there
             x = sample.to(x.dtype) * self._space.scale(float(sigma))
         denoised = self._space.denoised(model_output, x, torch.tensor(float(sigma), dtype=x.dtype, device=x.device),
                                         self.config.prediction_type)
+        if self.config.clip_sample or self.config.thresholding:
+            kept = conventions.clipped(self, denoised)
+            if self.config.sampler == "ddim" and not use_clipped_model_output:  # DDIM keeps the model's epsilon
+                x = x - denoised + kept
+            denoised = kept
         self._step_index += 1
+        source = generator if generator is not None else self._generator
+        copy_states(self._rng, source)  # this step draws from its own generator, as DDIMScheduler's
         try:
             self._request = self._steps.send((x, denoised))
             x_next, sigma_next = self._request
         except StopIteration as done:
             x_next, sigma_next, self._steps = done.value, self.grid[-1], None
-        prev_sample = (x_next / self._space.scale(float(sigma_next))).to(sample.dtype)
-        self._returned = prev_sample
+        copy_states(source, self._rng)
+        unscaled = self._steps is None and sigma_next > 0 and conventions.returns_unscaled(self.config.sampler)
+        prev_sample = (x_next if unscaled else x_next / self._space.scale(float(sigma_next))).to(sample.dtype)
+        self._returned, self._version = prev_sample, version(prev_sample)
+        if self._version is None:  # inference mode keeps no version counter: keep a copy instead
+            self._returned = prev_sample.clone()
         return SchedulerOutput(prev_sample=prev_sample) if return_dict else (prev_sample,)
+
+    def _edited(self, sample: torch.Tensor) -> bool:
+        """Whether `sample` is not what the last step returned: another tensor with other values, or
+        the returned one changed in place (its version counter moved)."""
+        if self._version is not None and version(self._returned) != self._version:
+            return True
+        return sample is not self._returned and not torch.equal(sample, self._returned)
 
     def _start(self, timestep, sample: torch.Tensor, generator, eta) -> None:
         """Begin the sampler's trajectory at the step that starts at `timesteps[begin]`, from `sample`."""
@@ -387,13 +436,23 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"the first step must be at timestep {float(self.timesteps[begin]):.6g} "
                              f"(begin_index {begin}), got {float(timestep):.6g}")
         options = self._with_eta(eta)
-        work = torch.float32 if sample.device.type == "mps" else torch.float64
-        self._generator, self._eta, self._shape = generator, options.get("eta"), sample.shape
+        bound = generator if self._solver.stochastic else None
+        self._generator, self._rng, self._eta, self._shape = bound, fresh_like(bound), options.get("eta"), sample.shape
         grid = self.grid[starts[begin]:]
-        x = sample.to(work) * self._space.scale(float(grid[0]))
-        self._steps = self._trajectory(x, grid, generator, options)
+        x = sample.to(self._work_dtype(sample)) * self._space.scale(float(grid[0]))
+        self._steps = self._trajectory(x, grid, self._rng, options)
         self._request = next(self._steps)
-        self._step_index, self._returned = begin, sample
+        self._step_index, self._returned, self._version = begin, sample, version(sample)
+
+    def _work_dtype(self, sample: torch.Tensor) -> torch.dtype:
+        """The sampler's state: float32 (the pipeline's precision, as diffusers' schedulers) unless the
+        sample is float64 or the plan reaches above `FLOAT32_SIGMA_MAX` (a flow's 1e8, a zero-SNR
+        table's 4096, DDPM's 157), where float32's cancellation in `x = x_vp sqrt(1 + sigma^2)` shows; MPS:
+        float32. On Stable Diffusion's table float32 stays within 1e-5 of float64 (tested)."""
+        if sample.device.type == "mps":
+            return torch.float32
+        exact = sample.dtype == torch.float64 or float(self.grid[0]) > FLOAT32_SIGMA_MAX
+        return torch.float64 if exact else torch.float32
 
     def _check_same(self, timestep, sample, generator, eta) -> None:
         """Mid-trajectory, `step()` must come at the planned timestep with a sample of the first
@@ -404,8 +463,9 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         if sample.shape != self._shape:
             raise ValueError(f"step() got a sample of shape {tuple(sample.shape)}; the trajectory started with "
                              f"shape {tuple(self._shape)}")
-        if generator is not None and self._solver.stochastic and generator is not self._generator:
-            raise ValueError("step() got a different generator mid-trajectory; pass the same one to every step")
+        if generator is not None and self._solver.stochastic and self._generator is None:
+            raise ValueError("step() got a generator mid-trajectory, but the trajectory started without one; "
+                             "pass it to the first step() or to set_timesteps")
         if eta and self._with_eta(eta)["eta"] != self._eta:
             raise ValueError(f"step() got eta={eta} mid-trajectory, which runs with eta={self._eta}; "
                              f"pass the same eta to every step")
