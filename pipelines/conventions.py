@@ -44,17 +44,19 @@ def check_clipping(sampler: str, options: dict) -> None:
                          f"option); the ones that do: {takers}")
 
 
-def adopted(config: dict, sampler: str) -> dict:
+def adopted(config: dict, sampler: str, own_defaults: dict) -> dict:
     """Another scheduler's config as `sampler`'s mirrored scheduler's `from_config` reads it: without
     the clipping keys that scheduler lacks (a DDPM config's clip_sample does not reach Euler), and
-    with that scheduler's own default for a clipping key the config leaves out or holds only as its
-    own class's default (DDIMScheduler's clip_sample=True)."""
+    with that scheduler's own default, where it is not `own_defaults`', for a clipping key the config
+    leaves out or holds only as its own class's default (DDIMScheduler's clip_sample=True)."""
     config = {k: v for k, v in config.items() if k not in CLIPPING_KEYS or k in CLIPPING.get(sampler, ())}
     defaulted = set(config.get("_use_default_values", []))
-    for key in CLIPPING.get(sampler, ()):
+    changed = {key for key in CLIPPING.get(sampler, ()) if mirror_default(sampler, key) != own_defaults[key]}
+    for key in changed:
         if key not in config or key in defaulted:
             config[key] = mirror_default(sampler, key)
-    config["_use_default_values"] = sorted(defaulted - set(CLIPPING.get(sampler, ())))
+    if defaulted & changed:
+        config["_use_default_values"] = sorted(defaulted - changed)
     return config
 
 

@@ -8,11 +8,13 @@ fractional timestep `t(sigma)`. Each `step()` turns the model output into `D(x, 
 (`vp_output_to_denoised`), sends it to the sampler's step generator (`solvers.SOLVERS`, the one
 implementation of each algorithm) and returns the next point the generator asks about,
 `x_next / sqrt(1 + sigma_next^2)`, or the final sample at the grid's last sigma (0, or DDIM's
-`sigma(t=0)` with `set_alpha_to_one=False`). The generator keeps its own
-float64 state (`x = x_vp sqrt(1 + sigma^2)`, multistep history). At every step it compares the
-pipeline's `sample` with the point it returned: where the pipeline changed it (an inpainting blend,
-a `callback_on_step_end` edit), the sampler continues from the pipeline's point, as diffusers'
-schedulers do; otherwise from its own float64 one.
+`sigma(t=0)` with `set_alpha_to_one=False`; Euler and Heun return the unscaled `x` there, as
+diffusers' do). The generator keeps its own state (`x = x_vp sqrt(1 + sigma^2)`, multistep history;
+float32 or float64: `_work_dtype`). At every step it checks whether the pipeline changed the point it
+returned (an inpainting blend, a `callback_on_step_end` edit, in place or by a new tensor): then the
+sampler continues from the pipeline's point, as diffusers' schedulers do; otherwise from its own.
+The conventions of the scheduler each sampler mirrors (defaults, clipping, saved tables) are in
+`conventions.py`.
 
 Flow-matching pipelines (`prediction_type="flow_prediction"`, which `from_config` sets for a
 FlowMatchEulerDiscreteScheduler config) work the same way in the flow's own coordinates
@@ -85,8 +87,11 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         `alphas_cumprod` (0) is set to 2^-24 as EulerDiscreteScheduler does (sigma_max about 4096).
         `set_timesteps(n)` makes `n` sampler steps; `timesteps` lists one (fractional) timestep per
         network evaluation, so heun, dpm_2, amed and amed_plugin interleave them and have `order` 2.
-    A stochastic sampler (ddim with eta > 0) draws from the generator given to the first `step()`
-    (or to `set_timesteps`) until the trajectory ends. `step(..., eta)` (as DDIMScheduler's, which
+    timestep_spacing None (a config without it): the mirrored scheduler's default. clip_sample,
+        clip_sample_range, thresholding, dynamic_thresholding_ratio, sample_max_value: applied to D as
+        the mirrored scheduler applies them (`conventions.CLIPPING`; another sampler refuses them).
+    A stochastic sampler (ddim with eta > 0) draws each step's noise from the generator given to that
+    `step()`, else to the first one (or to `set_timesteps`). `step(..., eta)` (as DDIMScheduler's, which
     pipelines pass) sets ddim's eta for the trajectory in place of `sampler_options["eta"]`; eta 0
     means "not given" (pipelines pass 0 by default), so `sampler_options` then decides.
     """
@@ -184,19 +189,22 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         keyword that is not an option of this scheduler (the config's own keys belong to the scheduler
         it replaces and are left out). Another scheduler's clipping keys are read as the sampler's mirrored
         scheduler reads them (`conventions.adopted`)."""
-        params = [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
+        defaults = {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items() if name != "self"}
+        params = list(defaults)
         unknown = sorted(set(kwargs) - set(params))
         if unknown:
             raise ValueError(f"FewstepScheduler has no option {', '.join(unknown)}; its options: {', '.join(params)}")
-        if isinstance(config, dict) and is_flow_matching(config):
+        vp = isinstance(config, dict) and any(key in config or key in kwargs for key in NOISE_TABLE_KEYS)
+        # a flow-matching config; not one that keeps a VP config's keys from a round trip (diffusers keeps them)
+        if isinstance(config, dict) and is_flow_matching(config) and not vp:
             check_flow_config(config, "scheduler")
             kwargs.setdefault("prediction_type", FLOW)
-        elif isinstance(config, dict) and not any(key in config or key in kwargs for key in NOISE_TABLE_KEYS):
+        elif isinstance(config, dict) and not vp:
             keys = ", ".join(sorted(k for k in config if not k.startswith("_")))
             raise ValueError(f"the scheduler config has no noise table (no beta_schedule or trained_betas): "
                              f"{config.get('_class_name', 'a config')} with keys {keys}")
-        if isinstance(config, dict) and config.get("_class_name") != cls.__name__ and not is_flow_matching(config):
-            config = conventions.adopted(config, kwargs.get("sampler", "ddim"))
+        elif vp and "sampler" not in config:  # another scheduler's config, not ours on a round trip
+            config = conventions.adopted(config, kwargs.get("sampler", config.get("sampler", "ddim")), defaults)
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     def save_pretrained(self, save_directory, **kwargs) -> None:
@@ -274,8 +282,10 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         if len(values) < (2 if kind == "sigmas" else 1):
             raise ValueError(f"set_timesteps got {kind}={list(values)}: too few for one step")
         flow = self.config.prediction_type == FLOW
-        if kind == "sigmas" and not flow:
-            return check_sigmas(torch.tensor(values, dtype=torch.float64)), {}
+        if kind == "sigmas" and not flow:  # a last step of length 0 (Euler's own sigmas ending at t = 0) is taken
+            grid = torch.tensor(values, dtype=torch.float64)
+            last = 1 if len(grid) > 2 and grid[-1] == grid[-2] > 0 else 0
+            return torch.cat([check_sigmas(grid[:len(grid) - last]), grid[len(grid) - last:]]), {}
         steps = torch.tensor(values, dtype=torch.float64)
         if kind == "sigmas":  # a flow pipeline's sigmas are its times t in [0, 1], the 0 at the end added
             steps = steps * self.config.num_train_timesteps
@@ -321,9 +331,9 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         if self._schedule == "discrete":
             ddim = DISCRETE_MIRRORS.get(c.sampler) == "DDIMScheduler"  # none: discrete_grid names the mirrors
             spacing = c.timestep_spacing or conventions.mirror_default(c.sampler, "timestep_spacing")
-            grid, timesteps = discrete_grid(steps, self.alphas_cumprod, spacing, c.steps_offset, c.sampler,
-                                            "zero" if ddim else c.final_sigmas_type)
-            if ddim and not c.set_alpha_to_one:  # DDIM's last step lands on sigma(0), a step of 0 from t = 0
+            grid, timesteps = discrete_grid(steps, self.alphas_cumprod, spacing, c.steps_offset, c.sampler)
+            if (not c.set_alpha_to_one) if ddim else c.final_sigmas_type == "sigma_min":
+                # the last step lands on sigma(0); from t = 0 it is a step of length 0, as diffusers takes it
                 grid[-1] = sigmas_from_alphas_cumprod(self.alphas_cumprod[:1])[0]
             return grid, dict(zip(grid.tolist(), timesteps.tolist()))
         grid = get_sigmas(self._schedule, steps, self._space.sigma_min if c.sigma_min is None else c.sigma_min,
@@ -366,7 +376,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         `D = vp_output_to_denoised(model_output, x, sigma)` and return the next request's
         `x_vp = x_next / sqrt(1 + sigma_next^2)` (the final sample after the last evaluation).
 
-        `x` is the sampler's own float64 point, unless the pipeline's `sample` differs from what the
+        `x` is the sampler's own point, unless the pipeline's `sample` differs from what the
         last step returned (the pipeline edited it): then `x = sample sqrt(1 + sigma^2)`.
         The first step starts the trajectory at `timesteps[begin_index]` (set_begin_index; else the
         position of `timestep` in the plan; without any set_timesteps, the plan is
@@ -374,8 +384,8 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         given to `set_timesteps`) and `eta`. The signature is DDIMScheduler's, so pipelines that
         look for `eta` pass it: a nonzero eta replaces `sampler_options["eta"]` for the trajectory
         (ddim only; another sampler refuses it), 0 or None leaves sampler_options' (pipelines pass
-        eta=0 by default); a different nonzero eta later is refused. use_clipped_model_output is
-        ignored (nothing is clipped); variance_noise is refused (the sampler draws its own noise)."""
+        eta=0 by default); a different nonzero eta later is refused. use_clipped_model_output: ddim's
+        eps from the clipped D (DDIMScheduler's); variance_noise is refused (the sampler draws its own)."""
         if pipeline_kwargs:
             raise ValueError(f"step() takes no sampler keywords, got {pipeline_kwargs}; set them in sampler_options")
         if variance_noise is not None:
