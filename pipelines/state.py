@@ -30,5 +30,9 @@ def copy_states(target, source) -> None:
     """Give `target` the random state(s) of `source` (generators or lists of them; nothing if either is None)."""
     if target is None or source is None:
         return
-    for t, s in zip(*(g if isinstance(g, (list, tuple)) else [g] for g in (target, source)), strict=True):
+    targets, sources = (g if isinstance(g, (list, tuple)) else [g] for g in (target, source))
+    if len(targets) != len(sources) or isinstance(target, (list, tuple)) != isinstance(source, (list, tuple)):
+        raise ValueError(f"step() got {len(sources)} generator(s) where the trajectory started with "
+                         f"{len(targets)}; pass one per sample, or one for all, at every step")
+    for t, s in zip(targets, sources):
         t.set_state(s.get_state())

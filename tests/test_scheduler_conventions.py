@@ -143,6 +143,28 @@ def test_a_new_generator_at_each_step_is_taken_as_ddim_scheduler_takes_it():
     assert relative_gap(ddim_loop(ours, 4, lambda i: torch.Generator().manual_seed(10)), fresh[0]) > 1e-2
 
 
+def test_generators_unlike_the_first_steps_are_refused_in_one_line():
+    scheduler = FewstepScheduler(**TABLE, sampler="ddim", sampler_options={"eta": 1.0})
+    with pytest.raises(ValueError, match=r"^step\(\) got 1 generator\(s\) where the trajectory started with 2; "
+                                         r"pass one per sample, or one for all, at every step$"):
+        ddim_loop(scheduler, 3, lambda i: [torch.Generator(), torch.Generator()] if i == 0 else torch.Generator())
+
+
+def test_an_edit_in_place_under_inference_mode_is_followed():
+    """Inference-mode tensors keep no version counter: the scheduler compares with a copy instead."""
+    results = []
+    for scheduler in (DPMSolverMultistepScheduler(**TABLE), FewstepScheduler(**TABLE, sampler="dpmpp_2m",
+                                                                             schedule="discrete")):
+        scheduler.set_timesteps(5)
+        with torch.inference_mode():
+            x = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+            for t in scheduler.timesteps:
+                x = scheduler.step(0.3 * x, t, x).prev_sample
+                x.mul_(0.9).add_(0.05)
+        results.append(x)
+    assert relative_gap(results[1], results[0]) < 1e-5
+
+
 # -- saved tables travel with the folder --------------------------------------------------------------
 @pytest.mark.parametrize("key", ["frozen_table", "schedule_table"])
 def test_a_saved_scheduler_with_a_table_loads_from_a_copied_folder(tmp_path, key):
