@@ -54,7 +54,7 @@ def time_uniform(n: int, sigma_min: float, sigma_max: float, eps_s: float) -> to
 def flow_uniform(n: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
     """Uniform in a rectified flow's time `t = sigma / (1 + sigma)` (docs/conventions.md §2), from
     `t(sigma_max)` to `t(sigma_min)`: `sigma = t / (1 - t)`, the grid of diffusers'
-    FlowMatchEulerDiscreteScheduler (shift 1) in sigma space."""
+    FlowMatchEulerDiscreteScheduler (unshifted) in sigma space."""
     _check_range(n, sigma_min, sigma_max)
     t = np.linspace(sigma_max / (1 + sigma_max), sigma_min / (1 + sigma_min), n)
     return _append_zero(t / (1 - t))

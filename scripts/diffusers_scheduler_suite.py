@@ -25,9 +25,9 @@ For every suite below a subclass of diffusers' test class is made with
 `scheduler_classes = (FewstepScheduler,)` and a `get_scheduler_config(**kwargs)` that returns a VP
 config for FewstepScheduler: the config the diffusers scheduler under test would have with diffusers'
 test config (its full `.config`, defaults included), reduced to FewstepScheduler's keys that differ
-from FewstepScheduler's defaults (so `timestep_spacing="linspace"` comes along from Euler/Heun/DPM,
-`clip_sample` does not), plus `sampler` and `schedule`; the keywords a test passes are then added
-verbatim, so a test of an option FewstepScheduler lacks fails with "unexpected keyword argument".
+from FewstepScheduler's defaults (so `timestep_spacing="linspace"` and DDIM's `clip_sample=True`
+come along, DPM-Solver's `solver_order` does not), plus `sampler` and `schedule`; the keywords a test
+passes are then added verbatim, so a test of an option FewstepScheduler lacks fails with "unexpected keyword argument".
 The subclasses are collected by pytest from a generated one-line module in a temporary directory
 (with its own empty pytest.ini, so neither this project's nor diffusers' pytest config applies).
 
@@ -46,8 +46,8 @@ Suites (`--suite` picks by name prefix, `--sampler` by sampler; `-k` is pytest's
 
 Prints, per suite, passed / failed / errors / skipped and each failure's name with a one-line reason
 (`-v` for pytest's own output with tracebacks); exits 1 if anything failed. A whole run takes seconds.
-Many failures are expected and do not apply: tests of an option FewstepScheduler does not have
-(clip_sample, thresholding, solver_order, use_karras_sigmas, final_sigmas_type, ...), hard-coded
+Many failures are expected and do not apply (README.md lists each): tests of an option FewstepScheduler
+does not have (solver_order, use_karras_sigmas, lower_order_final, ...), hard-coded
 results of another algorithm or convention (IPNDMScheduler's own schedule; Euler/Heun full loops that
 feed `scale_model_input`'s output back into `step`, which only a sigma-space scheduler notices), and
 DDIMScheduler's stateless `step()` at timesteps outside the plan. Without torchsde, test_compatibles

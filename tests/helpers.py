@@ -64,12 +64,12 @@ NoiseLikeUNet = _noise_like_unet_class()
 
 
 def fewstep(name="ddim", **config):
-    """FewstepScheduler on diffusers' DDPM table."""
+    """FewstepScheduler on diffusers' DDPM table, without clipping."""
     from diffusers import DDPMScheduler
 
     from fewstep.pipelines import FewstepScheduler
 
-    return FewstepScheduler.from_config(DDPMScheduler(**TABLE).config, sampler=name, **config)
+    return FewstepScheduler.from_config(DDPMScheduler(**TABLE, clip_sample=False).config, sampler=name, **config)
 
 
 def reference(denoiser, name, grid, shape, seed, **options):

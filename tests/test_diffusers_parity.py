@@ -114,7 +114,7 @@ def test_discrete_schedule_plans_the_mirrored_schedulers_timesteps_and_sigmas(na
 
 def test_discrete_ddim_ends_where_ddim_scheduler_does_without_set_alpha_to_one():
     """set_alpha_to_one=False (Stable Diffusion's config): the last step lands on the table's
-    sigma(0), not 0; with steps_offset 0 the leading timesteps already end at t = 0, which is refused."""
+    sigma(0), not 0."""
     theirs = DDIMScheduler(**TABLE, set_alpha_to_one=False, steps_offset=1)
     ours = FewstepScheduler.from_config(theirs.config, sampler="ddim", schedule="discrete")
     theirs.set_timesteps(5)
@@ -125,9 +125,10 @@ def test_discrete_ddim_ends_where_ddim_scheduler_does_without_set_alpha_to_one()
     for t in ours.timesteps:
         x = ours.step(torch.ones_like(x), t, x).prev_sample  # the exact noise: x stays on the noise level of t
     assert torch.allclose(x, torch.full_like(x, math.sqrt(1 - float(theirs.alphas_cumprod[0]))), rtol=0, atol=1e-6)
+    # with steps_offset 0 the leading timesteps end at t = 0: DDIM's last step goes from sigma(0) to sigma(0)
     ours = FewstepScheduler.from_config(theirs.config, sampler="ddim", schedule="discrete", steps_offset=0)
-    with pytest.raises(ValueError, match=r"^final_sigmas_type sigma_min ends at sigma\(0\) = 0.01.*last timestep 0 already has"):
-        ours.set_timesteps(5)
+    ours.set_timesteps(5)
+    assert ours.timesteps.tolist() == [800, 600, 400, 200, 0] and ours.grid[-2:].tolist() == pytest.approx([sigma_0] * 2)
 
 
 def run_pipeline_eta(unet, scheduler, steps, seed, eta):

@@ -244,6 +244,6 @@ def test_the_diffusers_runner_refuses_a_folder_without_scheduler_tests(tmp_path)
 
 
 def test_fewstep_config_keeps_only_what_differs_from_the_defaults():
-    config = diffusers_tests.fewstep_config({"num_train_timesteps": 1000, "beta_end": 0.012, "clip_sample": True},
-                                            "heun", "discrete")
-    assert config == {"beta_end": 0.012, "sampler": "heun", "schedule": "discrete"}
+    config = diffusers_tests.fewstep_config({"num_train_timesteps": 1000, "beta_end": 0.012, "clip_sample": True,
+                                             "variance_type": "fixed_small"}, "heun", "discrete")
+    assert config == {"beta_end": 0.012, "clip_sample": True, "sampler": "heun", "schedule": "discrete"}
