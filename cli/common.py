@@ -1,5 +1,5 @@
-"""What the entry points share: one-line errors, the device choice and the config folder. The
-config schemas are in `schemas`."""
+"""What the entry points share: one-line errors, the run's record in its out_dir, the device choice and
+the config folder. The config schemas are in `schemas`."""
 from __future__ import annotations
 
 import functools
@@ -8,7 +8,9 @@ from importlib.resources import files
 from pathlib import Path
 
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 CONFIG_PATH = "pkg://fewstep.conf"  # the configs travel with the package
@@ -22,13 +24,38 @@ def config_dir() -> Path:
 USER_ERRORS = (ValueError, OSError, FloatingPointError, InstantiationException, MissingMandatoryValue)
 
 
+def check_out_dir(cfg) -> None:
+    """Refuse a config whose `out_dir` (or the nearest of its folders that exists) is a file."""
+    if cfg.get("out_dir") is None:
+        return
+    path = Path(cfg.out_dir).expanduser()
+    there = next(p for p in (path, *path.parents) if p.exists())  # "." exists
+    if not there.is_dir():
+        raise ValueError(f"out_dir={cfg.out_dir} is a file; give a directory" if there == path else
+                         f"out_dir={cfg.out_dir} cannot be made: {there} is a file")
+
+
+def record_config(cfg) -> Path:
+    """Write the run's config and command-line overrides to `<out_dir>/.hydra/` (`config.yaml`,
+    `overrides.yaml`, as Hydra would) once the run is accepted: the configs set `hydra.output_subdir:
+    null`, so that a refused run writes nothing and leaves the record of the run before it."""
+    folder = Path(cfg.out_dir).expanduser() / ".hydra"
+    folder.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, folder / "config.yaml")
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    OmegaConf.save(OmegaConf.create(overrides), folder / "overrides.yaml")
+    return folder
+
+
 def one_line_errors(main):
-    """Bad input ends the run with `error: <what is wrong>` on stderr and exit code 2."""
+    """Bad input ends the run with `error: <what is wrong>` on stderr and exit code 2; an out_dir that
+    is a file is refused first (`check_out_dir`)."""
 
     @functools.wraps(main)
-    def wrapper(*args, **kwargs):
+    def wrapper(cfg, *args, **kwargs):
         try:
-            return main(*args, **kwargs)
+            check_out_dir(cfg)
+            return main(cfg, *args, **kwargs)
         except USER_ERRORS as err:
             while isinstance(err, InstantiationException) and err.__cause__ is not None:
                 err = err.__cause__

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from fewstep import samplers
 from fewstep.cli import schemas
-from fewstep.cli.common import CONFIG_PATH, accelerator_for, one_line_errors
+from fewstep.cli.common import CONFIG_PATH, accelerator_for, one_line_errors, record_config
 from fewstep.cli.sampling import from_config
 from fewstep.cli.setup import reference
 from fewstep.evaluation import get_extractor
@@ -65,8 +65,7 @@ def main(cfg):
                       f"rho_bottom {row['rho_bottom']}: FD-{cfg.extractor} {row['fd']:.3f}", flush=True)
     if not acc.is_main_process:
         return
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = record_config(cfg).parent
     (out / f"calibration-{name}.json").write_text(json.dumps({str(k): v for k, v in results.items()}, indent=1))
     rho_top, by_nfe = best_factors(results)
     print(f"best factors: rho_top {rho_top}, " + ", ".join(f"NFE {n}: rho_bottom {e['rho_bottom']} (FD {e['fd']:.3f})"

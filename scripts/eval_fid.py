@@ -11,7 +11,7 @@ from pathlib import Path
 import hydra
 
 from fewstep.cli import schemas
-from fewstep.cli.common import CONFIG_PATH, accelerator_for, one_line_errors
+from fewstep.cli.common import CONFIG_PATH, accelerator_for, one_line_errors, record_config
 from fewstep.cli.sampling import from_config, skip_tuning_for
 from fewstep.cli.setup import reference
 from fewstep.evaluation import get_extractor, statistics_of
@@ -41,7 +41,7 @@ def main(cfg):
               "num_processes": acc.num_processes, "seconds": round(time.perf_counter() - start, 2)}
     if acc.is_main_process:
         out = Path(cfg.out_dir) / f"fd-{cfg.extractor}-{run.name}-steps{run.steps}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
+        record_config(cfg)
         out.write_text(json.dumps(result, indent=2) + "\n")
         print(f"FD-{cfg.extractor} {fd:.4f} ({run.name}, {run.steps} steps, NFE {result['nfe']:g}, "
               f"{int(stats.n)} samples)")

@@ -9,7 +9,7 @@ import hydra
 from omegaconf import OmegaConf
 
 from fewstep.cli import schemas
-from fewstep.cli.common import CONFIG_PATH, accelerator_for, one_line_errors
+from fewstep.cli.common import CONFIG_PATH, accelerator_for, one_line_errors, record_config
 from fewstep.cli.sampling import printable, sampling_setup, skip_tuning_for, text_to_image_dir
 from fewstep.flows import write_pairs
 from fewstep.samplers import nfe
@@ -35,6 +35,8 @@ def main(cfg):
         out = write_pairs(denoiser, name, sigmas, shape, range(cfg.seed, cfg.seed + cfg.num_pairs), cfg.out_dir,
                           cfg.shard_size, accelerator=acc, options=options, metadata=metadata,
                           batch_size=cfg.batch_size, device=device)
+    if acc.is_main_process:
+        record_config(cfg)
     acc.print(f"wrote {cfg.num_pairs} pairs to {out} (data=pairs data.root={out})")
 
 

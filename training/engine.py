@@ -38,7 +38,7 @@ import sys
 import warnings
 from dataclasses import asdict
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
@@ -406,12 +406,16 @@ class Trainer:
                 writer.writerow([self.step, *("" if m is None else f"{m:.6f}" for m in means.values()),
                                  *(s.get_last_lr()[0] for s in self.lr_schedulers.values())])
 
-    def fit(self):
-        """Train to `steps`, checkpointing on the way; export the EMA weights at the end."""
+    def fit(self, started: Callable[[], object] | None = None):
+        """Train to `steps`, checkpointing on the way; export the EMA weights at the end. started: called
+        on the main process once the run is accepted (a fresh run, or a checkpoint of the same settings
+        loaded), before the first step: a command records its config there."""
         acc = self.accelerator
         self._check_run()
         if not self.resume():
             set_seed(self.seed + 1, device_specific=True)  # per-process noise; a resume restores saved RNG states
+        if started is not None and acc.is_main_process:
+            started()
         bar = tqdm(total=self.steps, initial=self.step, disable=not acc.is_main_process, desc="train")
         batches = self._batches()
         while self.step < self.steps:

@@ -1,0 +1,56 @@
+"""What a command writes in its out_dir: its results and, once the run is accepted, its config in
+`.hydra/` (cli.common.record_config); a refused run writes nothing at all, `.hydra/` and a log file
+included, and an out_dir that is a file is one line."""
+import pytest
+from omegaconf import OmegaConf
+
+from helpers import ok, run_cli, the_error
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+TRAIN = ["objective=rectified_flow", "net=mlp2d", "data=moons", "train.steps=2", "train.batch_size=32",
+         "train.checkpoint_every=2", "train.log_every=1", "train.cpu=true"]
+
+
+def snapshot(root):
+    """Every file under `root` with its bytes."""
+    return {path.relative_to(root): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
+
+
+def test_a_refused_resume_leaves_the_run_and_its_recorded_config_as_they_were(tmp_path):
+    out = tmp_path / "run"
+    ok(run_cli("train.py", *TRAIN, f"out_dir={out}"))
+    recorded = OmegaConf.load(out / ".hydra" / "config.yaml")
+    assert recorded.train.batch_size == 32 and recorded.out_dir == str(out)
+    assert list(OmegaConf.load(out / ".hydra" / "overrides.yaml")) == [*TRAIN, f"out_dir={out}"]
+    assert not list(out.glob("*.log")) and not list(tmp_path.glob("*.log"))
+    before = snapshot(out)
+    refused = run_cli("train.py", *TRAIN, "train.batch_size=16", f"out_dir={out}")
+    assert the_error(refused).startswith(f"error: {out} holds a run made with batch_size=32; this run has batch_size=16")
+    assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("script, overrides", [
+    ("sample.py", ["model=gmm", "steps=0"]),
+    ("sample.py", ["model=gmm", "sampler=dopri5", "sampler.options.rtol=-1"]),
+    ("train.py", [*TRAIN, "train.steps=0"]),
+])
+def test_a_refused_run_writes_nothing(tmp_path, script, overrides):
+    out = tmp_path / "run"
+    the_error(run_cli(script, *overrides, f"out_dir={out}", cwd=tmp_path))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_command_line_refuses_dopri5_tolerances_as_the_api_does(tmp_path):
+    refused = run_cli("sample.py", "model=gmm", "sampler=dopri5", "sampler.options.atol=0", f"out_dir={tmp_path}")
+    assert the_error(refused) == "error: dopri5 atol must be a positive number, got 0"
+
+
+@pytest.mark.parametrize("out_dir, message", [
+    ("notes.md", "error: out_dir=notes.md is a file; give a directory"),
+    ("notes.md/run", "error: out_dir=notes.md/run cannot be made: notes.md is a file"),
+])
+@pytest.mark.parametrize("script", ["sample.py", "train.py"])
+def test_an_out_dir_that_is_a_file_is_one_line(tmp_path, script, out_dir, message):
+    (tmp_path / "notes.md").write_text("kept\n")
+    assert the_error(run_cli(script, f"out_dir={out_dir}", cwd=tmp_path)) == message
+    assert snapshot(tmp_path) == {tmp_path.joinpath("notes.md").relative_to(tmp_path): b"kept\n"}
