@@ -24,6 +24,11 @@ def config_dir() -> Path:
 USER_ERRORS = (ValueError, OSError, FloatingPointError, InstantiationException, MissingMandatoryValue)
 
 
+def counted(n: int, noun: str) -> str:
+    """`1 step`, `3 steps`."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def check_out_dir(cfg) -> None:
     """Refuse a config whose `out_dir` (or the nearest of its folders that exists) is a file."""
     if cfg.get("out_dir") is None:

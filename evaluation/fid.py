@@ -62,7 +62,8 @@ def statistics_of(sample_fn, seeds, extractor, accelerator=None, batch_size: int
     processes are added, so every process returns the statistics of all the seeds."""
     processes = 1 if accelerator is None else accelerator.num_processes
     if len(seeds) < 2 * processes:
-        raise ValueError(f"num_samples={len(seeds)} is too few for {processes} processes (need 2 each)")
+        who = "one process" if processes == 1 else f"{processes} processes"
+        raise ValueError(f"num_samples={len(seeds)} is too few for {who} (need 2 each)")
     stats = accumulate(generate(sample_fn, split(seeds, accelerator), batch_size), extractor, device)
     return stats if accelerator is None else stats.reduce(accelerator)
 

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from fewstep import samplers
 from fewstep.cli import schemas
-from fewstep.cli.common import CONFIG_PATH, accelerator_for, one_line_errors, record_config
+from fewstep.cli.common import CONFIG_PATH, accelerator_for, counted, one_line_errors, record_config
 from fewstep.cli.sampling import from_config
 from fewstep.cli.setup import reference
 from fewstep.evaluation import get_extractor
@@ -55,13 +55,13 @@ def main(cfg):
             continue
         if stats is None:  # the first run: where write=true stores the factors (refused before any sampling)
             path = table_path(cfg, run.model) if cfg.write else None
-            stats, model = reference(cfg, run.model, extractor, acc, device), run.model
+            stats, model = reference(cfg, run.model, extractor, run.shape, acc, device), run.model
         grids[run.planned_nfe] = run.lines[0]
         rows = results[run.planned_nfe] = []
         for row in scan(run.sample_fn, run.model, seeds, extractor, stats, cfg.rho_top_grid, cfg.rho_grid, acc,
                         cfg.batch_size, device):
             rows.append(row)
-            acc.print(f"{name} NFE {run.planned_nfe} ({run.steps} steps) rho_top {row['rho_top']} "
+            acc.print(f"{name} NFE {run.planned_nfe} ({counted(run.steps, 'step')}) rho_top {row['rho_top']} "
                       f"rho_bottom {row['rho_bottom']}: FD-{cfg.extractor} {row['fd']:.3f}", flush=True)
     if not acc.is_main_process:
         return

@@ -9,7 +9,7 @@ import hydra
 from omegaconf import OmegaConf
 
 from fewstep.cli import schemas
-from fewstep.cli.common import CONFIG_PATH, accelerator_for, one_line_errors, record_config
+from fewstep.cli.common import CONFIG_PATH, accelerator_for, counted, one_line_errors, record_config
 from fewstep.cli.sampling import printable, sampling_setup, skip_tuning_for, text_to_image_dir
 from fewstep.flows import write_pairs
 from fewstep.samplers import nfe
@@ -27,7 +27,8 @@ def main(cfg):
     name = cfg.sampler.name
     planned = nfe(name, sigmas, options)
     acc.print(how)
-    acc.print(f"{name} {printable(options)}: {steps} steps, NFE {planned if planned is not None else 'adaptive'}, "
+    acc.print(f"{name} {printable(options)}: {counted(steps, 'step')}, "
+              f"NFE {planned if planned is not None else 'adaptive'}, "
               f"{cfg.num_pairs} pairs of {shape} from seed {cfg.seed}")
     with skip_tuning_for(cfg, denoiser, planned or 0) as tuning:
         metadata = {"model": OmegaConf.to_container(cfg.model, resolve=True),

@@ -14,7 +14,7 @@ from diffusers import DDPMScheduler
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from helpers import ROOT, command, finish, ok, run_cli, start, stop, tiny_unet
+from helpers import ROOT, command, finish, ok, run_cli, start, stop, the_error, tiny_unet
 from fewstep import samplers
 from fewstep.pipelines import FewstepScheduler
 from fewstep.tuning import amed_predictor, store
@@ -459,3 +459,23 @@ def test_amed_is_scored_restarting_each_step_from_the_teachers_point(gmm):
     torch.testing.assert_close(objective.student_error(predictor, x, teacher), expected, rtol=1e-12, atol=0)
     torch.testing.assert_close(objective.losses({"predictor": predictor}, batch, 0)["predictor"], expected.mean(),
                                rtol=1e-12, atol=0)
+
+
+def test_train_amed_takes_a_table_grid_without_the_grid_values_its_yaml_sets_for_karras(tmp_path):
+    """conf/train_amed.yaml sets schedule.sigma_max 80 and final_sigmas_type sigma_min for its Karras grid;
+    `schedule.kind=table` refuses only the values the command line gives."""
+    from fewstep.tuning import schedule_tables
+
+    gmm = samplers.GMMDenoiser(**{k: v for k, v in OmegaConf.load(ROOT / "conf" / "model" / "gmm.yaml").items()
+                                  if k != "_target_"})
+    grid = [60.0, 5.0, 0.5, gmm.sigma_min]  # amed with afs on 3 steps to sigma_min: NFE 5
+    table = schedule_tables.write(tmp_path / "amed.json", gmm, "amed", {"afs": True}, "gmm", "ode_error", 5, grid,
+                                  command="written here")
+    run = ["model=gmm", "train.steps=2", "train.batch_size=32", "train.checkpoint_every=2", "train.cpu=true",
+           "schedule.kind=table", f"schedule.table={table}"]
+    done = ok(run_cli("train_amed.py", *run, f"out_dir={tmp_path / 'run'}"))
+    assert f"AMED amed at NFE 5: schedule: table, the searched grid for NFE 5 ({table}); sigmas 60, 5, 0.5, 0.002" in done.stdout
+    refused = run_cli("train_amed.py", *run, "schedule.sigma_max=80", f"out_dir={tmp_path / 'refused'}")
+    assert the_error(refused) == (f"error: schedule.kind=table takes its whole grid from schedule.table={table}; "
+                                  f"drop schedule.sigma_max=80.0")
+    assert not (tmp_path / "refused").exists()

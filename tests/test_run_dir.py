@@ -54,3 +54,37 @@ def test_an_out_dir_that_is_a_file_is_one_line(tmp_path, script, out_dir, messag
     (tmp_path / "notes.md").write_text("kept\n")
     assert the_error(run_cli(script, f"out_dir={out_dir}", cwd=tmp_path)) == message
     assert snapshot(tmp_path) == {tmp_path.joinpath("notes.md").relative_to(tmp_path): b"kept\n"}
+
+
+def test_eval_refuses_reference_statistics_of_another_dimension_before_sampling(tmp_path, monkeypatch):
+    import numpy as np
+
+    from fewstep.evaluation import save_stats
+    from fewstep.scripts import eval_fid
+
+    def never(*args, **kwargs):
+        raise AssertionError("sampled before the reference was checked")
+
+    monkeypatch.setattr(eval_fid, "statistics_of", never)
+    reference = save_stats(tmp_path / "three.npz", np.zeros(3), np.eye(3))
+    refused = run_cli("eval_fid.py", "model=gmm", "steps=2", "extractor=raw", f"reference={reference}",
+                      f"out_dir={tmp_path / 'eval'}")
+    assert the_error(refused) == (f"error: reference={reference} holds statistics of 3 features; extractor=raw gives "
+                                  f"2 for samples of shape (2,)")
+    assert not (tmp_path / "eval").exists()
+
+
+def test_a_one_step_generators_run_is_named_after_the_generator_not_a_default_sampler(tmp_path):
+    from fewstep.cli.schemas import run_label
+
+    done = ok(run_cli("sample.py", "model=digits_gan", "num_samples=2", cwd=tmp_path))
+    [run] = (tmp_path / "runs" / "sample").iterdir()
+    assert run.name.endswith("-digits_gan-generator") and f"wrote {run.relative_to(tmp_path)}/samples.png" in done.stdout
+    assert run_label("fewstep.gan.load_generator", "ddim") == "generator"
+    assert run_label("fewstep.samplers.from_pretrained", "ddim") == "ddim"
+
+
+def test_counts_of_one_are_singular():
+    from fewstep.cli.common import counted
+
+    assert [counted(n, "step") for n in (0, 1, 2)] == ["0 steps", "1 step", "2 steps"]
