@@ -187,7 +187,8 @@ def solve(name: str, denoiser, x: torch.Tensor, sigmas, /, *, generator=None, ca
 def sample(name: str, denoiser, noise: torch.Tensor, sigmas, /, *, generator=None, callback=None,
            **options) -> torch.Tensor:
     """Sample with sampler `name` from standard-normal `noise` (scaled here by `sigmas[0]`) down the
-    decreasing `sigmas`, without gradients, and return the final `x` in the dtype of `noise`.
+    decreasing `sigmas`, without gradients, and return the final `x` in the dtype of `noise`: a
+    floating-point, finite tensor (batch, *shape) of a sample shape the model takes (`check_start`).
 
     denoiser: `(x, sigma) -> D`, `sigma` a 0-d tensor (one per sample, shape (B,), at a learned AMED
     step). generator: a `torch.Generator` or a list of
