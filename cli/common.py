@@ -1,5 +1,5 @@
-"""What the entry points share: one-line errors, the run's record in its out_dir, the device choice and
-the config folder. The config schemas are in `schemas`."""
+"""What the entry points share: one-line errors, the run's record in its out_dir (its config, and its log
+file: `logs`), the device choice and the config folder. The config schemas are in `schemas`."""
 from __future__ import annotations
 
 import functools
@@ -12,6 +12,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
+
+from ..training.processes import warn_if_alone
+from . import logs
 
 CONFIG_PATH = "pkg://fewstep.conf"  # the configs travel with the package
 
@@ -42,13 +45,15 @@ def check_out_dir(cfg) -> None:
 
 def record_config(cfg) -> Path:
     """Write the run's config and command-line overrides to `<out_dir>/.hydra/` (`config.yaml`,
-    `overrides.yaml`, as Hydra would) once the run is accepted: the configs set `hydra.output_subdir:
+    `overrides.yaml`, as Hydra would) and start its log file, `<out_dir>/<command>.log`, with what the
+    command said so far (`logs.keep`), once the run is accepted: the configs set `hydra.output_subdir:
     null`, so that a refused run writes nothing and leaves the record of the run before it."""
     folder = Path(cfg.out_dir).expanduser() / ".hydra"
     folder.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, folder / "config.yaml")
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     OmegaConf.save(OmegaConf.create(overrides), folder / "overrides.yaml")
+    logs.keep(folder.parent)
     return folder
 
 
@@ -99,5 +104,6 @@ def accelerator_for(name: str):
 
     device = resolve_device(name)
     accelerator = Accelerator(cpu=device.type == "cpu")
+    warn_if_alone(accelerator.num_processes)
     return accelerator, accelerator.device if accelerator.num_processes > 1 else device
 

@@ -61,10 +61,12 @@ def steps_of(cfg) -> int:
 
 
 def computed_grid(kind: str, steps: int, sc, denoiser, sampler: str, device=None):
-    """`get_sigmas` with the values the schedule config `sc` sets, over the model's range by default."""
+    """`get_sigmas` with the values the schedule config `sc` sets, over the model's range by default; a
+    flow's own grid (flow_uniform) shifted by the model's shift (`FlowDenoiser.shifted`)."""
     levers = {"sigma_min": denoiser.sigma_min, "sigma_max": denoiser.sigma_max, **grid_values(sc)}
-    return get_sigmas(kind, steps, alphas_cumprod=getattr(denoiser, "alphas_cumprod", None), mirror=sampler,
+    grid = get_sigmas(kind, steps, alphas_cumprod=getattr(denoiser, "alphas_cumprod", None), mirror=sampler,
                       device=device, **levers)
+    return denoiser.shifted(grid) if kind == "flow_uniform" and hasattr(denoiser, "shifted") else grid
 
 
 def _predictor_grid(kind, others, sc, predictor, device):

@@ -1,6 +1,7 @@
 """From a checked evaluation or training config to the plain objects the libraries take: the reference
 statistics (`reference`, with the cache file keyed by the data config), the networks, objective and data
-of a training run (`training_parts`), AMED's distillation objective (`amed_parts`)."""
+of a training run (`training_parts`), AMED's distillation objective (`amed_parts`); data of another
+sample shape than the networks' is refused before anything is written (`check_shapes`)."""
 from __future__ import annotations
 
 import hashlib
@@ -12,6 +13,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from ..evaluation.reference import reference_stats
+from ..samplers.denoisers import sample_shape_of
+from ..training.data import shapes
 from .sampling import planned_grid
 
 
@@ -51,18 +54,38 @@ def trainer_keywords(cfg) -> dict:
     return OmegaConf.to_container(cfg.train, resolve=True)
 
 
+def check_shapes(data, nets) -> None:
+    """Refuse, in one line naming both shapes, data whose samples (the first part of a tuple item: a
+    pair's sample) have another shape than one of `nets` (`{name: network}`) makes, where the network
+    knows its sample shape (`samplers.denoisers.sample_shape_of`): pairs made at 8x8 for a 16x16 UNet."""
+    item = shapes(data[0])
+    sample = item[0] if item and isinstance(item[0], list) else item
+    for name, net in sorted(nets.items()):
+        own = sample_shape_of(net)
+        if own is not None and isinstance(sample, list) and list(own) != sample:
+            where = f" at {data.root}" if hasattr(data, "root") else ""
+            raise ValueError(f"the data ({type(data).__name__}{where}) has samples of shape {tuple(sample)}; {name} "
+                             f"({type(net).__name__}) makes samples of shape {tuple(own)}: use data and network of "
+                             f"one shape")
+
+
 def training_parts(cfg):
-    """The networks (one module, or `{name: module}`), the objective and the data set of `train.py`."""
-    return instantiate(cfg.net, _convert_="all"), instantiate(cfg.objective), instantiate(cfg.data)
+    """The networks (one module, or `{name: module}`), the objective and the data set of `train.py`,
+    the data's sample shape checked against the networks' (`check_shapes`)."""
+    nets, objective, data = instantiate(cfg.net, _convert_="all"), instantiate(cfg.objective), instantiate(cfg.data)
+    check_shapes(data, {"net": nets} if isinstance(nets, torch.nn.Module) else nets)
+    return nets, objective, data
 
 
 def amed_parts(cfg, model_name: str):
     """The model, AMED's distillation objective on the grid the config plans (`sampling.planned_grid`),
-    a line saying which grid, and the noise data set of `train_amed.py`."""
+    a line saying which grid, and the noise data set of `train_amed.py`, of the model's sample shape."""
     denoiser = model_of(cfg).eval()
     _, sigmas, how = planned_grid(cfg, denoiser)
     objective = instantiate(cfg.objective, _partial_=True)(
         denoiser=denoiser, sigmas=sigmas, sampler=cfg.sampler.name, options=dict(cfg.sampler.options), nfe=cfg.nfe,
         model=model_name)
     shape = denoiser.sample_shape if cfg.data.get("shape") is None else cfg.data.shape
-    return denoiser, objective, how, instantiate(cfg.data, shape=list(shape))
+    noise = instantiate(cfg.data, shape=list(shape))
+    check_shapes(noise, {"the model": denoiser})
+    return denoiser, objective, how, noise

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from .frechet import FeatureStats, frechet_distance, load_stats, save_stats
 from .seeds import generate, split
@@ -28,11 +29,14 @@ def accumulate(batches, extractor, device=None) -> FeatureStats:
     return stats
 
 
-def data_stats(images, extractor, cache: Path | None = None, batch_size: int = 256, device=None):
-    """`mu`, `sigma` of a data set's features, read from / written to the `.npz` `cache`."""
+def data_stats(images, extractor, cache: Path | None = None, batch_size: int = 256, device=None,
+               progress: bool = True):
+    """`mu`, `sigma` of a data set's features, read from / written to the `.npz` `cache`; `progress`:
+    a bar of the batches on stderr while they are computed."""
     if cache is not None and Path(cache).is_file():
         return load_stats(cache)
-    batches = DataLoader(images, batch_size=batch_size)  # a tensor or any data set of image tensors
+    batches = tqdm(DataLoader(images, batch_size=batch_size),  # a tensor or any data set of image tensors
+                   desc="reference statistics", unit="batch", leave=False, disable=not progress)
     mu, sigma = accumulate(batches, extractor.to(device), device).mu_sigma()
     if cache is not None:
         save_stats(cache, mu, sigma)
@@ -56,19 +60,26 @@ def fd_to(mu_sigma_ref, stats: FeatureStats) -> float:
 
 
 @torch.no_grad()
-def statistics_of(sample_fn, seeds, extractor, accelerator=None, batch_size: int = 64, device=None) -> FeatureStats:
+def statistics_of(sample_fn, seeds, extractor, accelerator=None, batch_size: int = 64, device=None,
+                  progress: bool = True) -> FeatureStats:
     """The feature statistics of the samples of `seeds` (sample `i` from `seeds[i]`): each process
     runs its share of the seeds (`seeds.split`) in batches and sums in float64, then the sums of all
-    processes are added, so every process returns the statistics of all the seeds."""
+    processes are added, so every process returns the statistics of all the seeds. `progress`: a bar
+    of the first process's batches on stderr."""
     processes = 1 if accelerator is None else accelerator.num_processes
     if len(seeds) < 2 * processes:
         who = "one process" if processes == 1 else f"{processes} processes"
         raise ValueError(f"num_samples={len(seeds)} is too few for {who} (need 2 each)")
-    stats = accumulate(generate(sample_fn, split(seeds, accelerator), batch_size), extractor, device)
+    mine = split(seeds, accelerator)
+    main = accelerator is None or accelerator.is_main_process
+    batches = tqdm(generate(sample_fn, mine, batch_size), total=-(-len(mine) // batch_size), desc="samples",
+                   unit="batch", leave=False, disable=not (progress and main))
+    stats = accumulate(batches, extractor, device)
     return stats if accelerator is None else stats.reduce(accelerator)
 
 
-def frechet_of(sample_fn, seeds, extractor, reference, accelerator=None, batch_size: int = 64, device=None) -> float:
+def frechet_of(sample_fn, seeds, extractor, reference, accelerator=None, batch_size: int = 64, device=None,
+               progress: bool = True) -> float:
     """The Fréchet distance of the samples of `seeds` to `reference` (`mu`, `sigma`) in the feature
     space of `extractor` (statistics_of)."""
-    return fd_to(reference, statistics_of(sample_fn, seeds, extractor, accelerator, batch_size, device))
+    return fd_to(reference, statistics_of(sample_fn, seeds, extractor, accelerator, batch_size, device, progress))

@@ -2,9 +2,14 @@
 exact moments of the analytic mixture, or a saved `.npz`."""
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 from ..samplers import GMMDenoiser
 from .fid import data_stats, gmm_stats
 from .frechet import load_stats
+
+log = logging.getLogger(__name__)
 
 
 def reference_stats(reference: str, extractor, extractor_name: str, model=None, make_data=None, cache=None,
@@ -20,7 +25,8 @@ def reference_stats(reference: str, extractor, extractor_name: str, model=None, 
         return load_stats(reference)
     if make_data is None:
         raise ValueError("reference=data needs a data set (data=...)")
-    if accelerator is None or accelerator.is_main_process:
+    if (accelerator is None or accelerator.is_main_process) and not (cache is not None and Path(cache).is_file()):
+        log.info(f"reference statistics of the data ({extractor_name} features): {cache}")
         data_stats(make_data(), extractor, cache, device=device)
     if accelerator is not None:
         accelerator.wait_for_everyone()

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMPipeline, DDPMScheduler
 
+from ..samplers.noise import generators, normal, uniform
+
 
 class DiffusionObjective:
     """`E_{t, x0, eps} || target - net(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t) ||^2` with
@@ -36,14 +38,15 @@ class DiffusionObjective:
         return {key: c[key] for key in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule",
                                         "prediction_type")}
 
-    def losses(self, nets, x0: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
-        """`{"net": loss}` at every step."""
-        return {"net": self.loss(nets["net"], x0)}
+    def losses(self, nets, x0: torch.Tensor, step: int, seeds) -> dict[str, torch.Tensor]:
+        """`{"net": loss}` at every step: row `i`'s noise, then its timestep, from `seeds[i]`."""
+        gens = generators(seeds)
+        noise = normal(gens, x0.shape[1:], x0.device).to(x0.dtype)
+        t = (uniform(gens, ()).double() * self.scheduler.config.num_train_timesteps).long().to(x0.device)
+        return {"net": self.loss(nets["net"], x0, noise, t)}
 
-    def loss(self, model, x0: torch.Tensor) -> torch.Tensor:
-        """The loss above on the batch `x0`: the noise first, then the timesteps."""
-        noise = torch.randn_like(x0)
-        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (x0.shape[0],), device=x0.device)
+    def loss(self, model, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The loss above on the batch `x0` with its noise and integer timesteps `t`, shape (B,)."""
         noisy = self.scheduler.add_noise(x0, noise, t)
         kind = self.scheduler.config.prediction_type
         target = {"epsilon": noise, "sample": x0}.get(kind)

@@ -46,8 +46,8 @@ class DistillationObjective:
         t = torch.ones(len(noise), dtype=noise.dtype, device=noise.device)
         return noise - velocity(model, noise, t, self.time_scale)
 
-    def losses(self, nets, batch, step: int) -> dict[str, torch.Tensor]:
-        """`{"net": loss}` at every step."""
+    def losses(self, nets, batch, step: int, seeds) -> dict[str, torch.Tensor]:
+        """`{"net": loss}` at every step (no random numbers: `seeds` is not used)."""
         if not isinstance(batch, (tuple, list)) or len(batch) != 2:
             raise ValueError(f"distillation trains on (sample, noise) pairs (data=pairs), got a {type(batch).__name__}")
         x0, noise = batch

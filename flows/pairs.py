@@ -1,10 +1,11 @@
 """Reflow pairs (Liu et al. 2022): the noise a sampler starts from and the sample it ends at, the
 coupling that the next rectified flow is trained on.
 
-A pair set is a directory: `pairs.json` (what made the pairs) and shards
-`shard_{k:05d}.safetensors` of `shard_size` consecutive seeds, each with tensors `noise`, `sample`
-(float32, shape (n, *shape)) and `seeds` (int64). Pair `i` comes from seed `seed_start + i` alone
-(`samplers.sample_seeds`), so the set depends neither on the batch size nor on the processes.
+A pair set is a directory: `pairs.json` (what made the pairs: the model's weight fingerprint, the
+sampler and its options, the grid, the sample shape, the seeds) and shards `shard_{k:05d}.safetensors`
+of `shard_size` consecutive seeds, each with tensors `noise`, `sample` (float32, shape (n, *shape)) and
+`seeds` (int64). Pair `i` comes from seed `seed_start + i` alone (`samplers.sample_seeds`), so the set
+depends neither on the batch size nor on the processes.
 """
 from __future__ import annotations
 
@@ -15,11 +16,11 @@ from typing import Mapping, Sequence
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from ..samplers import check_sigmas, sample_seeds
+from ..samplers import check_sigmas, fingerprint, sample_seeds
 from ..samplers.solvers import resolve_options
 
 INDEX = "pairs.json"
@@ -51,6 +52,17 @@ def _first_difference(old: Mapping, new: Mapping) -> str | None:
     return None
 
 
+def _read_index(path: Path) -> dict:
+    """The `pairs.json` at `path`; one that is not a JSON object is refused in one line naming it."""
+    try:
+        index = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is no pair index: {err}") from None
+    if not isinstance(index, dict):
+        raise ValueError(f"{path} is no pair index: it holds a {type(index).__name__}, not an object")
+    return index
+
+
 def _noise_recorder(sigma0: float, noises: list):
     """A sampler callback that keeps the noise of each batch: its first denoiser call is at
     `x = sigma0 * noise` (float64, from which the float32 noise comes back exactly)."""
@@ -72,9 +84,12 @@ def write_pairs(denoiser, sampler: str, sigmas, shape, seeds: Sequence[int], out
     Shard `k` holds seeds `k * shard_size ...` and is made by process `k % num_processes`
     (`accelerator`: an Accelerate `Accelerator`, or None for one process); it is written under a
     temporary name and renamed, and a shard already there is kept, so a stopped run started again
-    makes only the missing shards. `pairs.json` records `metadata` (the caller's: the model's
-    identity), the sampler, its options, the sigmas, the shape, the seeds and the shard size; a
-    directory whose `pairs.json` says otherwise is refused, and nothing is written.
+    makes only the missing shards. `pairs.json` records the fingerprint of `denoiser`'s weights
+    (`samplers.fingerprint`), `metadata` (the caller's: the model's name), the sampler, its options,
+    the sigmas, the shape, the seeds and the shard size; a directory whose `pairs.json` says
+    otherwise (other weights at the same path, too) is refused, naming both values, and nothing is
+    written. Shards are written with the mode of any new file (0666 less the umask). The first
+    process shows a bar of its pairs on stderr; each shard written is logged (this module's logger).
     """
     if int(shard_size) != shard_size or shard_size < 1:
         raise ValueError(f"shard_size must be a whole number of at least 1, got {shard_size}")
@@ -89,8 +104,8 @@ def write_pairs(denoiser, sampler: str, sigmas, shape, seeds: Sequence[int], out
         raise ValueError(f"reflow pairs record their sampler's options; an AMED predictor is not one they can record: "
                          f"give {sampler} its frozen table (r, c lists) instead")
     sigmas = check_sigmas(sigmas)
-    index = {"sampler": sampler, "options": options, "sigmas": sigmas.tolist(), "shape": [int(s) for s in shape],
-             "seed_start": first, "num_pairs": count, "shard_size": int(shard_size)}
+    index = {"fingerprint": fingerprint(denoiser), "sampler": sampler, "options": options, "sigmas": sigmas.tolist(),
+             "shape": [int(s) for s in shape], "seed_start": first, "num_pairs": count, "shard_size": int(shard_size)}
     clash = sorted(set(metadata or {}) & set(index))
     if clash:
         raise ValueError(f"metadata key {clash[0]!r} is one write_pairs sets itself; use another name")
@@ -101,7 +116,10 @@ def write_pairs(denoiser, sampler: str, sigmas, shape, seeds: Sequence[int], out
     main = accelerator is None or accelerator.is_main_process
     path = out_dir / INDEX
     if path.is_file():
-        written = json.loads(path.read_text())
+        written = _read_index(path)
+        if written.get("fingerprint") != index["fingerprint"]:
+            raise ValueError(f"{path} holds pairs of a model with weights {written.get('fingerprint')}; this model's "
+                             f"weights are {index['fingerprint']}: use another out_dir or the same model")
         key = _first_difference(written, index)
         if key is not None:
             raise ValueError(f"{path} has {key}={written.get(key)!r}, this run {key}={index.get(key)!r}: "
@@ -117,20 +135,23 @@ def write_pairs(denoiser, sampler: str, sigmas, shape, seeds: Sequence[int], out
     shards = range(-(-count // shard_size))
     mine = [k for k in shards if k % world == rank]
     todo = [k for k in mine if not (out_dir / shard_name(k)).is_file()]
-    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc="pairs", unit="shard", disable=not main)
+    size = {k: min((k + 1) * shard_size, count) - k * shard_size for k in mine}
+    bar = tqdm(total=sum(size.values()), initial=sum(size[k] for k in mine if k not in todo), desc="pairs",
+               unit="pair", disable=not main)
     for k in todo:
-        shard_seeds = list(range(first + k * shard_size, first + min((k + 1) * shard_size, count)))
-        noises = []
-        samples = list(sample_seeds(sampler, denoiser, shard_seeds, sigmas, shape, batch_size=batch_size,
-                                    device=device, callback=_noise_recorder(float(sigmas[0]), noises),
-                                    options=options))
+        shard_seeds = list(range(first + k * shard_size, first + k * shard_size + size[k]))
+        noises, samples = [], []
+        for batch in sample_seeds(sampler, denoiser, shard_seeds, sigmas, shape, batch_size=batch_size, device=device,
+                                  callback=_noise_recorder(float(sigmas[0]), noises), options=options):
+            samples.append(batch)
+            bar.update(len(batch))
         tensors = {"noise": torch.cat(noises).contiguous(), "sample": torch.cat(samples).float().cpu().contiguous(),
                    "seeds": torch.tensor(shard_seeds)}
         final = out_dir / shard_name(k)
         tmp = final.with_name(final.name + ".tmp")
-        save_file(tensors, str(tmp))
+        tmp.write_bytes(save(tensors))  # not save_file: safetensors 0.8 makes that file 0600 whatever the umask
         tmp.rename(final)
-        bar.update(1)
+        log.info(f"{final}: the pairs of seeds {shard_seeds[0]}..{shard_seeds[-1]}")
     bar.close()
     if accelerator is not None:
         accelerator.wait_for_everyone()
@@ -154,7 +175,7 @@ class PairsDataset(Dataset):
         path = self.root / INDEX
         if not path.is_file():
             raise FileNotFoundError(f"no {INDEX} in {self.root}: not a pair set written by write_pairs")
-        self.index = json.loads(path.read_text())
+        self.index = _read_index(path)
         if expect:
             expect = json.loads(json.dumps(dict(expect)))
             key = next((k for k in expect if self.index.get(k) != expect[k]), None)
@@ -188,6 +209,10 @@ class PairsDataset(Dataset):
         if not torch.equal(seeds, torch.arange(first, first + n)):
             raise ValueError(f"shard {file} holds seeds {int(seeds[0])}..{int(seeds[-1])}, "
                              f"{INDEX} says {first}..{first + n - 1}")
+
+    def settings(self) -> dict:
+        """What made the pairs (`pairs.json`), which a training run records (`training.Trainer`'s run.json)."""
+        return self.index
 
     def __len__(self) -> int:
         return self.count

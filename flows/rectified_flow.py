@@ -3,16 +3,20 @@ noise, `x_t = (1 - t) x0 + t eps`, `v = eps - x0`, t = 0 data and t = 1 noise
 (docs/conventions.md §2: `samplers.FlowDenoiser` maps it to sigma space)."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from ..samplers import FlowDenoiser
+from ..samplers.noise import generators, normal, uniform
 from .straightness import record_straightness
 from .velocity import save_flow, velocity
 
 TIME_SAMPLINGS = ("uniform", "logit_normal")
+
+log = logging.getLogger(__name__)
 
 
 def rectified_flow_loss(model, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
@@ -52,26 +56,29 @@ class RectifiedFlowObjective:
     def settings(self) -> dict:
         return {"time_sampling": self.time_sampling, "loc": self.loc, "scale": self.scale, "time_scale": self.time_scale}
 
-    def sample_t(self, n: int, device) -> torch.Tensor:
+    def sample_t(self, gens, device) -> torch.Tensor:
+        """One time per generator (`time_sampling`)."""
         if self.time_sampling == "uniform":
-            return torch.rand(n, device=device)
-        return torch.sigmoid(self.loc + self.scale * torch.randn(n, device=device))
+            return uniform(gens, (), device)
+        return torch.sigmoid(self.loc + self.scale * normal(gens, (), device))
 
-    def losses(self, nets, batch, step: int) -> dict[str, torch.Tensor]:
-        """`{"net": loss}` at every step."""
+    def losses(self, nets, batch, step: int, seeds) -> dict[str, torch.Tensor]:
+        """`{"net": loss}` at every step: row `i`'s noise (unless paired), then its time, from `seeds[i]`."""
+        gens = generators(seeds)
         if isinstance(batch, (tuple, list)):
             x0, noise = batch
         else:
-            x0, noise = batch, torch.randn_like(batch)
-        t = self.sample_t(x0.shape[0], x0.device)
+            x0 = batch
+            noise = normal(gens, x0.shape[1:], x0.device).to(x0.dtype)
+        t = self.sample_t(gens, x0.device)
         return {"net": rectified_flow_loss(nets["net"], x0, noise, t, self.time_scale)}
 
     def export(self, nets, out_dir: str | Path) -> None:
         """`save_flow(nets["net"])`, with the flow's straightness (`record_straightness`) in
-        out_dir/straightness.json, also printed."""
+        out_dir/straightness.json, also logged."""
         save_flow(nets["net"], out_dir, self.time_scale)
         shape = FlowDenoiser(nets["net"]).sample_shape
         if shape is not None:  # a network that knows its sample shape (a diffusers UNet, flows.MLPVelocity)
             with torch.no_grad():
                 value = record_straightness(nets["net"], shape, out_dir, self.time_scale)
-            print(f"straightness {value:.6f} (256 noises, 50 Euler steps): {Path(out_dir) / 'straightness.json'}")
+            log.info(f"straightness {value:.6f} (256 noises, 50 Euler steps): {Path(out_dir) / 'straightness.json'}")

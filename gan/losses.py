@@ -3,13 +3,16 @@
 A critic `phi` maps a batch to one value per sample, and must treat samples independently (no batch
 norm): the penalties take `grad_x sum_i phi(x_i)` as the per-sample gradients `grad phi(x_i)`.
 Interpolation times are drawn per sample as `torch.rand((B, 1, ..., 1), generator=generator)` in
-`fake`'s dtype and device, so a test can recompute them from a seeded generator.
+`fake`'s dtype and device, so a test can recompute them from a seeded generator; `generator` may also
+be a list, one generator per sample (`samplers.noise.generators`: the GAN objective's rows).
 """
 from __future__ import annotations
 
 from typing import Callable
 
 import torch
+
+from ..samplers.noise import uniform
 
 
 def critic_values(critic, x: torch.Tensor) -> torch.Tensor:
@@ -38,8 +41,14 @@ def _check_step(step_size: float) -> None:
 
 
 def _times(x: torch.Tensor, generator) -> torch.Tensor:
-    """`torch.rand((B, 1, ..., 1))` in `x`'s dtype and device: one time per sample, broadcasting."""
-    return torch.rand((len(x),) + (1,) * (x.ndim - 1), generator=generator, device=x.device, dtype=x.dtype)
+    """`torch.rand((B, 1, ..., 1))` in `x`'s dtype and device: one time per sample, broadcasting; from
+    `generator[i]` for sample `i` when it is a list."""
+    ones = (1,) * (x.ndim - 1)
+    if isinstance(generator, list):
+        if len(generator) != len(x):
+            raise ValueError(f"{len(generator)} generators for a batch of {len(x)}: give one per sample")
+        return uniform(generator, ones, x.device).to(x.dtype)
+    return torch.rand((len(x),) + ones, generator=generator, device=x.device, dtype=x.dtype)
 
 
 def _critic_grad(critic, x: torch.Tensor, create_graph: bool) -> torch.Tensor:
@@ -51,7 +60,7 @@ def _critic_grad(critic, x: torch.Tensor, create_graph: bool) -> torch.Tensor:
 
 
 def reflow_critic_loss(critic, real: torch.Tensor, fake: torch.Tensor, penalty_weight: float = 0.5,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
+                       generator: torch.Generator | list[torch.Generator] | None = None) -> torch.Tensor:
     """`mean_i [phi(fake_i) - phi(real_i) + w ||grad phi(x_t,i)||^2]`, `x_t = (1 - t) fake + t real`,
     `t ~ U[0, 1]` per sample, the squared norm summed over every non-batch element, `w =
     penalty_weight` (1/2 is the ReFlow loss itself, docs/conventions.md §10). `fake` is detached; the penalty is
@@ -66,7 +75,7 @@ def reflow_critic_loss(critic, real: torch.Tensor, fake: torch.Tensor, penalty_w
 
 
 def wgan_gp_critic_loss(critic, real: torch.Tensor, fake: torch.Tensor, penalty_weight: float = 10.0,
-                        generator: torch.Generator | None = None) -> torch.Tensor:
+                        generator: torch.Generator | list[torch.Generator] | None = None) -> torch.Tensor:
     """WGAN-GP (Gulrajani et al. 2017): `mean_i [phi(fake_i) - phi(real_i) + lambda (||grad
     phi(x_hat,i)|| - 1)^2]`, `x_hat = real + u (fake - real)`, `u ~ U[0, 1]` per sample (u = 0 is
     real), the norm over every non-batch element, `lambda = penalty_weight`. `fake` is detached."""

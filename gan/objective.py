@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from ..samplers.noise import generators, normal
 from .losses import generator_plain_loss, reflow_critic_loss, regression_loss, regression_target, wgan_gp_critic_loss
 
 CRITIC_LOSSES = {"reflow": reflow_critic_loss, "wgan_gp": wgan_gp_critic_loss}
@@ -59,20 +60,22 @@ class GANObjective:
                 "generator_steps": self.generator_steps, "monitor": self.monitor, "monitor_samples": self.monitor_samples}
 
     @staticmethod
-    def latents(generator, n: int, device) -> torch.Tensor:
-        return torch.randn(n, *generator.latent_shape, device=device)
+    def latents(generator, gens, device) -> torch.Tensor:
+        """One latent of the generator's `latent_shape` from each of `gens`."""
+        return normal(gens, generator.latent_shape, device)
 
-    def losses(self, nets, real, step: int) -> dict[str, torch.Tensor]:
+    def losses(self, nets, real, step: int, seeds) -> dict[str, torch.Tensor]:
+        """The loss due at `step`; row `i`'s latent, then its interpolation time, from `seeds[i]`."""
         critic, generator = nets["critic"], nets["generator"]
-        phase = step % (self.n_critic + self.generator_steps)
+        phase, gens = step % (self.n_critic + self.generator_steps), generators(seeds)
         if phase < self.n_critic:
             with torch.no_grad():
-                fake = generator(self.latents(generator, len(real), real.device))
-            return {"critic": CRITIC_LOSSES[self.critic_loss](critic, real, fake, self.penalty_weight)}
+                fake = generator(self.latents(generator, gens, real.device))
+            return {"critic": CRITIC_LOSSES[self.critic_loss](critic, real, fake, self.penalty_weight, gens)}
         if self.generator_loss == "plain":
-            return {"generator": generator_plain_loss(critic, generator(self.latents(generator, len(real), real.device)))}
+            return {"generator": generator_plain_loss(critic, generator(self.latents(generator, gens, real.device)))}
         if phase == self.n_critic or self._target is None:  # the cycle's first generator update: a new target
-            self._z = self.latents(generator, len(real), real.device)
+            self._z = self.latents(generator, gens, real.device)
             self._target = regression_target(critic, generator(self._z), self.step_size)
         z, target = self._z.to(real.device), self._target.to(real.device)
         return {"generator": regression_loss(generator(z), target)}

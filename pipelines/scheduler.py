@@ -17,8 +17,9 @@ schedulers do; otherwise from its own float64 one.
 Flow-matching pipelines (`prediction_type="flow_prediction"`, which `from_config` sets for a
 FlowMatchEulerDiscreteScheduler config) work the same way in the flow's own coordinates
 (`timesteps.FlowTime`): the pipeline's sample is `x_t = x / (1 + sigma)`, the UNet sees
-`t * num_train_timesteps` and returns the velocity. Euler on the `flow_uniform` grid is then exactly
-FlowMatchEulerDiscreteScheduler's Euler.
+`t * num_train_timesteps` and returns the velocity; the samplers step in t (`spaces.FLOW_TIME`), so
+t = 1 is an ordinary start. Euler on the shifted `flow_uniform` grid is then exactly
+FlowMatchEulerDiscreteScheduler's Euler, and Heun its FlowMatchHeunDiscreteScheduler.
 """
 from __future__ import annotations
 
@@ -32,8 +33,9 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutpu
 
 from ..samplers.denoisers import DiffusersUNetDenoiser
 from ..samplers.schedules import DISCRETE_MIRRORS, EPS_S, RHO, discrete_grid, get_sigmas
-from ..samplers.solvers import FIXED_GRID_NAMES, SOLVERS, check_sigmas, resolve_options, run_steps
-from ..samplers.spaces import check_flow_config, is_flow_matching
+from ..samplers.solvers import FIXED_GRID_NAMES, SOLVERS, check_sigmas, extras, resolve_options, run_steps
+from ..samplers.flow_shift import FlowShift
+from ..samplers.spaces import is_flow_matching
 from ..tuning import amed_predictor, schedule_tables
 from .timesteps import FlowTime, VPTable
 
@@ -55,12 +57,12 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
     Noise table (as diffusers' schedulers): num_train_timesteps, beta_start, beta_end,
         beta_schedule, trained_betas; prediction_type: epsilon, v_prediction or sample.
         prediction_type="flow_prediction": a rectified flow / flow-matching model instead (no table;
-        diffusers' FlowMatchEulerDiscreteScheduler with shift 1, `t = timestep / num_train_timesteps`).
+        diffusers' FlowMatchEulerDiscreteScheduler, `t = timestep / num_train_timesteps`).
     sampler: ddim, euler, heun, dpmpp_2m, ipndm, dpm_2, amed or amed_plugin; sampler_options: its keywords,
         e.g. {"eta": 1.0} (not afs=True: the pipeline's first evaluation is on its starting noise).
     schedule: karras (rho), logsnr, time_uniform (eps_s), flow_uniform over [sigma_min, sigma_max] (None: the
-        table's range; a flow's is t from 1 / num_train_timesteps to 1, to 0.999 for heun:
-        `timesteps.FlowTime`); None: karras on a VP table, flow_uniform
+        table's range; a flow's is t from 1 / num_train_timesteps to 1: `timesteps.FlowTime`); None:
+        karras on a VP table, flow_uniform
         (FlowMatchEulerDiscreteScheduler's own grid) on a flow; or discrete (VP only): exactly the
         timesteps and sigmas of the diffusers scheduler the sampler mirrors
         (`schedules.DISCRETE_MIRRORS`: DDIMScheduler for ddim and ipndm,
@@ -79,6 +81,10 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         NFE more than the table's. The weights are not checked: use it with the model it was made for.
     rescale_betas_zero_snr: the zero-terminal-SNR table (Lin et al. 2024), whose last
         `alphas_cumprod` (0) is set to 2^-24 as EulerDiscreteScheduler does (sigma_max about 4096).
+    shift, use_dynamic_shifting, time_shift_type, shift_terminal, base_shift, max_shift, base_image_seq_len,
+        max_image_seq_len: a flow-matching config's time shift (SD3's static `shift`, Flux's dynamic one with
+        `set_timesteps(..., mu=)`), applied as FlowMatchEulerDiscreteScheduler applies it, to the
+        flow_uniform grid and to a pipeline's `sigmas` (`samplers.flow_shift`).
         `set_timesteps(n)` makes `n` sampler steps; `timesteps` lists one (fractional) timestep per
         network evaluation, so heun, dpm_2, amed and amed_plugin interleave them and have `order` 2.
     A stochastic sampler (ddim with eta > 0) draws from the generator given to the first `step()`
@@ -97,7 +103,10 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
                  set_alpha_to_one: bool = True, final_sigmas_type: str = "zero",
                  sampler: str = "ddim", sampler_options: dict | None = None, schedule: str | None = None,
                  rho: float = RHO, sigma_min: float | None = None, sigma_max: float | None = None,
-                 eps_s: float = EPS_S, schedule_table: str | None = None, frozen_table: str | None = None):
+                 eps_s: float = EPS_S, schedule_table: str | None = None, frozen_table: str | None = None,
+                 shift: float = 1.0, use_dynamic_shifting: bool = False, time_shift_type: str = "exponential",
+                 shift_terminal: float | None = None, base_shift: float = 0.5, max_shift: float = 1.15,
+                 base_image_seq_len: int = 256, max_image_seq_len: int = 4096):
         if schedule_table is not None and schedule not in (None, "table"):
             raise ValueError(f"schedule_table={schedule_table} gives the whole grid; it takes no schedule={schedule!r}")
         self._frozen = None
@@ -134,14 +143,20 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         self.num_inference_steps = self.grid = self.sigmas = self._plan_key = None
         self._step_index = self._begin_index = self._set_generator = None
         self._steps = self._request = self._generator = self._eta = self._shape = self._returned = None
+        flow_shift = FlowShift(shift, use_dynamic_shifting, time_shift_type, shift_terminal, base_shift, max_shift,
+                               base_image_seq_len, max_image_seq_len)
         if prediction_type == FLOW:
             if schedule == "discrete":
                 raise ValueError("schedule 'discrete' needs a VP noise table; a flow's own grid is flow_uniform")
-            self._space, self._schedule = FlowTime(num_train_timesteps, sampler), schedule or "flow_uniform"
+            self._space, self._schedule = FlowTime(num_train_timesteps, flow_shift), schedule or "flow_uniform"
             self.betas = self.alphas = self.alphas_cumprod = self.log_sigmas = None
             # before set_timesteps, as FlowMatchEulerDiscreteScheduler: every training timestep, descending
             self.timesteps = torch.arange(num_train_timesteps, 0, -1, dtype=torch.float32)
             return
+        if not flow_shift.identity:
+            raise ValueError(f"shift={shift}, use_dynamic_shifting={use_dynamic_shifting}, shift_terminal="
+                             f"{shift_terminal} are for flow-matching models (prediction_type={FLOW!r}); "
+                             f"this is a VP model (prediction_type={prediction_type!r})")
         if beta_schedule is None and trained_betas is None:
             raise ValueError("the scheduler config has no noise table: beta_schedule and trained_betas are both None")
         try:
@@ -171,7 +186,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
     @classmethod
     def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
         """As `ConfigMixin.from_config`, but a FlowMatchEulerDiscreteScheduler config gives the flow
-        mode (`prediction_type="flow_prediction"`; shift 1 only), a config without a VP noise table
+        mode (`prediction_type="flow_prediction"`, its shifts honoured), a config without a VP noise table
         (an EDM scheduler's) is refused instead of silently getting the default betas, and so is a
         keyword that is not an option of this scheduler (the config's own keys belong to the scheduler
         it replaces and are left out)."""
@@ -180,7 +195,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         if unknown:
             raise ValueError(f"FewstepScheduler has no option {', '.join(unknown)}; its options: {', '.join(params)}")
         if isinstance(config, dict) and is_flow_matching(config):
-            check_flow_config(config, "scheduler")
+            FlowShift.from_config(config)  # refuses the keys it does not follow
             kwargs.setdefault("prediction_type", FLOW)
         elif isinstance(config, dict) and not any(key in config or key in kwargs for key in NOISE_TABLE_KEYS):
             keys = ", ".join(sorted(k for k in config if not k.startswith("_")))
@@ -193,8 +208,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
 
     def _trajectory(self, x: torch.Tensor, grid: torch.Tensor, generator, options: dict):
         """The sampler's step generator down `grid`, starting at `x` (sigma space)."""
-        extra = {"generator": generator} if self._solver.stochastic else {}
-        return self._solver.run(x, grid, **options, **extra)
+        return self._solver.run(x, grid, **options, **extras(self._solver, generator, self._space.step_time))
 
     def _with_eta(self, eta) -> dict:
         """`sampler_options`, with a nonzero `step()` eta in place of theirs (0 or None: theirs)."""
@@ -206,7 +220,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         return {**self._options, "eta": float(eta)}
 
     def set_timesteps(self, num_inference_steps: int | None = None, device=None, timesteps=None, sigmas=None,
-                      generator=None) -> None:
+                      generator=None, mu: float | None = None) -> None:
         """Plan a trajectory, from exactly one of: `num_inference_steps` sampler steps on the
         configured schedule; `sigmas`, a strictly decreasing sigma list (sigma space, the
         `sqrt((1 - abar) / abar)` of diffusers' Euler and Heun schedulers) whose last entry is where
@@ -216,7 +230,10 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
 
         Sets `grid` (the sigma list), `sigmas` (the sigmas the sampler evaluates, in order, then
         the grid's last) and their timesteps `t(sigma)` (`timesteps`, float32 on `device`).
+        On a flow, `sigmas` are its times t in (0, 1] (as FlowMatchEulerDiscreteScheduler takes them), and
+        they and the flow_uniform grid are shifted as the config says; `mu`: the dynamic shift's (Flux).
         A pipeline calls this once per generation, so the last plan is reused when nothing changed."""
+        self._check_mu(mu)
         given = [name for name, value in (("num_inference_steps", num_inference_steps), ("timesteps", timesteps),
                                           ("sigmas", sigmas)) if value is not None]
         if len(given) != 1:
@@ -230,26 +247,36 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         if timesteps is not None or sigmas is not None:
             custom = ("timesteps" if sigmas is None else "sigmas",
                       tuple(torch.as_tensor(sigmas if sigmas is not None else timesteps, dtype=torch.float64).reshape(-1).tolist()))
-        key = (num_inference_steps, custom, torch.device(device if device is not None else "cpu"))
+        key = (num_inference_steps, custom, mu, torch.device(device if device is not None else "cpu"))
         if key != self._plan_key:
-            grid, timestep_of = self._grid(num_inference_steps) if custom is None else self._custom_grid(*custom)
+            grid, timestep_of = self._grid(num_inference_steps, mu) if custom is None else self._custom_grid(*custom, mu)
             self.grid, self.sigmas, self.timesteps = self._plan(grid, timestep_of, key[-1])
             self._plan_key = key
         self.num_inference_steps = len(self.grid) - 1
         self._step_index, self._begin_index, self._set_generator = None, None, generator
         self._steps = None
 
-    def _custom_grid(self, kind: str, values: tuple) -> tuple[torch.Tensor, dict]:
-        """The grid of a pipeline's own `sigmas` (as given) or `timesteps` (their sigmas, then 0),
-        and `{sigma: timestep}` for the given timesteps."""
+    def _check_mu(self, mu) -> None:
+        if self.config.prediction_type == FLOW:
+            self._space.shift.check_mu(mu)
+        elif mu is not None:
+            raise ValueError(f"mu={mu} is the dynamic shift of a flow-matching model; this is a VP model "
+                             f"(prediction_type={self.config.prediction_type!r})")
+
+    def _custom_grid(self, kind: str, values: tuple, mu=None) -> tuple[torch.Tensor, dict]:
+        """The grid of a pipeline's own `sigmas` (as given; a flow's times shifted) or `timesteps` (their
+        sigmas, then 0), and `{sigma: timestep}` for the given timesteps."""
         if len(values) < (2 if kind == "sigmas" else 1):
             raise ValueError(f"set_timesteps got {kind}={list(values)}: too few for one step")
         flow = self.config.prediction_type == FLOW
         if kind == "sigmas" and not flow:
             return check_sigmas(torch.tensor(values, dtype=torch.float64)), {}
         steps = torch.tensor(values, dtype=torch.float64)
-        if kind == "sigmas":  # a flow pipeline's sigmas are its times t in [0, 1], the 0 at the end added
-            steps = steps * self.config.num_train_timesteps
+        if kind == "sigmas":  # a flow pipeline's sigmas are its times t in (0, 1], the 0 at the end added
+            if not ((steps > 0) & (steps <= 1)).all():
+                raise ValueError(f"set_timesteps got sigmas={list(values)}: a flow's sigmas are its times t, "
+                                 f"in (0, 1]")
+            steps = self._space.shift.times(steps, mu) * self.config.num_train_timesteps
         last = self.config.num_train_timesteps - (0 if flow else 1)
         if not ((steps >= 0) & (steps <= last)).all() or not (steps[1:] < steps[:-1]).all():
             raise ValueError(f"set_timesteps got {kind}={list(values)}: they must decrease strictly "
@@ -275,9 +302,11 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         """The index in `timesteps` of the next evaluation (None before the first step)."""
         return self._step_index
 
-    def _grid(self, steps: int) -> tuple[torch.Tensor, dict]:
+    def _grid(self, steps: int, mu=None) -> tuple[torch.Tensor, dict]:
         """The sigma grid of the configured schedule, and `{sigma: timestep}` for the discrete
-        schedule, whose timesteps are the mirrored diffusers scheduler's (empty otherwise)."""
+        schedule, whose timesteps are the mirrored diffusers scheduler's (empty otherwise); a flow's
+        own grid (flow_uniform) planned as the mirrored flow scheduler plans it (`FlowTime.sigma_min_of_plan`)
+        and shifted as FlowMatchEulerDiscreteScheduler shifts it."""
         c = self.config
         if self._frozen is not None:
             grid = schedule_tables.check_start(self._frozen["sigmas"], self._space.sigma_max,
@@ -297,9 +326,14 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
             grid, timesteps = discrete_grid(steps, self.alphas_cumprod, c.timestep_spacing, c.steps_offset,
                                             c.sampler, final)
             return grid, dict(zip(grid.tolist(), timesteps.tolist()))
-        grid = get_sigmas(self._schedule, steps, self._space.sigma_min if c.sigma_min is None else c.sigma_min,
+        lowest = self._space.sigma_min if c.sigma_min is None else c.sigma_min
+        if self._schedule == "flow_uniform" and c.sigma_min is None:
+            lowest = self._space.sigma_min_of_plan(steps, c.sampler)
+        grid = get_sigmas(self._schedule, steps, lowest,
                           self._space.sigma_max if c.sigma_max is None else c.sigma_max, rho=c.rho, eps_s=c.eps_s,
                           final_sigmas_type=c.final_sigmas_type)
+        if self._schedule == "flow_uniform":
+            grid = self._space.shift.sigmas(grid, mu)
         return grid, {}
 
     def _plan(self, grid: torch.Tensor, timestep_of: dict, device: torch.device):

@@ -4,20 +4,24 @@
 
 `VPTable`: a discrete VP noise table; the pipeline's sample is `x_vp = x / sqrt(1 + sigma^2)`.
 `FlowTime`: a rectified flow / flow matching model (diffusers' FlowMatchEulerDiscreteScheduler,
-shift 1); the pipeline's sample is `x_t = x / (1 + sigma)` at `t = sigma / (1 + sigma)`, the network
-sees `t * num_train_timesteps` and predicts the velocity `v`, so `D = x_t - t v`.
+its shifts included); the pipeline's sample is `x_t = x / (1 + sigma)` at `t = sigma / (1 + sigma)`, the
+network sees `t * num_train_timesteps` and predicts the velocity `v`, so `D = x_t - t v`.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from ..samplers.spaces import (FLOW_SIGMA_MAX, flow_output_to_denoised, flow_sigma, flow_t, fractional_timestep,
-                               sigma_of_timestep, sigmas_from_alphas_cumprod, vp_output_to_denoised)
+from ..samplers.flow_shift import FlowShift
+from ..samplers.spaces import (FLOW_SIGMA_MAX, FLOW_TIME, SIGMA_TIME, flow_output_to_denoised, flow_sigma, flow_t,
+                               fractional_timestep, sigma_of_timestep, sigmas_from_alphas_cumprod,
+                               vp_output_to_denoised)
 
 
 class VPTable:
-    """`sigma_t = sqrt((1 - abar_t) / abar_t)` on the table `alphas_cumprod`, t = 0 .. T-1."""
+    """`sigma_t = sqrt((1 - abar_t) / abar_t)` on the table `alphas_cumprod`, t = 0 .. T-1; steps in sigma."""
+
+    step_time = SIGMA_TIME
 
     def __init__(self, alphas_cumprod: torch.Tensor):
         self.alphas_cumprod = alphas_cumprod.double()
@@ -47,16 +51,36 @@ class VPTable:
         return vp_output_to_denoised(out, x, sigma, prediction_type)
 
 
-class FlowTime:
-    """`sigma = t / (1 - t)`, timestep `t * num_train_timesteps`; sigmas from `t = 1 / num_train_timesteps`
-    (FlowMatchEulerDiscreteScheduler's `sigma_min`) to t = 1 (`FLOW_SIGMA_MAX`), or to t = 0.999
-    (sigma 999) for heun: its trapezoid in sigma space weights the slope at the end of the first step
-    by `(sigma_0 - sigma_1) / 2`, which from sigma 1e8 turns the network's error into noise of that size."""
+# The samplers whose flow plan (flow_uniform) is FlowMatchEuler/HeunDiscreteScheduler's, ending close to t = 0:
+# the one-step and the two-call ones; the multistep ones' is DPMSolverMultistepScheduler's and UniPC's with
+# `use_flow_sigmas` (FlowTime.sigma_min_of_plan), whose last step from t about 1/n to 0 suits their history.
+FLOW_MATCH_PLANNED = ("euler", "ddim", "heun", "dpm_2", "amed")
 
-    def __init__(self, num_train_timesteps: int, sampler: str):
-        self.n = num_train_timesteps
-        self.sigma_min = 1 / (num_train_timesteps - 1)
-        self.sigma_max = 999.0 if sampler == "heun" else FLOW_SIGMA_MAX
+
+class FlowTime:
+    """`sigma = t / (1 - t)`, timestep `t * num_train_timesteps`, steps in t (`FLOW_TIME`); sigmas from
+    FlowMatchEulerDiscreteScheduler's `sigma_min` (t = 1 / num_train_timesteps, statically shifted) to
+    t = 1 (`FLOW_SIGMA_MAX`); `shift`: the plan's time shift (`samplers.flow_shift.FlowShift`)."""
+
+    step_time = FLOW_TIME
+
+    def __init__(self, num_train_timesteps: int, shift: FlowShift):
+        self.n, self.shift = num_train_timesteps, shift
+        self.sigma_min = float(flow_sigma(self._lowest()))
+        self.sigma_max = FLOW_SIGMA_MAX
+
+    def _lowest(self) -> torch.Tensor:
+        t = torch.tensor(1 / self.n, dtype=torch.float64)
+        return t if self.shift.dynamic else self.shift.static(t)
+
+    def sigma_min_of_plan(self, steps: int, sampler: str) -> float:
+        """The lower end, before the shift, of the flow_uniform plan of `steps` steps that the scheduler
+        `sampler` mirrors uses: FlowMatchEuler's `sigma_min` (FLOW_MATCH_PLANNED), or, as DPM-Solver's
+        `linspace(1, 1 / T, steps + 1)[:-1]`, its last point `1 - (steps - 1) / steps (1 - 1 / T)`, after
+        which the plan's last step goes to 0."""
+        if sampler in FLOW_MATCH_PLANNED or steps == 1:  # one step: from t = 1 to 0 in both
+            return self.sigma_min
+        return float(flow_sigma(torch.tensor(1 - (steps - 1) / steps * (1 - 1 / self.n), dtype=torch.float64)))
 
     def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
         return flow_t(sigma.double()) * self.n

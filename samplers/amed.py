@@ -1,7 +1,9 @@
 """AMED (Zhou et al., CVPR 2024, "Fast ODE-based Sampling for Diffusion Models in Around 5 Steps") as
-step generators of `solvers.SOLVERS`; sigma space, `d = (x - D) / sigma`.
+step generators of `solvers.SOLVERS`, in the model's time (`spaces.StepTime`: `t` is sigma on a diffusion
+model, the flow's own t on a flow), `y = s(sigma) x`, slope `f = (y - D) / t`.
 
-Every step from `t_n` to `t_{n+1}` evaluates once more at `s_n = t_{n+1}^r t_n^(1-r)`. `amed` is the
+Every step from `t_n` to `t_{n+1}` evaluates once more at `s_n = t_{n+1}^r t_n^(1-r)` (on a flow
+`t_n + r (t_{n+1} - t_n)`: `spaces.StepTime.between`). `amed` is the
 AMED-Solver step, DPM-Solver-2 (`dpm_2`) at r = 1/2, c = 1; `amed_plugin` inserts `s_n` into a
 multistep solver. `r` and `c` are numbers, one per step (a frozen table), or with `predictor` (an
 `tuning.amed_predictor.AMEDPredictor`) learned per sample from the UNet's bottleneck at `t_n`: the
@@ -17,9 +19,10 @@ from functools import partial
 import torch
 
 from .contracts import StepPredictor
+from .spaces import SIGMA_TIME, StepTime
 from .steps import ask, dpmpp_2m_step, ipndm_step
 
-PLUGIN_BASES = {"ipndm": ipndm_step, "dpmpp_2m": dpmpp_2m_step}
+PLUGIN_BASES = ("ipndm", "dpmpp_2m")
 
 
 def per_step(sampler: str, name: str, value, steps: int, valid, rule: str) -> list:
@@ -42,9 +45,10 @@ def ratios(sampler: str, r, c, steps: int) -> tuple[list, list]:
             per_step(sampler, "c", c, steps, lambda v: v > 0, "positive"))
 
 
-def between(sigma, sigma_next, r):
-    """AMED's intermediate time `s = sigma_next^r sigma^(1-r)` (geometric: r = 1/2 is DPM-Solver-2's)."""
-    return sigma_next ** r * sigma ** (1 - r)
+def between(sigma, sigma_next, r, time: StepTime = SIGMA_TIME):
+    """AMED's intermediate point `s_n` as a sigma: `t_{n+1}^r t_n^(1-r)` in sigma time (r = 1/2 is
+    DPM-Solver-2's), `t_n + r (t_{n+1} - t_n)` in a flow's t (`StepTime.between`)."""
+    return time.between(sigma, sigma_next, r)
 
 
 def as_predictor(sampler: str, predictor):
@@ -72,20 +76,20 @@ def watching(sampler: str, predictor, denoiser):
     return nullcontext() if predictor is None else as_predictor(sampler, predictor).watch(denoiser)
 
 
-def intermediate(x, sigma, sigma_next, r, c, predictor, analytic: bool):
-    """`(s_n, c_n, s_n as the denoiser takes it)`: from the fixed `r`, `c`, or per sample from
+def intermediate(x, sigma, sigma_next, r, c, predictor, analytic: bool, time: StepTime):
+    """`(s_n, c_n, s_n as the denoiser takes it)` as sigmas: from the fixed `r`, `c`, or per sample from
     `predictor` (shapes (B, 1, ..., 1), and (B,) for the call; `analytic`: the step's first D was AFS's)."""
     if predictor is None:
-        mid = between(sigma, sigma_next, r)
+        mid = between(sigma, sigma_next, r, time)
         return mid, c, mid
     r, c = predictor.step_ratios(x, sigma, sigma_next, analytic)
-    mid = between(sigma, sigma_next, r)
+    mid = between(sigma, sigma_next, r, time)
     return mid, c, mid.reshape(-1)
 
 
-def amed(x, sigmas, r=0.5, c=1.0, afs: bool = False, predictor=None):
-    """AMED-Solver (the authors' `amed_sampler`): `d_n = (x_n - D(x_n, t_n)) / t_n`,
-    `x_mid = x_n + (s_n - t_n) d_n`, `x_{n+1} = x_n + c (t_{n+1} - t_n) (x_mid - D(x_mid, s_n)) / s_n`;
+def amed(x, sigmas, r=0.5, c=1.0, afs: bool = False, predictor=None, time: StepTime = SIGMA_TIME):
+    """AMED-Solver (the authors' `amed_sampler`) in the model's time: `f_n = (y_n - D(x_n, t_n)) / t_n`,
+    `y_mid = y_n + (s_n - t_n) f_n`, `y_{n+1} = y_n + c (t_{n+1} - t_n) (y_mid - D(x_mid, s_n)) / s_n`;
     Euler on a step to sigma = 0. r, c: numbers or one per step. afs: the first `d` analytic (`ask`).
     predictor: an AMEDPredictor giving `(r_n, c_n)` per sample from the bottleneck features of
     `D(x_n, t_n)` (zeros after AFS), in place of r and c."""
@@ -94,13 +98,16 @@ def amed(x, sigmas, r=0.5, c=1.0, afs: bool = False, predictor=None):
         learned("amed", predictor, sigmas, r, c, afs)
     for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
         x, denoised = yield from ask(x, sigma, afs and i == 0)
-        d = (x - denoised) / sigma
+        y, tau, tau_next = time.to_model(x, sigma), time.tau(sigma), time.tau(sigma_next)
+        f = (y - denoised) / tau
         if sigma_next == 0:
-            x = x + (sigma_next - sigma) * d
+            x = time.to_sigma(y + (tau_next - tau) * f, sigma_next)
             continue
-        mid, c_n, asked = intermediate(x, sigma, sigma_next, rs[i], cs[i], predictor, afs and i == 0)
-        x_mid, denoised = yield x + (mid - sigma) * d, asked
-        x = x + c_n * (sigma_next - sigma) * (x_mid - denoised) / mid
+        mid, c_n, asked = intermediate(x, sigma, sigma_next, rs[i], cs[i], predictor, afs and i == 0, time)
+        tau_mid = time.tau(mid)
+        x_mid, denoised = yield time.to_sigma(y + (tau_mid - tau) * f, mid), asked
+        f_mid = (time.to_model(x_mid, mid) - denoised) / tau_mid
+        x = time.to_sigma(y + c_n * (tau_next - tau) * f_mid, sigma_next)
     return x
 
 
@@ -108,24 +115,25 @@ def amed(x, sigmas, r=0.5, c=1.0, afs: bool = False, predictor=None):
 dpm_2 = partial(amed, r=0.5, c=1.0, predictor=None)
 
 
-def amed_plugin(x, sigmas, base: str = "ipndm", r=0.5, c=1.0, afs: bool = False, predictor=None):
+def amed_plugin(x, sigmas, base: str = "ipndm", r=0.5, c=1.0, afs: bool = False, predictor=None,
+                time: StepTime = SIGMA_TIME):
     """AMED-Plugin (the authors' `ipndm_sampler` / `dpm_pp_sampler` with a predictor): the multistep `base`
     (ipndm of order 4, or dpmpp_2m) on the grid with `s_n = t_{n+1}^r t_n^(1-r)` inserted in every step
     not ending at sigma = 0, one history throughout, the model's term of each step from `s_n` to
-    `t_{n+1}` scaled by `c` (`h sum b_j d_j`, `expm1(-h) D'`): c = 1 is `base` on that finer grid.
+    `t_{n+1}` scaled by `c` (`h sum b_j f_j`, `expm1(-h) D'`): c = 1 is `base` on that finer grid.
     r, c: numbers or one per step. afs: the first D analytic (`ask`). predictor: as `amed`'s."""
     if base not in PLUGIN_BASES:
         raise ValueError(f"amed_plugin base must be one of {', '.join(PLUGIN_BASES)}, got {base!r}")
     rs, cs = ratios("amed_plugin", r, c, len(sigmas) - 1)
     if predictor is not None:
         learned("amed_plugin", predictor, sigmas, r, c, afs, base)
-    step = PLUGIN_BASES[base]()
+    step = ipndm_step(time=time) if base == "ipndm" else dpmpp_2m_step()
     for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
         x, denoised = yield from ask(x, sigma, afs and i == 0)
         if sigma_next == 0:
             x = step(x, sigma, sigma_next, denoised, 1.0)
             continue
-        mid, c_n, asked = intermediate(x, sigma, sigma_next, rs[i], cs[i], predictor, afs and i == 0)
+        mid, c_n, asked = intermediate(x, sigma, sigma_next, rs[i], cs[i], predictor, afs and i == 0, time)
         x, denoised = yield step(x, sigma, mid, denoised, 1.0), asked
         x = step(x, mid, sigma_next, denoised, c_n)
     return x

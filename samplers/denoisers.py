@@ -2,7 +2,8 @@
 `x = x0 + sigma * eps` (docs/conventions.md §1-2). Samplers talk to nothing else.
 
 A denoiser is a callable `(x, sigma, **cond) -> D` with `sigma` a number, a 0-d tensor or one
-value per sample; it carries `sigma_min`, `sigma_max` (its trained range) and `sample_shape`.
+value per sample; it carries `sigma_min`, `sigma_max` (its trained range) and `sample_shape`, and may
+carry `step_time`, the variable samplers step in (`spaces.StepTime`; a flow's is its t).
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import json
 import torch
 from torch import nn
 
-from .spaces import (check_flow_config, flow_output_to_denoised, flow_t, fractional_timestep, is_flow_matching,
+from .flow_shift import FlowShift
+from .spaces import (FLOW_TIME, flow_output_to_denoised, flow_t, fractional_timestep, is_flow_matching,
                      sigmas_from_alphas_cumprod, vp_output_to_denoised)
 
 
@@ -75,11 +77,12 @@ def _dtype(module: nn.Module) -> torch.dtype:
     return next(itertools.chain(module.parameters(), module.buffers()), torch.empty(0)).dtype
 
 
-def _unet_sample_shape(unet: nn.Module):
-    """The network's own `sample_shape`, else (C, H, W) from a diffusers UNet's config, else None."""
-    if getattr(unet, "sample_shape", None) is not None:
-        return tuple(unet.sample_shape)
-    config = getattr(unet, "config", None)
+def sample_shape_of(net: nn.Module):
+    """The shape of the samples a network (or denoiser) makes: its own `sample_shape`, else (C, H, W) from a
+    diffusers UNet's config, else None."""
+    if getattr(net, "sample_shape", None) is not None:
+        return tuple(net.sample_shape)
+    config = getattr(net, "config", None)
     size = getattr(config, "sample_size", None)
     if isinstance(size, int):
         size = (size, size)
@@ -147,9 +150,9 @@ def from_pretrained(path, torch_dtype=None, sigma_max: float | None = None):
     one-step model distilled at t = 1 uses 1e8, whose float32 t is 1)."""
     unet, scheduler_config, root = _load_unet(path, torch_dtype)
     if is_flow_matching(scheduler_config):
-        check_flow_config(scheduler_config, "model")
         extra = {} if sigma_max is None else {"sigma_max": float(sigma_max)}
-        denoiser = FlowDenoiser(unet, time_scale=float(scheduler_config.get("num_train_timesteps", 1000)), **extra)
+        denoiser = FlowDenoiser(unet, time_scale=float(scheduler_config.get("num_train_timesteps", 1000)),
+                                shift=FlowShift.from_config(scheduler_config, "model"), **extra)
     elif sigma_max is not None:
         raise ValueError(f"sigma_max={sigma_max} is for flow-matching models; {root} has a VP noise table")
     else:
@@ -183,7 +186,7 @@ class DiffusersUNetDenoiser(nn.Module):
         self.alphas_cumprod = torch.as_tensor(alphas_cumprod).double().cpu()
         self.log_sigmas = table.log()
         self.sigma_min, self.sigma_max = float(table[0]), float(table[-1])
-        self.sample_shape = _unet_sample_shape(unet)
+        self.sample_shape = sample_shape_of(unet)
 
     @classmethod
     def from_config(cls, unet: nn.Module, scheduler_config: dict) -> "DiffusersUNetDenoiser":
@@ -237,14 +240,29 @@ class FlowDenoiser(nn.Module):
         and plain modules both work. time_scale: multiplies `t` before the call (e.g. 999 for a
         UNet trained on integer-like timesteps).
     sigma_min, sigma_max: the range schedules use (t from 0.002/1.002 to 0.999).
+    shift: the time shift of the flow's own grid (`flow_shift.FlowShift`; SD3's static, Flux's dynamic
+        one), which `shifted` applies. Samplers step in t (`step_time`).
     """
 
+    step_time = FLOW_TIME
+
     def __init__(self, velocity_model: nn.Module, time_scale: float = 1.0, sigma_min: float = 0.002,
-                 sigma_max: float = 999.0, sample_shape=None):
+                 sigma_max: float = 999.0, sample_shape=None, shift: FlowShift = FlowShift()):
         super().__init__()
-        self.velocity_model, self.time_scale = velocity_model, time_scale
+        self.velocity_model, self.time_scale, self.shift = velocity_model, time_scale, shift
         self.sigma_min, self.sigma_max = sigma_min, sigma_max
-        self.sample_shape = tuple(sample_shape) if sample_shape is not None else _unet_sample_shape(velocity_model)
+        self.sample_shape = tuple(sample_shape) if sample_shape is not None else sample_shape_of(velocity_model)
+
+    def shifted(self, grid: torch.Tensor) -> torch.Tensor:
+        """`grid` with its times shifted by `shift`; a dynamic shift's `mu` from the sequence length of
+        `sample_shape` (H W / patch^2, the patch size of the network's config, else 1), as pipelines compute it."""
+        if self.shift.identity:
+            return grid
+        mu = None
+        if self.shift.dynamic:
+            patch = getattr(getattr(self.velocity_model, "config", None), "patch_size", None) or 1
+            mu = self.shift.mu_for((self.sample_shape[-2] // patch) * (self.sample_shape[-1] // patch))
+        return self.shift.sigmas(grid, mu)
 
     def check_shape(self, shape) -> None:
         """Raise if a diffusers UNet velocity model cannot take images of `shape` (C, H, W)."""

@@ -17,6 +17,7 @@ import torch
 
 from .amed import amed, amed_plugin, dpm_2, watching
 from .noise import generators, normal
+from .spaces import SIGMA_TIME, StepTime
 from .steps import ddim, dopri5, dpmpp_2m, heun, ipndm
 
 def analytical_first_step(steps: int, options: Mapping) -> int:
@@ -43,27 +44,29 @@ class Solver:
     `(denoise, x, sigmas, **options)` that calls the denoiser itself. options: the keywords it
     takes, with their defaults. nfe: `(steps, ends_at_zero, resolved options) -> denoiser calls`
     (None: adaptive).
-    stochastic: it takes `generator` (the noise of `ddim` with eta > 0)."""
+    stochastic: it takes `generator` (the noise of `ddim` with eta > 0). timed: it takes `time`, the
+    model's `spaces.StepTime` (its result depends on the variable it steps in)."""
 
     run: Callable
     options: Mapping[str, object] = field(default_factory=dict)
     nfe: Callable[[int, bool, Mapping], int | None] = one_per_step
     adaptive: bool = False
     stochastic: bool = False
+    timed: bool = False
 
 
 SOLVERS: dict[str, Solver] = {
     "ddim": Solver(ddim, {"eta": 0.0, "afs": False}, stochastic=True),
     # Euler's x + h d is DDIM's eta = 0 step, D + sigma_next eps
     "euler": Solver(partial(ddim, eta=0.0), {"afs": False}),
-    "heun": Solver(heun, {"afs": False}, nfe=two_per_step),
+    "heun": Solver(heun, {"afs": False}, nfe=two_per_step, timed=True),
     "dpmpp_2m": Solver(dpmpp_2m, {"afs": False}),
-    "ipndm": Solver(ipndm, {"max_order": 4, "afs": False}),
-    "dpm_2": Solver(dpm_2, {"afs": False}, nfe=two_per_step),  # amed with r = 1/2, c = 1
+    "ipndm": Solver(ipndm, {"max_order": 4, "afs": False}, timed=True),
+    "dpm_2": Solver(dpm_2, {"afs": False}, nfe=two_per_step, timed=True),  # amed with r = 1/2, c = 1
     # predictor: a tuning.amed_predictor.AMEDPredictor (a module, not a config value: FewstepScheduler refuses it)
-    "amed": Solver(amed, {"r": 0.5, "c": 1.0, "afs": False, "predictor": None}, nfe=two_per_step),
+    "amed": Solver(amed, {"r": 0.5, "c": 1.0, "afs": False, "predictor": None}, nfe=two_per_step, timed=True),
     "amed_plugin": Solver(amed_plugin, {"base": "ipndm", "r": 0.5, "c": 1.0, "afs": False, "predictor": None},
-                          nfe=two_per_step),
+                          nfe=two_per_step, timed=True),
     "dopri5": Solver(dopri5, {"rtol": 1e-5, "atol": 1e-5}, nfe=counted_as_it_goes, adaptive=True),
 }
 SAMPLER_NAMES = tuple(SOLVERS)
@@ -145,6 +148,16 @@ def steps_for_nfe(name: str, target: int, options: Mapping | None = None, ends_a
     return steps
 
 
+def step_time(denoiser) -> StepTime:
+    """The time `denoiser`'s steps are taken in: its `step_time` (a flow's is `FLOW_TIME`), else sigma."""
+    return getattr(denoiser, "step_time", SIGMA_TIME)
+
+
+def extras(solver: Solver, generator, time: StepTime) -> dict:
+    """The keywords a step generator takes beside its options: `generator` if stochastic, `time` if timed."""
+    return {**({"generator": generator} if solver.stochastic else {}), **({"time": time} if solver.timed else {})}
+
+
 def run_steps(steps, denoise: Callable) -> torch.Tensor:
     """Drive a step generator: answer each `(x, sigma)` it yields with `(x, denoise(x, sigma))` (none:
     afs on one step to 0 needs no call)."""
@@ -180,8 +193,7 @@ def solve(name: str, denoiser, x: torch.Tensor, sigmas, /, *, generator=None, ca
     with watching(name, options.get("predictor"), denoiser):
         if solver.adaptive:
             return solver.run(denoise, x, sigmas, **options)
-        extra = {"generator": generator} if solver.stochastic else {}
-        return run_steps(solver.run(x, sigmas, **options, **extra), denoise)
+        return run_steps(solver.run(x, sigmas, **options, **extras(solver, generator, step_time(denoiser))), denoise)
 
 
 def sample(name: str, denoiser, noise: torch.Tensor, sigmas, /, *, generator=None, callback=None,

@@ -3,7 +3,8 @@ diffusers scheduler.
 
 A discrete VP noise table: sigma from `alphas_cumprod`, fractional timesteps and back, a VP network's
 output turned into the denoised `D`. A rectified flow `x_t = (1 - t) x0 + t eps`: `sigma = t / (1 - t)`,
-`x_t = x / (1 + sigma)`, `D = x_t - t v`; and which flow-matching configs this mapping serves."""
+`x_t = x / (1 + sigma)`, `D = x_t - t v`; the time each space's steps are taken in (`StepTime`);
+and which configs are flow matching's."""
 from __future__ import annotations
 
 import torch
@@ -71,14 +72,50 @@ def flow_output_to_denoised(v: torch.Tensor, x: torch.Tensor, sigma: torch.Tenso
     return (x - sigma * v.to(x.dtype)) / (1 + sigma)
 
 
+class StepTime:
+    """The variable a step generator integrates in: EDM's general form `y = s(sigma) x` (Karras et al.
+    2022, eq. 4) with the time `tau = s(sigma) sigma`. For both spaces here `dy/dtau = (y - D) / tau`
+    (it needs `s^2 = s + sigma ds/dsigma`). `SIGMA_TIME`: s = 1, tau = sigma, EDM's own (VE and VP
+    models). `FLOW_TIME`: s = 1 / (1 + sigma), so `y = x_t` and `tau = t`, and the slope is the
+    velocity: t = 1 is an ordinary start, and Heun in t is FlowMatchHeunDiscreteScheduler's."""
+
+    def __init__(self, name: str, flow: bool):
+        self.name, self.flow = name, flow
+
+    def tau(self, sigma):
+        return flow_t(sigma) if self.flow else sigma
+
+    def sigma(self, tau):
+        """The inverse of `tau`."""
+        return flow_sigma(tau) if self.flow else tau
+
+    def between(self, sigma, sigma_next, r):
+        """A step's intermediate point as a sigma (AMED's `s_n`, DPM-Solver-2's midpoint at r = 1/2): in sigma
+        time geometric, `sigma_next^r sigma^(1-r)`; in a flow's t arithmetic, `t + r (t_next - t)` (the
+        geometric mean of t is pulled towards 0 on a step that ends near it)."""
+        if self.flow:
+            t = flow_t(sigma)
+            return flow_sigma(t + r * (flow_t(sigma_next) - t))
+        return sigma_next ** r * sigma ** (1 - r)
+
+    def to_model(self, x, sigma):
+        """`y = s(sigma) x`."""
+        return x / (1 + sigma) if self.flow else x
+
+    def to_sigma(self, y, sigma):
+        """`x = y / s(sigma)`."""
+        return y * (1 + sigma) if self.flow else y
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+SIGMA_TIME, FLOW_TIME = StepTime("SIGMA_TIME", flow=False), StepTime("FLOW_TIME", flow=True)
+
+
 def is_flow_matching(scheduler_config: dict) -> bool:
-    """A FlowMatchEulerDiscreteScheduler config: by its class name (a saved config) or its keys (`.config`)."""
-    return (scheduler_config.get("_class_name") == "FlowMatchEulerDiscreteScheduler"
-            or {"shift", "use_dynamic_shifting"} <= set(scheduler_config))
-
-
-def check_flow_config(scheduler_config: dict, what: str) -> None:
-    """Refuse, in one line, a flow-matching config whose plan this mapping does not follow (a shift)."""
-    if scheduler_config.get("shift", 1.0) != 1.0 or scheduler_config.get("use_dynamic_shifting"):
-        raise ValueError(f"a flow-matching {what} with shift={scheduler_config.get('shift')} or dynamic "
-                         f"shifting is not supported (shift 1.0 only)")
+    """A flow-matching scheduler's config (FlowMatchEuler/HeunDiscreteScheduler): by its class name (a saved
+    config) or its keys (`.config`: a shift and no noise table)."""
+    keys = set(scheduler_config)
+    return (str(scheduler_config.get("_class_name", "")).startswith("FlowMatch")
+            or ("shift" in keys and not keys & {"beta_schedule", "trained_betas"}))

@@ -5,7 +5,10 @@ A step generator `run(x, sigmas, **options)` yields `(x, sigma)` whenever it nee
 back `(x, D)` (the point that was evaluated, which a driver may have changed, e.g. a pipeline that blends a
 known region back in, and its denoised value), continues from that point and returns the final sample.
 `solvers.solve` drives it with a denoiser, `pipelines.FewstepScheduler` one diffusers `step()` at a time.
-With `h = sigma_next - sigma` and `d = (x - D) / sigma`, the ODE is `dx/dsigma = d`. Every generator takes
+With `h = sigma_next - sigma` and `d = (x - D) / sigma`, the ODE is `dx/dsigma = d`. The generators whose
+result depends on the variable they step in (Heun, iPNDM, AMED) take `time`, the model's
+`spaces.StepTime`: they step `y = s(sigma) x` in `tau`, with `dy/dtau = (y - D) / tau` (sigma itself for
+a diffusion model, t for a flow); DDIM and DPM-Solver++ give the same steps in any. Every generator takes
 `afs`: the first D analytic instead of a network call (`ask`). The arithmetic is on 0-d tensors, so
 gradients reach `x`, the sigmas and anything inside the denoiser.
 """
@@ -17,6 +20,8 @@ from typing import Callable
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
+
+from .spaces import SIGMA_TIME, StepTime
 
 TINY = torch.finfo(torch.float64).tiny
 
@@ -54,21 +59,24 @@ def ddim(x, sigmas, eta: float = 0.0, afs: bool = False, generator=None):
     return x
 
 
-def heun(x, sigmas, afs: bool = False):
-    """Heun's second-order method (Karras et al. 2022, Algorithm 1, deterministic): an Euler
-    predictor, then the trapezoid `x + h (d + d') / 2`; the last step to sigma = 0 is Euler.
-    afs: the first `d` analytic (`ask`), one call fewer."""
+def heun(x, sigmas, afs: bool = False, time: StepTime = SIGMA_TIME):
+    """Heun's second-order method (Karras et al. 2022, Algorithm 1, deterministic) in the model's
+    time: with `f = (y - D) / tau`, an Euler predictor `y + h f`, then the trapezoid `y + h (f + f') / 2`,
+    `h = tau_next - tau`; the last step to sigma = 0 is Euler. On a flow (`FLOW_TIME`) it is Heun in t
+    on the velocity. afs: the first `d` analytic (`ask`), one call fewer."""
     for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
-        h = sigma_next - sigma
+        tau, tau_next = time.tau(sigma), time.tau(sigma_next)
+        h = tau_next - tau
         x, denoised = yield from ask(x, sigma, afs and i == 0)
-        d = (x - denoised) / sigma
-        x_euler = x + h * d
+        y = time.to_model(x, sigma)
+        f = (y - denoised) / tau
+        y_euler = y + h * f
         if sigma_next == 0:
-            x = x_euler
+            x = time.to_sigma(y_euler, sigma_next)
         else:
-            x_euler, denoised_next = yield x_euler, sigma_next
-            d_next = (x_euler - denoised_next) / sigma_next
-            x = x + h * (d + d_next) / 2
+            x_euler, denoised_next = yield time.to_sigma(y_euler, sigma_next), sigma_next
+            f_next = (time.to_model(x_euler, sigma_next) - denoised_next) / tau_next
+            x = time.to_sigma(y + h * (f + f_next) / 2, sigma_next)
     return x
 
 
@@ -114,25 +122,27 @@ ADAMS_BASHFORTH = {1: (1.0,), 2: (3 / 2, -1 / 2), 3: (23 / 12, -16 / 12, 5 / 12)
                    4: (55 / 24, -59 / 24, 37 / 24, -9 / 24)}
 
 
-def ipndm_step(max_order: int = 4) -> Callable:
-    """iPNDM's update with its history of slopes (`ipndm`), scaled: `x_next = x + scale h sum_j b_j d_{i-j}`."""
+def ipndm_step(max_order: int = 4, time: StepTime = SIGMA_TIME) -> Callable:
+    """iPNDM's update with its history of slopes (`ipndm`), scaled, in the model's time:
+    `y_next = y + scale h sum_j b_j f_{i-j}`, `f = (y - D) / tau`, `h = tau_next - tau`."""
     if max_order not in ADAMS_BASHFORTH:
         raise ValueError(f"ipndm max_order must be 1, 2, 3 or 4, got {max_order}")
     history = []  # newest first
 
     def step(x, sigma, sigma_next, denoised, scale):
-        history[:] = [(x - denoised) / sigma, *history][:max_order]
-        slope = sum(b * d_j for b, d_j in zip(ADAMS_BASHFORTH[len(history)], history))
-        return x + scale * (sigma_next - sigma) * slope
+        y, tau = time.to_model(x, sigma), time.tau(sigma)
+        history[:] = [(y - denoised) / tau, *history][:max_order]
+        slope = sum(b * f_j for b, f_j in zip(ADAMS_BASHFORTH[len(history)], history))
+        return time.to_sigma(y + scale * (time.tau(sigma_next) - tau) * slope, sigma_next)
 
     return step
 
 
-def ipndm(x, sigmas, max_order: int = 4, afs: bool = False):
-    """Improved PNDM (Zhang & Chen 2023): explicit Adams–Bashforth on `d` with the fixed
-    coefficients of orders 1–4, `x_next = x + h sum_j b_j d_{i-j}`, lower orders while the history
-    is short. max_order: 1 to 4. afs: the first `d` analytic (`ask`)."""
-    return (yield from multistep(x, sigmas, ipndm_step(max_order), afs))
+def ipndm(x, sigmas, max_order: int = 4, afs: bool = False, time: StepTime = SIGMA_TIME):
+    """Improved PNDM (Zhang & Chen 2023): explicit Adams–Bashforth on the slope `f` in the model's
+    time with the fixed coefficients of orders 1–4, `y_next = y + h sum_j b_j f_{i-j}`, lower orders
+    while the history is short. max_order: 1 to 4. afs: the first `d` analytic (`ask`)."""
+    return (yield from multistep(x, sigmas, ipndm_step(max_order, time), afs))
 
 
 def dopri5(denoise, x, sigmas, rtol: float = 1e-5, atol: float = 1e-5):

@@ -5,6 +5,7 @@
     python scripts/calibrate_skiptune.py sampler=ddim write=true table=runs/ddim-skiptune.json   # or there
 """
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from fewstep.tuning import skiptune_tables
 from fewstep.tuning.calibration import best_factors, scan
 
 schemas.register()
+log = logging.getLogger(__name__)  # bare lines on stdout and in the run's log file (conf/hydra/job_logging)
 
 
 def table_path(cfg, model) -> Path:
@@ -57,24 +59,28 @@ def main(cfg):
             path = table_path(cfg, run.model) if cfg.write else None
             stats, model = reference(cfg, run.model, extractor, run.shape, acc, device), run.model
         grids[run.planned_nfe] = run.lines[0]
+        for line in run.lines:
+            log.info(line)
         rows = results[run.planned_nfe] = []
         for row in scan(run.sample_fn, run.model, seeds, extractor, stats, cfg.rho_top_grid, cfg.rho_grid, acc,
                         cfg.batch_size, device):
             rows.append(row)
-            acc.print(f"{name} NFE {run.planned_nfe} ({counted(run.steps, 'step')}) rho_top {row['rho_top']} "
-                      f"rho_bottom {row['rho_bottom']}: FD-{cfg.extractor} {row['fd']:.3f}", flush=True)
+            log.info(f"{name} NFE {run.planned_nfe} ({counted(run.steps, 'step')}) rho_top {row['rho_top']} "
+                     f"rho_bottom {row['rho_bottom']}: FD-{cfg.extractor} {row['fd']:.3f}")
     if not acc.is_main_process:
         return
     out = record_config(cfg).parent
-    (out / f"calibration-{name}.json").write_text(json.dumps({str(k): v for k, v in results.items()}, indent=1))
     rho_top, by_nfe = best_factors(results)
-    print(f"best factors: rho_top {rho_top}, " + ", ".join(f"NFE {n}: rho_bottom {e['rho_bottom']} (FD {e['fd']:.3f})"
-                                                           for n, e in by_nfe.items()))
+    log.info(f"best factors: rho_top {rho_top}, " + ", ".join(f"NFE {n}: rho_bottom {e['rho_bottom']} (FD {e['fd']:.3f})"
+                                                              for n, e in by_nfe.items()))
+    scans = out / f"calibration-{name}.json"
+    scans.write_text(json.dumps({str(k): v for k, v in results.items()}, indent=1))
+    log.info(f"wrote {scans}")
     if cfg.write:
         command = "python scripts/calibrate_skiptune.py " + " ".join(sys.argv[1:])
         entries = {nfe: {**entry, "grid": grids[nfe], "command": command} for nfe, entry in by_nfe.items()}
         objective = f"FD-{cfg.extractor}, {cfg.num_samples} samples from seed {cfg.seed}"
-        print(f"wrote {skiptune_tables.write(path, model, name, HydraConfig.get().runtime.choices.model, objective, rho_top, entries)}")
+        log.info(f"wrote {skiptune_tables.write(path, model, name, HydraConfig.get().runtime.choices.model, objective, rho_top, entries)}")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@
     accelerate launch --multi_gpu --num_processes 2 scripts/eval_fid.py  # the same samples, split
 """
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from fewstep.evaluation import get_extractor, statistics_of
 from fewstep.evaluation.fid import fd_to
 
 schemas.register()
+log = logging.getLogger(__name__)  # bare lines on stdout and in the run's log file (conf/hydra/job_logging)
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="eval", version_base="1.3")
@@ -31,7 +33,7 @@ def main(cfg):
     start = time.perf_counter()
     with skip_tuning_for(cfg, run.model, run.planned_nfe or 0) as tuning:
         if tuning is not None:
-            acc.print(tuning)
+            log.info(tuning)
         stats = statistics_of(run.sample_fn, seeds, extractor, acc, cfg.batch_size, device)
     fd = fd_to(stats_ref, stats)
     result = {"fd": fd, "extractor": cfg.extractor, "reference": cfg.reference, "num_samples": int(stats.n),
@@ -43,9 +45,9 @@ def main(cfg):
         out = Path(cfg.out_dir) / f"fd-{cfg.extractor}-{run.name}-steps{run.steps}.json"
         record_config(cfg)
         out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"FD-{cfg.extractor} {fd:.4f} ({run.name}, {counted(run.steps, 'step')}, NFE {result['nfe']:g}, "
-              f"{int(stats.n)} samples)")
-        print(f"wrote {out}")
+        log.info(f"FD-{cfg.extractor} {fd:.4f} ({run.name}, {counted(run.steps, 'step')}, NFE {result['nfe']:g}, "
+                 f"{int(stats.n)} samples)")
+        log.info(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ the next rectified-flow round (data=pairs) or of a one-step distillation (object
     python scripts/reflow_pairs.py model=mlp2d model.path=RUN/model num_pairs=50000 out_dir=runs/pairs/moons
     accelerate launch --multi_gpu --num_processes 2 scripts/reflow_pairs.py ...   # shards split over processes
 """
+import logging
+
 import hydra
 from omegaconf import OmegaConf
 
@@ -15,6 +17,7 @@ from fewstep.flows import write_pairs
 from fewstep.samplers import nfe
 
 schemas.register()
+log = logging.getLogger(__name__)  # bare lines on stdout and in the run's log file (conf/hydra/job_logging)
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="reflow_pairs", version_base="1.3")
@@ -26,10 +29,9 @@ def main(cfg):
     denoiser, shape, steps, sigmas, how, options = sampling_setup(cfg, device)
     name = cfg.sampler.name
     planned = nfe(name, sigmas, options)
-    acc.print(how)
-    acc.print(f"{name} {printable(options)}: {counted(steps, 'step')}, "
-              f"NFE {planned if planned is not None else 'adaptive'}, "
-              f"{cfg.num_pairs} pairs of {shape} from seed {cfg.seed}")
+    log.info(how)
+    log.info(f"{name} {printable(options)}: {counted(steps, 'step')}, "
+             f"NFE {planned if planned is not None else 'adaptive'}, {cfg.num_pairs} pairs of {shape} from seed {cfg.seed}")
     with skip_tuning_for(cfg, denoiser, planned or 0) as tuning:
         metadata = {"model": OmegaConf.to_container(cfg.model, resolve=True),
                     "skip_tuning": None if tuning is None else str(tuning)}
@@ -38,7 +40,7 @@ def main(cfg):
                           batch_size=cfg.batch_size, device=device)
     if acc.is_main_process:
         record_config(cfg)
-    acc.print(f"wrote {cfg.num_pairs} pairs to {out} (data=pairs data.root={out})")
+    log.info(f"wrote {cfg.num_pairs} pairs to {out} (data=pairs data.root={out})")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@
     python scripts/sample.py model=diffusers model.path=/path/to/sd-pipeline prompt="a cat" guidance_scale=5
     accelerate launch --multi_gpu --num_processes 2 scripts/sample.py   # the same samples, split over processes
 """
+import logging
+
 import hydra
 import torch
 from tqdm.auto import tqdm
@@ -18,6 +20,7 @@ from fewstep.evaluation.output import save_samples
 from fewstep.evaluation.seeds import gather_by_seed, generate, split
 
 schemas.register()
+log = logging.getLogger(__name__)  # bare lines on stdout and in the run's log file (conf/hydra/job_logging)
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="sample", version_base="1.3")
@@ -26,12 +29,12 @@ def main(cfg):
     acc, device = accelerator_for(cfg.device)
     run = from_config(cfg, device)
     for line in run.lines:
-        acc.print(line)
+        log.info(line)
     seeds = list(range(cfg.seed, cfg.seed + cfg.num_samples))
     mine = split(seeds, acc)
     with skip_tuning_for(cfg, run.model, run.planned_nfe or 0) as tuning:
         if tuning is not None:
-            acc.print(tuning)
+            log.info(tuning)
         batches = list(tqdm(generate(run.sample_fn, mine, cfg.batch_size), total=-(-len(mine) // cfg.batch_size),
                             desc="sample", disable=not acc.is_main_process))
     nfe = run.sample_fn.nfe  # this process's, per sample
@@ -41,8 +44,8 @@ def main(cfg):
     record_config(cfg)
     npz, png = save_samples(x, cfg.out_dir, title=f"{run.name}, NFE {nfe:g}", sampler=run.name, steps=run.steps,
                             nfe=nfe, sigmas=torch.as_tensor(run.sigmas).cpu().numpy(), seed=cfg.seed, **run.metadata)
-    print(f"NFE used per sample: {nfe:g}")
-    print(f"wrote {png} and {npz}")
+    log.info(f"NFE used per sample: {nfe:g}")
+    log.info(f"wrote {png} and {npz}")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@
     python scripts/search_schedule.py model=gmm sampler=heun write=true table=runs/gmm-heun.json
 """
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from fewstep.tuning import schedule_tables
 from fewstep.tuning.schedule_search import run_search
 
 schemas.register()
+log = logging.getLogger(__name__)  # bare lines on stdout and in the run's log file (conf/hydra/job_logging)
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="search_schedule", version_base="1.3")
@@ -42,18 +44,18 @@ def main(cfg):
     model = HydraConfig.get().runtime.choices.model
     results = {}
     for result in run_search(name, denoiser, cfg.nfes, options, cfg.num_noises, cfg.seed, cfg.iterations, cfg.lr,
-                             cfg.rtol, cfg.atol, device, log=lambda line: print(line, flush=True)):
+                             cfg.rtol, cfg.atol, device):
         best, default = result.best, result.default
-        print(f"{name} NFE {result.nfe}: {best.how}: held-out ODE error {best.error:.5f}"
-              + (f" (default Karras grid {default.error:.5f})" if default else "")
-              + f", {result.seconds:.0f} s; sigmas {', '.join(f'{s:.4g}' for s in best.sigmas.tolist())}", flush=True)
+        log.info(f"{name} NFE {result.nfe}: {best.how}: held-out ODE error {best.error:.5f}"
+                 + (f" (default Karras grid {default.error:.5f})" if default else "")
+                 + f", {result.seconds:.0f} s; sigmas {', '.join(f'{s:.4g}' for s in best.sigmas.tolist())}")
         results[result.nfe] = result.record()
         if cfg.write:
             schedule_tables.write(path, denoiser, name, options, model, "ode_error", result.nfe, best.sigmas,
                                   command=command, **result.record(curve=False))
     out = record_config(cfg).parent
     (out / f"search-{name}.json").write_text(json.dumps(results, indent=1) + "\n")
-    print(f"wrote {out / f'search-{name}.json'}" + (f" and {path}" if cfg.write else ""))
+    log.info(f"wrote {out / f'search-{name}.json'}" + (f" and {path}" if cfg.write else ""))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@
     python scripts/train_amed.py model=gmm train.steps=200 objective.teacher=dopri5
     accelerate launch --multi_gpu --num_processes 2 scripts/train_amed.py   # 2 processes (gloo on CPU)
 """
+import logging
 import shutil
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from fewstep.training import Trainer
 from fewstep.tuning import amed_predictor
 
 schemas.register()
+log = logging.getLogger(__name__)  # bare lines on stdout and in the run's log file (conf/hydra/job_logging)
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="train_amed", version_base="1.3")
@@ -32,12 +34,12 @@ def main(cfg):
     set_seed(cfg.seed)  # the initial weights
     trainer = Trainer({"predictor": objective.new_predictor()}, objective, noise, out_dir=cfg.out_dir, seed=cfg.seed,
                       **trainer_keywords(cfg))
-    trainer.accelerator.print(f"AMED {cfg.sampler.name} at NFE {objective.nfe}: {how}; sigmas "
-                              f"{', '.join(f'{s:.4g}' for s in objective.sigmas.tolist())}")
+    log.info(f"AMED {cfg.sampler.name} at NFE {objective.nfe}: {how}; sigmas "
+             f"{', '.join(f'{s:.4g}' for s in objective.sigmas.tolist())}")
     trainer.fit(started=lambda: record_config(cfg))
     if target is not None and trainer.accelerator.is_main_process:
         shutil.copytree(Path(cfg.out_dir) / "model", target)
-        print(f"stored the predictor in {target}")
+        log.info(f"stored the predictor in {target}")
 
 
 if __name__ == "__main__":

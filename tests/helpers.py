@@ -139,6 +139,26 @@ def make_trainer(out_dir, steps, objective=None, data=None, checkpoint_every=20)
                    checkpoint_every=checkpoint_every, log_every=10, ema_decay=0.9, cpu=True)
 
 
+WORKER = str(ROOT / "tests" / "train_worker.py")
+
+
+def in_process(out, steps, every, *kind):
+    """train_worker's run in this process (its own Accelerator, then accelerate's state forgotten): the
+    uninterrupted runs and the resumes of the SIGKILL tests, whose victims are processes of their own,
+    and the one-process runs of the two-process comparison. One thread, as the processes of their own
+    (ENV): the same arithmetic, and no threads spinning on a busy machine."""
+    import train_worker
+
+    threads = torch.get_num_threads()
+    reset_accelerate()
+    torch.set_num_threads(1)
+    try:
+        train_worker.main(Path(out), int(steps), int(every), *kind)
+    finally:
+        torch.set_num_threads(threads)
+        reset_accelerate()
+
+
 # -- the command line in this process ---------------------------------------------------------------
 def reset_accelerate() -> None:
     """Forget accelerate's process-wide state, so that the next Accelerator is made afresh."""
@@ -163,8 +183,9 @@ def run_cli(script: str, *overrides, cwd=ROOT) -> subprocess.CompletedProcess:
     module = importlib.import_module(f"fewstep.scripts.{path.stem}")
     argv = [str(path), *map(str, overrides)]
     out, err = io.StringIO(), io.StringIO()
-    root_logger = logging.getLogger()
-    saved_logging = (root_logger.handlers[:], root_logger.level)
+    # the loggers conf/hydra/job_logging/fewstep.yaml sets: the root and accelerate's (to the log file alone)
+    saved_logging = [(logger, logger.handlers[:], logger.level, logger.propagate)
+                     for logger in (logging.getLogger(), logging.getLogger("accelerate"))]
     saved_rng = (torch.get_rng_state(), np.random.get_state(), random.getstate())
     threads, saved_argv, saved_cwd = torch.get_num_threads(), sys.argv, os.getcwd()
     GlobalHydra.instance().clear()
@@ -186,11 +207,13 @@ def run_cli(script: str, *overrides, cwd=ROOT) -> subprocess.CompletedProcess:
         torch.set_num_threads(threads)
         GlobalHydra.instance().clear()
         reset_accelerate()
-        for handler in root_logger.handlers:  # Hydra's: the console (our buffer) and the job's log file
-            if handler not in saved_logging[0]:
-                handler.close()
-        root_logger.handlers[:] = saved_logging[0]
-        root_logger.setLevel(saved_logging[1])
+        for logger, handlers, level, propagate in saved_logging:
+            for handler in logger.handlers:  # Hydra's: the console (our buffers) and the job's log file
+                if handler not in handlers:
+                    handler.close()
+            logger.handlers[:] = handlers
+            logger.setLevel(level)
+            logger.propagate = propagate
         torch.set_rng_state(saved_rng[0])
         np.random.set_state(saved_rng[1])
         random.setstate(saved_rng[2])

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from helpers import ROOT, command, finish, ok, run_cli, start, stop, the_error, tiny_unet
 from fewstep import samplers
 from fewstep.pipelines import FewstepScheduler
-from fewstep.tuning import amed_predictor, store
+from fewstep.tuning import amed_predictor
 from fewstep.samplers.amed import between
 from fewstep.tuning.amed_distill import AMEDDistillation, NoiseDataset, inserted, squared_distance
 from fewstep.tuning.amed_predictor import (AMEDPredictor, bottleneck, bottleneck_size, frozen_table, mid_block,
@@ -126,6 +126,31 @@ def test_the_noise_data_set_is_each_seeds_noise_and_ends_where_it_says():
         assert str(raised.value) == message
 
 
+@pytest.mark.parametrize("change, message", [
+    ({"seed": 5}, "data_settings.seed=1000000; this run has data_settings.seed=5"),
+    ({"model": "other"}, "objective_settings.fingerprint={mine}; this run has objective_settings.fingerprint={theirs}"),
+])
+def test_a_distillation_is_not_resumed_on_other_noises_or_another_model(gmm, tmp_path, change, message):
+    """run.json records the noise set (shape, size, seeds) and the model's fingerprint; a resume with another
+    of either is refused in one line naming both values."""
+    other = samplers.GMMDenoiser(means=gmm.means + 1, stds=gmm.stds, weights=gmm.weights)
+
+    def fit(model, seed):
+        objective = AMEDDistillation(model, karras(model, 3), "amed", {"afs": True}, nfe=5, held_out=4)
+        Trainer({"predictor": objective.new_predictor()}, objective, NoiseDataset(model.sample_shape, 64, seed),
+                out_dir=tmp_path, steps=1, batch_size=8, lr=5e-3, optimizer="adam", grad_clip=None, ema_decay=None,
+                checkpoint_every=1, cpu=True).fit()
+
+    fit(gmm, 1_000_000)
+    assert json.loads((tmp_path / "run.json").read_text())["data_settings"] == {"shape": [2], "size": 64,
+                                                                                  "seed": 1_000_000}
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(ValueError) as error:
+        fit(other if change.get("model") else gmm, change.get("seed", 1_000_000))
+    assert message.format(mine=samplers.fingerprint(gmm), theirs=samplers.fingerprint(other)) in str(error.value)
+    assert "\n" not in str(error.value) and {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
 @pytest.mark.parametrize("afs", [False, True])
 def test_the_predictor_reads_the_mid_block_of_each_steps_first_call_without_a_call_of_its_own(afs):
     denoiser = unet_denoiser()
@@ -184,7 +209,7 @@ def test_a_saved_predictor_loads_with_its_metadata_and_gives_the_same_samples(tm
     assert (tmp_path / "diffusion_pytorch_model.safetensors").is_file()
     assert {k: loaded.config[k] for k in ("sampler", "base", "afs", "nfe", "sigmas", "model", "fingerprint")} == {
         "sampler": "amed_plugin", "base": "dpmpp_2m", "afs": True, "nfe": 5, "sigmas": sigmas.tolist(),
-        "model": "tiny", "fingerprint": store.fingerprint(denoiser)}
+        "model": "tiny", "fingerprint": samplers.fingerprint(denoiser)}
     assert {k: v for k, v in loaded.config.items() if not k.startswith("_")} == dict(predictor.config)
     x = noise(3, 1, 8, 8)
     runs = [samplers.sample("amed_plugin", denoiser, x, sigmas, base="dpmpp_2m", afs=True, predictor=p)
@@ -252,7 +277,7 @@ def test_a_teacher_that_gives_nan_is_refused_in_one_line(gmm):
     objective = AMEDDistillation(broken, karras(broken, 3), "amed", {"afs": True}, nfe=5)
     with pytest.raises(FloatingPointError, match=r"^the teacher \(heun\) gives NaN or inf at sigma=0\.469979 for 4 of "
                                                  r"4 noises: the model fails there$"):
-        objective.losses({"predictor": objective.new_predictor()}, noise(4, 2), 0)
+        objective.losses({"predictor": objective.new_predictor()}, noise(4, 2), 0, [])
 
 
 # -- scripts/train_amed.py: one process, two processes, an NFE out of reach --------------------------------
@@ -298,6 +323,13 @@ def test_an_nfe_the_sampler_cannot_reach_is_refused_in_one_line(runs):
     assert refused.stderr.strip().splitlines()[-1] == (
         "error: amed with afs=True on a grid ending at sigma_min costs 3 NFE for 2 steps, not nfe=4: it reaches NFE "
         "1, 3, 5, 7, 9, 11, ...")
+
+
+def test_noise_of_another_shape_than_the_models_is_refused_before_anything_is_written(tmp_path):
+    done = run_cli("train_amed.py", *RUN, "data.shape=[3]", f"out_dir={tmp_path / 'run'}")
+    assert the_error(done) == ("error: the data (NoiseDataset) has samples of shape (3,); the model (GMMDenoiser) "
+                               "makes samples of shape (2,): use data and network of one shape")
+    assert not (tmp_path / "run").exists()
 
 
 # -- the objective's settings -----------------------------------------------------------------------------
@@ -457,7 +489,7 @@ def test_amed_is_scored_restarting_each_step_from_the_teachers_point(gmm):
     expected = sum(squared_distance(samplers.sample("amed", gmm, teacher[n] / sigmas[n], sigmas[n:n + 2],
                                                     predictor=predictor), teacher[n + 1]) for n in range(3))
     torch.testing.assert_close(objective.student_error(predictor, x, teacher), expected, rtol=1e-12, atol=0)
-    torch.testing.assert_close(objective.losses({"predictor": predictor}, batch, 0)["predictor"], expected.mean(),
+    torch.testing.assert_close(objective.losses({"predictor": predictor}, batch, 0, [])["predictor"], expected.mean(),
                                rtol=1e-12, atol=0)
 
 
@@ -479,3 +511,14 @@ def test_train_amed_takes_a_table_grid_without_the_grid_values_its_yaml_sets_for
     assert the_error(refused) == (f"error: schedule.kind=table takes its whole grid from schedule.table={table}; "
                                   f"drop schedule.sigma_max=80.0")
     assert not (tmp_path / "refused").exists()
+
+
+def test_the_teacher_points_of_the_held_out_noises_are_said_and_shown_as_a_bar(gmm, capsys, caplog):
+    objective = AMEDDistillation(gmm, karras(gmm, 3), "amed", {"afs": True}, nfe=5, held_out=6)
+    with caplog.at_level("INFO", logger="fewstep.tuning.amed_distill"):
+        objective.held_out_noise()
+        objective.held_out_noise()  # made once
+    assert caplog.messages == ["the teacher's points (heun) for 6 held-out noises"]
+    assert "teacher (heun): " in capsys.readouterr().err
+    objective.teacher_points(torch.zeros(2, 2, dtype=torch.float64))  # a training batch's: no bar
+    assert capsys.readouterr().err == ""

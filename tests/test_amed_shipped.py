@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fewstep import samplers
-from fewstep.tuning import amed_predictor, schedule_tables
+from fewstep.tuning import amed_predictor
 from fewstep.tuning.amed_predictor import AMEDPredictor, bottleneck_size
 from fewstep.cli.sampling import sampling_setup
 
@@ -38,7 +38,7 @@ def model(tmp_path_factory):
         torch.manual_seed(nfe)
         predictor = AMEDPredictor(feature_dim=bottleneck_size(denoiser), hidden_dim=8, sampler=sampler, base=base,
                                   afs=True, nfe=nfe, sigmas=GRIDS[nfe], model="digits",
-                                  fingerprint=amed_predictor.fingerprint(denoiser))
+                                  fingerprint=samplers.fingerprint(denoiser))
         predictor.save_pretrained(str(amed_predictor.destination(denoiser, sampler, base, nfe)))
     return root, denoiser
 
@@ -47,9 +47,9 @@ def test_the_predictor_folder_is_not_part_of_the_models_fingerprint(model, tmp_p
     root, denoiser = model
     bare = tmp_path / "bare"
     shutil.copytree(root, bare, ignore=shutil.ignore_patterns("amed"))
-    assert schedule_tables.fingerprint(samplers.from_pretrained(bare)) == schedule_tables.fingerprint(denoiser)
+    assert samplers.fingerprint(samplers.from_pretrained(bare)) == samplers.fingerprint(denoiser)
     (bare / "unet" / "extra.safetensors").write_bytes(b"0")  # a weight file of the model's own does count
-    assert schedule_tables.fingerprint(samplers.from_pretrained(bare)) != schedule_tables.fingerprint(denoiser)
+    assert samplers.fingerprint(samplers.from_pretrained(bare)) != samplers.fingerprint(denoiser)
 
 
 @pytest.mark.parametrize("sampler, base, nfe", [("amed", None, 5), ("amed", None, 3), ("amed_plugin", "ipndm", 5)])

@@ -2,7 +2,6 @@
 `accelerate launch`; the other checks run the same command lines in this process (helpers.run_cli)."""
 import re
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -11,21 +10,17 @@ import torch
 from helpers import ROOT, accelerate_launch, run_cli
 
 
-def run(script, *overrides):
-    """The end-to-end run: `python scripts/<script>` in a process of its own."""
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / script), *overrides], capture_output=True,
-                          text=True, cwd=ROOT)
-
-
 def test_sampling_the_embedded_default_model_writes_a_grid_and_the_samples_it_shows(tmp_path):
-    """`samples.npz` holds the images of `samples.png`, in [-1, 1] (few-step Skip-Tuning overshoots it)."""
+    """`samples.npz` holds the images of `samples.png`, in [-1, 1] (few-step Skip-Tuning overshoots it).
+    In this process (helpers.run_cli); the installed console command runs it end to end (test_install)."""
     import torch
     from PIL import Image
     from fewstep.evaluation.output import save_grid
 
-    done = run("sample.py", "sampler=ddim+skiptune", "num_samples=6", "steps=3", f"out_dir={tmp_path}")
+    done = run_cli("sample.py", "sampler=ddim+skiptune", "num_samples=6", "steps=3", f"out_dir={tmp_path}")
     assert done.returncode == 0, done.stderr
     assert f"wrote {tmp_path / 'samples.png'}" in done.stdout
+    assert "Skip-Tuning: rho_top 1.0, rho_bottom " in done.stdout  # the factors shipped beside the model
     samples = np.load(tmp_path / "samples.npz")["samples"]
     assert samples.shape == (6, 1, 16, 16) and samples.min() >= -1 and samples.max() <= 1
     save_grid(torch.from_numpy(samples), tmp_path / "again.png")
@@ -106,3 +101,60 @@ def test_the_sample_schema_rejects_wrong_types_and_values(overrides, message):
             pytest.raises(ConfigCompositionException) as error:
         compose("sample", overrides=overrides)
     assert message in str(error.value.__cause__)  # Hydra's "Error merging override" wraps the schema's words
+
+
+def logged(path):
+    """The messages of a run's log file, without their time and source."""
+    lines = path.read_text().splitlines()
+    assert all(re.match(r"\[\d{4}-\d\d-\d\d [\d:,]+\]\[[\w.]+\]\[(INFO|WARNING)\] - ", line) for line in lines), lines
+    return [line.split("] - ", 1)[1] for line in lines]
+
+
+def test_what_a_command_says_is_on_stdout_as_bare_lines_and_in_its_log_file(tmp_path):
+    done = run_cli("sample.py", "model=gmm", "sampler=heun", "num_samples=4", "steps=2", f"out_dir={tmp_path}")
+    assert done.returncode == 0, done.stderr
+    said = done.stdout.splitlines()
+    assert said[-1] == f"wrote {tmp_path / 'samples.png'} and {tmp_path / 'samples.npz'}" and len(said) == 4
+    assert logged(tmp_path / "sample.log") == said
+
+
+def test_train_says_first_what_it_trains_and_keeps_accelerates_checkpoint_lines_in_its_log_file(tmp_path):
+    done = run_cli("train.py", "objective=rectified_flow", "net=mlp2d", "data=moons", "train.steps=2",
+                   "train.batch_size=16", "train.checkpoint_every=1", f"out_dir={tmp_path}")
+    assert done.returncode == 0, done.stderr
+    said = done.stdout.splitlines()
+    assert said[0] == f"train objective=rectified_flow net=mlp2d data=moons in {tmp_path}"
+    assert said[1].startswith("RectifiedFlowObjective: net (MLPVelocity, ") and ", 2 steps, " in said[1]
+    assert "Saving current state" not in done.stdout + done.stderr and "[RANK" not in done.stdout
+    messages = logged(tmp_path / "train.log")
+    assert [m for m in messages if not m.startswith("[RANK 0] ")] == said
+    assert sum(m.startswith("[RANK 0] Saving current state to ") for m in messages) == 2  # accelerate's, per checkpoint
+
+
+def test_a_command_alone_under_a_launch_for_several_processes_warns_on_stderr_and_in_its_log(tmp_path, monkeypatch):
+    from fewstep.training import processes
+
+    monkeypatch.setattr(processes, "_launcher_num_processes", lambda cmdline: 2)
+    for key, value in {"ACCELERATE_USE_CPU": "True", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}.items():
+        monkeypatch.setenv(key, value)
+    done = run_cli("sample.py", "model=gmm", "num_samples=2", "steps=1", f"out_dir={tmp_path}")
+    assert done.returncode == 0, done.stderr
+    warning = ("accelerate launch asked for 2 processes, but this run has 1: several CPU processes need "
+               "`accelerate launch --multi_gpu --num_processes 2 ...` (--cpu starts one process)")
+    assert warning in done.stderr.splitlines() and warning not in done.stdout
+    assert warning in logged(tmp_path / "sample.log")
+
+
+def test_only_the_first_process_says_what_it_does_and_every_process_warns(monkeypatch):
+    import logging
+
+    from fewstep.cli.logs import ProcessFilter
+
+    def record(level):
+        return logging.LogRecord("x", level, __file__, 1, "message", None, None)
+
+    said, kept = ProcessFilter(below="WARNING"), ProcessFilter()
+    assert said.filter(record(logging.INFO)) and not said.filter(record(logging.WARNING))
+    monkeypatch.setenv("RANK", "1")
+    assert not said.filter(record(logging.INFO)) and not kept.filter(record(logging.INFO))
+    assert kept.filter(record(logging.WARNING)) and kept.filter(record(logging.ERROR))

@@ -27,7 +27,6 @@ from safetensors.torch import load_file
 from fewstep import samplers
 from helpers import ROOT, ok, run_cli, the_error
 from fewstep.evaluation import frechet_distance, save_stats
-from fewstep.tuning import store
 
 # A 45k-parameter 8x8 UNet on 8x8 digits, 12 steps, a checkpoint every 4 steps (2 kept), a loss row every 2.
 TRAIN = ["net=unet_tiny", "data.image_size=8", "train.steps=12", "train.batch_size=16", "train.lr=2e-3",
@@ -368,7 +367,7 @@ def test_calibration_writes_the_best_rho_per_nfe_where_asked(runs):
 
     table = json.loads(r["table"].read_text())
     assert (table["sampler"], table["model"], table["rho_top"]) == ("ddim", "digits_ddpm", 1.0)
-    assert table["fingerprint"] == store.fingerprint(samplers.from_pretrained("digits_ddpm"))
+    assert table["fingerprint"] == samplers.fingerprint(samplers.from_pretrained("digits_ddpm"))
     command = "python scripts/calibrate_skiptune.py " + " ".join(
         [*CALIBRATE, f"table={r['table']}", f"cache_dir={runs.tmp / 'cache'}", f"out_dir={runs.tmp / 'calibrate'}"])
     entry = table["by_nfe"]["3"]

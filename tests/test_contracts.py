@@ -1,6 +1,7 @@
 """Every shipped implementation keeps its contract (samplers.contracts, training.objective): the
 denoisers, each fixed-grid sampler's step generator, AMED's predictor, and every objective, whose
-settings are the plain values run.json records."""
+settings are the plain values run.json records and whose losses take the rows' seeds."""
+import inspect
 import json
 
 import pytest
@@ -9,11 +10,12 @@ from diffusers import DDPMScheduler
 
 from helpers import tiny_unet
 from fewstep import samplers
-from fewstep.flows import DiffusionObjective, DistillationObjective, MLPVelocity, RectifiedFlowObjective
+from fewstep.flows import (DiffusionObjective, DistillationObjective, MLPVelocity, PairsDataset, RectifiedFlowObjective,
+                           write_pairs)
 from fewstep.gan import GANObjective
 from fewstep.samplers import Denoiser, StepGenerator, StepPredictor
 from fewstep.training import Objective
-from fewstep.tuning.amed_distill import AMEDDistillation
+from fewstep.tuning.amed_distill import AMEDDistillation, NoiseDataset
 from fewstep.tuning.amed_predictor import AMEDPredictor
 
 
@@ -64,7 +66,17 @@ def objectives(gmm):
 def test_every_objective_is_one_and_its_settings_are_plain_values(gmm):
     for objective in objectives(gmm):
         assert isinstance(objective, Objective), type(objective).__name__
+        assert list(inspect.signature(objective.losses).parameters)[2:] == ["step", "seeds"], type(objective).__name__
         settings = objective.settings()
         assert settings and json.loads(json.dumps(settings)) == settings
         assert all(v is None or isinstance(v, (str, int, float, bool)) for v in settings.values())
     assert DiffusionObjective(beta_end=0.03).settings()["beta_end"] == 0.03
+
+
+def test_every_data_set_that_records_its_origin_gives_plain_values(gmm, tmp_path):
+    """What run.json records of reflow pairs and of AMED's noise (`training.data.data_record`)."""
+    write_pairs(gmm, "euler", [80.0, 1.0, 0.0], (2,), range(3), tmp_path, shard_size=2)
+    for data in (PairsDataset(tmp_path), NoiseDataset((2,), size=8, seed=3)):
+        settings = data.settings()
+        assert settings and json.loads(json.dumps(settings)) == settings
+    assert PairsDataset(tmp_path).settings()["fingerprint"] == samplers.fingerprint(gmm)

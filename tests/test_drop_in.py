@@ -337,8 +337,10 @@ def test_a_custom_plan_the_sampler_cannot_take_is_refused_in_one_line(plan, mess
 
 def test_a_flow_pipelines_sigmas_must_lie_in_0_to_1():
     scheduler = FewstepScheduler(prediction_type="flow_prediction", sampler="euler")
-    with pytest.raises(ValueError, match=r"^set_timesteps got sigmas=\[1.5, 0.5\]: they must decrease strictly within 0..1$"):
+    with pytest.raises(ValueError, match=r"^set_timesteps got sigmas=\[1.5, 0.5\]: a flow's sigmas are its times t, in \(0, 1\]$"):
         scheduler.set_timesteps(sigmas=[1.5, 0.5])
+    with pytest.raises(ValueError, match=r"^set_timesteps got sigmas=\[0.5, 0.7\]: they must decrease strictly within 0..1$"):
+        scheduler.set_timesteps(sigmas=[0.5, 0.7])
 
 
 def test_set_begin_index_defaults_to_the_first_timestep_and_a_wrong_first_timestep_is_named():

@@ -1,17 +1,22 @@
 """The trainer's arithmetic across processes, its choice of device and its progress bar, checked in
 one process: an `Accelerator` made to play process 0 of two, whose partner's tensors the test
-chooses. (Real two-process runs are in test_training.py; they start other Python processes.)"""
+chooses; the rows' seeds; and every objective trained by two real processes (`accelerate launch`,
+gloo) and by one, to the same losses and weights."""
 import csv
+import json
 import re
 from types import SimpleNamespace
 
 import pytest
 import torch
 from accelerate.utils import DistributedType
+from safetensors.torch import load_file
 
+from fewstep.flows import DiffusionObjective
+from fewstep.samplers.noise import generators
 from fewstep.training import engine
-from helpers import make_trainer
-from train_worker import TinyWGAN, gan_data, gan_trainer
+from helpers import WORKER, accelerate_launch, finish, in_process, make_trainer, start, stop, tiny_unet
+from train_worker import TinyWGAN, gan_data, gan_trainer, objective_runs
 
 
 class PlaysTwo:
@@ -23,6 +28,7 @@ class PlaysTwo:
 
     def __init__(self, accelerator, partner, main):
         self._accelerator, self.partner, self.is_main_process = accelerator, partner, main
+        self.process_index = 0 if main else 1
 
     def reduce(self, tensor, reduction="sum"):
         other = self.partner(tensor)
@@ -35,8 +41,7 @@ class PlaysTwo:
 
 
 def as_two(monkeypatch, build, partner=lambda t: t, main=True):
-    """`build()`, a trainer whose accelerator plays process 0 of two (or, `main=False`, a process
-    that is not the main one)."""
+    """`build()`, a trainer whose accelerator plays process 0 of two (or, `main=False`, process 1)."""
     real = engine.Accelerator
     with monkeypatch.context() as m:
         m.setattr(engine, "Accelerator", lambda **kwargs: PlaysTwo(real(**kwargs), partner, main))
@@ -189,3 +194,129 @@ def test_a_sharded_setup_is_refused_in_one_line(tmp_path, monkeypatch, kind):
     with pytest.raises(ValueError) as error:
         gan_trainer(tmp_path, 1, checkpoint_every=100)
     assert str(error.value) == f"the trainer is data parallel only; {kind.value} is not supported"
+
+
+# -- the rows' seeds, and every objective on one and two processes ----------------------------------
+
+def test_each_row_is_seeded_by_the_run_seed_the_step_and_its_place_in_the_global_batch(tmp_path, monkeypatch):
+    one = gan_trainer(tmp_path / "one", 2, checkpoint_every=100, batch_size=32, seed=3)
+    second = as_two(monkeypatch, lambda: gan_trainer(tmp_path / "two", 2, checkpoint_every=100, batch_size=32, seed=3),
+                    main=False)
+    seen = []
+
+    def spy(losses):
+        def recording(nets, x, step, seeds):
+            seen.append(seeds)
+            return losses(nets, x, step, seeds)
+        return recording
+
+    for trainer in (one, second):
+        trainer.objective.losses = spy(trainer.objective.losses)
+        for _ in range(2):
+            trainer.train_step(next(iter(trainer.loader)))
+    assert seen == [[(3, 0, i) for i in range(32)], [(3, 1, i) for i in range(32)],
+                    [(3, 0, i) for i in range(16, 32)], [(3, 1, i) for i in range(16, 32)]]
+
+
+def test_the_diffusion_objective_draws_each_rows_noise_then_its_timestep_from_the_rows_seed():
+    objective, model = DiffusionObjective(num_train_timesteps=50), tiny_unet()
+    x0, seeds = torch.randn(3, 1, 8, 8), [(0, 4, i) for i in range(3)]
+    rows = [generators([seed])[0] for seed in seeds]  # each row from its own seed alone
+    noise = torch.stack([torch.randn(1, 8, 8, generator=g) for g in rows])
+    t = torch.stack([(torch.rand((), generator=g).double() * 50).long() for g in rows])
+    with torch.no_grad():
+        torch.testing.assert_close(objective.losses({"net": model}, x0, 4, seeds)["net"],
+                                   objective.loss(model, x0, noise, t), rtol=0, atol=0)
+
+
+def loss_rows(path):
+    return list(csv.reader(open(path, newline="")))
+
+
+def relative_gap(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+def test_every_objective_trains_the_same_on_one_and_two_processes(tmp_path):
+    """Each of train_worker's `objective_runs` (diffusion, rectified flow, distillation, both GANs, AMED)
+    for 20 steps on two gloo processes and, meanwhile, in this one: the same loss rows (to 1e-5, beyond
+    loss.csv's 6 decimals) and the same weights and EMA weights, each tensor to 1e-5 of its norm; the
+    two processes end equal to the bit. The exception: an attention's key bias, whose gradient is zero
+    but for rounding (softmax ignores it), which Adam's normalised step turns into moves of its own.
+    The GAN's latents, drawn per row from its seed, are one process's split in two."""
+    two = start([*accelerate_launch(2), WORKER, str(tmp_path / "two"), "20", "20", "objectives"], tmp_path / "two")
+    try:
+        in_process(tmp_path / "one", 20, 20, "objectives")
+        finish(two, timeout=240)
+    finally:
+        stop(two)
+    for name, (nets, _, _) in objective_runs().items():
+        one, pair = tmp_path / "one" / name, tmp_path / "two" / name
+        assert [json.loads((d / "train_summary.json").read_text())["num_processes"] for d in (one, pair)] == [1, 2]
+        rows, twos = loss_rows(one / "loss.csv"), loss_rows(pair / "loss.csv")
+        assert len(rows) == len(twos) == 21 and rows[0] == twos[0], name
+        for row, other in zip(rows[1:], twos[1:]):
+            for a, b in zip(row, other):
+                assert (a == b == "") or abs(float(a) - float(b)) <= 1e-5 * abs(float(a)) + 1e-6, (name, row, other)
+        single, rank0, rank1 = (load_file(str(d / f"rank{r}.safetensors")) for d, r in ((one, 0), (pair, 0), (pair, 1)))
+        assert all(torch.equal(rank0[k], rank1[k]) for k in rank0), name  # weights, EMAs, optimiser states
+        initial = {f"{n}.{k}": v for n, net in nets().items() for k, v in net.state_dict().items()}
+        assert any(not torch.equal(single[k], v) for k, v in initial.items()), f"{name} did not train"
+        for key in (k for k in single if not k.startswith("optim.") and not k.endswith("to_k.bias")):
+            assert relative_gap(rank0[key], single[key]) <= 1e-5, (name, key, relative_gap(rank0[key], single[key]))
+    state = [torch.load(d / "reflow_gan" / "checkpoints" / "step_00000020" / f"objective_{r}.pt", weights_only=True)
+             for d, r in ((tmp_path / "one", 0), (tmp_path / "two", 0), (tmp_path / "two", 1))]
+    assert state[1]["z"].shape == (8, 2) and torch.equal(torch.cat([state[1]["z"], state[2]["z"]]), state[0]["z"])
+
+
+# -- a launch that asked for several processes and got one (training.processes) ------------------------
+SIMPLE_LAUNCHER = {"ACCELERATE_USE_CPU": "True", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+
+
+@pytest.mark.parametrize("environ, processes, asked", [
+    ({"WORLD_SIZE": "2", "RANK": "0"}, 1, "2"),  # --multi_gpu without a CPU accelerator: each process alone
+    (SIMPLE_LAUNCHER, 1, "several"),             # --cpu --num_processes N: one process, N not in its environment
+])
+def test_a_run_with_fewer_processes_than_its_launch_asked_for_warns_in_one_line(environ, processes, asked, caplog):
+    from fewstep.training.processes import warn_if_alone
+
+    with caplog.at_level("WARNING", logger="fewstep.training.processes"):
+        line = warn_if_alone(processes, environ)
+    assert caplog.messages == [line] and line.startswith(
+        f"accelerate launch asked for {asked} processes, but this run has {processes}: several CPU processes need "
+        f"`accelerate launch --multi_gpu --num_processes ")
+
+
+@pytest.mark.parametrize("environ, processes", [
+    ({}, 1),                                     # python scripts/...: no launch for several
+    ({"WORLD_SIZE": "2", "RANK": "0"}, 2),       # as asked
+    ({"WORLD_SIZE": "2", "RANK": "1"}, 1),       # the first process says it
+    ({"ACCELERATE_USE_CPU": "False"}, 1),        # accelerate launch of one process sets no MASTER_PORT
+])
+def test_a_run_with_the_processes_it_asked_for_says_nothing(environ, processes, caplog):
+    from fewstep.training.processes import warn_if_alone
+
+    assert warn_if_alone(processes, environ) is None and caplog.messages == []
+
+
+def test_the_simple_launchers_process_count_is_read_from_its_command_line(tmp_path):
+    from fewstep.training.processes import _launcher_num_processes
+
+    cmdline = tmp_path / "cmdline"
+    for args, count in [(["accelerate", "launch", "--cpu", "--num_processes", "3", "x.py"], 3),
+                        (["accelerate", "launch", "--num-processes=4", "x.py"], 4),
+                        (["accelerate", "launch", "x.py"], 0), (["accelerate", "launch", "--num_processes"], 0)]:
+        cmdline.write_bytes("\0".join(args).encode() + b"\0")
+        assert _launcher_num_processes(cmdline) == count
+    assert _launcher_num_processes(tmp_path / "gone") == 0
+
+
+def test_a_trainer_alone_under_a_launch_for_several_warns(tmp_path, monkeypatch, caplog):
+    from fewstep.training import processes
+
+    monkeypatch.setattr(processes, "_launcher_num_processes", lambda cmdline: 2)
+    for key, value in SIMPLE_LAUNCHER.items():
+        monkeypatch.setenv(key, value)
+    with caplog.at_level("WARNING", logger="fewstep.training.processes"):
+        make_trainer(tmp_path, 1)
+    assert [m.split(":")[0] for m in caplog.messages] == ["accelerate launch asked for 2 processes, but this run has 1"]

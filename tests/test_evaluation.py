@@ -303,3 +303,16 @@ def test_reference_statistics_of_each_kind(tmp_path, gmm):
         reference_stats(cfg(data=data), None, get_extractor("raw"), (1, 16, 16))
     assert str(refused.value) == "reference=data holds statistics of 64 features; extractor=raw gives 256 for samples " \
                                  "of shape (1, 16, 16)"
+
+
+def test_the_samples_of_a_statistic_show_a_bar_on_the_first_process_unless_told_not_to(capsys):
+    from fewstep.evaluation import statistics_of
+
+    raw, seeds = get_extractor("raw"), list(range(10))
+    statistics_of(seeded_points, seeds, raw, batch_size=5)
+    assert "samples: " in capsys.readouterr().err
+    statistics_of(seeded_points, seeds, raw, batch_size=5, progress=False)
+    other = FakeAccelerator(1, 2)
+    other.is_main_process, other.reduce = False, lambda tensor, reduction="sum": tensor
+    statistics_of(seeded_points, seeds, raw, other, batch_size=5)
+    assert capsys.readouterr().err == ""

@@ -64,8 +64,8 @@ def test_every_sampler_in_a_flow_pipeline_equals_sample_on_a_flow_denoiser(name)
     denoiser = samplers.FlowDenoiser(unet, time_scale=1000.0)
     grid = scheduler.grid
     x0 = samplers.sample(name, denoiser, noise * (1 + float(grid[0])) / float(grid[0]), grid)
-    # heun's first step from t = 0.999 weights its end slope by ~400: the UNet's float32 rounding grows as much
-    assert (got - (x0 / 2 + 0.5).clamp(0, 1)).abs().max() < (1e-4 if name == "heun" else 1e-5)
+    assert grid[0] == pytest.approx(FLOW_SIGMA_MAX)  # t = 1: an ordinary start for every sampler (they step in t)
+    assert (got - (x0 / 2 + 0.5).clamp(0, 1)).abs().max() < 1e-5
     if name not in ("euler", "ddim"):  # another algorithm (ddim with eta 0 is euler): another image
         assert (got - images(unet, flow("euler"), steps=4, seed=3)).abs().max() > 1e-3
 
@@ -91,13 +91,32 @@ def test_noising_is_scale_noise():
 
 
 @pytest.mark.parametrize("make, message", [
-    (lambda: FewstepScheduler.from_config(FlowMatchEulerDiscreteScheduler(shift=3.0).config),
-     "a flow-matching scheduler with shift=3.0 or dynamic shifting is not supported (shift 1.0 only)"),
+    (lambda: FewstepScheduler.from_config(FlowMatchEulerDiscreteScheduler(invert_sigmas=True).config),
+     "the flow-matching scheduler config sets invert_sigmas=True, which FewstepScheduler does not follow"),
+    (lambda: FewstepScheduler.from_config(FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True).config),
+     "sets use_karras_sigmas=True"),
+    (lambda: FewstepScheduler.from_config(FlowMatchEulerDiscreteScheduler(stochastic_sampling=True).config),
+     "sets stochastic_sampling=True"),
+    (lambda: FewstepScheduler.from_config(dict(FlowMatchEulerDiscreteScheduler().config, shift=0.0)),
+     "a flow-matching shift must be a positive number, got shift=0.0"),
+    (lambda: FewstepScheduler.from_config(dict(FlowMatchEulerDiscreteScheduler().config, time_shift_type="cubic")),
+     "time_shift_type must be one of exponential, linear, got 'cubic'"),
+    (lambda: FewstepScheduler.from_config(dict(FlowMatchEulerDiscreteScheduler().config, shift_terminal=1.5)),
+     "shift_terminal must be in (0, 1), got 1.5"),
     (lambda: flow("euler", schedule="discrete"), "schedule 'discrete' needs a VP noise table; a flow's own grid is flow_uniform"),
-    (lambda: flow("euler").set_timesteps(sigmas=[1.2, 0.5]), "set_timesteps got sigmas=[1.2, 0.5]: they must decrease strictly within 0..1"),
+    (lambda: flow("euler").set_timesteps(sigmas=[1.2, 0.5]),
+     "set_timesteps got sigmas=[1.2, 0.5]: a flow's sigmas are its times t, in (0, 1]"),
+    (lambda: flow("euler").set_timesteps(sigmas=[1.0, 0.0]),
+     "set_timesteps got sigmas=[1.0, 0.0]: a flow's sigmas are its times t, in (0, 1]"),
+    (lambda: flow("euler").set_timesteps(4, mu=0.7),
+     "mu=0.7 is for dynamic shifting, which this scheduler config does not use (use_dynamic_shifting=false, shift=1.0)"),
+    (lambda: FewstepScheduler.from_config(dict(FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True).config)
+                                          ).set_timesteps(4),
+     "this flow-matching scheduler shifts dynamically (use_dynamic_shifting): set_timesteps needs mu="),
+    (lambda: FewstepScheduler(shift=3.0), "shift=3.0, use_dynamic_shifting=False, shift_terminal=None are for "
+                                          "flow-matching models (prediction_type='flow_prediction')"),
+    (lambda: FewstepScheduler().set_timesteps(4, mu=0.5), "mu=0.5 is the dynamic shift of a flow-matching model"),
     (lambda: FewstepScheduler.from_config(EDMEulerScheduler().config), "the scheduler config has no noise table"),
-    (lambda: FewstepScheduler.from_config(dict(FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True).config)),
-     "a flow-matching scheduler with shift=1.0 or dynamic shifting is not supported (shift 1.0 only)"),
 ])
 def test_bad_flow_input_is_one_clear_line(make, message):
     with pytest.raises(ValueError) as error:
@@ -121,26 +140,36 @@ def test_the_shipped_flow_swaps_into_its_own_exported_pipeline():
     assert (ours < 0.1).float().mean() > 0.4 and (ours - theirs).abs().max() > 1e-3
 
 
-def test_heun_starts_a_flow_at_t_0999_where_its_trapezoid_is_well_conditioned():
-    """Data N(0, a^2) has the exact velocity `v = (x_t - D) / t`, `D = (1 - t) a^2 x_t / ((1 - t)^2 a^2 + t^2)`,
-    whose flow maps the noise `eps` to `a eps`. Heun's first step from sigma S weights the slope at its
-    end by about S / 2: from 999 (the default for heun) it converges with the steps, from 1e8 it does not."""
-    a = 0.5
-
+def gaussian_velocity(a: float):
+    """Data N(0, a^2): the exact velocity `v = (x_t - D) / t`, `D = (1 - t) a^2 x_t / ((1 - t)^2 a^2 + t^2)`,
+    whose flow maps the noise `eps` to `a eps`; as a pipeline's model `(x_t, timestep)`."""
     def model(x_t, timestep):
         t = (timestep / 1000).reshape(-1, 1)
         return (x_t - (1 - t) * a ** 2 * x_t / ((1 - t) ** 2 * a ** 2 + t ** 2)) / t
+    return model
 
-    def error(scheduler, steps):
-        scheduler.set_timesteps(steps)
-        x = noise = torch.randn(5, 2, generator=torch.Generator().manual_seed(0))
-        for t in scheduler.timesteps:
-            x = scheduler.step(model(x, t.expand(5)), t, x).prev_sample
-        return float((x - a * noise).abs().max())
 
-    scheduler = flow("heun")
-    assert error(scheduler, 50) < 0.01 and scheduler.grid[0] == pytest.approx(999.0)
-    assert error(flow("heun", sigma_max=1e8), 50) > 1.0
+def run(scheduler, model, noise, **plan):
+    scheduler.set_timesteps(**plan)
+    x = noise
+    for t in scheduler.timesteps:
+        x = scheduler.step(model(x, t.expand(len(x))), t, x).prev_sample
+    return x
+
+
+def test_heun_starts_a_flow_at_exactly_t_1_and_is_flow_match_heun():
+    """Heun steps in t: from t = 1 (sigma 1e8, where a trapezoid in sigma would weight its end slope by
+    5e7) it converges with the steps, and on the same grid it is FlowMatchHeunDiscreteScheduler."""
+    from diffusers import FlowMatchHeunDiscreteScheduler
+
+    a, noise = 0.5, torch.randn(5, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    model = gaussian_velocity(a)
+    errors = [float((run(flow("heun"), model, noise, num_inference_steps=n) - a * noise).abs().max()) for n in (8, 32)]
+    assert errors[1] < errors[0] / 8 and errors[1] < 1e-3, errors
+    theirs = run(FlowMatchHeunDiscreteScheduler(shift=3.0), model, noise.float(), num_inference_steps=6)
+    ours = run(FewstepScheduler.from_config(FlowMatchHeunDiscreteScheduler(shift=3.0).config, sampler="heun",
+                                            final_sigmas_type="zero"), model, noise.float(), num_inference_steps=6)
+    assert (ours - theirs).abs().max() < 1e-5, (ours - theirs).abs().max()
 
 
 def test_a_saved_flow_matching_config_without_a_shift_is_shift_1():

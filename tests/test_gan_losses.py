@@ -69,6 +69,23 @@ def test_the_interpolation_times_are_drawn_where_the_batch_is():
         assert loss(critic, real, real).device.type == "meta"
 
 
+def test_one_generator_per_sample_draws_each_samples_time_from_its_own():
+    """With a list of generators, sample i's time is the first `torch.rand` of generator i alone (in
+    float32, then the batch's dtype): x_t, and so the penalty of a quadratic critic, follows."""
+    real, fake = batch()
+    c, w = 0.7, 0.3
+    gens = [torch.Generator().manual_seed(10 + i) for i in range(len(fake))]
+    loss = reflow_critic_loss(Quadratic(c), real, fake, penalty_weight=w, generator=gens)
+    t = torch.stack([torch.rand(1, 1, 1, generator=torch.Generator().manual_seed(10 + i)) for i in range(len(fake))])
+    x_t = (1 - t.double()) * fake + t.double() * real
+    gap = 0.5 * c * (sq_norms(fake).mean() - sq_norms(real).mean())
+    assert torch.allclose(loss, gap + w * c ** 2 * sq_norms(x_t).mean())
+    for critic_loss in (reflow_critic_loss, wgan_gp_critic_loss):
+        with pytest.raises(ValueError) as error:
+            critic_loss(Quadratic(c), real, fake, generator=gens[:3])
+        assert str(error.value) == "3 generators for a batch of 4: give one per sample"
+
+
 def test_quadratic_critic_penalties_at_recomputed_times():
     real, fake = batch()
     c, w = 0.7, 0.3

@@ -15,6 +15,7 @@ from PIL import Image
 from helpers import ROOT, accelerate_launch, ok, run_cli, run_script
 from fewstep.gan import (DCGANCritic, DCGANGenerator, FlowGenerator, GANObjective, MLPCritic, MLPGenerator,
                          generator_plain_loss, load_generator, regression_loss, regression_target)
+from fewstep.samplers.noise import generators
 from fewstep.training import Trainer
 from fewstep.training.data2d import gaussians8
 
@@ -75,8 +76,8 @@ def test_cycles_of_critic_then_generator_updates_with_one_target_per_cycle(gener
     objective = GANObjective(generator_loss=generator_loss, n_critic=3, generator_steps=2, step_size=0.5)
     drawn, original = [], objective.latents
 
-    def spy(gen, n, device):
-        drawn.append(original(gen, n, device))
+    def spy(gen, gens, device):
+        drawn.append(original(gen, gens, device))
         return drawn[-1]
 
     objective.latents = spy
@@ -84,7 +85,7 @@ def test_cycles_of_critic_then_generator_updates_with_one_target_per_cycle(gener
     keys, draws, losses, targets, latents = [], [], [], [], []
     for step in range(10):  # the networks are never updated
         before = len(drawn)
-        out = objective.losses(nets, real, step)
+        out = objective.losses(nets, real, step, [(0, step, i) for i in range(len(real))])
         keys.append(tuple(out))
         draws.append(len(drawn) - before)
         losses.append(next(iter(out.values())).detach())
@@ -281,7 +282,7 @@ def test_two_processes_train_the_gan_on_the_schedule(tmp_path):
     assert summary["updates"] == {"critic": 24, "generator": 16}  # 8 cycles of 3 + 2
     states = [torch.load(out / "checkpoints" / "step_00000040" / f"objective_{r}.pt", weights_only=True) for r in (0, 1)]
     assert all(s["z"].shape == s["target"].shape == (32, 2) for s in states)  # each process's half batch
-    assert not torch.equal(states[0]["z"], states[1]["z"])  # each process its own noise, saved for itself
+    assert not torch.equal(states[0]["z"], states[1]["z"])  # each process its own rows' latents, saved for itself
     assert load_generator(out / "model").latent_shape == (2,)
     assert sorted(p.name for p in (out / "samples").iterdir()) == ["step_00000020.png", "step_00000040.png"]
 
@@ -425,15 +426,15 @@ def test_the_critic_loss_uses_the_objectives_penalty_weight(one_thread):
     from fewstep.gan import reflow_critic_loss, wgan_gp_critic_loss
 
     nets, real = tiny_pair(), gaussians8(n=32)
+    seeds = [(5, 0, i) for i in range(32)]
     for name, loss in (("reflow", reflow_critic_loss), ("wgan_gp", wgan_gp_critic_loss)):
-        torch.manual_seed(5)
-        got = GANObjective(critic_loss=name, penalty_weight=3.0).losses(nets, real, 0)["critic"]
+        got = GANObjective(critic_loss=name, penalty_weight=3.0).losses(nets, real, 0, seeds)["critic"]
         expected = []
         for weight in (3.0, 0.5):  # the same fake batch and interpolation times, two weights
-            torch.manual_seed(5)
+            rows = generators(seeds)  # each row's latent, then its time
             with torch.no_grad():
-                fake = nets["generator"](torch.randn(32, 2))
-            expected.append(loss(nets["critic"], real, fake, weight))
+                fake = nets["generator"](torch.stack([torch.randn(2, generator=g) for g in rows]))
+            expected.append(loss(nets["critic"], real, fake, weight, rows))
         torch.testing.assert_close(got, expected[0])
         assert not torch.allclose(got, expected[1])
 
@@ -444,12 +445,13 @@ def test_latents_and_a_loaded_target_follow_the_batch_to_its_device(generator_lo
     nets = {"generator": MLPGenerator(width=8, depth=2).to("meta"), "critic": MLPCritic(width=8, depth=2).to("meta")}
     real = torch.empty(4, 2, device="meta")
     objective = GANObjective(generator_loss=generator_loss, n_critic=1, generator_steps=2)
+    seeds = [(0, 0, i) for i in range(4)]
     for step in range(3):  # critic, the cycle's first generator update, the next one
-        assert next(iter(objective.losses(nets, real, step).values())).device.type == "meta"
-    assert GANObjective.latents(nets["generator"], 3, real.device).device.type == "meta"
+        assert next(iter(objective.losses(nets, real, step, seeds).values())).device.type == "meta"
+    assert GANObjective.latents(nets["generator"], generators(seeds[:3]), real.device).device.type == "meta"
     if generator_loss == "regression":  # as a resumed run loads it: z and the target on the CPU
         objective.load_state_dict({"z": torch.randn(4, 2), "target": torch.randn(4, 2)})
-        assert objective.losses(nets, real, 2)["generator"].device.type == "meta"
+        assert objective.losses(nets, real, 2, seeds)["generator"].device.type == "meta"
 
 
 def test_report_draws_64_fixed_samples_into_a_grid_in_a_new_folder(tmp_path, one_thread):

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from fewstep.flows import RectifiedFlowObjective, rectified_flow_loss
+from fewstep.samplers.noise import generators
 
 
 class Recorder(torch.nn.Module):
@@ -59,33 +60,32 @@ def test_a_velocity_of_another_shape_is_refused():
         rectified_flow_loss(lambda x, t: x[:, :1], torch.zeros(3, 2), torch.zeros(3, 2), torch.full((3,), 0.5))
 
 
-def test_the_objective_draws_noise_then_t_and_uses_given_pairs():
+def test_the_objective_draws_each_rows_noise_then_its_time_from_the_rows_seed_and_uses_given_pairs():
     model = Recorder()
-    x0 = torch.randn(4, 2)
-    torch.manual_seed(5)
-    loss = RectifiedFlowObjective(time_scale=1000.0).losses({"net": model}, x0, step=0)["net"]
-    torch.manual_seed(5)
-    noise, t = torch.randn_like(x0), torch.rand(4)
+    x0, seeds = torch.randn(4, 2), [(0, 3, i) for i in range(4)]
+    loss = RectifiedFlowObjective(time_scale=1000.0).losses({"net": model}, x0, 3, seeds)["net"]
+    rows = [generators([seed])[0] for seed in seeds]  # each row from its own seed alone
+    noise = torch.stack([torch.randn(2, generator=g) for g in rows])
+    t = torch.stack([torch.rand((), generator=g) for g in rows])
     assert torch.allclose(loss, rectified_flow_loss(Recorder(), x0, noise, t))
     assert torch.equal(model.calls[0][1], t * 1000.0)  # the network sees t * time_scale
     paired = torch.randn(4, 2)
-    RectifiedFlowObjective(time_scale=1.0).losses({"net": model}, [x0, paired], step=0)
-    t = model.calls[-1][1]
+    RectifiedFlowObjective(time_scale=1.0).losses({"net": model}, [x0, paired], 3, seeds)
+    t = torch.stack([torch.rand((), generator=g) for g in generators(seeds)])  # no noise drawn: t first
+    assert torch.equal(model.calls[-1][1], t)
     assert torch.allclose(model.calls[-1][0], (1 - t[:, None]) * x0 + t[:, None] * paired)
 
 
 def test_logit_normal_times_default_to_the_standard_normal_logit():
-    torch.manual_seed(4)
-    t = RectifiedFlowObjective("logit_normal").sample_t(6, "cpu")
-    torch.manual_seed(4)
-    assert torch.equal(t, torch.sigmoid(torch.randn(6)))
+    t = RectifiedFlowObjective("logit_normal").sample_t(generators(range(6)), "cpu")
+    assert torch.equal(t, torch.sigmoid(torch.stack([torch.randn((), generator=g) for g in generators(range(6))])))
 
 
 def test_logit_normal_times_concentrate_where_asked():
-    torch.manual_seed(0)
-    uniform = RectifiedFlowObjective().sample_t(20000, "cpu")
-    centred = RectifiedFlowObjective("logit_normal", loc=0.0, scale=1.0).sample_t(20000, "cpu")
-    late = RectifiedFlowObjective("logit_normal", loc=1.0, scale=0.5).sample_t(20000, "cpu")
+    n = 8000
+    uniform = RectifiedFlowObjective().sample_t(generators(range(n)), "cpu")
+    centred = RectifiedFlowObjective("logit_normal", loc=0.0, scale=1.0).sample_t(generators(range(n, 2 * n)), "cpu")
+    late = RectifiedFlowObjective("logit_normal", loc=1.0, scale=0.5).sample_t(generators(range(2 * n, 3 * n)), "cpu")
     assert abs(float(uniform.mean()) - 0.5) < 0.01 and abs(float(uniform.std()) - (1 / 12) ** 0.5) < 0.01
     assert abs(float(centred.mean()) - 0.5) < 0.01 and float(centred.std()) < 0.25  # more mass in the middle
     assert abs(float(late.median()) - torch.sigmoid(torch.tensor(1.0)).item()) < 0.01

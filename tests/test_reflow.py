@@ -67,16 +67,17 @@ def test_the_recorded_straightness_is_that_of_256_seeded_noises_in_50_steps(tmp_
         "straightness": value, "noises": 8, "steps": 5, "seed": 3}
 
 
-def test_a_flow_is_exported_with_its_time_scale_and_straightness(tmp_path, capsys):
+def test_a_flow_is_exported_with_its_time_scale_and_straightness(tmp_path, caplog):
     torch.manual_seed(0)
     net = MLPVelocity(hidden=8, depth=1)
-    RectifiedFlowObjective(time_scale=500.0).export({"net": net}, tmp_path)
+    with caplog.at_level("INFO", logger="fewstep.flows.rectified_flow"):
+        RectifiedFlowObjective(time_scale=500.0).export({"net": net}, tmp_path)
     config = json.loads((tmp_path / "scheduler" / "scheduler_config.json").read_text())
     assert (config["_class_name"], config["num_train_timesteps"]) == ("FlowMatchEulerDiscreteScheduler", 500)
     value = straightness(net, torch.randn(256, 2, generator=torch.Generator().manual_seed(0)), steps=50,
                          time_scale=500.0)
     assert json.loads((tmp_path / "straightness.json").read_text())["straightness"] == value
-    assert capsys.readouterr().out.splitlines()[-1] == (
+    assert caplog.messages[-1] == (
         f"straightness {value:.6f} (256 noises, 50 Euler steps): {tmp_path / 'straightness.json'}")
 
 
@@ -106,16 +107,15 @@ def test_a_curved_flow_has_the_straightness_of_its_closed_form():
 
 # -- reflow pairs ---------------------------------------------------------------------------------
 
-class Counting(torch.nn.Module):
-    """A denoiser that counts the samples it is asked about."""
+class Counting:
+    """A denoiser that counts the samples it is asked about, with the weights of the one it wraps."""
 
     def __init__(self, denoiser):
-        super().__init__()
         self.denoiser, self.seen = denoiser, 0
         self.sigma_min, self.sigma_max = denoiser.sigma_min, denoiser.sigma_max
-        self.sample_shape = denoiser.sample_shape
+        self.sample_shape, self.state_dict = denoiser.sample_shape, denoiser.state_dict
 
-    def forward(self, x, sigma):
+    def __call__(self, x, sigma):
         self.seen += len(x)
         return self.denoiser(x, sigma)
 
@@ -155,7 +155,8 @@ def test_a_pair_is_the_seeds_noise_and_the_samplers_output(tmp_path, gmm):
     seeds_kept = load_file(str(tmp_path / shards[2]))["seeds"]
     assert seeds_kept.dtype == torch.int64 and seeds_kept.tolist() == [108, 109, 110]
     index = json.loads((tmp_path / "pairs.json").read_text())
-    assert index == {"model": "gmm", "sampler": "heun", "options": {"afs": False}, "sigmas": SIGMAS.tolist(),
+    assert index == {"fingerprint": samplers.fingerprint(gmm), "model": "gmm", "sampler": "heun",
+                     "options": {"afs": False}, "sigmas": SIGMAS.tolist(),
                      "shape": [2], "seed_start": 100, "num_pairs": 11, "shard_size": 4}
 
 
@@ -189,32 +190,34 @@ def test_a_killed_run_resumes_making_only_the_missing_shard(tmp_path, gmm):
     assert torch.equal(before[0], after[0]) and torch.equal(before[1], after[1])
 
 
-def test_a_resumed_run_shows_its_progress_in_shards_and_logs_what_it_made(tmp_path, gmm, monkeypatch, caplog):
+def test_a_resumed_run_shows_its_progress_in_pairs_and_logs_each_shard_and_what_it_made(tmp_path, gmm, monkeypatch,
+                                                                                        caplog):
     from fewstep.flows import pairs
 
     bars = []
 
     class Bar:
         def __init__(self, **kwargs):
-            self.kwargs, self.n = kwargs, kwargs.get("initial", 0)
+            self.kwargs, self.n, self.updates = kwargs, kwargs.get("initial", 0), []
             bars.append(self)
 
         def update(self, n):
             self.n += n
+            self.updates.append(n)
 
         def close(self):
             pass
 
     monkeypatch.setattr(pairs, "tqdm", Bar)
     out = tmp_path / "a" / "b"  # folders made
-    write_pairs(gmm, "euler", SIGMAS, (2,), range(5), out, shard_size=2)
+    write_pairs(gmm, "euler", SIGMAS, (2,), range(5), out, shard_size=2, batch_size=1)
     (out / "shard_00001.safetensors").unlink()
     with caplog.at_level("INFO", logger=pairs.log.name):
         write_pairs(gmm, "euler", SIGMAS, (2,), range(5), out, shard_size=2)
-    assert [bar.kwargs for bar in bars] == [dict(total=3, initial=0, desc="pairs", unit="shard", disable=False),
-                                            dict(total=3, initial=2, desc="pairs", unit="shard", disable=False)]
-    assert [bar.n for bar in bars] == [3, 3]
-    assert caplog.messages == [f"5 pairs in 3 shards in {out}"]
+    assert [bar.kwargs for bar in bars] == [dict(total=5, initial=0, desc="pairs", unit="pair", disable=False),
+                                            dict(total=5, initial=3, desc="pairs", unit="pair", disable=False)]
+    assert [bar.n for bar in bars] == [5, 5] and [bar.updates for bar in bars] == [[1] * 5, [2]]  # every batch
+    assert caplog.messages == [f"{out / 'shard_00001.safetensors'}: the pairs of seeds 2..3", f"5 pairs in 3 shards in {out}"]
     text = (out / "pairs.json").read_text()
     assert text == json.dumps(json.loads(text), indent=2) + "\n"  # for a person to read
 
@@ -325,6 +328,79 @@ def test_a_pair_set_written_with_a_setting_this_run_lacks_is_not_added_to(tmp_pa
                                 "use another out_dir or the same settings")
 
 
+def other_gmm():
+    return samplers.GMMDenoiser(means=[[-2.0, 0.0], [2.0, 1.5], [0.0, -3.0]], stds=[0.3, 0.5, 0.2],
+                                weights=[0.3, 0.5, 0.2])
+
+
+def files_of(root):
+    return {p.name: p.read_bytes() for p in root.iterdir()}
+
+
+def test_a_stopped_set_is_not_finished_by_other_weights_and_the_refusal_names_both(tmp_path, gmm):
+    """Shard 0 of 3 made, then another model (the same name, other weights): refused, nothing written."""
+    write_pairs(gmm, "euler", SIGMAS, (2,), range(12), tmp_path, shard_size=4, metadata={"model": "gmm"})
+    for k in (1, 2):
+        (tmp_path / f"shard_0000{k}.safetensors").unlink()
+    before, other = files_of(tmp_path), other_gmm()
+    with pytest.raises(ValueError) as error:
+        write_pairs(other, "euler", SIGMAS, (2,), range(12), tmp_path, shard_size=4, metadata={"model": "gmm"})
+    assert str(error.value) == (f"{tmp_path / 'pairs.json'} holds pairs of a model with weights "
+                                f"{samplers.fingerprint(gmm)}; this model's weights are {samplers.fingerprint(other)}: "
+                                f"use another out_dir or the same model")
+    assert samplers.fingerprint(gmm) != samplers.fingerprint(other) and files_of(tmp_path) == before
+    (tmp_path / "pairs.json").write_text("{")
+    with pytest.raises(ValueError, match=r"pairs.json is no pair index: Expecting property name"):
+        write_pairs(gmm, "euler", SIGMAS, (2,), range(12), tmp_path, shard_size=4)
+    (tmp_path / "pairs.json").write_text("[]")
+    with pytest.raises(ValueError, match=r"pairs.json is no pair index: it holds a list, not an object$"):
+        PairsDataset(tmp_path)
+
+
+def test_a_denoiser_without_weights_has_no_fingerprint_to_record(tmp_path):
+    def denoiser(x, sigma):
+        return x * 0
+    denoiser.sigma_min, denoiser.sigma_max, denoiser.sample_shape = 0.002, 80.0, (2,)
+    with pytest.raises(TypeError, match="^a weight fingerprint needs a torch module or a model loaded from a "
+                                        "directory, got function$"):
+        write_pairs(denoiser, "euler", SIGMAS, (2,), range(3), tmp_path, shard_size=2)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_shards_have_the_mode_of_any_new_file(tmp_path, gmm, umask):
+    old = os.umask(umask)
+    try:
+        write_pairs(gmm, "euler", SIGMAS, (2,), range(3), tmp_path, shard_size=2)
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert set(modes.values()) == {0o666 & ~umask} and len(modes) == 3
+
+
+def test_a_training_run_on_pairs_is_not_resumed_on_pairs_of_other_weights(tmp_path, gmm):
+    """run.json records what made the pairs; two sets of one size and shape, of other weights, differ there."""
+    for name, model in (("a", gmm), ("b", other_gmm())):
+        write_pairs(model, "euler", SIGMAS, (2,), range(32), tmp_path / name, shard_size=16)
+
+    def trainer(pairs):
+        torch.manual_seed(0)
+        return Trainer(MLPVelocity(hidden=8, depth=1), RectifiedFlowObjective(), PairsDataset(tmp_path / pairs),
+                       out_dir=tmp_path / "run", steps=2, batch_size=16, lr=1e-3, checkpoint_every=1, cpu=True)
+
+    trainer("a").fit()
+    recorded = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert recorded["data_settings"] == json.loads((tmp_path / "a" / "pairs.json").read_text())
+    assert recorded["data_shape"] == [[2], [2]] and recorded["data_size"] == 32
+    before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    with pytest.raises(ValueError) as error:
+        trainer("b").fit()
+    assert str(error.value) == (f"{tmp_path / 'run'} holds a run made with data_settings.fingerprint="
+                                f"{samplers.fingerprint(gmm)}; this run has data_settings.fingerprint="
+                                f"{samplers.fingerprint(other_gmm())}: use another out_dir or the same settings")
+    assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == before
+
+
 def test_the_data_set_checks_what_it_is_told_to_expect(tmp_path, gmm):
     write_pairs(gmm, "euler", SIGMAS, (2,), range(10), tmp_path, shard_size=4, metadata={"model": {"path": "a"}})
     assert len(PairsDataset(tmp_path, expect={"sampler": "euler", "shape": (2,), "model": {"path": "a"}})) == 10
@@ -393,17 +469,17 @@ def test_the_distillation_losses_are_those_of_the_one_step_prediction():
     g = torch.Generator().manual_seed(0)
     x0, noise = torch.randn(3, 2, 4, 4, generator=g), torch.randn(3, 2, 4, 4, generator=g)
     d = (noise - (0.5 * noise + 0.1)) - x0
-    l2 = DistillationObjective(time_scale=1000.0).losses({"net": model}, (x0, noise), step=0)["net"]
+    l2 = DistillationObjective(time_scale=1000.0).losses({"net": model}, (x0, noise), 0, [])["net"]
     assert torch.equal(calls[0], torch.full((3,), 1000.0)) and torch.allclose(l2, (d ** 2).mean())
-    huber = DistillationObjective("pseudo_huber").losses({"net": model}, [x0, noise], step=0)["net"]
+    huber = DistillationObjective("pseudo_huber").losses({"net": model}, [x0, noise], 0, [])["net"]
     c = 0.00054 * math.sqrt(32)
     by_hand = sum(math.sqrt(float((di ** 2).sum()) + c * c) - c for di in d) / 3
     assert math.isclose(float(huber), by_hand, rel_tol=1e-5)
     assert float(pseudo_huber(torch.zeros(2, 5))[0]) == 0.0
     with pytest.raises(ValueError, match=r"trains on \(sample, noise\) pairs \(data=pairs\), got a Tensor"):
-        DistillationObjective().losses({"net": model}, x0, step=0)
+        DistillationObjective().losses({"net": model}, x0, 0, [])
     with pytest.raises(ValueError, match=r"trains on \(sample, noise\) pairs \(data=pairs\), got a tuple"):
-        DistillationObjective().losses({"net": model}, (x0, noise, x0), step=0)
+        DistillationObjective().losses({"net": model}, (x0, noise, x0), 0, [])
     DistillationObjective(time_scale=1000.0).one_step(model, noise.double())
     assert calls[-1].dtype == torch.float64  # t in the noise's dtype
     with pytest.raises(ValueError, match="unknown loss 'l1': use l2 or pseudo_huber"):

@@ -4,11 +4,12 @@ first round's weights (data=pairs, init_from), and check that the second flow is
 commands run in this process (helpers.run_cli); under `accelerate launch`, in processes of their own,
 in test_reflow_multiprocess.py."""
 import csv
+import json
 
 import pytest
 import torch
 
-from helpers import ok, run_cli
+from helpers import ok, run_cli, the_error
 from fewstep import samplers
 from fewstep.flows import PairsDataset, straightness
 
@@ -63,3 +64,48 @@ def test_another_sampler_into_the_same_pairs_and_a_missing_start_are_one_line(ro
                   f"out_dir={tmp / 'round3'}")
     assert missing.returncode == 2
     assert missing.stderr.strip().splitlines()[-1] == f"error: init_from path does not exist: {tmp / 'nowhere'}"
+
+
+# -- what made the pairs, and pairs of another shape -------------------------------------------------
+def flow_at(path, seed):
+    """A tiny untrained 2-D flow saved at `path` (its weights from `seed`)."""
+    from fewstep.flows import MLPVelocity
+    from fewstep.flows.velocity import save_flow
+
+    torch.manual_seed(seed)
+    save_flow(MLPVelocity(hidden=8, depth=1), path, 1000.0)
+
+
+def test_other_weights_at_the_same_model_path_do_not_finish_a_stopped_pair_set(tmp_path):
+    """1 of 3 shards written, other weights saved at the same model.path: the resume is refused in one line
+    naming both fingerprints, and the pairs written are left as they are."""
+    flow_at(tmp_path / "model", seed=0)
+    pairs = ["model=mlp2d", f"model.path={tmp_path / 'model'}", "sampler=euler", "steps=4", "num_pairs=30",
+             "shard_size=10", "device=cpu", f"out_dir={tmp_path / 'pairs'}"]
+    ok(run("reflow_pairs.py", *pairs))
+    for k in (1, 2):
+        (tmp_path / "pairs" / f"shard_0000{k}.safetensors").unlink()
+    written = {p.name: p.read_bytes() for p in (tmp_path / "pairs").iterdir() if p.is_file() and p.suffix != ".log"}
+    old = json.loads((tmp_path / "pairs" / "pairs.json").read_text())["fingerprint"]
+    flow_at(tmp_path / "model", seed=1)
+    new = samplers.fingerprint(samplers.from_pretrained(tmp_path / "model"))
+    assert the_error(run("reflow_pairs.py", *pairs)) == (
+        f"error: {tmp_path / 'pairs' / 'pairs.json'} holds pairs of a model with weights {old}; this model's weights "
+        f"are {new}: use another out_dir or the same model")
+    assert old != new and written == {p.name: p.read_bytes() for p in (tmp_path / "pairs").iterdir()
+                                      if p.is_file() and p.suffix != ".log"}
+
+
+def test_pairs_of_another_shape_than_the_network_are_refused_before_the_first_step(tmp_path):
+    """8x8 pairs for net=unet_digits (sample_size 16) would train and export a 16x16 model: refused."""
+    from fewstep.flows import write_pairs
+
+    gmm = samplers.GMMDenoiser(means=torch.zeros(2, 1, 8, 8), stds=[0.5, 1.0])
+    write_pairs(gmm, "euler", samplers.get_sigmas("karras", 2, 0.002, 80.0), (1, 8, 8), range(4), tmp_path / "pairs",
+                shard_size=4)
+    done = run("train.py", "objective=rectified_flow", "net=unet_digits", "data=pairs",
+               f"data.root={tmp_path / 'pairs'}", "train.steps=1", "train.batch_size=2", "train.cpu=true", f"out_dir={tmp_path / 'run'}")
+    assert the_error(done) == (f"error: the data (PairsDataset at {tmp_path / 'pairs'}) has samples of shape "
+                               f"(1, 8, 8); net (UNet2DModel) makes samples of shape (1, 16, 16): use data and "
+                               f"network of one shape")
+    assert not (tmp_path / "run").exists()

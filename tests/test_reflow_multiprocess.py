@@ -98,9 +98,10 @@ def test_two_processes_write_the_pairs_one_process_writes(pairs):
     tmp, one, two = pairs
     for done, out in [(one, "pairs1"), (two, "pairs2")]:
         assert done.stdout.count(f"wrote 1200 pairs to {tmp / out}") == 1, done.stdout  # process 0 alone says so
-    # each process's bar counts its own shards: process 0 made 3 of the 5 under two processes, all 5 alone
+    # each process's bar counts the pairs of its own shards: process 0 made shards 0, 2 and 4 of the 5 under two
+    # processes (256 + 256 + 176 pairs), all 1200 alone
     bars = [re.findall(r"pairs: 100%\|[^|]*\| (\d+)/(\d+)", done.stderr) for done in (one, two)]
-    assert bars[0][-1:] == [("5", "5")] and bars[1][-1:] == [("3", "3")], (bars, two.stderr[-3000:])
+    assert bars[0][-1:] == [("1200", "1200")] and bars[1][-1:] == [("688", "688")], (bars, two.stderr[-3000:])
     assert json.loads((tmp / "pairs1" / "pairs.json").read_text()) == json.loads(
         (tmp / "pairs2" / "pairs.json").read_text())
     sets = [PairsDataset(tmp / out, expect={"sampler": "euler", "shape": [2], "num_pairs": 1200, "shard_size": 256})

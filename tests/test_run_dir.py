@@ -1,6 +1,6 @@
 """What a command writes in its out_dir: its results and, once the run is accepted, its config in
-`.hydra/` (cli.common.record_config); a refused run writes nothing at all, `.hydra/` and a log file
-included, and an out_dir that is a file is one line."""
+`.hydra/` and its log file (cli.common.record_config); a refused run writes nothing at all, `.hydra/` and
+a log file included, and an out_dir that is a file is one line."""
 import pytest
 from omegaconf import OmegaConf
 
@@ -22,7 +22,7 @@ def test_a_refused_resume_leaves_the_run_and_its_recorded_config_as_they_were(tm
     recorded = OmegaConf.load(out / ".hydra" / "config.yaml")
     assert recorded.train.batch_size == 32 and recorded.out_dir == str(out)
     assert list(OmegaConf.load(out / ".hydra" / "overrides.yaml")) == [*TRAIN, f"out_dir={out}"]
-    assert not list(out.glob("*.log")) and not list(tmp_path.glob("*.log"))
+    assert [p.name for p in out.glob("*.log")] == ["train.log"] and not list(tmp_path.glob("*.log"))
     before = snapshot(out)
     refused = run_cli("train.py", *TRAIN, "train.batch_size=16", f"out_dir={out}")
     assert the_error(refused).startswith(f"error: {out} holds a run made with batch_size=32; this run has batch_size=16")

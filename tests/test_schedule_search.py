@@ -98,12 +98,12 @@ def test_the_search_functions_default_to_the_search_commands_settings(search_gmm
     conf = OmegaConf.load(ROOT / "conf" / "search_schedule.yaml")
     seen = {}
 
-    def fake_reference(denoiser, noise, rtol, atol):
+    def fake_reference(denoiser, noise, rtol, atol, progress):
         seen.setdefault("references", []).append((noise, rtol, atol))
         return noise.double()
 
     def fake_search(name, denoiser, nfe, noise, reference, held_out, held_out_reference, options, iterations, lr, log,
-                    warm):
+                    warm, progress):
         seen["search"] = (iterations, lr)
         return SearchResult(nfe, Grid(torch.tensor([1.0, 0.0]), 0.0, "x"), Grid(torch.tensor([1.0, 0.0]), 0.0, "x"),
                             None, 0.0)
@@ -118,7 +118,7 @@ def test_the_search_functions_default_to_the_search_commands_settings(search_gmm
     assert tolerances == held_out_tolerances == [conf.rtol, conf.atol]
     assert seen["search"] == (conf.iterations, conf.lr)
 
-    def fake_refine(name, denoiser, start, noise, reference, options, iterations, lr, lowest_top):
+    def fake_refine(name, denoiser, start, noise, reference, options, iterations, lr, lowest_top, progress):
         seen["refine"] = (iterations, lr)
         return start, 0.0
 
@@ -195,7 +195,8 @@ def test_search_measures_each_start_with_the_options_and_keeps_the_refinement_on
     assert (result.start.how, result.start.sigmas.tolist(), result.start.error) == (how, sigmas.tolist(), held)
     refined, train_error = refine(name, search_gmm, sigmas, noise, reference, options, iterations, 0.05, lowest_top)
     refined_held = ode_error(name, search_gmm, held_out, held_out_reference, refined, options).item()
-    assert lines[len(starts):] == [f"dpmpp_2m NFE 4: refined {min(errors):.5f} -> {train_error:.5f} "
+    assert lines[len(starts):] == [f"dpmpp_2m NFE 4: refining {how} ({iterations} Adam steps)",
+                                   f"dpmpp_2m NFE 4: refined {min(errors):.5f} -> {train_error:.5f} "
                                    f"(held-out {held:.5f} -> {refined_held:.5f})"]
     if iterations:
         assert refined_held < held  # (so this case checks the refined branch)
@@ -294,7 +295,7 @@ def test_a_table_gives_back_its_grid_and_refuses_another_model_sampler_or_nfe(se
     assert sorted(schedule_tables.entries(path)) == [2, 4, 10]
     assert schedule_tables.entries(tmp_path / "none.json") == {}
     other = samplers.GMMDenoiser(means=[[0.0, 0.0]], stds=[1.0])
-    mine, theirs = schedule_tables.fingerprint(search_gmm), schedule_tables.fingerprint(other)
+    mine, theirs = samplers.fingerprint(search_gmm), samplers.fingerprint(other)
     for call, message in [
             (lambda: schedule_tables.lookup(path, search_gmm, "ddim", {"eta": 0.0}, 5),
              f"{path} has no grid for NFE 5: it has NFE 2, 4, 10"),  # in numeric order
@@ -368,7 +369,7 @@ def test_a_written_table_holds_the_sampler_its_changed_options_the_model_and_the
     text = path.read_text()
     assert text.startswith('{\n "sampler": "euler",\n "options": {\n  "afs": true\n }')  # indent 1
     assert json.loads(text) == {
-        "sampler": "euler", "options": {"afs": True}, "model": "gmm", "fingerprint": schedule_tables.fingerprint(search_gmm),
+        "sampler": "euler", "options": {"afs": True}, "model": "gmm", "fingerprint": samplers.fingerprint(search_gmm),
         "objective": "ode_error", "by_nfe": {"9": {"sigmas": GRID[1:], "note": 9}, "10": {"sigmas": GRID, "note": 10}}}
     assert list(json.loads(text)["by_nfe"]) == ["9", "10"]  # in numeric order
     with pytest.raises(ValueError) as error:
@@ -419,9 +420,10 @@ def test_run_search_warm_starts_each_nfe_from_the_ones_before_on_seeded_noises(s
                    log=lambda line: None, warm={3: results[0].best.sigmas})
     assert results[1].curve == again.curve and torch.equal(results[1].best.sigmas, again.best.sigmas)
     assert results[1].curve[-1][0] == "the NFE 3 grid with a point inserted"
-    seconds = re.fullmatch(r"dopri5 references of 8 noises: (\d+) s", lines[0])
+    assert lines[0] == "dopri5 references of 8 noises (rtol 0.001, atol 0.0001)"
+    seconds = re.fullmatch(r"dopri5 references of 8 noises: (\d+) s", lines[1])
     assert seconds and int(seconds[1]) <= took + 1
-    assert sum(line.startswith("ipndm NFE 4: ") for line in lines) == len(again.curve) + 1
+    assert sum(line.startswith("ipndm NFE 4: ") for line in lines) == len(again.curve) + 2  # refining, refined
 
 
 @pytest.mark.parametrize("grid, message", [([20.0, 5.0, 5.0, 0.2, 0.0], "strictly decreasing"),
@@ -562,3 +564,16 @@ def test_the_embedded_model_ships_a_searched_grid_for_each_sampler_at_nfe_3_to_1
         assert line.startswith("schedule: auto, the searched grid for NFE") and samplers.nfe(name, sigmas) <= nfe
         assert json.loads(path.read_text())["by_nfe"][str(nfe)]["command"].startswith(
             f"python scripts/search_schedule.py sampler={name}")
+
+
+def test_the_search_says_each_phase_and_shows_the_references_and_the_refinement_as_bars(search_gmm, capsys, caplog):
+    with caplog.at_level("INFO", logger=schedule_search.__name__):
+        (result,) = run_search("euler", search_gmm, [3], num_noises=4, iterations=2)
+    said = caplog.messages
+    assert said[0] == "dopri5 references of 8 noises (rtol 1e-05, atol 1e-05)" and said[1].startswith(
+        "dopri5 references of 8 noises: ")
+    assert f"euler NFE 3: refining {result.start.how} (2 Adam steps)" in said and said[-1].startswith("euler NFE 3: refined")
+    bars = capsys.readouterr().err
+    assert bars.count("dopri5 reference: ") >= 2 and "NFE" in bars and "refine euler: " in bars
+    next(run_search("euler", search_gmm, [3], num_noises=4, iterations=2, log=lambda line: None, progress=False))
+    assert capsys.readouterr().err == ""

@@ -146,7 +146,12 @@ def test_calibration_scans_the_grid_and_writes_nothing_unasked(tmp_path, tiny_pi
     assert done.returncode == 0, done.stderr
     rows = json.loads((tmp_path / "calibration-ddim.json").read_text())["2"]
     assert [r["rho_bottom"] for r in rows] == [0.5, 1.0]
-    assert rows[0]["fd"] != rows[1]["fd"] and "wrote" not in done.stdout
+    assert rows[0]["fd"] != rows[1]["fd"]
+    best = min(rows, key=lambda r: r["fd"])
+    said = done.stdout.splitlines()  # the best factors and the one file written, also in the run's log file
+    assert said[-2:] == [f"best factors: rho_top 1.0, NFE 2: rho_bottom {best['rho_bottom']} (FD {best['fd']:.3f})",
+                         f"wrote {tmp_path / 'calibration-ddim.json'}"]
+    assert all(line in (tmp_path / "calibrate_skiptune.log").read_text() for line in said)
     assert [p.name.split("-")[-1] for p in (tmp_path / "cache").iterdir()] == ["raw.npz"]  # the reference, cached
 
 

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from helpers import ROOT, tiny_unet
 from fewstep import samplers
 from fewstep.cli.sampling import skip_tuning_for
-from fewstep.tuning import skiptune_tables, store
+from fewstep.tuning import skiptune_tables
 
 
 @pytest.fixture
@@ -31,9 +31,9 @@ def test_the_nearest_calibrated_nfe_wins_and_halfway_the_smaller(nfe, chosen):
 def test_a_table_lies_beside_the_model_and_gives_the_factors_of_the_nearest_nfe(model):
     path = skiptune_tables.default_path(model, "heun")
     assert path == model.pretrained_path / "skiptune" / "heun.json"
-    fingerprint = store.fingerprint(model)
+    fingerprint = samplers.fingerprint(model)
     assert skiptune_tables.write(path, model, "heun", "tiny", "FD-raw", 0.95, {10: entry(0.9), 5: entry(0.8)}) == path
-    assert store.fingerprint(model) == fingerprint  # the store is not part of the weights
+    assert samplers.fingerprint(model) == fingerprint  # the store is not part of the weights
     table = json.loads(path.read_text())
     assert list(table["by_nfe"]) == ["5", "10"] and table["fingerprint"] == fingerprint and table["model"] == "tiny"
     assert skiptune_tables.factors(model, "heun", 6) == (0.95, 0.8, f"calibrated at NFE 5 ({path})")
@@ -62,7 +62,7 @@ def test_a_model_without_factors_is_refused_and_never_borrows_the_digits_model_s
     shipped = ROOT / "assets" / "digits_ddpm" / "skiptune" / "ddim.json"
     with pytest.raises(ValueError, match=f"^{shipped} was tuned for another model \\(weights "
                                          f"{json.loads(shipped.read_text())['fingerprint']}\\); this one's weights are "
-                                         f"{store.fingerprint(model)}$"):
+                                         f"{samplers.fingerprint(model)}$"):
         skiptune_tables.factors(model, "ddim", 5, path=shipped)
     with pytest.raises(ValueError, match=f"^{shipped} holds the factors of sampler ddim, not of heun$"):
         skiptune_tables.factors(model, "heun", 5, path=shipped)
@@ -85,7 +85,7 @@ def test_the_shipped_factors_are_the_digits_model_s():
     digits = samplers.from_pretrained("digits_ddpm")
     for path in sorted((ROOT / "assets" / "digits_ddpm" / "skiptune").glob("*.json")):
         table = skiptune_tables.load(path)
-        assert table["fingerprint"] == store.fingerprint(digits) and table["sampler"] == path.stem
+        assert table["fingerprint"] == samplers.fingerprint(digits) and table["sampler"] == path.stem
         assert all(e["command"].startswith("python scripts/calibrate_skiptune.py") for e in table["by_nfe"].values())
     assert skiptune_tables.factors(digits, "ddim", 4)[:2] == (1.0, 0.8)
     assert skiptune_tables.factors(digits, "ddim", 10)[:2] == (1.0, 0.9)

@@ -148,10 +148,11 @@ def test_each_entry_declares_the_options_its_function_takes(name):
     solver = SOLVERS[name]
     fixed = getattr(solver.run, "keywords", {})   # euler: ddim with eta fixed at 0
     params = inspect.signature(solver.run).parameters
-    takes = {p: params[p].default for p in params if p not in ("denoise", "x", "sigmas", "generator", *fixed)}
+    takes = {p: params[p].default for p in params if p not in ("denoise", "x", "sigmas", "generator", "time", *fixed)}
     assert takes == dict(solver.options)
     assert solver.stochastic == ("generator" in params and not fixed)
-    assert not {"generator", "callback"} & set(solver.options)
+    assert solver.timed == ("time" in params)
+    assert not {"generator", "callback", "time"} & set(solver.options)
     assert solver.adaptive == (solver.nfe(3, True, solver.options) is None) == (name not in samplers.FIXED_GRID_NAMES)
 
 

@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,11 +20,11 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from fewstep import samplers
-from helpers import ENV, ROOT, accelerate_launch, make_trainer, reset_accelerate, tiny_unet
+from helpers import ENV, ROOT, WORKER, in_process, make_trainer, tiny_unet
 from fewstep.flows import DiffusionObjective
 from fewstep.training import NetworkOptim, Trainer
 from fewstep.training.data import ImageFolder, cifar10, digits
-from train_worker import TinyWGAN, gan_data, gan_nets, gan_trainer
+from train_worker import GAN_SETTINGS, TinyWGAN, gan_data, gan_nets, gan_trainer
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models on one thread
@@ -54,8 +53,10 @@ def test_training_lowers_the_loss_resumes_and_exports(tmp_path):
 
 @pytest.mark.parametrize("change, message", [
     (dict(batch_size=16), "holds a run made with batch_size=32; this run has batch_size=16"),
-    (dict(lr=1e-3), "holds a run made with networks={'net': {"),
-    (dict(objective=DiffusionObjective(prediction_type="v_prediction")), "holds a run made with objective_settings="),
+    (dict(lr=1e-3), "holds a run made with networks.net.lr=0.002; this run has networks.net.lr=0.001"),
+    (dict(objective=DiffusionObjective(prediction_type="v_prediction")),
+     "holds a run made with objective_settings.prediction_type=epsilon; this run has "
+     "objective_settings.prediction_type=v_prediction"),
 ])
 def test_resuming_with_settings_that_mix_runs_is_one_line_and_writes_nothing(tmp_path, change, message):
     make_trainer(tmp_path, steps=20).fit()
@@ -104,7 +105,7 @@ def nan_objective():
     """The diffusion objective (so the run resumes) whose loss has turned NaN."""
     objective = DiffusionObjective()
     loss = objective.loss
-    objective.loss = lambda model, x0: loss(model, x0) * float("nan")
+    objective.loss = lambda *args: loss(*args) * float("nan")
     return objective
 
 
@@ -116,52 +117,7 @@ def test_a_nan_loss_stops_with_the_step_and_keeps_the_checkpoints(tmp_path):
     assert (tmp_path / "checkpoints" / "step_00000020" / "model.safetensors").is_file()
 
 
-WORKER = str(ROOT / "tests" / "train_worker.py")
-
-
-def in_process(out, steps, every, *kind):
-    """train_worker's run in this process (its own Accelerator, then accelerate's state forgotten): the
-    uninterrupted runs and the resumes of the SIGKILL tests, whose victims are processes of their own.
-    One thread, as the victims (ENV): the same arithmetic, and no threads spinning on a busy machine."""
-    import train_worker
-
-    threads = torch.get_num_threads()
-    reset_accelerate()
-    torch.set_num_threads(1)
-    try:
-        train_worker.main(Path(out), int(steps), int(every), *kind)
-    finally:
-        torch.set_num_threads(threads)
-        reset_accelerate()
-
-
-def test_two_cpu_processes_really_train_together(tmp_path):
-    subprocess.run([*accelerate_launch(2), WORKER, str(tmp_path), "4", "100"], check=True, capture_output=True, env=ENV)
-    infos = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
-    assert all(info == {"num_processes": 2, "batch_shape": [8, 1, 8, 8]} for info in infos)
-    rank0, rank1 = (load_file(str(tmp_path / f"rank{r}.safetensors")) for r in (0, 1))
-    initial = tiny_unet().state_dict()
-    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)  # weights, EMA and optimiser state
-    assert any(not torch.equal(rank0[f"net.{k}"], initial[k]) for k in initial)
-
-
-def test_a_run_killed_with_sigkill_resumes_to_the_same_parameters(tmp_path):
-    steps, every = "100", "5"
-    in_process(tmp_path / "straight", steps, every)
-    victim = subprocess.Popen([sys.executable, WORKER, str(tmp_path / "killed"), steps, every], env=ENV,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoint = tmp_path / "killed" / "run" / "checkpoints" / "step_00000015"
-    deadline = time.monotonic() + 120
-    while not checkpoint.exists() and victim.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    assert not (tmp_path / "killed" / "rank0.safetensors").exists(), "the run finished before the kill"
-    in_process(tmp_path / "killed", steps, every)
-    straight, resumed = (load_file(str(tmp_path / d / "rank0.safetensors")) for d in ("straight", "killed"))
-    assert max((straight[k] - resumed[k]).abs().max().item() for k in straight) <= 1e-6
-    logged = [(tmp_path / d / "run" / "loss.csv").read_text().splitlines() for d in ("straight", "killed")]
-    assert logged[0] == logged[1]  # steps and means; a checkpoint every 5 steps lies between rows every 2
+# in_process: helpers.py. Two processes training together: test_engine_processes.py.
 
 
 def test_two_networks_killed_with_sigkill_resume_to_the_same_weights_emas_and_optimisers(tmp_path):
@@ -348,7 +304,7 @@ class Answers:
     def settings(self):
         return {}
 
-    def losses(self, nets, batch, step):
+    def losses(self, nets, batch, step, seeds):
         return self.answer(nets, batch)
 
     def export(self, nets, out_dir):
@@ -510,8 +466,7 @@ def test_the_metrics_of_each_report_are_logged_in_one_line(tmp_path, caplog):
     trainer = gan_trainer(tmp_path, 4, checkpoint_every=2, objective=Reporting())
     with caplog.at_level(logging.INFO, logger="fewstep.training.engine"):
         trainer.fit()
-    lines = [m.split("] ", 1)[-1] for m in caplog.messages]  # accelerate's logger adds "[RANK 0] "
-    assert [m for m in lines if m.startswith("step ")] == ["step 2: fd 12.35, modes 8", "step 4: fd 12.35, modes 8"]
+    assert [m for m in caplog.messages if m.startswith("step ")] == ["step 2: fd 12.35, modes 8", "step 4: fd 12.35, modes 8"]
     assert list(csv.reader(open(tmp_path / "metrics.csv", newline=""))) == [
         ["step", "fd", "modes"], ["2", "12.3457", "8"], ["4", "12.3457", "8"]]
 
@@ -543,7 +498,8 @@ def test_run_json_holds_the_objective_and_its_public_settings_the_networks_the_d
                             "weight_decay": 0.0, "warmup_steps": 2, "grad_clip": None, "ema_decay": decay}
                      for name, parameters, lr, decay in [("critic", 2 * 16 + 16 + 16 + 1, 2e-3, 0.8),
                                                          ("generator", 2 * 16 + 16 + 16 * 2 + 2, 1e-3, 0.9)]},
-        "data_size": 256, "batch_size": 16, "seed": 0, "num_processes": 1, "mixed_precision": "bf16"}
+        "data_size": 256, "data_shape": [2], "data_settings": None, "batch_size": 16, "seed": 0, "num_processes": 1,
+        "mixed_precision": "bf16"}
     assert trainer.accelerator.mixed_precision == "bf16"
 
 
@@ -619,6 +575,18 @@ def test_settings_are_compared_only_against_a_run_with_checkpoints_and_on_every_
         gan_trainer(tmp_path, 4, checkpoint_every=100, batch_size=32).fit()
 
 
+def test_a_run_is_not_resumed_on_data_of_another_shape(tmp_path):
+    """The same size and networks, items of another shape (digits at another image size): refused, nothing written."""
+    gan_trainer(tmp_path, 2, checkpoint_every=2).fit()
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    other = Trainer(gan_nets(), TinyWGAN(), gan_data().repeat(1, 2), out_dir=tmp_path, steps=4, checkpoint_every=2,
+                    **GAN_SETTINGS)
+    with pytest.raises(ValueError, match=r"^.* holds a run made with data_shape=\[2\]; this run has data_shape=\[4\]: "
+                                         r"use another out_dir or the same settings$"):
+        other.fit()
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
 @pytest.mark.parametrize("networks, message", [
     ({}, "exported the EMA model to {}"),
     ({"critic": {"ema_decay": None}}, "exported the model to {} (raw weights, no EMA kept: critic)"),
@@ -630,7 +598,7 @@ def test_the_export_says_which_networks_keep_no_ema(tmp_path, caplog, networks, 
 
     with caplog.at_level(logging.INFO, logger="fewstep.training.engine"):
         gan_trainer(tmp_path, 2, checkpoint_every=100, networks=networks).fit()
-    assert message.format(tmp_path / "model") in [m.split("] ", 1)[-1] for m in caplog.messages]
+    assert message.format(tmp_path / "model") in caplog.messages
 
 
 def test_a_resume_logs_where_it_resumed_from(tmp_path, caplog):
@@ -639,14 +607,13 @@ def test_a_resume_logs_where_it_resumed_from(tmp_path, caplog):
     gan_trainer(tmp_path, 2, checkpoint_every=2).fit()
     with caplog.at_level(logging.INFO, logger="fewstep.training.engine"):
         gan_trainer(tmp_path, 4, checkpoint_every=2).resume()
-    assert f"resumed from {tmp_path / 'checkpoints' / 'step_00000002'} at step 2" in [
-        m.split("] ", 1)[-1] for m in caplog.messages]
+    assert f"resumed from {tmp_path / 'checkpoints' / 'step_00000002'} at step 2" in caplog.messages
 
 
 class BothAtOnce(TinyWGAN):
     """The critic and generator losses every step, from one shared graph of G(z)."""
 
-    def losses(self, nets, x, step):
+    def losses(self, nets, x, step, seeds):
         fake = nets["generator"](torch.randn_like(x))
         scores = nets["critic"](fake)
         return {"critic": scores.mean() - nets["critic"](x).mean(), "generator": -scores.mean()}
@@ -668,3 +635,17 @@ def test_fp16_takes_one_loss_a_step(tmp_path):
         trainer._check(two)
     assert str(error.value) == ("fp16 scales one loss per step, but the objective returned 2 at step 1 (critic, "
                                 "generator): use mixed_precision bf16 or no")
+
+
+def test_a_run_first_says_what_it_trains(tmp_path, caplog):
+    import logging
+
+    trainer = gan_trainer(tmp_path, 2, checkpoint_every=100)
+    with caplog.at_level(logging.INFO, logger="fewstep.training.engine"):
+        trainer.fit()
+    sizes = {name: sum(p.numel() for p in net.parameters()) for name, net in trainer.nets.items()}
+    assert caplog.messages[0] == (
+        f"TinyWGAN: critic ({type(trainer.nets['critic']).__name__}, {sizes['critic']:,} parameters), generator "
+        f"({type(trainer.nets['generator']).__name__}, {sizes['generator']:,} parameters); {len(gan_data())} items, "
+        f"batch {trainer.run_settings['batch_size']} over 1 process, 2 steps, checkpoints every 100 in "
+        f"{tmp_path / 'checkpoints'}")

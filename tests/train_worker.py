@@ -1,14 +1,15 @@
-"""Run as a subprocess by test_training.py (also under `accelerate launch`): train for STEPS steps in
-OUT/run, checkpointing every CHECKPOINT_EVERY steps (resuming from the latest checkpoint there),
-then write each process's weights, EMA weights and optimiser states to OUT/rank<i>.safetensors.
+"""Run as a subprocess by test_training.py and test_engine_processes.py (also under `accelerate
+launch`): train for STEPS steps in OUT/run, checkpointing every CHECKPOINT_EVERY steps (resuming from
+the latest checkpoint there), then write each process's weights, EMA weights and optimiser states to
+OUT/rank<i>.safetensors.
 
-    python tests/train_worker.py OUT STEPS CHECKPOINT_EVERY [unet|gan] [KILL_AT]
+    python tests/train_worker.py OUT STEPS CHECKPOINT_EVERY [unet|gan|objectives] [KILL_AT]
 
 unet (the default): the tiny UNet on 8x8 digits with the diffusion objective. gan: `TinyWGAN`, a 2-D
-generator and critic. KILL_AT: the process SIGKILLs itself as step KILL_AT + 1 begins, as a crash or
-the OOM killer would end it. test_training.py imports the pieces of the gan run from here.
+generator and critic. objectives: each of fewstep's objectives in turn (`every_objective`), in
+OUT/<objective>. KILL_AT: the process SIGKILLs itself as step KILL_AT + 1 begins, as a crash or the
+OOM killer would end it. test_training.py imports the pieces of the gan run from here.
 """
-import json
 import os
 import signal
 import sys
@@ -32,7 +33,7 @@ class TinyWGAN:
     def settings(self) -> dict:
         return {"n_critic": self.n_critic, "gp_weight": self.gp_weight}
 
-    def losses(self, nets, x, step):
+    def losses(self, nets, x, step, seeds):
         critic, generator = nets["critic"], nets["generator"]
         fake = generator(torch.randn_like(x))  # not detached: the trainer must keep the critic loss out of G
         if step % (self.n_critic + 1) < self.n_critic:
@@ -77,10 +78,10 @@ def die_at(objective, at: int):
     begins; still the same objective, so the restarted run (without it) resumes its checkpoints."""
     losses = objective.losses
 
-    def dying(nets, batch, step):
+    def dying(nets, batch, step, seeds):
         if step == at:
             os.kill(os.getpid(), signal.SIGKILL)
-        return losses(nets, batch, step)
+        return losses(nets, batch, step, seeds)
 
     objective.losses = dying
     return objective
@@ -97,7 +98,53 @@ def snapshot(trainer) -> dict:
     return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
 
+def objective_runs() -> dict:
+    """Each of fewstep's objectives on a tiny network and data: `{name: (make the networks, objective, data)}`."""
+    from torch.utils.data import TensorDataset
+
+    from helpers import mixture, tiny_unet
+    from fewstep import samplers
+    from fewstep.flows import DiffusionObjective, DistillationObjective, MLPVelocity, RectifiedFlowObjective
+    from fewstep.gan import GANObjective, MLPCritic, MLPGenerator
+    from fewstep.training.data import digits
+    from fewstep.training.data2d import moons
+    from fewstep.tuning.amed_distill import AMEDDistillation, NoiseDataset
+
+    def seeded(make):
+        def made():
+            torch.manual_seed(0)
+            return make()
+        return made
+
+    points, gmm = moons(256), mixture()
+    pairs = TensorDataset(points, torch.randn(256, 2, generator=torch.Generator().manual_seed(2)))
+    amed = AMEDDistillation(gmm, samplers.get_sigmas("karras", 3, gmm.sigma_min, 80.0, final_sigmas_type="sigma_min"),
+                            "amed", {"afs": True}, held_out=8)
+    velocity = seeded(lambda: {"net": MLPVelocity(hidden=16, depth=2)})
+    gan = seeded(lambda: {"generator": MLPGenerator(width=16, depth=2), "critic": MLPCritic(width=16, depth=2)})
+    return {"diffusion": (lambda: {"net": tiny_unet()}, DiffusionObjective(), digits(image_size=8)[:256]),
+            "rectified_flow": (velocity, RectifiedFlowObjective(time_sampling="logit_normal"), points),
+            "distill": (velocity, DistillationObjective(), pairs),
+            "reflow_gan": (gan, GANObjective(n_critic=2, generator_steps=2, monitor=None), points),
+            "wgan_gp": (gan, GANObjective("wgan_gp", "plain", penalty_weight=10.0, n_critic=2, monitor=None), points),
+            "amed": (seeded(lambda: {"predictor": amed.new_predictor()}), amed, NoiseDataset((2,), size=256))}
+
+
+def every_objective(out: Path, steps: int) -> None:
+    """Each of `objective_runs` for `steps` steps (a global batch of 16, a loss row every step) in
+    out/<name>, each process's `snapshot` in out/<name>/rank<i>.safetensors."""
+    from fewstep.training import Trainer
+
+    for name, (nets, objective, data) in objective_runs().items():
+        trainer = Trainer(nets(), objective, data, out_dir=out / name, steps=steps, batch_size=16, lr=1e-3,
+                          warmup_steps=2, ema_decay=0.9, checkpoint_every=steps, log_every=1, cpu=True)
+        trainer.fit()
+        save_file(snapshot(trainer), str(out / name / f"rank{trainer.accelerator.process_index}.safetensors"))
+
+
 def main(out: Path, steps: int, every: int, kind: str = "unet", kill_at: int | None = None):
+    if kind == "objectives":
+        return every_objective(out, steps)
     if kind == "gan":
         objective = TinyWGAN() if kill_at is None else die_at(TinyWGAN(), kill_at)
         trainer = gan_trainer(out / "run", steps, every, objective=objective)
@@ -111,10 +158,7 @@ def main(out: Path, steps: int, every: int, kind: str = "unet", kill_at: int | N
         trainer = Trainer(tiny_unet(), objective, digits(image_size=8)[:256], out_dir=out / "run", steps=steps,
                           batch_size=16, lr=1e-3, checkpoint_every=every, log_every=2)
     trainer.fit()
-    rank = trainer.accelerator.process_index
-    save_file(snapshot(trainer), str(out / f"rank{rank}.safetensors"))
-    (out / f"rank{rank}.json").write_text(json.dumps({"num_processes": trainer.accelerator.num_processes,
-                                                      "batch_shape": list(next(iter(trainer.loader)).shape)}))
+    save_file(snapshot(trainer), str(out / f"rank{trainer.accelerator.process_index}.safetensors"))
 
 
 if __name__ == "__main__":

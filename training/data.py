@@ -1,4 +1,5 @@
-"""Image data sets for training, all yielding float tensors of shape (C, H, W) in [-1, 1]."""
+"""Image data sets for training, all yielding float tensors of shape (C, H, W) in [-1, 1], and what a run
+records of any data set (`data_record`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,6 +9,25 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+def shapes(item):
+    """The shape of a data item as a list: a tensor's, or one per part of a tuple (pairs: sample and
+    noise); the type's name for anything else."""
+    if isinstance(item, torch.Tensor):
+        return list(item.shape)
+    if isinstance(item, (tuple, list)):
+        return [shapes(part) for part in item]
+    return type(item).__name__
+
+
+def data_record(dataset) -> dict:
+    """What a training run records of its data (run.json) and a resume must share: the size, the
+    shapes of an item and, for a data set with `settings()` (reflow pairs: what made them, the
+    weights' fingerprint among it; AMED's noise: its shape and seeds), those."""
+    settings = getattr(dataset, "settings", None)
+    return {"data_size": len(dataset), "data_shape": shapes(dataset[0]),
+            "data_settings": None if settings is None else settings()}
 
 
 class _ImagesOnly(Dataset):

@@ -3,9 +3,12 @@ logging, export.
 
 The objective protocol (`training.objective.Objective`; docs/conventions.md §8):
 
-* `losses(nets, batch, step) -> dict[str, Tensor]`: `nets` maps each network's name to the module,
-  `batch` is this process's share of the batch, `step` the number of training steps already taken
-  (0 on the first). Each key names the network its scalar loss updates, and only the losses due at
+* `losses(nets, batch, step, seeds) -> dict[str, Tensor]`: `nets` maps each network's name to the
+  module, `batch` is this process's share of the batch, `step` the number of training steps already
+  taken (0 on the first), `seeds` one seed per row of `batch`: `(seed, step, i)`, `i` the row's place
+  in the global batch. Every random number of a row (its noise, its time, a penalty's interpolation
+  weight) is drawn from `samplers.noise.generators(seeds)`, so a run is the same on any number of
+  processes. Each key names the network its scalar loss updates, and only the losses due at
   this step are returned: that is how an objective says how often each network is updated (a GAN
   returns the critic loss on `n_critic` steps of each cycle and the generator loss on the others).
   Every process must return the same keys.
@@ -26,13 +29,17 @@ learning-rate schedule and EMA are stepped. All losses of a step are backpropaga
 network is stepped, so several losses may share one graph.
 
 The loop works unchanged on one CPU, one GPU, several GPUs or nodes (`accelerate launch`), and
-several CPU processes over gloo (`cpu=True`, see docs/conventions.md §8).
+several CPU processes over gloo (`cpu=True`, see docs/conventions.md §8). The global batch of step `k`
+is rows `k B .. (k + 1) B - 1` of the epoch's shuffle whatever the processes (process `p` takes the
+`p`-th of its `n` equal slices), and the rows' seeds follow it, so 1 and `n` processes give the same
+losses and weights up to the order of floating-point sums.
 """
 from __future__ import annotations
 
 import copy
 import csv
 import json
+import logging
 import shutil
 import sys
 import warnings
@@ -42,19 +49,21 @@ from typing import Callable, Mapping
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.logging import get_logger
 from accelerate.utils import DistributedType, broadcast, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .data import data_record
 from .objective import Objective
 from .optim import NetworkOptim, network_settings
+from .processes import warn_if_alone
+from .record import check_record
 
 CHECKPOINT_PREFIX = "step_"
 
-log = get_logger(__name__)
+log = logging.getLogger(__name__)  # said by the main process (accelerate's INFO lines: conf/hydra/job_logging)
 
 
 class RunningLoss:
@@ -109,8 +118,10 @@ class Trainer:
     checkpoint_every, keep_checkpoints: checkpoint period in steps, and how many to keep.
     log_every: period of the `loss.csv` rows: the mean of each network's losses over the steps that
         updated it and over all processes (an empty cell if none did), and its learning rate.
-    seed: seeds the data order and the per-process noise (seed the initial weights before building
-        the networks, as scripts/train.py does; every process starts from process 0's weights).
+    seed: seeds the data order and the rows' random numbers (`seeds` above); what a network draws
+        itself (dropout) comes from each process's own generator, seeded from `seed + 1` and the
+        process (seed the initial weights before building the networks, as scripts/train.py does;
+        every process starts from process 0's weights).
     mixed_precision: "no", "fp16" or "bf16". cpu: force CPU (gloo between CPU processes);
         `None` means "when no CUDA device is present". num_workers: data-loader worker processes.
 
@@ -157,13 +168,14 @@ class Trainer:
         if acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
             raise ValueError(f"the trainer is data parallel only; {acc.distributed_type.value} is not supported")
         world = acc.num_processes
+        warn_if_alone(world)
         if batch_size % world:
             raise ValueError(f"batch_size {batch_size} is not divisible by the number of processes {world}")
         if len(dataset) < batch_size:
             raise ValueError(f"the data set has {len(dataset)} items, fewer than one batch of {batch_size}")
         self.out_dir = Path(out_dir)
         self.checkpoint_dir = self.out_dir / "checkpoints"
-        self.objective, self.steps, self.seed = objective, steps, seed
+        self.objective, self.steps, self.seed, self.batch_size = objective, steps, seed, batch_size
         self.checkpoint_every, self.keep_checkpoints, self.log_every = checkpoint_every, keep_checkpoints, log_every
 
         # Placed on the device and given the autocast of mixed precision, but not wrapped for DDP.
@@ -172,7 +184,8 @@ class Trainer:
             for net in self.nets.values():
                 broadcast([t.detach() for t in (*net.parameters(), *net.buffers())])
         raw = {name: self.settings[name].build(list(self.nets[name].parameters())) for name in names}
-        # Its own generator: starting an epoch then never draws from the global RNG (the loss noise).
+        # Its own generator: starting an epoch then never draws from the global RNG. accelerate gives
+        # process p the (k n + p)-th of these batches at step k: the p-th slice of the global batch k.
         loader = DataLoader(dataset, batch_size=batch_size // world, shuffle=True, drop_last=True,
                             num_workers=num_workers, generator=torch.Generator().manual_seed(seed))
         *prepared, self.loader = acc.prepare(*raw.values(), loader)
@@ -194,29 +207,26 @@ class Trainer:
 
     def _settings(self, dataset, batch_size: int, mixed_precision: str) -> dict:
         """What a resumed run must share with the run that wrote the checkpoints (run.json): the
-        objective and its settings, each network's size and training settings, the data size, the
-        batch, the seed, the processes. The step count and the checkpoint and log periods may change."""
+        objective and its settings, each network's size and training settings, the data (its size,
+        the shape of an item, what made it: `data.data_record`), the batch, the seed, the processes.
+        The step count and the checkpoint and log periods may change."""
         objective = self.objective.settings()
         nets = {name: {"parameters": sum(p.numel() for p in net.parameters()), **asdict(self.settings[name])}
                 for name, net in self.nets.items()}
         return json.loads(json.dumps({"objective": type(self.objective).__name__, "objective_settings": objective,
-                                      "networks": nets, "data_size": len(dataset), "batch_size": batch_size,
+                                      "networks": nets, **data_record(dataset), "batch_size": batch_size,
                                       "seed": self.seed, "num_processes": self.accelerator.num_processes,
                                       "mixed_precision": mixed_precision}))
 
-    def _check_run(self) -> None:
-        """Refuse to resume into an out_dir whose run.json says the run was made otherwise; a fresh
-        run writes run.json."""
-        path = self.out_dir / "run.json"
-        if checkpoints(self.checkpoint_dir) and path.is_file():
-            old = json.loads(path.read_text())
-            for key in sorted(set(old) | set(self.run_settings)):
-                if old.get(key) != self.run_settings.get(key):
-                    raise ValueError(f"{self.out_dir} holds a run made with {key}={old.get(key)}; this run has "
-                                     f"{key}={self.run_settings.get(key)}: use another out_dir or the same settings")
-        elif self.accelerator.is_main_process:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(self.run_settings, indent=2) + "\n")
+    def describe(self) -> str:
+        """One line: the objective, each network's class and size, the data, batch, processes and steps."""
+        run = self.run_settings
+        nets = ", ".join(f"{name} ({type(net).__name__}, {run['networks'][name]['parameters']:,} parameters)"
+                         for name, net in self.nets.items())
+        processes = f"{run['num_processes']} process" + ("es" if run["num_processes"] > 1 else "")
+        steps = f"{self.steps} step" + ("s" if self.steps > 1 else "")
+        return (f"{run['objective']}: {nets}; {run['data_size']} items, batch {run['batch_size']} over {processes}, "
+                f"{steps}, checkpoints every {self.checkpoint_every} in {self.checkpoint_dir}")
 
     # -- checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
@@ -232,7 +242,7 @@ class Trainer:
             running.total = acc.reduce(running.total.to(acc.device), reduction="mean")
         try:
             acc.save_state(str(tmp), safe_serialization=True)
-            if hasattr(self.objective, "state_dict"):  # each process's own (its noise differs); save_state made tmp
+            if hasattr(self.objective, "state_dict"):  # each process's own (of its rows); save_state made tmp
                 torch.save(self.objective.state_dict(), tmp / f"objective_{acc.process_index}.pt")
         except OSError as err:  # a full disk, a lost mount: say so; the previous checkpoint stays
             shutil.rmtree(tmp, ignore_errors=True)
@@ -263,7 +273,8 @@ class Trainer:
                               "trying the previous one", RuntimeWarning, stacklevel=2)
                 continue
             self.step = int(path.name[len(CHECKPOINT_PREFIX):])
-            log.info(f"resumed from {path} at step {self.step}")
+            if self.accelerator.is_main_process:
+                log.info(f"resumed from {path} at step {self.step}")
             self._truncate_log()
             return True
         if found:
@@ -347,6 +358,13 @@ class Trainer:
             self.emas[name].step(net.parameters())
         optimizer.zero_grad(set_to_none=True)
 
+    def seeds(self) -> list[tuple[int, int, int]]:
+        """`(seed, step, i)` for the rows of this process's share of the step's batch, `i` their places
+        in the global batch (this process's slice of it)."""
+        share = self.batch_size // self.accelerator.num_processes
+        first = self.accelerator.process_index * share
+        return [(self.seed, self.step, i) for i in range(first, first + share)]
+
     def train_step(self, batch) -> dict[str, torch.Tensor]:
         """One training step: the losses due at this step, each backpropagated into its own network,
         then each of those networks updated. Returns the losses."""
@@ -354,7 +372,7 @@ class Trainer:
         for net in self.nets.values():
             net.train()
         with acc.autocast():
-            losses = self.objective.losses(self.nets, batch, self.step)
+            losses = self.objective.losses(self.nets, batch, self.step, self.seeds())
         self._check(losses)
         last = len(losses) - 1
         for i, (name, loss) in enumerate(losses.items()):  # every backward before any update: graphs may be shared
@@ -411,9 +429,11 @@ class Trainer:
         on the main process once the run is accepted (a fresh run, or a checkpoint of the same settings
         loaded), before the first step: a command records its config there."""
         acc = self.accelerator
-        self._check_run()
+        if acc.is_main_process:
+            log.info(self.describe())
+        check_record(self.out_dir, self.run_settings, bool(checkpoints(self.checkpoint_dir)), acc.is_main_process)
         if not self.resume():
-            set_seed(self.seed + 1, device_specific=True)  # per-process noise; a resume restores saved RNG states
+            set_seed(self.seed + 1, device_specific=True)  # the networks' own draws; a resume restores RNG states
         if started is not None and acc.is_main_process:
             started()
         bar = tqdm(total=self.steps, initial=self.step, disable=not acc.is_main_process, desc="train")

@@ -13,21 +13,25 @@ choice for one-step solvers), so each step's term depends on that step's `(r_n, 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
+from ..samplers.fingerprints import fingerprint
 from ..samplers.noise import seeded_noise
 from ..samplers.schedules import RHO
 from ..samplers.solvers import SOLVERS, check_sigmas, nfe as nfe_of, resolve_options, sample, solve
 from .amed_predictor import AMEDPredictor, bottleneck_size, frozen_table
 from . import store
-from .store import fingerprint
 
 TEACHERS = ("heun", "dopri5")
 STUDENTS = ("amed", "amed_plugin")
+
+log = logging.getLogger(__name__)
 
 
 class NoiseDataset(Dataset):
@@ -39,6 +43,10 @@ class NoiseDataset(Dataset):
         if shape is None:
             raise ValueError("NoiseDataset needs the sample shape (scripts/train_amed.py gives the model's)")
         self.shape, self.size, self.seed = tuple(int(s) for s in shape), int(size), int(seed)
+
+    def settings(self) -> dict:
+        """What defines the noises, which a training run records (`training.Trainer`'s run.json)."""
+        return {"shape": list(self.shape), "size": self.size, "seed": self.seed}
 
     def __len__(self) -> int:
         return self.size
@@ -132,14 +140,16 @@ class AMEDDistillation:
     def _sampler_options(self) -> dict:
         return {"afs": self.afs, **({"base": self.base} if self.base else {})}
 
-    def teacher_points(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """`x_n^T` at every time of the grid from `x` at `t_0`; a NaN or inf is refused in one line."""
+    def teacher_points(self, x: torch.Tensor, progress: bool = False) -> list[torch.Tensor]:
+        """`x_n^T` at every time of the grid from `x` at `t_0`; a NaN or inf is refused in one line.
+        `progress`: a bar of the student's steps on stderr."""
         sigmas = self.sigmas.to(x.device)
         fine = inserted(sigmas, self.teacher_steps) if self.teacher == "heun" else sigmas
         every = self.teacher_steps + 1 if self.teacher == "heun" else 1
         options = {"rtol": self.rtol, "atol": self.atol} if self.teacher == "dopri5" else {}
         points = [x]
-        for n in range(len(sigmas) - 1):
+        for n in tqdm(range(len(sigmas) - 1), desc=f"teacher ({self.teacher})", unit="step", leave=False,
+                      disable=not progress):
             x = solve(self.teacher, self.denoiser, x, fine[n * every:(n + 1) * every + 1], **options)
             broken = int((~torch.isfinite(x)).flatten(1).any(1).sum())
             if broken:
@@ -168,8 +178,9 @@ class AMEDDistillation:
             except StopIteration as done:
                 return error + squared_distance(done.value, teacher[-1])
 
-    def losses(self, nets, batch: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
-        """`{"predictor": loss}` at every step; `batch`: standard-normal noise (`NoiseDataset`)."""
+    def losses(self, nets, batch: torch.Tensor, step: int, seeds) -> dict[str, torch.Tensor]:
+        """`{"predictor": loss}` at every step; `batch`: standard-normal noise (`NoiseDataset`, seeded by
+        its index: `seeds` is not used)."""
         self.denoiser.to(batch.device)
         x = batch.to(torch.float64) * float(self.sigmas[0])
         with torch.no_grad():
@@ -182,8 +193,9 @@ class AMEDDistillation:
             data = NoiseDataset(self.denoiser.sample_shape, self.held_out, self.held_out_seed)
             noise = torch.stack([data[i] for i in range(len(data))]).to(device)
             self.denoiser.to(device)
+            log.info(f"the teacher's points ({self.teacher}) for {len(data)} held-out noises")
             with torch.no_grad():
-                self._held_out = noise, self.teacher_points(noise.double() * float(self.sigmas[0]))[-1]
+                self._held_out = noise, self.teacher_points(noise.double() * float(self.sigmas[0]), progress=True)[-1]
         return self._held_out
 
     def error(self, device=None, **options) -> float:

@@ -22,9 +22,9 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from ..samplers.amed import PLUGIN_BASES, between
+from ..samplers.fingerprints import fingerprint
 from ..samplers.solvers import check_sigmas, nfe as nfe_of, sample
 from . import store
-from .store import fingerprint
 
 FEATURE_OUT = 4  # the authors' bottleneck_output_dim
 
@@ -104,7 +104,7 @@ class AMEDPredictor(ModelMixin, ConfigMixin):
 
     The rest of the config is what it was made for, checked at every use (None: not pinned): sampler
     (amed or amed_plugin) and base (amed_plugin's), afs, nfe, sigmas (the grid), model (a name) and
-    fingerprint (`store.fingerprint` of its weights). `save_pretrained` / `from_pretrained`
+    fingerprint (`samplers.fingerprint` of its weights). `save_pretrained` / `from_pretrained`
     keep it all (config.json and safetensors)."""
 
     @register_to_config

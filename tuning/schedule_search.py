@@ -19,12 +19,14 @@ noises. No feature extractor, so a search costs minutes on a CPU.
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
+from tqdm.auto import tqdm
 
 from ..samplers.noise import seeded_noise
 from ..samplers.schedules import RHO, get_sigmas
@@ -32,6 +34,8 @@ from ..samplers.solvers import nfe as nfe_of, sample, solve, steps_for_nfe
 
 PRIOR_MARGIN = 10.0
 KINDS = (("karras", 2.0), ("karras", 4.0), ("karras", RHO), ("logsnr", None), ("time_uniform", None))
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -63,10 +67,14 @@ class SearchResult:
         return {**record, "curve": [{"how": how, "ode_error": e} for how, e in self.curve]} if curve else record
 
 
-def ode_reference(denoiser, noise: torch.Tensor, rtol: float = 1e-5, atol: float = 1e-5) -> torch.Tensor:
-    """The dopri5 solution of `noise` from the denoiser's `sigma_max` to 0, float64."""
+def ode_reference(denoiser, noise: torch.Tensor, rtol: float = 1e-5, atol: float = 1e-5,
+                  progress: bool = False) -> torch.Tensor:
+    """The dopri5 solution of `noise` from the denoiser's `sigma_max` to 0, float64; `progress`: a bar
+    of its network calls on stderr."""
     grid = torch.tensor([denoiser.sigma_max, denoiser.sigma_min, 0.0], dtype=torch.float64)
-    return sample("dopri5", denoiser, noise.double(), grid, rtol=rtol, atol=atol)  # (it refuses NaN or inf outputs)
+    with tqdm(desc="dopri5 reference", unit="NFE", leave=False, disable=not progress) as bar:
+        return sample("dopri5", denoiser, noise.double(), grid, rtol=rtol, atol=atol,  # (it refuses NaN or inf)
+                      callback=lambda call: bar.update(1))
 
 
 def ode_error(name: str, denoiser, noise: torch.Tensor, reference: torch.Tensor, sigmas, options=None,
@@ -154,20 +162,22 @@ def _frozen(module):
 
 
 def refine(name: str, denoiser, start: torch.Tensor, noise, reference, options=None, iterations: int = 30,
-           lr: float = 0.05, lowest_top: float = 0.0) -> tuple[torch.Tensor, float]:
+           lr: float = 0.05, lowest_top: float = 0.0, progress: bool = False) -> tuple[torch.Tensor, float]:
     """Adam on the grid's positive sigmas (`_GridParameters`) against the ODE error of `noise`;
-    the grid with the lowest training error seen, and that error."""
+    the grid with the lowest training error seen, and that error. `progress`: a bar of the steps on stderr."""
     params = _GridParameters(start, denoiser.sigma_min, denoiser.sigma_max, lowest_top)
     optimizer = torch.optim.Adam(params.parameters(), lr=lr)
     best, best_error = start, math.inf
+    bar = tqdm(range(iterations), desc=f"refine {name}", unit="step", leave=False, disable=not progress)
     with _frozen(denoiser), torch.enable_grad():
-        for _ in range(iterations):
+        for _ in bar:
             sigmas = params()
             error = ode_error(name, denoiser, noise, reference, sigmas, options, grad=True)
             if not torch.isfinite(error):
                 raise FloatingPointError(f"the schedule search produced a NaN error on the grid {sigmas.tolist()}")
             if error.item() < best_error:
                 best, best_error = sigmas.detach().clone(), error.item()
+            bar.set_postfix(ode_error=f"{error.item():.5f}", refresh=False)
             optimizer.zero_grad()
             error.backward()
             optimizer.step()
@@ -176,12 +186,14 @@ def refine(name: str, denoiser, start: torch.Tensor, noise, reference, options=N
 
 def search(name: str, denoiser, nfe: int, noise: torch.Tensor, reference: torch.Tensor, held_out: torch.Tensor,
            held_out_reference: torch.Tensor, options=None, iterations: int = 30, lr: float = 0.05,
-           log=print, warm: dict | None = None) -> SearchResult:
+           log=None, warm: dict | None = None, progress: bool = True) -> SearchResult:
     """The grid of sampler `name` at exactly `nfe` denoiser calls with the lowest ODE error: the
     best start (a lever grid, `lever_grids`, or a grid `warm` maps a lower NFE to, with a point
     inserted, `with_point_inserted`, when that costs exactly `nfe`; measured on `noise`), refined
     (`refine`, on `noise`) when the refinement also wins on `held_out`. `reference`,
-    `held_out_reference`: `ode_reference` of each."""
+    `held_out_reference`: `ode_reference` of each. `log`: where each step's line goes (this module's
+    logger); `progress`: a bar of the refinement on stderr."""
+    log = log or _log.info
     begin = time.perf_counter()
     sigma_min, sigma_max = float(denoiser.sigma_min), float(denoiser.sigma_max)
     curve, lowest_top = [], min(PRIOR_MARGIN * float(reference.std()), sigma_max)
@@ -199,7 +211,9 @@ def search(name: str, denoiser, nfe: int, noise: torch.Tensor, reference: torch.
     if not curve:
         raise ValueError(f"sampler {name!r} reaches NFE {nfe} on none of the lever grids")
     start = min(curve, key=lambda g: g.error)
-    refined, train_error = refine(name, denoiser, start.sigmas, noise, reference, options, iterations, lr, lowest_top)
+    log(f"{name} NFE {nfe}: refining {start.how} ({iterations} Adam steps)")
+    refined, train_error = refine(name, denoiser, start.sigmas, noise, reference, options, iterations, lr, lowest_top,
+                                  progress)
     start_held = ode_error(name, denoiser, held_out, held_out_reference, start.sigmas, options).item()
     refined_held = ode_error(name, denoiser, held_out, held_out_reference, refined, options).item()
     log(f"{name} NFE {nfe}: refined {start.error:.5f} -> {train_error:.5f} (held-out {start_held:.5f} -> "
@@ -215,22 +229,25 @@ def search(name: str, denoiser, nfe: int, noise: torch.Tensor, reference: torch.
 
 def run_search(name: str, denoiser, nfes, options=None, num_noises: int = 64, seed: int = 900000,
                iterations: int = 30, lr: float = 0.05, rtol: float = 1e-5, atol: float = 1e-5, device=None,
-               log=print):
+               log=None, progress: bool = True):
     """`search` at each NFE of `nfes` (in increasing order, each warm-started from the ones before),
     yielding each result as it is found: noises from seeds
-    `seed ..` (training) and the `num_noises` after them (held out), and their dopri5 references."""
+    `seed ..` (training) and the `num_noises` after them (held out), and their dopri5 references.
+    `log`, `progress`: as `search`'s, and a bar of the references' network calls."""
+    log = log or _log.info
     if num_noises < 1 or iterations < 0:
         raise ValueError(f"num_noises must be at least 1 and iterations at least 0, got {num_noises} and {iterations}")
     shape = tuple(denoiser.sample_shape)
     noise = seeded_noise(range(seed, seed + num_noises), shape, device)
     held_out = seeded_noise(range(seed + num_noises, seed + 2 * num_noises), shape, device)
     begin = time.perf_counter()
-    reference = ode_reference(denoiser, noise, rtol, atol)
-    held_out_reference = ode_reference(denoiser, held_out, rtol, atol)
+    log(f"dopri5 references of {2 * num_noises} noises (rtol {rtol:g}, atol {atol:g})")
+    reference = ode_reference(denoiser, noise, rtol, atol, progress)
+    held_out_reference = ode_reference(denoiser, held_out, rtol, atol, progress)
     log(f"dopri5 references of {2 * num_noises} noises: {time.perf_counter() - begin:.0f} s")
     found = {}
     for target in sorted(int(n) for n in nfes):
         result = search(name, denoiser, target, noise, reference, held_out, held_out_reference, options,
-                        iterations, lr, log, warm=found)
+                        iterations, lr, log, warm=found, progress=progress)
         found[target] = result.best.sigmas
         yield result

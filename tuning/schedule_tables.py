@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
+from ..samplers.fingerprints import fingerprint
 from ..samplers.solvers import check_sigmas, get_solver, nfe as nfe_of, resolve_options
 from . import store
-from .store import fingerprint
 
 FOLDER = "schedules"
 

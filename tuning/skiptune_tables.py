@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..samplers.fingerprints import fingerprint
 from . import store
 
 FOLDER = "skiptune"
@@ -54,7 +55,7 @@ def write(path, model, sampler: str, model_name: str, objective: str, rho_top: f
     `by_nfe` (`rho_bottom` and what was measured and run). A table of other weights or another
     sampler there is refused; its other NFEs are kept when `rho_top` is the same."""
     path = Path(path).expanduser()
-    table = {"sampler": sampler, "model": model_name, "fingerprint": store.fingerprint(model), "objective": objective,
+    table = {"sampler": sampler, "model": model_name, "fingerprint": fingerprint(model), "objective": objective,
              "rho_top": rho_top, "by_nfe": {}}
     if path.is_file():
         old = load(path)

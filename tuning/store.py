@@ -5,51 +5,17 @@
     amed/<sampler>[-<base>]-nfe<N>/     AMED predictors and their frozen tables (`tuning.amed_predictor`)
     skiptune/<sampler>.json             Skip-Tuning factors per NFE (`tuning.skiptune_tables`)
 
-A model "from a directory" is a denoiser with `pretrained_path` (`samplers.from_pretrained`); the
-fingerprint covers its weight files and ignores these folders, so storing an artifact never changes it.
+A model "from a directory" is a denoiser with `pretrained_path` (`samplers.from_pretrained`); its
+fingerprint (`samplers.fingerprint`) covers its weight files and ignores these folders, so storing an
+artifact never changes it.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
-import weakref
 from pathlib import Path
 
-KINDS = ("schedules", "amed", "skiptune")
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
-_FINGERPRINTS = weakref.WeakKeyDictionary()  # a model loaded from files: its weights do not change
-
-
-def model_dir(model) -> Path | None:
-    """The directory `model` was loaded from, or None."""
-    root = getattr(model, "pretrained_path", None)
-    return None if root is None else Path(root)
-
-
-def _digest(model) -> str:
-    digest = hashlib.sha256()
-    root = model_dir(model)
-    if root is not None:
-        for file in sorted(p for p in root.rglob("*") if p.suffix in WEIGHT_SUFFIXES
-                           and not set(KINDS) & set(p.relative_to(root).parts)):
-            digest.update(file.relative_to(root).as_posix().encode())
-            digest.update(file.read_bytes())
-    else:
-        for key, value in sorted(model.state_dict().items()):
-            digest.update(key.encode())
-            digest.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-def fingerprint(model) -> str:
-    """The first 16 hex digits of a sha256 over the model's weights: the weight files under its
-    directory (whatever dtype they are loaded in; computed once per loaded model), else its state dict."""
-    if model_dir(model) is None:
-        return _digest(model)
-    if model not in _FINGERPRINTS:
-        _FINGERPRINTS[model] = _digest(model)
-    return _FINGERPRINTS[model]
+from ..samplers.fingerprints import KINDS, fingerprint, model_dir
 
 
 def beside(model, kind: str, name: str) -> Path | None:
