@@ -14,7 +14,8 @@ GAN against WGAN-GP on 8 Gaussians and moons at equal generator updates: modes c
 FD against generator updates, sample grids),
 `schedules` (each sampler at NFE 3-10 on the default grid and on its searched grid: FD-digits, and the
 mixture's error against the exact ODE), `amed` (AMED-Solver and AMED-Plugin, learned and frozen, against the
-other samplers in the AMED paper's setting and on their own grids: FD-digits, the mixture's ODE error), `fd-speed` (our Fréchet distance against pytorch-fid's on 2048-d statistics). Schedules: Karras (rho 7) over the model's range
+other samplers in the AMED paper's setting and on their own grids: FD-digits, the mixture's ODE error), `fd-speed` (our Fréchet distance against pytorch-fid's on 2048-d statistics), `flow-accuracy` (every sampler
+against diffusers' flow-matching schedulers on a shifted flow with an exact smooth velocity: the ODE error). Schedules: Karras (rho 7) over the model's range
 by default; --schedule, --rho, --sigma-min, --sigma-max and --final-sigmas-type change the grid.
 
 Results go to a new folder under runs/benchmark/ (or --out-dir, its report --report); only

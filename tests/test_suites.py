@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fewstep import suites
-from fewstep.suites import SUITES, amed, diffusers_tests, digits, fd_speed, gan, gmm, schedules, sweep
+from fewstep.suites import SUITES, amed, diffusers_tests, digits, fd_speed, flow_accuracy, gan, gmm, schedules, sweep
 from fewstep.training import data2d
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models on one thread
@@ -37,7 +37,7 @@ def quick_plots(monkeypatch):
 
 def test_the_registry_names_every_suite_and_no_module_imports_hydra_or_the_scripts():
     assert list(SUITES) == ["gmm", "digits", "reflow", "reflow-2d", "gan-2d", "gan-digits", "fd-speed",
-                                   "schedules", "amed"]
+                            "schedules", "amed", "flow-accuracy"]
     for path in Path(suites.__file__).parent.glob("*.py"):
         source = path.read_text()
         assert not re.search(r"^\s*(from|import) (hydra|omegaconf|fewstep\.scripts)", source, re.M), path.name
@@ -58,6 +58,20 @@ def test_gmm_writes_its_section_results_and_plots(tmp_path):
     assert text.startswith("## Analytic Gaussian mixture\n\nCommand: `python ")
     assert "200 samples of the 2-D mixture" in text and "| sampler | NFE 3 | NFE 10 |" in text
     assert re.search(r"\| heun \| [\d.e+-]+ \| [\d.e+-]+ \(9\) \|", text)
+
+
+def test_on_a_shifted_flow_heun_dpm_2_and_dpmpp_2m_are_at_least_as_accurate_as_flow_match_heun(tmp_path, quick_plots):
+    """At equal model calls, on the exact smooth flow of `flow_accuracy` (other seeds than the benchmark's);
+    euler and heun are diffusers' FlowMatchEuler and FlowMatchHeun."""
+    flow_accuracy.flow_accuracy(tmp_path, nfe=[3, 5, 11], num_samples=300, seed=7)
+    rows = json.loads((tmp_path / "flow-accuracy.json").read_text())
+    error = {(r["label"], r["target_nfe"]): r["ode_error"] for r in rows}
+    assert {r["nfe"] for r in rows if r["target_nfe"] == 5} == {5}
+    for calls in (3, 5, 11):
+        heun = error["diffusers FlowMatchHeun", calls]
+        assert error["heun", calls] == pytest.approx(heun, rel=1e-6)
+        assert error["euler", calls] == pytest.approx(error["diffusers FlowMatchEuler", calls], rel=1e-6)
+        assert error["dpm_2", calls] <= heun and error["dpmpp_2m", calls] <= heun, calls
 
 
 def test_gmm_samples_on_the_grid_it_is_given(tmp_path, quick_plots):
