@@ -1,19 +1,20 @@
-"""What the entry points share: one-line errors, the device choice, the config folder and the filter of
-the commands' logging (conf/hydra/job_logging/fewstep.yaml). The config schemas are in `schemas`."""
+"""What the entry points share: one-line errors, the run's record in its out_dir (its config, and its log
+file: `logs`), the device choice and the config folder. The config schemas are in `schemas`."""
 from __future__ import annotations
 
 import functools
-import logging
-import os
 import sys
 from importlib.resources import files
 from pathlib import Path
 
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from ..training.processes import warn_if_alone
+from . import logs
 
 CONFIG_PATH = "pkg://fewstep.conf"  # the configs travel with the package
 
@@ -26,13 +27,45 @@ def config_dir() -> Path:
 USER_ERRORS = (ValueError, OSError, FloatingPointError, InstantiationException, MissingMandatoryValue)
 
 
+def counted(n: int, noun: str) -> str:
+    """`1 step`, `3 steps`."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def check_out_dir(cfg) -> None:
+    """Refuse a config whose `out_dir` (or the nearest of its folders that exists) is a file."""
+    if cfg.get("out_dir") is None:
+        return
+    path = Path(cfg.out_dir).expanduser()
+    there = next(p for p in (path, *path.parents) if p.exists())  # "." exists
+    if not there.is_dir():
+        raise ValueError(f"out_dir={cfg.out_dir} is a file; give a directory" if there == path else
+                         f"out_dir={cfg.out_dir} cannot be made: {there} is a file")
+
+
+def record_config(cfg) -> Path:
+    """Write the run's config and command-line overrides to `<out_dir>/.hydra/` (`config.yaml`,
+    `overrides.yaml`, as Hydra would) and start its log file, `<out_dir>/<command>.log`, with what the
+    command said so far (`logs.keep`), once the run is accepted: the configs set `hydra.output_subdir:
+    null`, so that a refused run writes nothing and leaves the record of the run before it."""
+    folder = Path(cfg.out_dir).expanduser() / ".hydra"
+    folder.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, folder / "config.yaml")
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    OmegaConf.save(OmegaConf.create(overrides), folder / "overrides.yaml")
+    logs.keep(folder.parent)
+    return folder
+
+
 def one_line_errors(main):
-    """Bad input ends the run with `error: <what is wrong>` on stderr and exit code 2."""
+    """Bad input ends the run with `error: <what is wrong>` on stderr and exit code 2; an out_dir that
+    is a file is refused first (`check_out_dir`)."""
 
     @functools.wraps(main)
-    def wrapper(*args, **kwargs):
+    def wrapper(cfg, *args, **kwargs):
         try:
-            return main(*args, **kwargs)
+            check_out_dir(cfg)
+            return main(cfg, *args, **kwargs)
         except USER_ERRORS as err:
             while isinstance(err, InstantiationException) and err.__cause__ is not None:
                 err = err.__cause__
@@ -74,18 +107,3 @@ def accelerator_for(name: str):
     warn_if_alone(accelerator.num_processes)
     return accelerator, accelerator.device if accelerator.num_processes > 1 else device
 
-
-
-class ProcessFilter(logging.Filter):
-    """The records a handler of conf/hydra/job_logging/fewstep.yaml takes: those under level `below`
-    (all when None), and of them the warnings of every process but the rest of the first only
-    (`RANK` 0, or no launcher), so that several processes say a thing once."""
-
-    def __init__(self, below: str | int | None = None):
-        super().__init__()
-        self.below = None if below is None else logging.getLevelName(below) if isinstance(below, str) else below
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if self.below is not None and record.levelno >= self.below:
-            return False
-        return record.levelno >= logging.WARNING or os.environ.get("RANK", "0") == "0"

@@ -22,6 +22,7 @@ from ..samplers import get_sigmas, nfe as nfe_of, skip_tuning, steps_for_nfe
 from ..samplers.schedules import RHO
 from ..samplers.solvers import get_solver, resolve_options
 from ..tuning import amed_predictor as predictors, schedule_tables, skiptune_tables
+from .common import counted
 
 GRID_VALUES = ("rho", "sigma_min", "sigma_max", "spacing", "steps_offset", "eps_s", "final_sigmas_type")
 
@@ -33,6 +34,21 @@ def _value(v):
 def grid_values(sc) -> dict:
     """The `get_sigmas` keywords a schedule config sets (the others keep `get_sigmas`' defaults)."""
     return {key: _value(getattr(sc, key)) for key in GRID_VALUES if getattr(sc, key) is not None}
+
+
+def command_line_keys() -> set[str] | None:
+    """The keys the running Hydra app's command line sets (`sampler`, `schedule.rho`); None outside one."""
+    if not HydraConfig.initialized():
+        return None
+    return {o.lstrip("+~").split("=")[0] for o in HydraConfig.get().overrides.task}
+
+
+def given_values(sc) -> dict:
+    """The schedule values a run gives beside `schedule.kind` (those a searched, table or predictor grid
+    refuses): under a command, those its command line sets (a command's yaml may set defaults for its
+    computed grid, as train_amed's sigma_max 80); else every value set."""
+    named = command_line_keys()
+    return {key: value for key, value in grid_values(sc).items() if named is None or f"schedule.{key}" in named}
 
 
 def steps_of(cfg) -> int:
@@ -99,7 +115,7 @@ def planned_grid(cfg, denoiser, device=None, predictor=None):
     table: the same from `schedule.table`, or one line saying why not."""
     sc, name, options = cfg.schedule, cfg.sampler.name, dict(cfg.sampler.options)
     kind = sc.kind.value
-    others = [f"schedule.{key}={value}" for key, value in grid_values(sc).items()]
+    others = [f"schedule.{key}={value}" for key, value in given_values(sc).items()]
     if predictor is not None and predictor.config.sigmas is not None:
         return _predictor_grid(kind, others, sc, predictor, device)
     if sc.table is not None and kind != "table":
@@ -121,7 +137,7 @@ def planned_grid(cfg, denoiser, device=None, predictor=None):
         nfe, sigmas = found
         budget = f" (budget {cfg.nfe})" if cfg.nfe is not None and cfg.nfe != nfe else ""
         return len(sigmas) - 1, sigmas.to(device), f"schedule: {kind}, the searched grid for NFE {nfe}{budget} ({path})"
-    asked = f"NFE {cfg.nfe}" if cfg.nfe is not None else f"{steps} steps"
+    asked = f"NFE {cfg.nfe}" if cfg.nfe is not None else counted(steps, "step")
     why = ("other schedule values are set" if others
            else f"no searched grid of {name} {schedule_tables.changed_options(name, options) or ''} for {asked} "
                 f"on this model".replace("  ", " "))
@@ -236,8 +252,8 @@ def pipeline_setup(cfg, path: Path, device):
 class Sampling:
     """What a sample config sets up. `model` is what Skip-Tuning tunes (the denoiser or the
     pipeline); `options` are the sampler's as text (an AMED predictor by its directory);
-    `planned_nfe` is None for an adaptive sampler; `lines` say what will run; `metadata` are
-    the extra keys of samples.npz."""
+    `planned_nfe` is None for an adaptive sampler; `shape` is one sample's; `lines` say what will
+    run; `metadata` are the extra keys of samples.npz."""
     sample_fn: SamplerFn | GeneratorFn | PipelineFn
     model: Any
     name: str
@@ -245,14 +261,14 @@ class Sampling:
     steps: int
     sigmas: torch.Tensor
     planned_nfe: int | None
+    shape: tuple
     lines: list[str] = field(default_factory=list)
     metadata: dict = field(default_factory=dict)
 
 
 def sampler_given() -> bool:
     """Whether the command line of the running Hydra app names a sampler (`sampler=...`)."""
-    return HydraConfig.initialized() and any(o.lstrip("+~").split("=")[0] == "sampler"
-                                             for o in HydraConfig.get().overrides.task)
+    return "sampler" in (command_line_keys() or ())
 
 
 def _one_step(cfg, generator, device) -> Sampling:
@@ -267,7 +283,8 @@ def _one_step(cfg, generator, device) -> Sampling:
     generator = generator.to(device).eval()
     line = (f"one-step generator {type(generator).__name__}: NFE 1, latent {tuple(generator.latent_shape)}, "
             f"{cfg.num_samples} samples of {tuple(generator.sample_shape)}")
-    return Sampling(GeneratorFn(generator, device), generator, "generator", {}, 1, torch.zeros(0), 1, [line])
+    return Sampling(GeneratorFn(generator, device), generator, "generator", {}, 1, torch.zeros(0), 1,
+                    tuple(generator.sample_shape), [line])
 
 
 def from_config(cfg, device) -> Sampling:
@@ -297,7 +314,7 @@ def from_config(cfg, device) -> Sampling:
         fn = SamplerFn(name, model, sigmas, shape, device, options)
         planned, first, metadata = nfe_of(name, sigmas, options), [how], {}
     shown = printable(options)
-    line = (f"{name} {shown}: {steps} steps, NFE {planned if planned is not None else 'adaptive'}, "
+    line = (f"{name} {shown}: {counted(steps, 'step')}, NFE {planned if planned is not None else 'adaptive'}, "
             f"sigma {' -> '.join(f'{float(s):.4g}' for s in (sigmas[0], sigmas[-2], sigmas[-1]))}, "
             f"{cfg.num_samples} samples of {shape}")
-    return Sampling(fn, model, name, shown, steps, sigmas, planned, [*first, line], metadata)
+    return Sampling(fn, model, name, shown, steps, sigmas, planned, tuple(shape), [*first, line], metadata)

@@ -202,8 +202,15 @@ SCHEMAS = {"sample_schema": SampleConfig, "search_schema": SearchConfig, "eval_s
            "train_amed_schema": AMEDTrainConfig}
 
 
+def run_label(target: str, sampler: str) -> str:
+    """What a run directory is named after: `generator` for a one-step generator (`gan.load_generator`:
+    it takes no sampler), else the sampler (`${run_label:${model._target_},${hydra:runtime.choices.sampler}}`)."""
+    return "generator" if target == "fewstep.gan.load_generator" else sampler
+
+
 def register() -> None:
-    """Store every schema under the name its conf/*.yaml names in `defaults`."""
+    """Store every schema under the name its conf/*.yaml names in `defaults`, and the `run_label` resolver."""
+    OmegaConf.register_new_resolver("run_label", run_label, replace=True)
     store = ConfigStore.instance()
     for name, node in SCHEMAS.items():
         store.store(name=name, node=node)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -27,12 +28,20 @@ def cache_path(data, extractor: str, weights, cache_dir) -> Path:
     return Path(cache_dir) / f"{data._target_.rsplit('.', 1)[-1]}-{key}-{extractor}.npz"
 
 
-def reference(cfg, model, extractor, accelerator=None, device=None):
-    """`evaluation.reference.reference_stats` of an evaluation config (`schemas.EvalConfig`)."""
+def reference(cfg, model, extractor, shape, accelerator=None, device=None):
+    """`evaluation.reference.reference_stats` of an evaluation config (`schemas.EvalConfig`), refused
+    before any sampling when they have another dimension than the extractor's features of samples of
+    `shape` (read from two blank ones)."""
     data = cfg.data
     cache = None if data is None else cache_path(data, cfg.extractor, cfg.extractor_weights, cfg.cache_dir)
     make_data = None if data is None else (lambda: instantiate(data))
-    return reference_stats(cfg.reference, extractor, cfg.extractor, model, make_data, cache, accelerator, device)
+    mu, sigma = reference_stats(cfg.reference, extractor, cfg.extractor, model, make_data, cache, accelerator, device)
+    with torch.no_grad():
+        dim = extractor(torch.zeros(2, *shape, device=device)).shape[1]
+    if np.size(mu) != dim:
+        raise ValueError(f"reference={cfg.reference} holds statistics of {np.size(mu)} features; extractor="
+                         f"{cfg.extractor} gives {dim} for samples of shape {tuple(shape)}")
+    return mu, sigma
 
 
 def model_of(cfg):

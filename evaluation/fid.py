@@ -68,7 +68,8 @@ def statistics_of(sample_fn, seeds, extractor, accelerator=None, batch_size: int
     of the first process's batches on stderr."""
     processes = 1 if accelerator is None else accelerator.num_processes
     if len(seeds) < 2 * processes:
-        raise ValueError(f"num_samples={len(seeds)} is too few for {processes} processes (need 2 each)")
+        who = "one process" if processes == 1 else f"{processes} processes"
+        raise ValueError(f"num_samples={len(seeds)} is too few for {who} (need 2 each)")
     mine = split(seeds, accelerator)
     main = accelerator is None or accelerator.is_main_process
     batches = tqdm(generate(sample_fn, mine, batch_size), total=-(-len(mine) // batch_size), desc="samples",

@@ -106,6 +106,26 @@ def check_sigmas(sigmas) -> torch.Tensor:
     return sigmas
 
 
+def check_start(denoiser, x) -> None:
+    """Refuse, in one line naming it, a start `x` that is no floating-point tensor or whose sample shape
+    the denoiser cannot take: its `check_shape` (a UNet takes other sizes), else its `sample_shape`."""
+    if not torch.is_tensor(x) or not x.is_floating_point():
+        raise TypeError(f"the noise must be a floating-point tensor, got "
+                        f"{x.dtype if torch.is_tensor(x) else type(x).__name__}")
+    shape = getattr(denoiser, "sample_shape", None)
+    if shape is None:
+        return
+    shape, given = tuple(shape), tuple(x.shape)
+    if len(given) != len(shape) + 1 or (not hasattr(denoiser, "check_shape") and given[1:] != shape):
+        raise ValueError(f"the noise has shape {given}; the model's samples have shape {shape}: give (batch, "
+                         f"{', '.join(map(str, shape))})")
+    if hasattr(denoiser, "check_shape"):
+        try:
+            denoiser.check_shape(given[1:])
+        except ValueError as err:
+            raise ValueError(f"the noise has shape {given}: {err}") from None
+
+
 def nfe(name: str, sigmas, options: Mapping | None = None) -> int | None:
     """The exact number of denoiser calls `sample(name, ..., sigmas, **options)` makes; `None` for
     an adaptive sampler (count its calls with a `callback`)."""
@@ -153,10 +173,12 @@ def solve(name: str, denoiser, x: torch.Tensor, sigmas, /, *, generator=None, ca
           **options) -> torch.Tensor:
     """Run sampler `name` from the sigma-space point `x` at `sigmas[0]` down `sigmas`, keeping
     gradients and `x`'s dtype: autograd reaches `x`, tensor `sigmas` that require grad and the
-    denoiser's parameters (a distillation teacher, a schedule search). Arguments as `sample`'s. With
+    denoiser's parameters (a distillation teacher, a schedule search). Arguments as `sample`'s (`x` checked
+    as its noise, `check_start`). With
     AMED's `predictor`, the denoiser runs watched: its bottleneck is what the predictor reads."""
     solver, options = get_solver(name), resolve_options(name, options)
     sigmas = check_sigmas(sigmas)
+    check_start(denoiser, x)
     calls = 0
 
     def denoise(x, sigma):
@@ -177,7 +199,8 @@ def solve(name: str, denoiser, x: torch.Tensor, sigmas, /, *, generator=None, ca
 def sample(name: str, denoiser, noise: torch.Tensor, sigmas, /, *, generator=None, callback=None,
            **options) -> torch.Tensor:
     """Sample with sampler `name` from standard-normal `noise` (scaled here by `sigmas[0]`) down the
-    decreasing `sigmas`, without gradients, and return the final `x` in the dtype of `noise`.
+    decreasing `sigmas`, without gradients, and return the final `x` in the dtype of `noise`: a
+    floating-point, finite tensor (batch, *shape) of a sample shape the model takes (`check_start`).
 
     denoiser: `(x, sigma) -> D`, `sigma` a 0-d tensor (one per sample, shape (B,), at a learned AMED
     step). generator: a `torch.Generator` or a list of
@@ -188,6 +211,7 @@ def sample(name: str, denoiser, noise: torch.Tensor, sigmas, /, *, generator=Non
     arithmetic runs in float64 (float32 on MPS); a NaN or inf model output stops it.
     """
     sigmas = check_sigmas(sigmas)
+    check_start(denoiser, noise)
     if not torch.isfinite(noise).all():
         raise ValueError(f"the noise has {int((~torch.isfinite(noise)).sum())} NaN or inf values")
     work = torch.float32 if noise.device.type == "mps" else torch.float64

@@ -14,6 +14,8 @@ gradients reach `x`, the sigmas and anything inside the denoiser.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Callable
 
 import torch
@@ -146,11 +148,22 @@ def ipndm(x, sigmas, max_order: int = 4, afs: bool = False, time: StepTime = SIG
 def dopri5(denoise, x, sigmas, rtol: float = 1e-5, atol: float = 1e-5):
     """Adaptive Dormand–Prince 5(4) (torchdiffeq) on `dx/d(log sigma) = x - D(x, sigma)` from
     `sigmas[0]` to the smallest positive sigma, then, if the list ends at 0, `x = D(x, sigma)` (an
-    Euler step to 0). Only the two ends of the list matter; the reference solver."""
+    Euler step to 0). Only the two ends of the list matter; the reference solver. rtol, atol: positive;
+    tolerances too small for the arithmetic make the step size collapse, which is refused in one line."""
     from torchdiffeq import odeint
+
+    for name, tol in (("rtol", rtol), ("atol", atol)):
+        if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not 0 < tol < math.inf:
+            raise ValueError(f"dopri5 {name} must be a positive number, got {tol!r}")
+
+    def slope(u, y):
+        if not torch.isfinite(u):  # torchdiffeq's step from a tolerance scale of 0 or a denormal is NaN
+            raise FloatingPointError(f"dopri5's step size collapsed (log sigma {float(u)}): rtol={rtol}, atol={atol} "
+                                     f"are too small for {y.dtype} arithmetic")
+        return y - denoise(y, u.exp())
 
     s_end = sigmas[-2] if sigmas[-1] == 0 else sigmas[-1]
     if s_end < sigmas[0]:
         log_sigmas = torch.stack([sigmas[0], s_end]).log().to(x.device)
-        x = odeint(lambda u, y: y - denoise(y, u.exp()), x, log_sigmas, rtol=rtol, atol=atol, method="dopri5")[-1]
+        x = odeint(slope, x, log_sigmas, rtol=rtol, atol=atol, method="dopri5")[-1]
     return denoise(x, s_end) if sigmas[-1] == 0 else x

@@ -1,7 +1,7 @@
 """The tables this toolkit is judged by: quality against NFE for every sampler.
 
-    python scripts/benchmark.py                              # all suites -> benchmarks/*.md, BENCHMARKS.md
-    python scripts/benchmark.py --suite gmm --num-samples 2000
+    python scripts/benchmark.py --suite gmm --num-samples 2000   # -> runs/benchmark/<time>/ (its own BENCHMARKS.md)
+    python scripts/benchmark.py --update-tracked                 # all suites -> the checkout's benchmarks/, BENCHMARKS.md
 
 Suites: `gmm` (the analytic 2-D mixture: exact Fréchet distance to the true distribution, and the
 mean distance to the exact ODE solution from the same noise), `digits` (FD-digits of the embedded
@@ -17,9 +17,13 @@ mixture's error against the exact ODE), `amed` (AMED-Solver and AMED-Plugin, lea
 other samplers in the AMED paper's setting and on their own grids: FD-digits, the mixture's ODE error), `fd-speed` (our Fréchet distance against pytorch-fid's on 2048-d statistics), `flow-accuracy` (every sampler
 against diffusers' flow-matching schedulers on a shifted flow with an exact smooth velocity: the ODE error). Schedules: Karras (rho 7) over the model's range
 by default; --schedule, --rho, --sigma-min, --sigma-max and --final-sigmas-type change the grid.
+
+Results go to a new folder under runs/benchmark/ (or --out-dir, its report --report); only
+--update-tracked rewrites the shipped results, benchmarks/ and BENCHMARKS.md of the checkout it runs in.
 """
 import argparse
 import inspect
+import time
 from pathlib import Path
 
 from fewstep.evaluation.report import assemble
@@ -38,6 +42,23 @@ def suite_options(suite, args) -> dict:
                       "sigma_max": args.sigma_max, "final_sigmas_type": args.final_sigmas_type}}
     accepted = inspect.signature(suite).parameters
     return {key: value for key, value in given.items() if key in accepted and value is not None}
+
+
+TRACKED = (Path("benchmarks"), Path("BENCHMARKS.md"))  # the shipped results, relative to the checkout
+
+
+def destination(args, parser) -> tuple[Path, Path]:
+    """The results folder and report of a run: the tracked ones with --update-tracked (from the
+    checkout only), else --out-dir (default a new runs/benchmark/<time>/) and --report (default in it)."""
+    if args.update_tracked:
+        if args.out_dir is not None or args.report is not None:
+            parser.error("--update-tracked writes benchmarks/ and BENCHMARKS.md; it takes no --out-dir or --report")
+        if not TRACKED[1].is_file():
+            parser.error(f"--update-tracked rewrites the checkout's {TRACKED[1]}; there is none in {Path.cwd()}: "
+                         f"run it from the checkout")
+        return TRACKED
+    out_dir = args.out_dir or Path("runs") / "benchmark" / time.strftime("%Y-%m-%d_%H-%M-%S")
+    return out_dir, args.report or out_dir / TRACKED[1].name
 
 
 def main():
@@ -65,12 +86,16 @@ def main():
     parser.add_argument("--sigma-max", type=float, default=None, help="default: the model's own")
     parser.add_argument("--final-sigmas-type", choices=["zero", "sigma_min"], default="zero",
                         help="zero: a last step to 0; sigma_min: the sample returned at sigma_min")
-    parser.add_argument("--out-dir", type=Path, default=Path("benchmarks"))
-    parser.add_argument("--report", type=Path, default=Path("BENCHMARKS.md"))
+    parser.add_argument("--out-dir", type=Path, default=None, help="default: a new runs/benchmark/<time>/")
+    parser.add_argument("--report", type=Path, default=None, help="default: BENCHMARKS.md in the out-dir")
+    parser.add_argument("--update-tracked", action="store_true",
+                        help="write the shipped results: benchmarks/ and BENCHMARKS.md of the checkout (the current folder)")
     args = parser.parse_args()
+    out_dir, report = destination(args, parser)
     for suite in args.suite:
-        SUITES[suite](args.out_dir, **suite_options(SUITES[suite], args))
-    print(f"wrote {assemble(args.out_dir, args.report)}")
+        SUITES[suite](out_dir, **suite_options(SUITES[suite], args))
+    print(f"wrote the results to {out_dir}/ and the report {assemble(out_dir, report)}"
+          + ("" if args.update_tracked else " (the shipped results change only with --update-tracked)"))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ shared machine cancels out). Writes a markdown table.
 
     python scripts/benchmark_schedulers.py benchmarks/schedulers.md [--steps 10] [--repeats 21]
 
-The section lands in BENCHMARKS.md at the next `python scripts/benchmark.py` (or assemble it by hand).
+The section lands in BENCHMARKS.md at the next `python scripts/benchmark.py --update-tracked` (or assemble it by hand).
 
 Pairs: ddim / DDIMScheduler, euler / EulerDiscreteScheduler, heun / HeunDiscreteScheduler,
 dpmpp_2m / DPMSolverMultistepScheduler (DPM-Solver++, order 2). "scheduler only" times, on Stable

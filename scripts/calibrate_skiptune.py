@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from fewstep import samplers
 from fewstep.cli import schemas
-from fewstep.cli.common import CONFIG_PATH, accelerator_for, one_line_errors
+from fewstep.cli.common import CONFIG_PATH, accelerator_for, counted, one_line_errors, record_config
 from fewstep.cli.sampling import from_config
 from fewstep.cli.setup import reference
 from fewstep.evaluation import get_extractor
@@ -57,7 +57,7 @@ def main(cfg):
             continue
         if stats is None:  # the first run: where write=true stores the factors (refused before any sampling)
             path = table_path(cfg, run.model) if cfg.write else None
-            stats, model = reference(cfg, run.model, extractor, acc, device), run.model
+            stats, model = reference(cfg, run.model, extractor, run.shape, acc, device), run.model
         grids[run.planned_nfe] = run.lines[0]
         for line in run.lines:
             log.info(line)
@@ -65,12 +65,11 @@ def main(cfg):
         for row in scan(run.sample_fn, run.model, seeds, extractor, stats, cfg.rho_top_grid, cfg.rho_grid, acc,
                         cfg.batch_size, device):
             rows.append(row)
-            log.info(f"{name} NFE {run.planned_nfe} ({run.steps} steps) rho_top {row['rho_top']} "
+            log.info(f"{name} NFE {run.planned_nfe} ({counted(run.steps, 'step')}) rho_top {row['rho_top']} "
                      f"rho_bottom {row['rho_bottom']}: FD-{cfg.extractor} {row['fd']:.3f}")
     if not acc.is_main_process:
         return
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = record_config(cfg).parent
     rho_top, by_nfe = best_factors(results)
     log.info(f"best factors: rho_top {rho_top}, " + ", ".join(f"NFE {n}: rho_bottom {e['rho_bottom']} (FD {e['fd']:.3f})"
                                                               for n, e in by_nfe.items()))

@@ -12,7 +12,7 @@ from pathlib import Path
 import hydra
 
 from fewstep.cli import schemas
-from fewstep.cli.common import CONFIG_PATH, accelerator_for, one_line_errors
+from fewstep.cli.common import CONFIG_PATH, accelerator_for, counted, one_line_errors, record_config
 from fewstep.cli.sampling import from_config, skip_tuning_for
 from fewstep.cli.setup import reference
 from fewstep.evaluation import get_extractor, statistics_of
@@ -28,7 +28,7 @@ def main(cfg):
     acc, device = accelerator_for(cfg.device)
     run = from_config(cfg, device)
     extractor = get_extractor(cfg.extractor, cfg.extractor_weights).to(device)
-    stats_ref = reference(cfg, run.model, extractor, acc, device)
+    stats_ref = reference(cfg, run.model, extractor, run.shape, acc, device)
     seeds = list(range(cfg.seed, cfg.seed + cfg.num_samples))
     start = time.perf_counter()
     with skip_tuning_for(cfg, run.model, run.planned_nfe or 0) as tuning:
@@ -43,9 +43,9 @@ def main(cfg):
               "num_processes": acc.num_processes, "seconds": round(time.perf_counter() - start, 2)}
     if acc.is_main_process:
         out = Path(cfg.out_dir) / f"fd-{cfg.extractor}-{run.name}-steps{run.steps}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
+        record_config(cfg)
         out.write_text(json.dumps(result, indent=2) + "\n")
-        log.info(f"FD-{cfg.extractor} {fd:.4f} ({run.name}, {run.steps} steps, NFE {result['nfe']:g}, "
+        log.info(f"FD-{cfg.extractor} {fd:.4f} ({run.name}, {counted(run.steps, 'step')}, NFE {result['nfe']:g}, "
                  f"{int(stats.n)} samples)")
         log.info(f"wrote {out}")
 

@@ -11,7 +11,7 @@ import hydra
 from omegaconf import OmegaConf
 
 from fewstep.cli import schemas
-from fewstep.cli.common import CONFIG_PATH, accelerator_for, one_line_errors
+from fewstep.cli.common import CONFIG_PATH, accelerator_for, counted, one_line_errors, record_config
 from fewstep.cli.sampling import printable, sampling_setup, skip_tuning_for, text_to_image_dir
 from fewstep.flows import write_pairs
 from fewstep.samplers import nfe
@@ -30,14 +30,16 @@ def main(cfg):
     name = cfg.sampler.name
     planned = nfe(name, sigmas, options)
     log.info(how)
-    log.info(f"{name} {printable(options)}: {steps} steps, NFE {planned if planned is not None else 'adaptive'}, "
-             f"{cfg.num_pairs} pairs of {shape} from seed {cfg.seed}")
+    log.info(f"{name} {printable(options)}: {counted(steps, 'step')}, "
+             f"NFE {planned if planned is not None else 'adaptive'}, {cfg.num_pairs} pairs of {shape} from seed {cfg.seed}")
     with skip_tuning_for(cfg, denoiser, planned or 0) as tuning:
         metadata = {"model": OmegaConf.to_container(cfg.model, resolve=True),
                     "skip_tuning": None if tuning is None else str(tuning)}
         out = write_pairs(denoiser, name, sigmas, shape, range(cfg.seed, cfg.seed + cfg.num_pairs), cfg.out_dir,
                           cfg.shard_size, accelerator=acc, options=options, metadata=metadata,
                           batch_size=cfg.batch_size, device=device)
+    if acc.is_main_process:
+        record_config(cfg)
     log.info(f"wrote {cfg.num_pairs} pairs to {out} (data=pairs data.root={out})")
 
 

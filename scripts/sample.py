@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fewstep.cli import schemas
-from fewstep.cli.common import CONFIG_PATH, accelerator_for, one_line_errors
+from fewstep.cli.common import CONFIG_PATH, accelerator_for, one_line_errors, record_config
 from fewstep.cli.sampling import from_config, skip_tuning_for
 from fewstep.evaluation.output import save_samples
 from fewstep.evaluation.seeds import gather_by_seed, generate, split
@@ -41,6 +41,7 @@ def main(cfg):
     x = gather_by_seed(seeds, batches, acc)
     if not acc.is_main_process:
         return
+    record_config(cfg)
     npz, png = save_samples(x, cfg.out_dir, title=f"{run.name}, NFE {nfe:g}", sampler=run.name, steps=run.steps,
                             nfe=nfe, sigmas=torch.as_tensor(run.sigmas).cpu().numpy(), seed=cfg.seed, **run.metadata)
     log.info(f"NFE used per sample: {nfe:g}")

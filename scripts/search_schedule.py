@@ -13,7 +13,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 
 from fewstep.cli import schemas
-from fewstep.cli.common import CONFIG_PATH, one_line_errors, resolve_device
+from fewstep.cli.common import CONFIG_PATH, one_line_errors, record_config, resolve_device
 from fewstep.cli.setup import model_of
 from fewstep.tuning import schedule_tables
 from fewstep.tuning.schedule_search import run_search
@@ -53,8 +53,7 @@ def main(cfg):
         if cfg.write:
             schedule_tables.write(path, denoiser, name, options, model, "ode_error", result.nfe, best.sigmas,
                                   command=command, **result.record(curve=False))
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = record_config(cfg).parent
     (out / f"search-{name}.json").write_text(json.dumps(results, indent=1) + "\n")
     log.info(f"wrote {out / f'search-{name}.json'}" + (f" and {path}" if cfg.write else ""))
 

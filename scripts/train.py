@@ -14,7 +14,7 @@ from accelerate.utils import set_seed
 from hydra.core.hydra_config import HydraConfig
 
 from fewstep.cli import schemas
-from fewstep.cli.common import CONFIG_PATH, one_line_errors
+from fewstep.cli.common import CONFIG_PATH, one_line_errors, record_config
 from fewstep.cli.setup import trainer_keywords, training_parts
 from fewstep.training import Trainer
 from fewstep.training.init import init_from
@@ -33,7 +33,7 @@ def main(cfg):
     nets, objective, data = training_parts(cfg)  # nets: one module, or {name: module}
     init_from(nets, cfg.init_from, cfg.out_dir)  # a fresh start only: a resume loads its checkpoint
     trainer = Trainer(nets, objective, data, out_dir=cfg.out_dir, seed=cfg.seed, **trainer_keywords(cfg))
-    trainer.fit()
+    trainer.fit(started=lambda: record_config(cfg))
 
 
 if __name__ == "__main__":

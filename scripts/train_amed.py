@@ -16,7 +16,7 @@ from accelerate.utils import set_seed
 from hydra.core.hydra_config import HydraConfig
 
 from fewstep.cli import schemas
-from fewstep.cli.common import CONFIG_PATH, one_line_errors
+from fewstep.cli.common import CONFIG_PATH, one_line_errors, record_config
 from fewstep.cli.setup import amed_parts, trainer_keywords
 from fewstep.training import Trainer
 from fewstep.tuning import amed_predictor
@@ -36,7 +36,7 @@ def main(cfg):
                       **trainer_keywords(cfg))
     log.info(f"AMED {cfg.sampler.name} at NFE {objective.nfe}: {how}; sigmas "
              f"{', '.join(f'{s:.4g}' for s in objective.sigmas.tolist())}")
-    trainer.fit()
+    trainer.fit(started=lambda: record_config(cfg))
     if target is not None and trainer.accelerator.is_main_process:
         shutil.copytree(Path(cfg.out_dir) / "model", target)
         log.info(f"stored the predictor in {target}")

@@ -329,7 +329,7 @@ def test_noise_of_another_shape_than_the_models_is_refused_before_anything_is_wr
     done = run_cli("train_amed.py", *RUN, "data.shape=[3]", f"out_dir={tmp_path / 'run'}")
     assert the_error(done) == ("error: the data (NoiseDataset) has samples of shape (3,); the model (GMMDenoiser) "
                                "makes samples of shape (2,): use data and network of one shape")
-    assert not [p for p in (tmp_path / "run").iterdir() if p.name not in (".hydra", "train_amed.log")]
+    assert not (tmp_path / "run").exists()
 
 
 # -- the objective's settings -----------------------------------------------------------------------------
@@ -491,6 +491,26 @@ def test_amed_is_scored_restarting_each_step_from_the_teachers_point(gmm):
     torch.testing.assert_close(objective.student_error(predictor, x, teacher), expected, rtol=1e-12, atol=0)
     torch.testing.assert_close(objective.losses({"predictor": predictor}, batch, 0, [])["predictor"], expected.mean(),
                                rtol=1e-12, atol=0)
+
+
+def test_train_amed_takes_a_table_grid_without_the_grid_values_its_yaml_sets_for_karras(tmp_path):
+    """conf/train_amed.yaml sets schedule.sigma_max 80 and final_sigmas_type sigma_min for its Karras grid;
+    `schedule.kind=table` refuses only the values the command line gives."""
+    from fewstep.tuning import schedule_tables
+
+    gmm = samplers.GMMDenoiser(**{k: v for k, v in OmegaConf.load(ROOT / "conf" / "model" / "gmm.yaml").items()
+                                  if k != "_target_"})
+    grid = [60.0, 5.0, 0.5, gmm.sigma_min]  # amed with afs on 3 steps to sigma_min: NFE 5
+    table = schedule_tables.write(tmp_path / "amed.json", gmm, "amed", {"afs": True}, "gmm", "ode_error", 5, grid,
+                                  command="written here")
+    run = ["model=gmm", "train.steps=2", "train.batch_size=32", "train.checkpoint_every=2", "train.cpu=true",
+           "schedule.kind=table", f"schedule.table={table}"]
+    done = ok(run_cli("train_amed.py", *run, f"out_dir={tmp_path / 'run'}"))
+    assert f"AMED amed at NFE 5: schedule: table, the searched grid for NFE 5 ({table}); sigmas 60, 5, 0.5, 0.002" in done.stdout
+    refused = run_cli("train_amed.py", *run, "schedule.sigma_max=80", f"out_dir={tmp_path / 'refused'}")
+    assert the_error(refused) == (f"error: schedule.kind=table takes its whole grid from schedule.table={table}; "
+                                  f"drop schedule.sigma_max=80.0")
+    assert not (tmp_path / "refused").exists()
 
 
 def test_the_teacher_points_of_the_held_out_noises_are_said_and_shown_as_a_bar(gmm, capsys, caplog):

@@ -169,3 +169,13 @@ def test_train_amed_stores_beside_the_model_what_sample_py_then_samples_with(tmp
     lines = sampled.stdout.splitlines()
     assert lines[0] == f"schedule: the grid the AMED predictor {stored} was trained on (NFE 5, afs True)"
     assert f"'predictor': '{stored}'" in lines[1] and "NFE used per sample: 5" in sampled.stdout
+
+
+def test_the_api_refuses_a_shipped_predictor_on_a_grid_of_another_nfe_as_the_command_line_does(model):
+    """`samplers.sample(..., predictor=)` and the command line's `predictor=DIR nfe=5` share the refusal."""
+    root, denoiser = model
+    trained_for_7 = AMEDPredictor.from_pretrained(str(ROOT / "assets" / "digits_ddpm" / "amed" / "amed-nfe7"))
+    grid_of_5 = torch.tensor(GRIDS[5], dtype=torch.float64)
+    with pytest.raises(ValueError) as refused:
+        samplers.sample("amed", denoiser, torch.randn(1, 1, 16, 16), grid_of_5, predictor=trained_for_7, afs=True)
+    assert str(refused.value) == "this AMED predictor was trained for amed afs=True at NFE 7, not 5 (a grid of 3 steps)"

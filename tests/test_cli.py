@@ -148,7 +148,7 @@ def test_a_command_alone_under_a_launch_for_several_processes_warns_on_stderr_an
 def test_only_the_first_process_says_what_it_does_and_every_process_warns(monkeypatch):
     import logging
 
-    from fewstep.cli.common import ProcessFilter
+    from fewstep.cli.logs import ProcessFilter
 
     def record(level):
         return logging.LogRecord("x", level, __file__, 1, "message", None, None)
@@ -158,3 +158,28 @@ def test_only_the_first_process_says_what_it_does_and_every_process_warns(monkey
     monkeypatch.setenv("RANK", "1")
     assert not said.filter(record(logging.INFO)) and not kept.filter(record(logging.INFO))
     assert kept.filter(record(logging.WARNING)) and kept.filter(record(logging.ERROR))
+
+
+def test_the_run_log_holds_its_lines_until_the_run_is_accepted_then_writes_them_and_the_rest(tmp_path):
+    import logging
+
+    from fewstep.cli.logs import RunLog, keep
+
+    def record(message):
+        return logging.LogRecord("x", logging.INFO, __file__, 1, message, None, None)
+
+    refused, accepted = RunLog("refused.log"), RunLog("run.log")
+    accepted.setFormatter(logging.Formatter("[%(levelname)s] %(message)s"))
+    for handler in (refused, accepted):
+        handler.handle(record("said first"))
+    refused.close()
+    root = logging.getLogger()
+    root.addHandler(accepted)
+    try:
+        keep(tmp_path)
+        accepted.handle(record("said next"))
+    finally:
+        root.removeHandler(accepted)
+        accepted.close()
+    assert [p.name for p in tmp_path.iterdir()] == ["run.log"]
+    assert (tmp_path / "run.log").read_text() == "[INFO] said first\n[INFO] said next\n"

@@ -238,6 +238,8 @@ def test_frechet_of_a_sample_fn_is_the_distance_of_its_samples_whatever_the_batc
     assert int(statistics_of(seeded_points, seeds, raw).n) == 50
     with pytest.raises(ValueError, match=r"num_samples=3 is too few for 2 processes \(need 2 each\)"):
         statistics_of(seeded_points, [0, 1, 2], raw, FakeAccelerator(0, 2))
+    with pytest.raises(ValueError, match=r"^num_samples=1 is too few for one process \(need 2 each\)$"):
+        statistics_of(seeded_points, [0], raw)
 
 
 def test_a_denoiser_and_a_sampler_as_a_sample_fn_count_their_nfe(gmm):
@@ -282,21 +284,25 @@ def test_reference_statistics_of_each_kind(tmp_path, gmm):
         return OmegaConf.create({"reference": "data", "extractor": "raw", "extractor_weights": None,
                                  "cache_dir": str(tmp_path / "cache"), "data": None, **kw})
 
-    mu, sigma = reference_stats(cfg(reference="analytic"), gmm, get_extractor("raw"))
+    mu, sigma = reference_stats(cfg(reference="analytic"), gmm, get_extractor("raw"), (2,))
     np.testing.assert_array_equal(mu, gmm_stats(gmm)[0])
     with pytest.raises(ValueError, match="reference=analytic needs model=gmm and extractor=raw"):
-        reference_stats(cfg(reference="analytic", extractor="digits"), gmm, get_extractor("raw"))
+        reference_stats(cfg(reference="analytic", extractor="digits"), gmm, get_extractor("raw"), (2,))
     with pytest.raises(ValueError, match=r"reference=data needs a data set \(data=...\)"):
-        reference_stats(cfg(), gmm, get_extractor("raw"))
+        reference_stats(cfg(), gmm, get_extractor("raw"), (2,))
     saved = save_stats(tmp_path / "ref.npz", np.ones(2), np.eye(2))
-    np.testing.assert_array_equal(reference_stats(cfg(reference=str(saved)), gmm, get_extractor("raw"))[0], np.ones(2))
+    np.testing.assert_array_equal(reference_stats(cfg(reference=str(saved)), gmm, get_extractor("raw"), (2,))[0], np.ones(2))
     data = {"_target_": "fewstep.training.data.digits", "image_size": 8}
-    mu, sigma = reference_stats(cfg(data=data), None, get_extractor("raw"))
+    mu, sigma = reference_stats(cfg(data=data), None, get_extractor("raw"), (1, 8, 8))
     assert mu.shape == (64,) and sigma.shape == (64, 64)
     (cached,) = (tmp_path / "cache").iterdir()
     stamp = cached.stat().st_mtime_ns
-    np.testing.assert_array_equal(reference_stats(cfg(data=data), None, get_extractor("raw"))[1], sigma)
+    np.testing.assert_array_equal(reference_stats(cfg(data=data), None, get_extractor("raw"), (1, 8, 8))[1], sigma)
     assert cached.stat().st_mtime_ns == stamp and not list(tmp_path.glob("cache/.*"))  # read, not rewritten
+    with pytest.raises(ValueError) as refused:  # before any sampling: eval_fid.py checks it first
+        reference_stats(cfg(data=data), None, get_extractor("raw"), (1, 16, 16))
+    assert str(refused.value) == "reference=data holds statistics of 64 features; extractor=raw gives 256 for samples " \
+                                 "of shape (1, 16, 16)"
 
 
 def test_the_samples_of_a_statistic_show_a_bar_on_the_first_process_unless_told_not_to(capsys):

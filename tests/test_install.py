@@ -118,3 +118,12 @@ def test_the_installed_console_command_samples_every_shipped_model_by_name(insta
             out = elsewhere / model
             assert f"wrote {model}/samples.png" in done.stdout or f"wrote {out / 'samples.png'}" in done.stdout, done.stdout
             assert (out / "samples.png").stat().st_size > 100
+
+
+def test_the_readme_names_every_console_command():
+    import re
+    import tomllib
+
+    commands = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    named = set(re.findall(r"`(fewstep-[a-z-]+)`", (ROOT / "README.md").read_text()))
+    assert set(commands) <= named, sorted(set(commands) - named)

@@ -181,3 +181,50 @@ def test_noise_with_nan_or_inf_is_refused_counting_them(gmm):
     with pytest.raises(ValueError) as error:
         samplers.sample("euler", gmm, noise, [1.0, 0.0])
     assert str(error.value) == "the noise has 2 NaN or inf values"
+
+
+# -- the API refuses what the command line refuses, in one line naming the value ------------------
+@pytest.mark.parametrize("noise, error, message", [
+    (torch.ones(3, 2, dtype=torch.int64), TypeError, "the noise must be a floating-point tensor, got torch.int64"),
+    ([[0.0, 1.0]], TypeError, "the noise must be a floating-point tensor, got list"),
+    (torch.zeros(3, 5), ValueError, "the noise has shape (3, 5); the model's samples have shape (2,): give (batch, 2)"),
+    (torch.zeros(2), ValueError, "the noise has shape (2,); the model's samples have shape (2,): give (batch, 2)"),
+])
+@pytest.mark.parametrize("entry", ["sample", "solve"])
+def test_noise_of_another_dtype_or_shape_is_one_line(gmm, entry, noise, error, message):
+    with pytest.raises(error) as refused:
+        getattr(samplers, entry)("euler", gmm, noise, [1.0, 0.0])
+    assert str(refused.value) == message
+
+
+def test_a_unet_takes_noise_of_other_sizes_it_can_run_and_names_the_ones_it_cannot(unet):
+    model = samplers.DiffusersUNetDenoiser(unet, torch.linspace(0.999, 0.01, 1000))
+    assert samplers.sample("euler", model, torch.randn(1, 1, 16, 16), [2.0, 0.0]).shape == (1, 1, 16, 16)
+    for shape, why in [((1, 3, 8, 8), "the model takes 1 channels, got 3"),
+                       ((1, 1, 7, 7), "the model takes image sizes divisible by 2, got (7, 7)"),
+                       ((1, 64), "the model's samples have shape (1, 8, 8): give (batch, 1, 8, 8)")]:
+        with pytest.raises(ValueError) as refused:
+            samplers.sample("euler", model, torch.randn(shape), [2.0, 0.0])
+        assert str(refused.value).startswith(f"the noise has shape {shape}") and str(refused.value).endswith(why)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"rtol": -1}, "dopri5 rtol must be a positive number, got -1"),
+    ({"rtol": 0, "atol": 0}, "dopri5 rtol must be a positive number, got 0"),
+    ({"atol": float("nan")}, "dopri5 atol must be a positive number, got nan"),
+    ({"atol": True}, "dopri5 atol must be a positive number, got True"),
+    ({"rtol": "1e-5"}, "dopri5 rtol must be a positive number, got '1e-5'"),
+])
+def test_dopri5_tolerances_must_be_positive(gmm, options, message):
+    with pytest.raises(ValueError) as refused:
+        samplers.sample("dopri5", gmm, torch.zeros(2, 2), [80.0, 0.0], **options)
+    assert str(refused.value) == message
+
+
+def test_tolerances_too_small_for_the_arithmetic_name_the_collapsed_step_not_the_model(gmm):
+    calls = []
+    with pytest.raises(FloatingPointError) as refused:
+        samplers.sample("dopri5", gmm, torch.ones(2, 2), [80.0, 0.5, 0.0], rtol=1e-320, atol=1e-320, callback=calls.append)
+    assert str(refused.value) == ("dopri5's step size collapsed (log sigma nan): rtol=1e-320, atol=1e-320 are too "
+                                  "small for torch.float64 arithmetic")
+    assert all(torch.isfinite(call["denoised"]).all() for call in calls)  # the model never saw the NaN time

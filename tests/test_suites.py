@@ -247,3 +247,76 @@ def test_fewstep_config_keeps_only_what_differs_from_the_defaults():
     config = diffusers_tests.fewstep_config({"num_train_timesteps": 1000, "beta_end": 0.012, "clip_sample": True,
                                              "variance_type": "fixed_small"}, "heun", "discrete")
     assert config == {"beta_end": 0.012, "clip_sample": True, "sampler": "heun", "schedule": "discrete"}
+
+
+
+# -- scripts/benchmark.py: where its results go -----------------------------------------------------
+@pytest.fixture
+def benchmark_in(tmp_path, monkeypatch):
+    """scripts/benchmark.py's main in a copy of a checkout's tracked results (tmp_path), with one fake
+    suite that writes its section; returns `run(*args) -> (exit code, stdout, stderr)`."""
+    import contextlib
+    import io
+    import sys
+
+    from fewstep.scripts import benchmark
+
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "gmm.md").write_text("## gmm\n\nthe shipped numbers\n")
+    (tmp_path / "BENCHMARKS.md").write_text("the shipped report\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(benchmark, "SUITES", {"fake": lambda out_dir, num_samples=10: sweep.write_suite(
+        sweep.output_dir(out_dir), "fake", "Fake", f"{num_samples} samples", [], [])})
+
+    def run(*args):
+        monkeypatch.setattr(sys, "argv", ["benchmark.py", *args])
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                benchmark.main()
+                code = 0
+            except SystemExit as stop:
+                code = stop.code
+        return code, out.getvalue(), err.getvalue()
+
+    return run
+
+
+def test_a_benchmark_run_writes_under_runs_and_leaves_the_shipped_results_alone(benchmark_in, tmp_path):
+    shipped = {p: p.read_bytes() for p in (tmp_path / "BENCHMARKS.md", tmp_path / "benchmarks" / "gmm.md")}
+    code, out, _ = benchmark_in("--suite", "fake", "--num-samples", "200")
+    assert code == 0 and {p: p.read_bytes() for p in shipped} == shipped
+    assert sorted(p.name for p in (tmp_path / "benchmarks").iterdir()) == ["gmm.md"]
+    [run] = (tmp_path / "runs" / "benchmark").iterdir()
+    assert sorted(p.name for p in run.iterdir()) == ["BENCHMARKS.md", "fake.json", "fake.md"]
+    assert "200 samples" in (run / "BENCHMARKS.md").read_text()
+    where = run.relative_to(tmp_path)
+    assert out.strip() == (f"wrote the results to {where}/ and the report {where / 'BENCHMARKS.md'} (the shipped "
+                           f"results change only with --update-tracked)")
+
+
+def test_update_tracked_rewrites_the_shipped_results_and_nothing_else(benchmark_in, tmp_path):
+    code, out, _ = benchmark_in("--suite", "fake", "--update-tracked")
+    assert code == 0 and out.strip() == "wrote the results to benchmarks/ and the report BENCHMARKS.md"
+    assert sorted(p.name for p in (tmp_path / "benchmarks").iterdir()) == ["fake.json", "fake.md", "gmm.md"]
+    report = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "the shipped numbers" in report and "10 samples" in report and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--update-tracked", "--out-dir", "x"], "--update-tracked writes benchmarks/ and BENCHMARKS.md; it takes no "
+                                             "--out-dir or --report"),
+    (["--update-tracked", "--report", "R.md"], "it takes no --out-dir or --report"),
+])
+def test_update_tracked_takes_no_other_destination(benchmark_in, tmp_path, args, message):
+    code, _, err = benchmark_in("--suite", "fake", *args)
+    assert code == 2 and err.strip().splitlines()[-1].endswith(message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["BENCHMARKS.md", "benchmarks"]
+
+
+def test_update_tracked_runs_only_in_a_checkout(benchmark_in, tmp_path):
+    (tmp_path / "BENCHMARKS.md").unlink()
+    code, _, err = benchmark_in("--suite", "fake", "--update-tracked")
+    assert code == 2 and err.strip().endswith(f"--update-tracked rewrites the checkout's BENCHMARKS.md; there is none "
+                                              f"in {tmp_path}: run it from the checkout")
+    assert sorted(p.name for p in (tmp_path / "benchmarks").iterdir()) == ["gmm.md"]

@@ -45,7 +45,7 @@ import sys
 import warnings
 from dataclasses import asdict
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
@@ -59,6 +59,7 @@ from .data import data_record
 from .objective import Objective
 from .optim import NetworkOptim, network_settings
 from .processes import warn_if_alone
+from .record import check_record
 
 CHECKPOINT_PREFIX = "step_"
 
@@ -97,20 +98,6 @@ def checkpoints(root: Path) -> list[Path]:
     """Complete checkpoints under `root`, oldest first (a save in progress has a `.tmp` suffix)."""
     found = [p for p in root.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and p.name[len(CHECKPOINT_PREFIX):].isdigit()]
     return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
-
-
-def _first_difference(old, new, prefix: str = ""):
-    """The first (sorted) key where two records differ, dotted into nested mappings, with both values
-    (a missing key reads as None); None when they agree."""
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            found = _first_difference(a, b, f"{prefix}{key}.")
-            if found is not None:
-                return found
-        elif a != b:
-            return f"{prefix}{key}", a, b
-    return None
 
 
 class Trainer:
@@ -240,20 +227,6 @@ class Trainer:
         steps = f"{self.steps} step" + ("s" if self.steps > 1 else "")
         return (f"{run['objective']}: {nets}; {run['data_size']} items, batch {run['batch_size']} over {processes}, "
                 f"{steps}, checkpoints every {self.checkpoint_every} in {self.checkpoint_dir}")
-
-    def _check_run(self) -> None:
-        """Refuse to resume into an out_dir whose run.json says the run was made otherwise; a fresh
-        run writes run.json."""
-        path = self.out_dir / "run.json"
-        if checkpoints(self.checkpoint_dir) and path.is_file():
-            difference = _first_difference(json.loads(path.read_text()), self.run_settings)
-            if difference is not None:
-                key, old, new = difference
-                raise ValueError(f"{self.out_dir} holds a run made with {key}={old}; this run has {key}={new}: "
-                                 "use another out_dir or the same settings")
-        elif self.accelerator.is_main_process:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(self.run_settings, indent=2) + "\n")
 
     # -- checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
@@ -451,14 +424,18 @@ class Trainer:
                 writer.writerow([self.step, *("" if m is None else f"{m:.6f}" for m in means.values()),
                                  *(s.get_last_lr()[0] for s in self.lr_schedulers.values())])
 
-    def fit(self):
-        """Train to `steps`, checkpointing on the way; export the EMA weights at the end."""
+    def fit(self, started: Callable[[], object] | None = None):
+        """Train to `steps`, checkpointing on the way; export the EMA weights at the end. started: called
+        on the main process once the run is accepted (a fresh run, or a checkpoint of the same settings
+        loaded), before the first step: a command records its config there."""
         acc = self.accelerator
         if acc.is_main_process:
             log.info(self.describe())
-        self._check_run()
+        check_record(self.out_dir, self.run_settings, bool(checkpoints(self.checkpoint_dir)), acc.is_main_process)
         if not self.resume():
             set_seed(self.seed + 1, device_specific=True)  # the networks' own draws; a resume restores RNG states
+        if started is not None and acc.is_main_process:
+            started()
         bar = tqdm(total=self.steps, initial=self.step, disable=not acc.is_main_process, desc="train")
         batches = self._batches()
         while self.step < self.steps:
