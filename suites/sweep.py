@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from fewstep import samplers
+from fewstep.samplers.solvers import resolve_options
 from fewstep.evaluation import frechet_of
 from fewstep.evaluation.generators import SamplerFn
 from fewstep.evaluation.report import section
@@ -81,8 +82,11 @@ def sweep(denoiser, rows, seeds, shape, batch_size, extractor, reference, measur
     results = []
     for label, name, options, targets, skip in rows:
         done = {}  # steps -> row: targets that round to the same step count (Heun: odd NFE only) run once
+        ends_at_zero = grid["final_sigmas_type"] == "zero"
         for target in targets:
-            steps = samplers.steps_for_nfe(name, target, options, ends_at_zero=grid["final_sigmas_type"] == "zero")
+            if samplers.SOLVERS[name].nfe(1, ends_at_zero, resolve_options(name, options)) > target:
+                continue  # one step costs more (heun on a grid ending at sigma_min at NFE 1): the cell stays empty
+            steps = samplers.steps_for_nfe(name, target, options, ends_at_zero=ends_at_zero)
             if steps in done:
                 results.append({**done[steps], "target_nfe": target})
                 continue
