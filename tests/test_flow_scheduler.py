@@ -126,7 +126,8 @@ def test_bad_flow_input_is_one_clear_line(make, message):
 
 def test_the_shipped_flow_swaps_into_its_own_exported_pipeline():
     """digits_rf1 is a DDPMPipeline directory with FlowMatchEulerDiscreteScheduler (the export of
-    objective=rectified_flow): dpmpp_2m swapped in gives digits, Euler gives its own images."""
+    objective=rectified_flow): Euler swapped in gives its own images, dpmpp_2m at 4 steps lands nearer its
+    converged images (100 Euler steps) than its own 4 steps do."""
     from diffusers import DiffusionPipeline
     from fewstep import assets
 
@@ -136,8 +137,8 @@ def test_the_shipped_flow_swaps_into_its_own_exported_pipeline():
     assert (images(pipe.unet, FewstepScheduler.from_config(pipe.scheduler.config, sampler="euler"), steps=4, seed=1)
             - theirs).abs().max() < 1e-5
     ours = images(pipe.unet, FewstepScheduler.from_config(pipe.scheduler.config, sampler="dpmpp_2m"), steps=4, seed=1)
-    # digits: mostly dark background (the images are in [0, 1]), unlike the noise they start from
-    assert (ours < 0.1).float().mean() > 0.4 and (ours - theirs).abs().max() > 1e-3
+    converged = images(pipe.unet, pipe.scheduler, steps=100, seed=1)
+    assert (ours - converged).norm() < (theirs - converged).norm()
 
 
 def gaussian_velocity(a: float):
