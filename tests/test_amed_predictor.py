@@ -1,8 +1,8 @@
 """AMED's learned predictor (samplers/amed_predictor.py) and its distillation (samplers/amed_distill.py):
 on the analytic mixture, training lowers the sampler's distance to the teacher and the frozen table keeps
 it; the bottleneck hook on a tiny UNet reads the mid block of each step's first call, no call of its own;
-save and load; every refusal in one line; `scripts/train_amed.py` in two processes (`accelerate launch`)
-trains the predictor one process (in this process, helpers.run_cli) trains."""
+save and load; every refusal in one line; `scripts/train_amed.py` trains and exports the predictor (one and
+two processes train the same: tests/test_engine_processes.py)."""
 import csv
 import json
 import math
@@ -12,9 +12,8 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 from omegaconf import OmegaConf
-from safetensors.torch import load_file
 
-from helpers import ROOT, command, finish, ok, run_cli, start, stop, the_error, tiny_unet
+from helpers import ROOT, ok, run_cli, the_error, tiny_unet
 from fewstep import samplers
 from fewstep.pipelines import FewstepScheduler
 from fewstep.tuning import amed_predictor
@@ -280,45 +279,34 @@ def test_a_teacher_that_gives_nan_is_refused_in_one_line(gmm):
         objective.losses({"predictor": objective.new_predictor()}, noise(4, 2), 0, [])
 
 
-# -- scripts/train_amed.py: one process, two processes, an NFE out of reach --------------------------------
+# -- scripts/train_amed.py: a run and an NFE out of reach (1 and 2 processes: test_engine_processes) ----------
 RUN = ["model=gmm", "train.steps=20", "train.batch_size=32", "train.checkpoint_every=20", "train.log_every=5",
        "train.cpu=true"]
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """The same run in two processes (`accelerate launch`) and, meanwhile, in this one, and one asking
-    for NFE 4 (in this process too)."""
+    """A run, and one asking for NFE 4 (in this process: helpers.run_cli)."""
     tmp = tmp_path_factory.mktemp("train_amed")
-    procs = [start(command("train_amed.py", *RUN, f"out_dir={tmp / 'two'}", processes=2), tmp / "two")]
-    try:
-        one = ok(run_cli("train_amed.py", *RUN, f"out_dir={tmp / 'one'}"))
-        refused = run_cli("train_amed.py", *RUN, "nfe=4", f"out_dir={tmp / 'nfe4'}")
-        (two,) = map(finish, procs)
-    finally:
-        stop(*procs)
-    return tmp, one, two, refused
+    one = ok(run_cli("train_amed.py", *RUN, f"out_dir={tmp / 'one'}"))
+    refused = run_cli("train_amed.py", *RUN, "nfe=4", f"out_dir={tmp / 'nfe4'}")
+    return tmp, one, refused
 
 
-def test_two_processes_train_the_predictor_one_process_trains(runs):
+def test_train_amed_trains_the_predictor_and_exports_it_with_its_grid(runs):
     tmp = runs[0]
-    weights = [load_file(str(tmp / run / "model" / "diffusion_pytorch_model.safetensors")) for run in ("one", "two")]
-    assert weights[0].keys() == weights[1].keys() and weights[0]
-    # the same batches; the gradients' all-reduce adds in another order, so equal to rounding
-    assert all(torch.allclose(weights[0][k], weights[1][k], rtol=1e-4, atol=1e-5) for k in weights[0])
-    logged = [[float(row["loss"]) for row in csv.DictReader(open(tmp / run / "loss.csv"))] for run in ("one", "two")]
-    assert logged[0] == pytest.approx(logged[1], rel=1e-5) and logged[0][-1] < 0.5 * logged[0][0], logged
-    summaries = [json.loads((tmp / run / "train_summary.json").read_text()) for run in ("one", "two")]
-    assert [s["num_processes"] for s in summaries] == [1, 2]
-    assert [s["updates"] for s in summaries] == [{"predictor": 20}] * 2
-    config = json.loads((tmp / "two" / "model" / "config.json").read_text())
+    logged = [float(row["loss"]) for row in csv.DictReader(open(tmp / "one" / "loss.csv"))]
+    assert logged[-1] < 0.5 * logged[0], logged
+    summary = json.loads((tmp / "one" / "train_summary.json").read_text())
+    assert summary["num_processes"] == 1 and summary["updates"] == {"predictor": 20}
+    config = json.loads((tmp / "one" / "model" / "config.json").read_text())
     assert (config["sampler"], config["afs"], config["nfe"], config["model"], config["feature_dim"]) == (
         "amed", True, 5, "gmm", 0)
     assert config["sigmas"][0] == 80.0 and len(config["sigmas"]) == 4
 
 
 def test_an_nfe_the_sampler_cannot_reach_is_refused_in_one_line(runs):
-    refused = runs[3]
+    refused = runs[2]
     assert refused.returncode == 2, refused.stderr[-2000:]
     assert refused.stderr.strip().splitlines()[-1] == (
         "error: amed with afs=True on a grid ending at sigma_min costs 3 NFE for 2 steps, not nfe=4: it reaches NFE "

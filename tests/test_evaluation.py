@@ -1,6 +1,4 @@
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -172,20 +170,6 @@ def test_eval_gives_the_same_number_with_one_and_two_processes(tmp_path):
     one, two = (json.loads(next((tmp_path / d).glob("*.json")).read_text()) for d in ("one", "two"))
     assert two["num_processes"] == 2 and one["num_samples"] == two["num_samples"] == 301
     assert one["fd"] == pytest.approx(two["fd"], rel=1e-9)
-
-
-def test_benchmark_writes_its_table_plots_and_report(tmp_path):
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--suite", "gmm", "--nfe", "3", "10",
-                           "--samplers", "euler", "heun", "--num-samples", "300", "--out-dir", str(tmp_path),
-                           "--report", str(tmp_path / "B.md")], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    report = (tmp_path / "B.md").read_text()
-    assert "| sampler | NFE 3 | NFE 10 |" in report and "--suite gmm --nfe 3 10" in report
-    rows = json.loads((tmp_path / "gmm.json").read_text())
-    assert [(r["label"], r["nfe"]) for r in rows] == [("euler", 3), ("euler", 10), ("heun", 3), ("heun", 9)]
-    euler = {r["nfe"]: r["ode_error"] for r in rows if r["label"] == "euler"}
-    assert euler[10] < euler[3]
-    assert (tmp_path / "gmm_fd.png").stat().st_size > 1000
 
 
 # -- any generator as a sample_fn: seeds split over processes, statistics, the reference -----------

@@ -1,6 +1,6 @@
 """gan.GANObjective on the shared loop: its update schedule and regression target, the configs
 objective=reflow_gan|wgan_gp, an exact resume in the middle of a generator phase, a 2-D run that
-learns, two processes, the monitor (sample PNGs, FD-digits in metrics.csv), and one-step generators
+learns (one and two processes train the same: tests/test_engine_processes.py), the monitor (sample PNGs, FD-digits in metrics.csv), and one-step generators
 from the command line (scripts/sample.py, scripts/eval_fid.py) and from `gan.load_generator`."""
 import csv
 import json
@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import ROOT, accelerate_launch, ok, run_cli, run_script
+from helpers import ROOT, ok, run_cli
 from fewstep.gan import (DCGANCritic, DCGANGenerator, FlowGenerator, GANObjective, MLPCritic, MLPGenerator,
                          generator_plain_loss, load_generator, regression_loss, regression_target)
 from fewstep.samplers.noise import generators
@@ -20,10 +20,9 @@ from fewstep.training import Trainer
 from fewstep.training.data2d import gaussians8
 
 
-def run(script, *overrides, launcher=None):
-    """scripts/<script> with these overrides: in this process (helpers.run_cli), or under `launcher`
-    (`accelerate launch`) in processes of their own."""
-    return run_cli(script, *overrides) if launcher is None else run_script(script, *overrides, launcher=launcher)
+def run(script, *overrides):
+    """scripts/<script> with these overrides, in this process (helpers.run_cli)."""
+    return run_cli(script, *overrides)
 
 
 def compose_train(*overrides):
@@ -267,24 +266,6 @@ def test_eval_fid_of_a_2d_generator_against_the_data(run2d, tmp_path):
     assert result["nfe"] == 1 and result["num_samples"] == 500 and result["sampler"] == "generator"
     assert result["fd"] == pytest.approx(expected, rel=1e-3, abs=1e-5), (result, expected)
     assert f"FD-raw {result['fd']:.4f}" in done.stdout
-
-
-# -- 5. two processes -------------------------------------------------------------------------------
-
-def test_two_processes_train_the_gan_on_the_schedule(tmp_path):
-    out = tmp_path / "run"
-    ok(run("train.py", "objective=reflow_gan", "net=gan2d", "data=gaussians8", "train.cpu=true", "train.steps=40",
-           "objective.n_critic=3", "objective.generator_steps=2", "net.generator.width=16", "net.critic.width=16",
-           "data.n=512", "train.batch_size=64", "train.checkpoint_every=20", "train.log_every=10", f"out_dir={out}",
-           launcher=accelerate_launch(2)))
-    summary = json.loads((out / "train_summary.json").read_text())
-    assert summary["num_processes"] == 2 and summary["steps"] == 40
-    assert summary["updates"] == {"critic": 24, "generator": 16}  # 8 cycles of 3 + 2
-    states = [torch.load(out / "checkpoints" / "step_00000040" / f"objective_{r}.pt", weights_only=True) for r in (0, 1)]
-    assert all(s["z"].shape == s["target"].shape == (32, 2) for s in states)  # each process's half batch
-    assert not torch.equal(states[0]["z"], states[1]["z"])  # each process its own rows' latents, saved for itself
-    assert load_generator(out / "model").latent_shape == (2,)
-    assert sorted(p.name for p in (out / "samples").iterdir()) == ["step_00000020.png", "step_00000040.png"]
 
 
 # -- 6. FD-digits in metrics.csv ---------------------------------------------------------------------

@@ -290,6 +290,7 @@ def test_a_benchmark_run_writes_under_runs_and_leaves_the_shipped_results_alone(
     [run] = (tmp_path / "runs" / "benchmark").iterdir()
     assert sorted(p.name for p in run.iterdir()) == ["BENCHMARKS.md", "fake.json", "fake.md"]
     assert "200 samples" in (run / "BENCHMARKS.md").read_text()
+    assert "Command: `python benchmark.py --suite fake --num-samples 200`" in (run / "fake.md").read_text()
     where = run.relative_to(tmp_path)
     assert out.strip() == (f"wrote the results to {where}/ and the report {where / 'BENCHMARKS.md'} (the shipped "
                            f"results change only with --update-tracked)")
