@@ -1,14 +1,13 @@
 """A ReFlow round under `accelerate launch --multi_gpu --num_processes 2` on the CPU (gloo): the pairs
-written by two processes are those of one, the next round trains on them in two processes, and a
-two-process round killed with SIGKILL after a checkpoint and started again ends where an
-uninterrupted one does (as test_training.py checks for the diffusion objective in one process)."""
+written by two processes are those of one, and the next round, trained on them in two processes, killed
+with SIGKILL after a checkpoint and started again, ends where one process's uninterrupted round does
+(test_training.py checks the bit-exact resume of one process)."""
 import csv
 import json
 import re
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -56,42 +55,39 @@ def pairs(tmp_path_factory):
 
 
 def round2(tmp, out_dir):
-    return command("train.py", *ROUND2, f"data.root={tmp / 'pairs2'}", f"init_from={tmp / 'round1' / 'model'}",
-                   f"out_dir={out_dir}", processes=2)
+    return [*ROUND2, f"data.root={tmp / 'pairs2'}", f"init_from={tmp / 'round1' / 'model'}", f"out_dir={out_dir}"]
 
 
 @pytest.fixture(scope="module")
 def rounds(pairs):
-    """The reflow round in two processes twice at once: uninterrupted (`straight`), and `killed` with
-    SIGKILL (the launcher and both workers) once it has checkpointed step 60 and logged step 80, so
-    that the resumed run has steps and a loss row to redo. Returns the uninterrupted run and what the
-    killed one had written (checkpoints, whether it had finished, loss rows)."""
+    """The reflow round in two processes, `killed` with SIGKILL (the launcher and both workers) once it
+    has checkpointed step 60 and logged step 80, so that the resumed run has steps and a loss row to
+    redo; meanwhile the uninterrupted round in this process (`straight`: one process trains the same,
+    docs/conventions.md §8). Returns the straight run and what the killed one had written (its output,
+    checkpoints, whether it had finished, loss rows)."""
     tmp = pairs[0]
-    straight = start(round2(tmp, tmp / "straight"), tmp / "straight")
-    victim = start(round2(tmp, tmp / "killed"), tmp / "killed")
+    victim = start(command("train.py", *round2(tmp, tmp / "killed"), processes=2), tmp / "killed")
     checkpoint, log = tmp / "killed" / "checkpoints" / "step_00000060", tmp / "killed" / "loss.csv"
 
     def past_the_checkpoint():  # the checkpoint of step 60 and the loss row of step 80 are written
         return checkpoint.exists() and log.exists() and "\n80," in log.read_text()
 
     try:
+        straight = ok(run_cli("train.py", *round2(tmp, tmp / "straight")))
         deadline = time.monotonic() + 120
         while not past_the_checkpoint() and victim.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)
         stop(victim)
-        assert victim.returncode == -signal.SIGKILL, \
-            f"exit code {victim.returncode} before the kill\n{output(victim).stderr[-3000:]}"
+        said = output(victim)
+        assert victim.returncode == -signal.SIGKILL, f"exit code {victim.returncode} before the kill\n{said.stderr[-3000:]}"
         killed = tmp / "killed"
-        at_kill = {"checkpoints": sorted(p.name for p in (killed / "checkpoints").iterdir()) if checkpoint.exists()
+        at_kill = {"said": said.stdout + said.stderr,
+                   "checkpoints": sorted(p.name for p in (killed / "checkpoints").iterdir()) if checkpoint.exists()
                    else [], "finished": (killed / "train_summary.json").exists() or (killed / "model").exists(),
                    "logged": log.read_text().splitlines()[1:] if log.exists() else []}
-        return finish(straight), at_kill
+        return straight, at_kill
     finally:
-        stop(victim, straight)
-
-
-def rounds_dir(done):
-    return Path(re.search(r"out_dir=(\S+)", " ".join(done.args)).group(1))
+        stop(victim)
 
 
 def test_two_processes_write_the_pairs_one_process_writes(pairs):
@@ -118,37 +114,36 @@ def test_two_processes_write_the_pairs_one_process_writes(pairs):
     assert not torch.equal(samples, noises) and samples.std(0).min() > 0.1  # real pairs, not a constant
 
 
-def test_the_reflow_round_trains_in_two_processes(rounds):
-    straight, _ = rounds
-    out = rounds_dir(straight)
-    summary = json.loads((out / "train_summary.json").read_text())
-    assert summary["num_processes"] == 2 and summary["steps"] == 240 and summary["updates"] == {"net": 240}
-    logged = losses(out)
-    assert len(logged) == 12 and logged[-1] < 0.8 * logged[0], logged
-    assert "initialised the network from" in straight.stdout + straight.stderr  # the first round's weights
-    assert (out / "model" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+def relative_gap(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
 
 
-def test_a_two_process_round_killed_with_sigkill_resumes_to_the_uninterrupted_weights(rounds):
+def test_a_two_process_round_killed_with_sigkill_resumes_to_the_uninterrupted_weights(rounds, pairs):
+    """The resumed two-process round ends where one process's uninterrupted round ends: its loss rows
+    and weights (the exported EMA and the raw ones) to 1e-5, as the process count allows (docs/conventions.md §8)."""
     straight, at_kill = rounds
-    reference = rounds_dir(straight)
-    killed = reference.parent / "killed"
+    tmp = pairs[0]
+    reference, killed = tmp / "straight", tmp / "killed"
     assert "step_00000060" in at_kill["checkpoints"] and "step_00000240" not in at_kill["checkpoints"], at_kill
     assert not at_kill["finished"], "the run finished before the kill"
     assert at_kill["logged"][3].startswith("80,"), at_kill  # steps after the checkpoint of step 60 to redo
+    assert "initialised the network from" in at_kill["said"] + straight.stdout + straight.stderr  # round 1's weights
 
-    again = run(round2(reference.parent, killed))
+    again = run(command("train.py", *round2(tmp, killed), processes=2))
     said = again.stdout + again.stderr
     resumed = re.findall(r"resumed from \S+step_(\d+) at step (\d+)", said)
     latest = int(at_kill["checkpoints"][-1][len("step_"):])
     assert resumed == [(f"{latest:08d}", str(latest))], (resumed, at_kill, said[-2000:])
     assert "initialised the network from" not in said  # the checkpoint, not init_from
-    summary = json.loads((killed / "train_summary.json").read_text())
-    assert summary["num_processes"] == 2 and summary["steps"] == 240 and summary["updates"] == {"net": 240}
+    summaries = [json.loads((d / "train_summary.json").read_text()) for d in (reference, killed)]
+    assert [s["num_processes"] for s in summaries] == [1, 2]
+    assert all(s["steps"] == 240 and s["updates"] == {"net": 240} for s in summaries)
 
-    assert (killed / "loss.csv").read_text().splitlines() == (reference / "loss.csv").read_text().splitlines()
+    logged = [losses(d) for d in (reference, killed)]
+    assert len(logged[1]) == 12 and logged[1][-1] < 0.8 * logged[1][0], logged
+    assert logged[1] == pytest.approx(logged[0], rel=1e-5)
     for weights in ("model/unet/diffusion_pytorch_model.safetensors",  # the exported EMA weights
                     "checkpoints/step_00000240/model.safetensors"):  # the raw weights
         a, b = (load_file(str(d / weights)) for d in (reference, killed))
         assert a.keys() == b.keys() and a
-        assert all(torch.equal(a[k], b[k]) for k in a), weights
+        assert all(relative_gap(b[k], a[k]) <= 1e-5 for k in a), weights
