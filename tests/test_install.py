@@ -68,7 +68,15 @@ sigmas = samplers.get_sigmas("karras", 2, denoiser.sigma_min, denoiser.sigma_max
 x = samplers.sample("ddim", denoiser, torch.randn(2, *denoiser.sample_shape, generator=torch.Generator().manual_seed(0)), sigmas)
 features = get_extractor("digits")(x.clamp(-1, 1))
 table = skiptune_tables.default_path(denoiser, "ddim")
-print(json.dumps({"files": [m.__file__ for m in (samplers, fewstep.evaluation, fewstep.conf, fewstep.assets, fewstep.scripts,
+generators = {}  # the one-step generators, by their model configs in the wheel (they take no sampler)
+for name in ("digits_gan", "digits_rf_gan"):
+    if name in fewstep.assets.names():
+        from hydra.utils import instantiate
+        from importlib.resources import files
+        from omegaconf import OmegaConf
+        generator = instantiate(OmegaConf.load(files("fewstep.conf") / "model" / f"{name}.yaml"))
+        generators[name] = [str(fewstep.assets.path(name)), list(generator(torch.randn(2, *generator.latent_shape)).shape)]
+print(json.dumps({"generators": generators, "files": [m.__file__ for m in (samplers, fewstep.evaluation, fewstep.conf, fewstep.assets, fewstep.scripts,
                                                  fewstep.cli)],
                   "table": str(table), "by_nfe": {k: e["rho_bottom"] for k, e in skiptune_tables.load(table)["by_nfe"].items()},
                   "features": list(features.shape),
@@ -92,38 +100,25 @@ def test_the_installed_wheel_finds_its_model_extractor_and_tables_by_name(instal
     # the AMED predictors travel with the model (sample.py sampler=amed nfe=N finds them: test_amed_shipped)
     assert sorted(found["amed"]) == ["3", "5", "7", "9"] and all(Path(f).is_relative_to(target)
                                                                  for f in found["amed"].values())
+    assert found["generators"] and all(Path(where).is_relative_to(target) and shape == [2, 1, 16, 16]
+                                       for where, shape in found["generators"].values()), found["generators"]
 
 
 def test_the_installed_console_command_samples_every_shipped_model_by_name(installed):
     """`fewstep-sample` of the wheel, run from elsewhere: one Hydra multirun (`-m`, one process) for the
-    default model and the flows, one for the one-step generators (which take no sampler); each job writes
-    into a run directory named like its model, so the name still means the shipped one. The default
-    model's Skip-Tuning factors come from the wheel too (the probe above)."""
+    default model and the flows; each job writes into a run directory named like its model, so the name
+    still means the shipped one. The default model's Skip-Tuning factors and the one-step generators come
+    from the wheel too (the probe above)."""
     from fewstep.assets import names
 
-    shipped = [m for m in ("digits_rf1", "digits_rf2", "digits_rf_1step", "digits_gan", "digits_rf_gan") if m in names()]
-    assert {"digits_rf1", "digits_rf2"} <= set(shipped)
-    generators = [m for m in shipped if m in ("digits_gan", "digits_rf_gan")]
-    flows = ["digits_ddpm", *(m for m in shipped if m not in generators)]
+    models = ["digits_ddpm", *(m for m in ("digits_rf1", "digits_rf2", "digits_rf_1step") if m in names())]
+    assert {"digits_rf1", "digits_rf2"} <= set(models)
     target, elsewhere, _ = installed
-    for models, sampler in ((flows, ["sampler=euler", "nfe=1"]), (generators, [])):
-        if not models:
-            continue
-        sweep = "flows" if sampler else "generators"
-        done = python(installed, str(target / "bin" / "fewstep-sample"), "-m", f"model={','.join(models)}", *sampler,
-                      "num_samples=2", "out_dir=${hydra:runtime.choices.model}", f"hydra.sweep.dir={elsewhere / sweep}")
-        assert done.returncode == 0, done.stderr[-3000:]
-        assert done.stdout.count("NFE used per sample: 1") == len(models), done.stdout
-        for model in models:
-            out = elsewhere / model
-            assert f"wrote {model}/samples.png" in done.stdout or f"wrote {out / 'samples.png'}" in done.stdout, done.stdout
-            assert (out / "samples.png").stat().st_size > 100
-
-
-def test_the_readme_names_every_console_command():
-    import re
-    import tomllib
-
-    commands = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    named = set(re.findall(r"`(fewstep-[a-z-]+)`", (ROOT / "README.md").read_text()))
-    assert set(commands) <= named, sorted(set(commands) - named)
+    done = python(installed, str(target / "bin" / "fewstep-sample"), "-m", f"model={','.join(models)}", "sampler=euler",
+                  "nfe=1", "num_samples=2", "out_dir=${hydra:runtime.choices.model}", f"hydra.sweep.dir={elsewhere}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("NFE used per sample: 1") == len(models), done.stdout
+    for model in models:
+        out = elsewhere / model
+        assert f"wrote {model}/samples.png" in done.stdout or f"wrote {out / 'samples.png'}" in done.stdout, done.stdout
+        assert (out / "samples.png").stat().st_size > 100

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -505,15 +503,12 @@ def test_kind_table_reads_the_file_given_and_refuses_what_it_lacks(model_with_ta
 
 
 def test_the_search_command_writes_a_table_that_sample_py_samples_on(tmp_path):
-    """search_schedule.py on the analytic mixture, write=true into a table file (end to end, in a
-    Python process of its own), then sample.py (in this process) with schedule.kind=table samples on
-    exactly that grid and says so in its first line."""
+    """search_schedule.py on the analytic mixture, write=true into a table file, then sample.py with
+    schedule.kind=table samples on exactly that grid and says so in its first line (both in this process,
+    helpers.run_cli)."""
     table = tmp_path / "gmm-dpmpp_2m.json"
-    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
-    search = subprocess.run([sys.executable, str(ROOT / "scripts" / "search_schedule.py"), "model=gmm",
-                             "sampler=dpmpp_2m", "nfes=[4]", "num_noises=32", "iterations=5", "write=true",
-                             f"table={table}", f"out_dir={tmp_path / 'search'}"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=300)
+    search = run_cli("search_schedule.py", "model=gmm", "sampler=dpmpp_2m", "nfes=[4]", "num_noises=32", "iterations=5",
+                     "write=true", f"table={table}", f"out_dir={tmp_path / 'search'}")
     assert search.returncode == 0, search.stderr[-3000:]
     entry = json.loads(table.read_text())["by_nfe"]["4"]
     assert entry["command"].startswith("python scripts/search_schedule.py model=gmm sampler=dpmpp_2m")

@@ -3,7 +3,7 @@ import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
 
 from fewstep import samplers
-from helpers import ROOT, run_cli, run_script, tiny_unet
+from helpers import ROOT, run_cli, tiny_unet
 
 
 def tiny_conditional_unet():
@@ -137,10 +137,10 @@ def test_the_calibrated_fixed_grid_samplers_have_a_skiptune_config_and_factors_b
 
 
 def test_calibration_scans_the_grid_and_writes_nothing_unasked(tmp_path, tiny_pipeline):
-    """calibrate_skiptune.py end to end, in a Python process of its own."""
+    """calibrate_skiptune.py end to end (in this process, helpers.run_cli)."""
     import json
 
-    done = run_script("calibrate_skiptune.py", "model=diffusers", f"model.path={tiny_pipeline}", "data.image_size=8",
+    done = run_cli("calibrate_skiptune.py", "model=diffusers", f"model.path={tiny_pipeline}", "data.image_size=8",
                "extractor=raw", "num_samples=40", "batch_size=40", "rho_grid=[0.5,1.0]", "nfes=[2]", "write=false",
                f"cache_dir={tmp_path / 'cache'}", f"out_dir={tmp_path}")
     assert done.returncode == 0, done.stderr
