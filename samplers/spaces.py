@@ -85,10 +85,6 @@ class StepTime:
     def tau(self, sigma):
         return flow_t(sigma) if self.flow else sigma
 
-    def sigma(self, tau):
-        """The inverse of `tau`."""
-        return flow_sigma(tau) if self.flow else tau
-
     def between(self, sigma, sigma_next, r):
         """A step's intermediate point as a sigma (AMED's `s_n`, DPM-Solver-2's midpoint at r = 1/2): in sigma
         time geometric, `sigma_next^r sigma^(1-r)`; in a flow's t arithmetic, `t + r (t_next - t)` (the
