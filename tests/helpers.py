@@ -91,6 +91,24 @@ def assert_same_images(ours, theirs):
     assert (ours - theirs).abs().max() < 1e-5
 
 
+def range_gap(a, b) -> float:
+    """The largest difference of `a` from `b`, relative to `b`'s range (images, latents)."""
+    return float((a - b).abs().max() / (b.max() - b.min()))
+
+
+def norm_gap(a: torch.Tensor, b: torch.Tensor) -> float:
+    """`|a - b| / |b|` in float64 (a weight tensor against another run's)."""
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+def logged_losses(run_dir) -> list[float]:
+    """The `loss` column of a training run's `loss.csv`."""
+    import csv
+
+    with open(Path(run_dir) / "loss.csv", newline="") as rows:
+        return [float(row["loss"]) for row in csv.DictReader(rows)]
+
+
 # The step counts of the order measurements against the exact solution (test_solvers, test_amed).
 STEPS = [16, 32, 64]
 

@@ -3,13 +3,12 @@
 first round's weights (data=pairs, init_from), and check that the second flow is straighter. The
 commands run in this process (helpers.run_cli); under `accelerate launch`, in processes of their own,
 in test_reflow_multiprocess.py."""
-import csv
 import json
 
 import pytest
 import torch
 
-from helpers import ok, run_cli, the_error
+from helpers import logged_losses, ok, run_cli, the_error
 from fewstep import samplers
 from fewstep.flows import PairsDataset, straightness
 
@@ -34,16 +33,12 @@ def rounds(tmp_path_factory):
     return tmp, pairs
 
 
-def losses(run_dir):
-    return [float(row["loss"]) for row in csv.DictReader(open(run_dir / "loss.csv"))]
-
-
 def test_the_second_round_is_straighter_and_starts_from_the_first(rounds, one_thread):
     tmp, pairs = rounds
     assert f"wrote 2000 pairs to {tmp / 'pairs'}" in pairs.stdout
     data = PairsDataset(tmp / "pairs", expect={"sampler": "euler", "shape": [2], "seed_start": 1000000})
     assert len(data) == 2000 and len(list((tmp / "pairs").glob("shard_*.safetensors"))) == 4
-    first, second = losses(tmp / "round1"), losses(tmp / "round2")
+    first, second = logged_losses(tmp / "round1"), logged_losses(tmp / "round2")
     assert first[-1] < first[0]
     # round 2 starts from round 1's field, which already transports noise to these samples
     assert second[0] < 0.2 * first[-1], (first, second)

@@ -2,7 +2,6 @@
 written by two processes are those of one, and the next round, trained on them in two processes, killed
 with SIGKILL after a checkpoint and started again, ends where one process's uninterrupted round does
 (test_training.py checks the bit-exact resume of one process)."""
-import csv
 import json
 import re
 import signal
@@ -13,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import ENV, ROOT, command, finish, ok, output, run_cli, start, stop  # noqa: F401 (ENV)
+from helpers import ENV, ROOT, command, finish, logged_losses, norm_gap, ok, output, run_cli, start, stop  # noqa: F401 (ENV)
 from fewstep.flows import PairsDataset
 
 TRAIN = ["objective=rectified_flow", "net=mlp2d", "train.warmup_steps=0", "train.ema_decay=0.99", "train.cpu=true"]
@@ -28,10 +27,6 @@ ROUND2 = [*TRAIN, "data=pairs", "train.batch_size=128", "train.lr=1e-3", "train.
 
 def run(cmd, timeout=120):
     return ok(subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout))
-
-
-def losses(run_dir):
-    return [float(row["loss"]) for row in csv.DictReader(open(run_dir / "loss.csv"))]
 
 
 # start, output, finish, kill_tree, stop: helpers.py
@@ -114,10 +109,6 @@ def test_two_processes_write_the_pairs_one_process_writes(pairs):
     assert not torch.equal(samples, noises) and samples.std(0).min() > 0.1  # real pairs, not a constant
 
 
-def relative_gap(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
-
-
 def test_a_two_process_round_killed_with_sigkill_resumes_to_the_uninterrupted_weights(rounds, pairs):
     """The resumed two-process round ends where one process's uninterrupted round ends: its loss rows
     and weights (the exported EMA and the raw ones) to 1e-5, as the process count allows (docs/conventions.md §8)."""
@@ -139,11 +130,11 @@ def test_a_two_process_round_killed_with_sigkill_resumes_to_the_uninterrupted_we
     assert [s["num_processes"] for s in summaries] == [1, 2]
     assert all(s["steps"] == 240 and s["updates"] == {"net": 240} for s in summaries)
 
-    logged = [losses(d) for d in (reference, killed)]
+    logged = [logged_losses(d) for d in (reference, killed)]
     assert len(logged[1]) == 12 and logged[1][-1] < 0.8 * logged[1][0], logged
     assert logged[1] == pytest.approx(logged[0], rel=1e-5)
     for weights in ("model/unet/diffusion_pytorch_model.safetensors",  # the exported EMA weights
                     "checkpoints/step_00000240/model.safetensors"):  # the raw weights
         a, b = (load_file(str(d / weights)) for d in (reference, killed))
         assert a.keys() == b.keys() and a
-        assert all(relative_gap(b[k], a[k]) <= 1e-5 for k in a), weights
+        assert all(norm_gap(b[k], a[k]) <= 1e-5 for k in a), weights
