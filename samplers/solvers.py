@@ -126,6 +126,17 @@ def check_start(denoiser, x) -> None:
             raise ValueError(f"the noise has shape {given}: {err}") from None
 
 
+def check_cond(cond: Mapping | None, batch: int) -> dict:
+    """The conditioning keywords as a dict (none: {}), each a tensor of one row per sample, else refused in
+    one line naming the keyword and its rows."""
+    cond = dict(cond or {})
+    for key, value in cond.items():
+        if not torch.is_tensor(value) or value.ndim == 0 or len(value) != batch:
+            rows = len(value) if torch.is_tensor(value) and value.ndim else "no"
+            raise ValueError(f"the conditioning {key} has {rows} rows; the batch has {batch}: give one row per sample")
+    return cond
+
+
 def nfe(name: str, sigmas, options: Mapping | None = None) -> int | None:
     """The exact number of denoiser calls `sample(name, ..., sigmas, **options)` makes; `None` for
     an adaptive sampler (count its calls with a `callback`)."""
@@ -170,7 +181,7 @@ def run_steps(steps, denoise: Callable) -> torch.Tensor:
 
 
 def solve(name: str, denoiser, x: torch.Tensor, sigmas, /, *, generator=None, callback=None,
-          **options) -> torch.Tensor:
+          cond: Mapping | None = None, **options) -> torch.Tensor:
     """Run sampler `name` from the sigma-space point `x` at `sigmas[0]` down `sigmas`, keeping
     gradients and `x`'s dtype: autograd reaches `x`, tensor `sigmas` that require grad and the
     denoiser's parameters (a distillation teacher, a schedule search). Arguments as `sample`'s (`x` checked
@@ -179,11 +190,12 @@ def solve(name: str, denoiser, x: torch.Tensor, sigmas, /, *, generator=None, ca
     solver, options = get_solver(name), resolve_options(name, options)
     sigmas = check_sigmas(sigmas)
     check_start(denoiser, x)
+    cond = check_cond(cond, len(x))
     calls = 0
 
     def denoise(x, sigma):
         nonlocal calls
-        denoised = denoiser(x, sigma)
+        denoised = denoiser(x, sigma, **cond)
         calls += 1
         if callback is not None:
             callback({"nfe": calls, "x": x, "sigma": float(torch.as_tensor(sigma).double().mean()),
@@ -197,7 +209,7 @@ def solve(name: str, denoiser, x: torch.Tensor, sigmas, /, *, generator=None, ca
 
 
 def sample(name: str, denoiser, noise: torch.Tensor, sigmas, /, *, generator=None, callback=None,
-           **options) -> torch.Tensor:
+           cond: Mapping | None = None, **options) -> torch.Tensor:
     """Sample with sampler `name` from standard-normal `noise` (scaled here by `sigmas[0]`) down the
     decreasing `sigmas`, without gradients, and return the final `x` in the dtype of `noise`: a
     floating-point, finite tensor (batch, *shape) of a sample shape the model takes (`check_start`).
@@ -205,7 +217,9 @@ def sample(name: str, denoiser, noise: torch.Tensor, sigmas, /, *, generator=Non
     denoiser: `(x, sigma) -> D`, `sigma` a 0-d tensor (one per sample, shape (B,), at a learned AMED
     step). generator: a `torch.Generator` or a list of
     one per sample, for the stochastic samplers (`ddim` with `eta > 0`). callback: called after
-    every denoiser call with a dict `{"nfe", "x", "sigma", "denoised"}`. options: the sampler's
+    every denoiser call with a dict `{"nfe", "x", "sigma", "denoised"}`. cond: the conditioning keywords of
+    every denoiser call, one row per sample (`class_labels`, `encoder_hidden_states`; k-diffusion's
+    `extra_args`), e.g. for a `guidance.GuidedDenoiser`. options: the sampler's
     declared keywords (`SOLVERS[name].options`, e.g. `eta`, `max_order`, `afs`, `r`, `rtol`, AMED's
     `predictor`). A callback's `sigma` is a number: the mean of a per-sample sigma (a learned AMED step). The
     arithmetic runs in float64 (float32 on MPS); a NaN or inf model output stops it.
@@ -225,18 +239,21 @@ def sample(name: str, denoiser, noise: torch.Tensor, sigmas, /, *, generator=Non
 
     with torch.no_grad():
         x = solve(name, denoiser, noise.to(work) * float(sigmas[0]), sigmas, generator=generator, callback=check,
-                  **options)
+                  cond=cond, **options)
     return x.to(noise.dtype)
 
 
 def sample_seeds(name: str, denoiser, seeds, sigmas, shape, batch_size: int = 64, device=None, callback=None,
-                 options: Mapping | None = None):
+                 options: Mapping | None = None, cond: Mapping | None = None):
     """Yield batches of samples, sample `i` drawn from its own seed `seeds[i]` (its noise and any
     sampler noise come from `noise.generators`), so the samples depend neither on the batch size nor
     on how the seeds are split over processes or devices. options: the sampler's keywords, as one
-    mapping."""
+    mapping. cond: the conditioning keywords, row `i` for sample `i` (`sample`'s)."""
     options = resolve_options(name, options)
     seeds = list(seeds)
+    cond = check_cond(cond, len(seeds))
     for start in range(0, len(seeds), batch_size):
         gens = generators(seeds[start:start + batch_size])
-        yield sample(name, denoiser, normal(gens, shape, device), sigmas, generator=gens, callback=callback, **options)
+        rows = {key: value[start:start + batch_size] for key, value in cond.items()}
+        yield sample(name, denoiser, normal(gens, shape, device), sigmas, generator=gens, callback=callback,
+                     cond=rows, **options)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, TensorDataset
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -58,6 +58,13 @@ def digits(image_size: int = 16) -> torch.Tensor:
     if image_size != 8:
         images = F.interpolate(images, size=(image_size, image_size), mode="bilinear", align_corners=False)
     return images.clamp(0, 1) * 2 - 1
+
+
+def labelled_digits(image_size: int = 16) -> TensorDataset:
+    """`digits` with their classes: items `(image, label)`, labels 0..9."""
+    from sklearn.datasets import load_digits
+
+    return TensorDataset(digits(image_size), torch.as_tensor(load_digits().target, dtype=torch.long))
 
 
 class ImageFolder(Dataset):

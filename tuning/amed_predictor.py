@@ -67,15 +67,16 @@ class Bottleneck:
 @contextmanager
 def bottleneck(denoiser):
     """A forward hook on the mid block of the denoiser's UNet for the duration: yields the `Bottleneck`
-    it fills at every call. A denoiser without a UNet, or a UNet without a mid block, is refused."""
+    it fills at every call (under guidance, the two halves' features guided as the output is). A denoiser without a UNet, or a UNet without a mid block, is refused."""
     block = mid_block(denoiser)
     if block is None:
         raise ValueError(f"AMED's predictor reads a UNet's mid block, and {type(denoiser).__name__} has no UNet: "
                          f"use a time-only predictor (feature_dim=0)")
     seen = Bottleneck()
+    combine = getattr(denoiser, "combine", lambda rows: rows)  # a guided call's halves, guided (GuidedDenoiser)
 
     def hook(module, args, output):
-        seen.features = output.detach().mean(1).flatten(1)
+        seen.features = combine(output.detach().mean(1).flatten(1))
 
     handle = block.register_forward_hook(hook)
     try:
