@@ -15,6 +15,7 @@ from fewstep.flows import (DiffusionObjective, DistillationObjective, MLPVelocit
 from fewstep.gan import GANObjective
 from fewstep.samplers import Denoiser, StepGenerator, StepPredictor
 from fewstep.training import Objective
+from fewstep.samplers.guidance import class_guided
 from fewstep.tuning.amed_distill import AMEDDistillation, NoiseDataset
 from fewstep.tuning.amed_predictor import AMEDPredictor
 
@@ -80,3 +81,11 @@ def test_every_data_set_that_records_its_origin_gives_plain_values(gmm, tmp_path
         settings = data.settings()
         assert settings and json.loads(json.dumps(settings)) == settings
     assert PairsDataset(tmp_path).settings()["fingerprint"] == samplers.fingerprint(gmm)
+
+
+def test_a_guided_denoiser_is_one_and_answers_in_the_shape_it_is_asked():
+    unet = tiny_unet(num_class_embeds=3)
+    guided = class_guided(samplers.DiffusersUNetDenoiser(unet, DDPMScheduler().alphas_cumprod), 2.0)
+    assert isinstance(guided, Denoiser)
+    x = torch.randn(3, *guided.sample_shape)
+    assert guided(x, torch.tensor(2.0), class_labels=torch.tensor([0, 1, 0])).shape == x.shape
