@@ -12,7 +12,7 @@ import hashlib
 import weakref
 from pathlib import Path
 
-KINDS = ("schedules", "amed", "skiptune")  # the folders of tuned artifacts beside a model (`tuning.store`)
+KINDS = ("schedules", "amed", "skiptune", "solvers")  # the folders of tuned artifacts beside a model (`tuning.store`)
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 _FINGERPRINTS = weakref.WeakKeyDictionary()  # a model loaded from files: its weights do not change
 

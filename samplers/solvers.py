@@ -16,6 +16,7 @@ from typing import Callable, Mapping
 import torch
 
 from .amed import amed, amed_plugin, dpm_2, watching
+from .learned import learned
 from .noise import generators, normal
 from .spaces import SIGMA_TIME, StepTime
 from .steps import ddim, dopri5, dpmpp_2m, heun, ipndm
@@ -67,6 +68,8 @@ SOLVERS: dict[str, Solver] = {
     "amed": Solver(amed, {"r": 0.5, "c": 1.0, "afs": False, "predictor": None}, nfe=two_per_step, timed=True),
     "amed_plugin": Solver(amed_plugin, {"base": "ipndm", "r": 0.5, "c": 1.0, "afs": False, "predictor": None},
                           nfe=two_per_step, timed=True),
+    # weights: (steps, order) per step, fitted with the grid (tuning.learned_solver); None: DPM-Solver++(2M)'s
+    "learned": Solver(learned, {"weights": None, "afs": False}),
     "dopri5": Solver(dopri5, {"rtol": 1e-5, "atol": 1e-5}, nfe=counted_as_it_goes, adaptive=True),
 }
 SAMPLER_NAMES = tuple(SOLVERS)

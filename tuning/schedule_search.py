@@ -118,7 +118,7 @@ def with_point_inserted(sigmas: torch.Tensor) -> torch.Tensor:
     return torch.cat([sigmas[:i + 1], middle[None], sigmas[i + 1:]])
 
 
-class _GridParameters(torch.nn.Module):
+class GridParameters(torch.nn.Module):
     """A grid's positive sigmas `s_0 > ... > s_K` as free parameters that keep them strictly
     decreasing within `[sigma_min, sigma_max]`, `s_0 >= lowest_top`:
     `log s_0 = log lowest_top + sigmoid(a) (log sigma_max - log lowest_top)`, the last
@@ -149,7 +149,7 @@ class _GridParameters(torch.nn.Module):
 
 
 @contextmanager
-def _frozen(module):
+def frozen(module):
     """The module's parameters without gradients inside the block (the grid alone is trained)."""
     flags = [(p, p.requires_grad) for p in module.parameters()]
     for p, _ in flags:
@@ -163,13 +163,13 @@ def _frozen(module):
 
 def refine(name: str, denoiser, start: torch.Tensor, noise, reference, options=None, iterations: int = 30,
            lr: float = 0.05, lowest_top: float = 0.0, progress: bool = False) -> tuple[torch.Tensor, float]:
-    """Adam on the grid's positive sigmas (`_GridParameters`) against the ODE error of `noise`;
+    """Adam on the grid's positive sigmas (`GridParameters`) against the ODE error of `noise`;
     the grid with the lowest training error seen, and that error. `progress`: a bar of the steps on stderr."""
-    params = _GridParameters(start, denoiser.sigma_min, denoiser.sigma_max, lowest_top)
+    params = GridParameters(start, denoiser.sigma_min, denoiser.sigma_max, lowest_top)
     optimizer = torch.optim.Adam(params.parameters(), lr=lr)
     best, best_error = start, math.inf
     bar = tqdm(range(iterations), desc=f"refine {name}", unit="step", leave=False, disable=not progress)
-    with _frozen(denoiser), torch.enable_grad():
+    with frozen(denoiser), torch.enable_grad():
         for _ in bar:
             sigmas = params()
             error = ode_error(name, denoiser, noise, reference, sigmas, options, grad=True)

@@ -4,6 +4,7 @@
     schedules/<sampler>.json            searched sigma grids per NFE (`tuning.schedule_tables`)
     amed/<sampler>[-<base>]-nfe<N>/     AMED predictors and their frozen tables (`tuning.amed_predictor`)
     skiptune/<sampler>.json             Skip-Tuning factors per NFE (`tuning.skiptune_tables`)
+    solvers/learned.json                learned solvers per NFE: grid and weights (`tuning.solver_tables`)
 
 A model "from a directory" is a denoiser with `pretrained_path` (`samplers.from_pretrained`); its
 fingerprint (`samplers.fingerprint`) covers its weight files and ignores these folders, so storing an
