@@ -127,7 +127,7 @@ def test_options_travel_as_one_mapping_where_other_arguments_could_collide(gmm):
     (lambda g: next(samplers.sample_seeds("heun", g, [0], [1.0, 0.0], (2,), options={"s_churn": 1})),
      "unknown option(s) s_churn for sampler 'heun'; it takes: afs"),
     (lambda g: samplers.steps_for_nfe("lms", 10),
-     "unknown sampler 'lms': use one of ddim, euler, heun, dpmpp_2m, ipndm, dpm_2, amed, amed_plugin, dopri5"),
+     "unknown sampler 'lms': use one of ddim, euler, heun, dpmpp_2m, ipndm, dpm_2, amed, amed_plugin, learned, dopri5"),
 ])
 def test_an_unknown_option_is_one_line_naming_it_and_the_valid_ones(gmm, call, message):
     with pytest.raises(ValueError) as error:
