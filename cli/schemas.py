@@ -189,6 +189,24 @@ class AMEDTrainConfig:
     train: TrainerConfig = field(default_factory=TrainerConfig)
 
 
+@dataclass
+class FitSolverConfig:
+    """fit_solver.py: the model, the NFEs, the solver's order and the fit (`tuning.learned_solver.run_fits`)."""
+    model: Any = MISSING
+    nfes: List[int] = field(default_factory=lambda: [3, 4, 5, 6, 7, 8, 9, 10])
+    order: int = 3                         # weights per step: the current and the order - 1 past denoiser outputs
+    num_noises: int = 256                  # in each of the training and the held-out batch
+    seed: int = 910000                     # noise i of the training batch from seed + i, then the held-out ones
+    iterations: int = 300
+    lr: float = 0.01
+    rtol: float = 1e-5                     # of the dopri5 teacher
+    atol: float = 1e-5
+    write: bool = False
+    table: Optional[str] = None            # where write=true puts it; None: <model dir>/solvers/learned.json
+    device: str = "auto"
+    out_dir: str = MISSING
+
+
 def _train_schema():
     """TrainConfig with `train.networks` open (Hydra locks a composed config against new keys), so
     that `train.networks.critic.lr=1e-4` needs no `+`."""
@@ -199,7 +217,7 @@ def _train_schema():
 
 SCHEMAS = {"sample_schema": SampleConfig, "search_schema": SearchConfig, "eval_schema": EvalConfig,
            "calibrate_schema": CalibrateConfig, "reflow_pairs_schema": ReflowPairsConfig,
-           "train_amed_schema": AMEDTrainConfig}
+           "train_amed_schema": AMEDTrainConfig, "fit_solver_schema": FitSolverConfig}
 
 
 def run_label(target: str, sampler: str) -> str:

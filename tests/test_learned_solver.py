@@ -12,6 +12,7 @@ from fewstep.samplers.noise import seeded_noise
 from fewstep.tuning import solver_tables
 from fewstep.tuning.learned_solver import check_noises, fit_solver
 from fewstep.tuning.schedule_search import ode_error, ode_reference
+from helpers import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +101,22 @@ def test_a_table_keeps_each_nfe_and_refuses_another_model(mixture, teacher, tmp_
     with pytest.raises(ValueError, match=r"was tuned for another model"):
         solver_tables.write(path, other, "other", fits[3])
     assert path.read_text() == before
+
+
+# -- the command line: scripts/fit_solver.py -----------------------------------------------------------
+def test_fit_solver_writes_the_fits_that_win_and_refuses_what_it_cannot_fit(tmp_path):
+    table = tmp_path / "learned.json"
+    done = run_cli("fit_solver.py", "model=gmm", "nfes=[3]", "num_noises=32", "iterations=20", "write=true",
+                   f"table={table}", f"out_dir={tmp_path}/run")
+    assert done.returncode == 0, done.stderr
+    assert "learned NFE 3: held-out ODE error" in done.stdout
+    fitted = json.loads((tmp_path / "run" / "fit-learned.json").read_text())["3"]
+    assert fitted["kept"] and fitted["held_out_ode_error"] < fitted["start"]["held_out_ode_error"]
+    assert json.loads(table.read_text())["by_nfe"]["3"]["command"].startswith("python scripts/fit_solver.py model=gmm")
+    before = table.read_text()
+    refused = run_cli("fit_solver.py", "model=gmm", "nfes=[10]", "num_noises=8", "write=true", f"table={table}",
+                      f"out_dir={tmp_path}/refused")
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines()[-1] == ("error: 8 noises are too few to fit the 40 parameters of the "
+                                                        "learned solver (10 steps of order 3 and the grid): use at least 40")
+    assert not (tmp_path / "refused").exists() and table.read_text() == before

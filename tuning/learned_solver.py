@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..samplers.learned import dpmpp_2m_weights
-from .schedule_search import PRIOR_MARGIN, GridParameters, frozen, lever_grids, ode_error
+from .schedule_search import PRIOR_MARGIN, GridParameters, frozen, lever_grids, ode_error, teachers
 
 NAME = "learned"
 
@@ -121,3 +121,17 @@ def fit_solver(denoiser, nfe: int, noise, reference, held_out, held_out_referenc
     held = ode_error(NAME, denoiser, held_out, held_out_reference, best[0], {"weights": best[1]}).item()
     return SolverFit(nfe, best[0], best[1], held, start_held, how, held < start_held, time.perf_counter() - begin,
                      curve)
+
+
+def run_fits(denoiser, nfes, order: int = 3, num_noises: int = 256, seed: int = 910000, iterations: int = 300,
+             lr: float = 0.01, rtol: float = 1e-5, atol: float = 1e-5, device=None, log=None, progress: bool = True):
+    """`fit_solver` at each NFE of `nfes`, yielding each fit as it is made, on the noises of seeds `seed ..`
+    (training) and the `num_noises` after them (held out) with their dopri5 solutions
+    (`schedule_search.teachers`); refused before any teacher is computed when the noises are too few or the
+    model has no sigma range."""
+    check_teacher(denoiser)
+    for nfe in nfes:
+        check_noises(num_noises, int(nfe), order)
+    batches = teachers(denoiser, num_noises, seed, rtol, atol, device, log, progress)
+    for nfe in sorted(int(n) for n in nfes):
+        yield fit_solver(denoiser, nfe, *batches, order=order, iterations=iterations, lr=lr, progress=progress)

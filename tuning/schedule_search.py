@@ -77,6 +77,23 @@ def ode_reference(denoiser, noise: torch.Tensor, rtol: float = 1e-5, atol: float
                       callback=lambda call: bar.update(1))
 
 
+def teachers(denoiser, num_noises: int, seed: int, rtol: float = 1e-5, atol: float = 1e-5, device=None, log=None,
+             progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`(noise, reference, held_out, held_out_reference)`: the noises of seeds `seed ..` (training) and
+    the `num_noises` after them (held out), of the denoiser's sample shape, and their dopri5 solutions
+    (`ode_reference`); `log` says what they cost."""
+    log = log or _log.info
+    shape = tuple(denoiser.sample_shape)
+    noise = seeded_noise(range(seed, seed + num_noises), shape, device)
+    held_out = seeded_noise(range(seed + num_noises, seed + 2 * num_noises), shape, device)
+    begin = time.perf_counter()
+    log(f"dopri5 references of {2 * num_noises} noises (rtol {rtol:g}, atol {atol:g})")
+    reference = ode_reference(denoiser, noise, rtol, atol, progress)
+    held_out_reference = ode_reference(denoiser, held_out, rtol, atol, progress)
+    log(f"dopri5 references of {2 * num_noises} noises: {time.perf_counter() - begin:.0f} s")
+    return noise, reference, held_out, held_out_reference
+
+
 def ode_error(name: str, denoiser, noise: torch.Tensor, reference: torch.Tensor, sigmas, options=None,
               grad: bool = False) -> torch.Tensor:
     """RMS distance between sampler `name` on `sigmas` from `noise` and `reference`, per value."""
