@@ -1,4 +1,4 @@
-"""A learned multistep solver (docs/conventions.md §11): DPM-Solver++'s data-prediction update in sigma
+"""A learned multistep solver (docs/conventions.md §12): DPM-Solver++'s data-prediction update in sigma
 space with fitted weights of the current and past denoiser outputs at each step,
 
     x_{n+1} = (s_{n+1} / s_n) x_n + (1 - s_{n+1} / s_n) sum_j b_{n,j} D_{n-j}
