@@ -336,3 +336,16 @@ def stop(*procs):
     for proc in procs:
         if proc.poll() is None:
             kill_tree(proc)
+
+
+# -- a ReFlow round on 2-D moons (test_reflow_multiprocess, test_reflow_multiprocess_resume) ----------
+REFLOW_TRAIN = ["objective=rectified_flow", "net=mlp2d", "train.warmup_steps=0", "train.ema_decay=0.99", "train.cpu=true"]
+# 1200 pairs in 5 shards (the last of 176): under two processes, process 0 makes shards 0, 2, 4 and process 1 shards 1, 3
+REFLOW_PAIRS = ["model=mlp2d", "sampler=euler", "steps=20", "num_pairs=1200", "shard_size=256", "batch_size=128",
+                "device=cpu"]
+
+
+def reflow_first_round(out_dir) -> subprocess.CompletedProcess:
+    """A small 1-RF on moons (300 steps), trained in this process (run_cli): its model in out_dir/model."""
+    return ok(run_cli("train.py", *REFLOW_TRAIN, "data=moons", "train.batch_size=256", "train.lr=3e-3",
+                      "train.steps=300", "train.checkpoint_every=300", "train.log_every=100", f"out_dir={out_dir}"))
