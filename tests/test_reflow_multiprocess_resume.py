@@ -14,9 +14,12 @@ from safetensors.torch import load_file
 from helpers import (ENV, REFLOW_PAIRS, REFLOW_TRAIN, ROOT, command, logged_losses, norm_gap, ok, output,
                      reflow_first_round, run_cli, start, stop)
 
-# the reflow round: 240 steps, a checkpoint every 60, a loss row every 20
-ROUND2 = [*REFLOW_TRAIN, "data=pairs", "train.batch_size=128", "train.lr=1e-3", "train.steps=240",
-          "train.checkpoint_every=60", "train.log_every=20"]
+# the reflow round: STEPS steps, a checkpoint every EVERY, a loss row every LOG; killed once it has
+# checkpointed step EVERY and logged step KILL_AFTER (its fourth row)
+STEPS, EVERY, LOG = 120, 30, 10
+KILL_AFTER = EVERY + LOG
+ROUND2 = [*REFLOW_TRAIN, "data=pairs", "train.batch_size=128", "train.lr=1e-3", f"train.steps={STEPS}",
+          f"train.checkpoint_every={EVERY}", f"train.log_every={LOG}"]
 
 
 def run(cmd, timeout=120):
@@ -31,7 +34,7 @@ def round2(tmp, out_dir):
 def rounds(tmp_path_factory):
     """The first round and its pairs, in this process (helpers.reflow_first_round, run_cli); then the
     reflow round in two processes, `killed` with SIGKILL (the launcher and both workers) once it has
-    checkpointed step 60 and logged step 80, so that the resumed run has steps and a loss row to redo;
+    checkpointed step EVERY and logged step KILL_AFTER, so that the resumed run has steps and a loss row to redo;
     meanwhile the uninterrupted round in this process (`straight`: one process trains the same,
     docs/conventions.md §8). Returns the run directory, the straight run and what the killed one had
     written (its output, checkpoints, whether it had finished, loss rows)."""
@@ -39,10 +42,10 @@ def rounds(tmp_path_factory):
     reflow_first_round(tmp / "round1")
     ok(run_cli("reflow_pairs.py", *REFLOW_PAIRS, f"model.path={tmp / 'round1' / 'model'}", f"out_dir={tmp / 'pairs'}"))
     victim = start(command("train.py", *round2(tmp, tmp / "killed"), processes=2), tmp / "killed")
-    checkpoint, log = tmp / "killed" / "checkpoints" / "step_00000060", tmp / "killed" / "loss.csv"
+    checkpoint, log = tmp / "killed" / "checkpoints" / f"step_{EVERY:08d}", tmp / "killed" / "loss.csv"
 
-    def past_the_checkpoint():  # the checkpoint of step 60 and the loss row of step 80 are written
-        return checkpoint.exists() and log.exists() and "\n80," in log.read_text()
+    def past_the_checkpoint():  # the checkpoint of step EVERY and the loss row of step KILL_AFTER are written
+        return checkpoint.exists() and log.exists() and f"\n{KILL_AFTER}," in log.read_text()
 
     try:
         straight = ok(run_cli("train.py", *round2(tmp, tmp / "straight")))
@@ -67,9 +70,9 @@ def test_a_two_process_round_killed_with_sigkill_resumes_to_the_uninterrupted_we
     and weights (the exported EMA and the raw ones) to 1e-5, as the process count allows (docs/conventions.md §8)."""
     tmp, straight, at_kill = rounds
     reference, killed = tmp / "straight", tmp / "killed"
-    assert "step_00000060" in at_kill["checkpoints"] and "step_00000240" not in at_kill["checkpoints"], at_kill
+    assert f"step_{EVERY:08d}" in at_kill["checkpoints"] and f"step_{STEPS:08d}" not in at_kill["checkpoints"], at_kill
     assert not at_kill["finished"], "the run finished before the kill"
-    assert at_kill["logged"][3].startswith("80,"), at_kill  # steps after the checkpoint of step 60 to redo
+    assert at_kill["logged"][3].startswith(f"{KILL_AFTER},"), at_kill  # steps after the checkpoint to redo
     assert "initialised the network from" in at_kill["said"] + straight.stdout + straight.stderr  # round 1's weights
 
     again = run(command("train.py", *round2(tmp, killed), processes=2))
@@ -80,13 +83,13 @@ def test_a_two_process_round_killed_with_sigkill_resumes_to_the_uninterrupted_we
     assert "initialised the network from" not in said  # the checkpoint, not init_from
     summaries = [json.loads((d / "train_summary.json").read_text()) for d in (reference, killed)]
     assert [s["num_processes"] for s in summaries] == [1, 2]
-    assert all(s["steps"] == 240 and s["updates"] == {"net": 240} for s in summaries)
+    assert all(s["steps"] == STEPS and s["updates"] == {"net": STEPS} for s in summaries)
 
     logged = [logged_losses(d) for d in (reference, killed)]
-    assert len(logged[1]) == 12 and logged[1][-1] < 0.8 * logged[1][0], logged
+    assert len(logged[1]) == STEPS // LOG and logged[1][-1] < 0.8 * logged[1][0], logged
     assert logged[1] == pytest.approx(logged[0], rel=1e-5)
     for weights in ("model/unet/diffusion_pytorch_model.safetensors",  # the exported EMA weights
-                    "checkpoints/step_00000240/model.safetensors"):  # the raw weights
+                    f"checkpoints/step_{STEPS:08d}/model.safetensors"):  # the raw weights
         a, b = (load_file(str(d / weights)) for d in (reference, killed))
         assert a.keys() == b.keys() and a
         assert all(norm_gap(b[k], a[k]) <= 1e-5 for k in a), weights

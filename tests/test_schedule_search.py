@@ -404,11 +404,15 @@ def test_a_grid_with_a_point_inserted_splits_its_widest_gap():
 
 @pytest.mark.parametrize("name", ["ddim", "euler", "heun", "dpmpp_2m", "ipndm"])
 def test_the_embedded_model_ships_a_searched_grid_for_each_sampler_at_nfe_3_to_10(name):
+    from fewstep.cli.sampling import planned_grid
+
     denoiser = samplers.from_pretrained("digits_ddpm")
     path = schedule_tables.default_path(denoiser, name)
     assert sorted(schedule_tables.entries(path)) == list(range(3, 11))
+    cfg = compose_sample(f"sampler={name}")  # composed once (a second each): `nfe=N` set on it as the override does
     for nfe in range(3, 11):
-        steps, sigmas, line = grid_of(f"sampler={name}", f"nfe={nfe}", model=denoiser)
+        cfg.nfe = nfe
+        steps, sigmas, line = planned_grid(cfg, denoiser)
         assert line.startswith("schedule: auto, the searched grid for NFE") and samplers.nfe(name, sigmas) <= nfe
         assert json.loads(path.read_text())["by_nfe"][str(nfe)]["command"].startswith(
             f"python scripts/search_schedule.py sampler={name}")
