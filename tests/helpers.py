@@ -338,14 +338,16 @@ def stop(*procs):
             kill_tree(proc)
 
 
-# -- a ReFlow round on 2-D moons (test_reflow_multiprocess, test_reflow_multiprocess_resume) ----------
-REFLOW_TRAIN = ["objective=rectified_flow", "net=mlp2d", "train.warmup_steps=0", "train.ema_decay=0.99", "train.cpu=true"]
+# -- ReFlow pairs of a 2-D flow (test_reflow_cli, test_reflow_multiprocess, test_reflow_multiprocess_resume) --
 # 1200 pairs in 5 shards (the last of 176): under two processes, process 0 makes shards 0, 2, 4 and process 1 shards 1, 3
 REFLOW_PAIRS = ["model=mlp2d", "sampler=euler", "steps=20", "num_pairs=1200", "shard_size=256", "batch_size=128",
                 "device=cpu"]
 
 
-def reflow_first_round(out_dir) -> subprocess.CompletedProcess:
-    """A small 1-RF on moons (300 steps), trained in this process (run_cli): its model in out_dir/model."""
-    return ok(run_cli("train.py", *REFLOW_TRAIN, "data=moons", "train.batch_size=256", "train.lr=3e-3",
-                      "train.steps=300", "train.checkpoint_every=300", "train.log_every=100", f"out_dir={out_dir}"))
+def flow_at(path, seed):
+    """A tiny untrained 2-D flow saved at `path` (its weights from `seed`), for model=mlp2d model.path=PATH."""
+    from fewstep.flows import MLPVelocity
+    from fewstep.flows.velocity import save_flow
+
+    torch.manual_seed(seed)
+    save_flow(MLPVelocity(hidden=8, depth=1), path, 1000.0)

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from helpers import logged_losses, ok, run_cli, the_error
+from helpers import flow_at, logged_losses, ok, run_cli, the_error
 from fewstep import samplers
 from fewstep.flows import PairsDataset, straightness
 
@@ -64,16 +64,7 @@ def test_another_sampler_into_the_same_pairs_and_a_missing_start_are_one_line(ro
     assert missing.stderr.strip().splitlines()[-1] == f"error: init_from path does not exist: {tmp / 'nowhere'}"
 
 
-# -- what made the pairs, and pairs of another shape -------------------------------------------------
-def flow_at(path, seed):
-    """A tiny untrained 2-D flow saved at `path` (its weights from `seed`)."""
-    from fewstep.flows import MLPVelocity
-    from fewstep.flows.velocity import save_flow
-
-    torch.manual_seed(seed)
-    save_flow(MLPVelocity(hidden=8, depth=1), path, 1000.0)
-
-
+# -- what made the pairs, and pairs of another shape (helpers.flow_at: a tiny untrained flow) ---------
 def test_other_weights_at_the_same_model_path_do_not_finish_a_stopped_pair_set(tmp_path):
     """1 of 3 shards written, other weights saved at the same model.path: the resume is refused in one line
     naming both fingerprints, and the pairs written are left as they are."""

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import REFLOW_PAIRS as PAIRS, command, finish, ok, reflow_first_round, run_cli, start, stop
+from helpers import REFLOW_PAIRS as PAIRS, command, finish, flow_at, ok, run_cli, start, stop
 from fewstep.flows import PairsDataset
 
 SHARDS = 5  # helpers.REFLOW_PAIRS: 1200 pairs, 256 a shard
@@ -17,11 +17,11 @@ SHARDS = 5  # helpers.REFLOW_PAIRS: 1200 pairs, 256 a shard
 
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory):
-    """A small 1-RF on moons (helpers.reflow_first_round), and its pairs written by two
+    """The pairs of a 2-D flow (untrained: the pairs only have to be those of one flow) written by two
     processes (`accelerate launch`) and, at the same time, by one (this one)."""
     tmp = tmp_path_factory.mktemp("reflow_mp")
-    reflow_first_round(tmp / "round1")
-    model = f"model.path={tmp / 'round1' / 'model'}"
+    flow_at(tmp / "flow", seed=0)
+    model = f"model.path={tmp / 'flow'}"
     runs = [start(command("reflow_pairs.py", *PAIRS, model, f"out_dir={tmp / 'pairs2'}", processes=2), tmp / "pairs2")]
     try:
         one = ok(run_cli("reflow_pairs.py", *PAIRS, model, f"out_dir={tmp / 'pairs1'}"))

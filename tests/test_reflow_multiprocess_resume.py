@@ -11,14 +11,15 @@ import time
 import pytest
 from safetensors.torch import load_file
 
-from helpers import (ENV, REFLOW_PAIRS, REFLOW_TRAIN, ROOT, command, logged_losses, norm_gap, ok, output,
-                     reflow_first_round, run_cli, start, stop)
+from helpers import ENV, REFLOW_PAIRS, ROOT, command, logged_losses, norm_gap, ok, output, run_cli, start, stop
+
+TRAIN = ["objective=rectified_flow", "net=mlp2d", "train.warmup_steps=0", "train.ema_decay=0.99", "train.cpu=true"]
 
 # the reflow round: STEPS steps, a checkpoint every EVERY, a loss row every LOG; killed once it has
 # checkpointed step EVERY and logged step KILL_AFTER (its fourth row)
 STEPS, EVERY, LOG = 120, 30, 10
 KILL_AFTER = EVERY + LOG
-ROUND2 = [*REFLOW_TRAIN, "data=pairs", "train.batch_size=128", "train.lr=1e-3", f"train.steps={STEPS}",
+ROUND2 = [*TRAIN, "data=pairs", "train.batch_size=128", "train.lr=1e-3", f"train.steps={STEPS}",
           f"train.checkpoint_every={EVERY}", f"train.log_every={LOG}"]
 
 
@@ -32,14 +33,15 @@ def round2(tmp, out_dir):
 
 @pytest.fixture(scope="module")
 def rounds(tmp_path_factory):
-    """The first round and its pairs, in this process (helpers.reflow_first_round, run_cli); then the
+    """A small 1-RF on moons and its pairs, in this process (helpers.run_cli); then the
     reflow round in two processes, `killed` with SIGKILL (the launcher and both workers) once it has
     checkpointed step EVERY and logged step KILL_AFTER, so that the resumed run has steps and a loss row to redo;
     meanwhile the uninterrupted round in this process (`straight`: one process trains the same,
     docs/conventions.md §8). Returns the run directory, the straight run and what the killed one had
     written (its output, checkpoints, whether it had finished, loss rows)."""
     tmp = tmp_path_factory.mktemp("reflow_resume")
-    reflow_first_round(tmp / "round1")
+    ok(run_cli("train.py", *TRAIN, "data=moons", "train.batch_size=256", "train.lr=3e-3", "train.steps=300",
+               "train.checkpoint_every=300", "train.log_every=100", f"out_dir={tmp / 'round1'}"))
     ok(run_cli("reflow_pairs.py", *REFLOW_PAIRS, f"model.path={tmp / 'round1' / 'model'}", f"out_dir={tmp / 'pairs'}"))
     victim = start(command("train.py", *round2(tmp, tmp / "killed"), processes=2), tmp / "killed")
     checkpoint, log = tmp / "killed" / "checkpoints" / f"step_{EVERY:08d}", tmp / "killed" / "loss.csv"
