@@ -33,9 +33,9 @@ def round2(tmp, out_dir):
 
 @pytest.fixture(scope="module")
 def rounds(tmp_path_factory):
-    """A small 1-RF on moons and its pairs, in this process (helpers.run_cli); then the
-    reflow round in two processes, `killed` with SIGKILL (the launcher and both workers) once it has
-    checkpointed step EVERY and logged step KILL_AFTER, so that the resumed run has steps and a loss row to redo;
+    """A small 1-RF on moons and its pairs, in this process (helpers.run_cli); then the reflow round in
+    two processes, `killed` with SIGKILL (the launcher and both workers) once it has checkpointed step
+    EVERY and logged step KILL_AFTER, so that the resumed run has steps and a loss row to redo;
     meanwhile the uninterrupted round in this process (`straight`: one process trains the same,
     docs/conventions.md §8). Returns the run directory, the straight run and what the killed one had
     written (its output, checkpoints, whether it had finished, loss rows)."""
