@@ -46,14 +46,22 @@ def problem():
         torch.set_num_threads(threads)
 
 
-# The files that start other Python processes or train (the longest, in seconds on 2 busy cores), run
-# first: `--dist loadfile` hands whole files to the two workers in collection order, so the long ones
-# starting first keep one worker from ending the run alone on one of them.
-LONGEST_FIRST = ["test_install.py", "test_reflow_multiprocess.py", "test_engine_processes.py", "test_evaluation.py",
-                 "test_cli.py", "test_reflow_cli.py", "test_training.py", "test_skip_tuning.py", "test_schedule_search.py",
-                 "test_gan_objective.py", "test_amed_predictor.py", "test_cli_end_to_end.py", "test_suites.py",
-                 "test_scheduler_conventions.py", "test_amed_shipped.py", "test_amed.py", "test_schedulers.py",
-                 "test_reflow.py"]
+# The files that start other Python processes or train (the longest first), run first: `--dist loadfile`
+# hands whole files to the two workers in collection order (pytest_configure), so the long ones starting
+# first keep one worker from ending the run alone on one of them. The SIGKILL resume of a reflow round and
+# its pairs are two files, so that the two workers share them.
+LONGEST_FIRST = ["test_reflow_multiprocess_resume.py", "test_install.py", "test_engine_processes.py",
+                 "test_reflow_multiprocess.py", "test_evaluation.py", "test_cli.py", "test_training.py",
+                 "test_skip_tuning.py", "test_schedule_search.py", "test_gan_objective.py", "test_reflow_cli.py",
+                 "test_amed_predictor.py", "test_cli_end_to_end.py", "test_suites.py", "test_scheduler_conventions.py",
+                 "test_amed_shipped.py", "test_amed.py", "test_schedulers.py", "test_reflow.py"]
+
+
+def pytest_configure(config):
+    """Keep the collection order under `--dist loadfile`: xdist would otherwise hand out the files with the
+    most tests first (`--loadscope-reorder`, its default), which put the longest (one to four tests each) last."""
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
 
 
 def pytest_collection_modifyitems(session, config, items):

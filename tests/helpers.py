@@ -336,3 +336,18 @@ def stop(*procs):
     for proc in procs:
         if proc.poll() is None:
             kill_tree(proc)
+
+
+# -- ReFlow pairs of a 2-D flow (test_reflow_cli, test_reflow_multiprocess, test_reflow_multiprocess_resume) --
+# 1200 pairs in 5 shards (the last of 176): under two processes, process 0 makes shards 0, 2, 4 and process 1 shards 1, 3
+REFLOW_PAIRS = ["model=mlp2d", "sampler=euler", "steps=20", "num_pairs=1200", "shard_size=256", "batch_size=128",
+                "device=cpu"]
+
+
+def flow_at(path, seed):
+    """A tiny untrained 2-D flow saved at `path` (its weights from `seed`), for model=mlp2d model.path=PATH."""
+    from fewstep.flows import MLPVelocity
+    from fewstep.flows.velocity import save_flow
+
+    torch.manual_seed(seed)
+    save_flow(MLPVelocity(hidden=8, depth=1), path, 1000.0)

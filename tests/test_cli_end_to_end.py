@@ -7,7 +7,7 @@ its time importing torch and diffusers; each is run once, when the first test th
 (`runs.get(name)`), and kept for the others. The same scripts run in processes of their own in
 test_cli.py (sample.py), test_evaluation.py (eval_fid.py, one and two processes), test_skip_tuning.py
 (calibrate_skiptune.py) and under `accelerate launch` (train.py: test_gan_objective.py,
-test_reflow_multiprocess.py).
+test_reflow_multiprocess.py, test_reflow_multiprocess_resume.py).
 """
 from __future__ import annotations
 

@@ -1,45 +1,27 @@
-"""A ReFlow round under `accelerate launch --multi_gpu --num_processes 2` on the CPU (gloo): the pairs
-written by two processes are those of one, and the next round, trained on them in two processes, killed
-with SIGKILL after a checkpoint and started again, ends where one process's uninterrupted round does
-(test_training.py checks the bit-exact resume of one process)."""
+"""ReFlow pairs written under `accelerate launch --multi_gpu --num_processes 2` on the CPU (gloo) are
+those one process writes. The next round, trained on them in two processes and killed with SIGKILL:
+test_reflow_multiprocess_resume.py (a file of its own, so that `--dist loadfile` runs the two on both
+workers)."""
 import json
 import re
-import signal
-import subprocess
-import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import ENV, ROOT, command, finish, logged_losses, norm_gap, ok, output, run_cli, start, stop  # noqa: F401 (ENV)
+from helpers import REFLOW_PAIRS as PAIRS, command, finish, flow_at, ok, run_cli, start, stop
 from fewstep.flows import PairsDataset
 
-TRAIN = ["objective=rectified_flow", "net=mlp2d", "train.warmup_steps=0", "train.ema_decay=0.99", "train.cpu=true"]
-# 1200 pairs in 5 shards (the last of 176): process 0 makes shards 0, 2, 4 and process 1 shards 1, 3
-PAIRS = ["model=mlp2d", "sampler=euler", "steps=20", "num_pairs=1200", "shard_size=256", "batch_size=128",
-         "device=cpu"]
-SHARDS = 5
-# the reflow round: 240 steps, a checkpoint every 60, a loss row every 20
-ROUND2 = [*TRAIN, "data=pairs", "train.batch_size=128", "train.lr=1e-3", "train.steps=240",
-          "train.checkpoint_every=60", "train.log_every=20"]
-
-
-def run(cmd, timeout=120):
-    return ok(subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout))
-
-
-# start, output, finish, kill_tree, stop: helpers.py
+SHARDS = 5  # helpers.REFLOW_PAIRS: 1200 pairs, 256 a shard
 
 
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory):
-    """A small 1-RF on moons (trained in this process, helpers.run_cli), and its pairs written by two
+    """The pairs of a 2-D flow (untrained: the pairs only have to be those of one flow) written by two
     processes (`accelerate launch`) and, at the same time, by one (this one)."""
     tmp = tmp_path_factory.mktemp("reflow_mp")
-    ok(run_cli("train.py", *TRAIN, "data=moons", "train.batch_size=256", "train.lr=3e-3", "train.steps=300",
-               "train.checkpoint_every=300", "train.log_every=100", f"out_dir={tmp / 'round1'}"))
-    model = f"model.path={tmp / 'round1' / 'model'}"
+    flow_at(tmp / "flow", seed=0)
+    model = f"model.path={tmp / 'flow'}"
     runs = [start(command("reflow_pairs.py", *PAIRS, model, f"out_dir={tmp / 'pairs2'}", processes=2), tmp / "pairs2")]
     try:
         one = ok(run_cli("reflow_pairs.py", *PAIRS, model, f"out_dir={tmp / 'pairs1'}"))
@@ -47,42 +29,6 @@ def pairs(tmp_path_factory):
     finally:
         stop(*runs)
     return tmp, one, two
-
-
-def round2(tmp, out_dir):
-    return [*ROUND2, f"data.root={tmp / 'pairs2'}", f"init_from={tmp / 'round1' / 'model'}", f"out_dir={out_dir}"]
-
-
-@pytest.fixture(scope="module")
-def rounds(pairs):
-    """The reflow round in two processes, `killed` with SIGKILL (the launcher and both workers) once it
-    has checkpointed step 60 and logged step 80, so that the resumed run has steps and a loss row to
-    redo; meanwhile the uninterrupted round in this process (`straight`: one process trains the same,
-    docs/conventions.md §8). Returns the straight run and what the killed one had written (its output,
-    checkpoints, whether it had finished, loss rows)."""
-    tmp = pairs[0]
-    victim = start(command("train.py", *round2(tmp, tmp / "killed"), processes=2), tmp / "killed")
-    checkpoint, log = tmp / "killed" / "checkpoints" / "step_00000060", tmp / "killed" / "loss.csv"
-
-    def past_the_checkpoint():  # the checkpoint of step 60 and the loss row of step 80 are written
-        return checkpoint.exists() and log.exists() and "\n80," in log.read_text()
-
-    try:
-        straight = ok(run_cli("train.py", *round2(tmp, tmp / "straight")))
-        deadline = time.monotonic() + 120
-        while not past_the_checkpoint() and victim.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        stop(victim)
-        said = output(victim)
-        assert victim.returncode == -signal.SIGKILL, f"exit code {victim.returncode} before the kill\n{said.stderr[-3000:]}"
-        killed = tmp / "killed"
-        at_kill = {"said": said.stdout + said.stderr,
-                   "checkpoints": sorted(p.name for p in (killed / "checkpoints").iterdir()) if checkpoint.exists()
-                   else [], "finished": (killed / "train_summary.json").exists() or (killed / "model").exists(),
-                   "logged": log.read_text().splitlines()[1:] if log.exists() else []}
-        return straight, at_kill
-    finally:
-        stop(victim)
 
 
 def test_two_processes_write_the_pairs_one_process_writes(pairs):
@@ -107,34 +53,3 @@ def test_two_processes_write_the_pairs_one_process_writes(pairs):
     samples = torch.stack([sets[1][i][0] for i in range(len(sets[1]))])
     noises = torch.stack([sets[1][i][1] for i in range(len(sets[1]))])
     assert not torch.equal(samples, noises) and samples.std(0).min() > 0.1  # real pairs, not a constant
-
-
-def test_a_two_process_round_killed_with_sigkill_resumes_to_the_uninterrupted_weights(rounds, pairs):
-    """The resumed two-process round ends where one process's uninterrupted round ends: its loss rows
-    and weights (the exported EMA and the raw ones) to 1e-5, as the process count allows (docs/conventions.md §8)."""
-    straight, at_kill = rounds
-    tmp = pairs[0]
-    reference, killed = tmp / "straight", tmp / "killed"
-    assert "step_00000060" in at_kill["checkpoints"] and "step_00000240" not in at_kill["checkpoints"], at_kill
-    assert not at_kill["finished"], "the run finished before the kill"
-    assert at_kill["logged"][3].startswith("80,"), at_kill  # steps after the checkpoint of step 60 to redo
-    assert "initialised the network from" in at_kill["said"] + straight.stdout + straight.stderr  # round 1's weights
-
-    again = run(command("train.py", *round2(tmp, killed), processes=2))
-    said = again.stdout + again.stderr
-    resumed = re.findall(r"resumed from \S+step_(\d+) at step (\d+)", said)
-    latest = int(at_kill["checkpoints"][-1][len("step_"):])
-    assert resumed == [(f"{latest:08d}", str(latest))], (resumed, at_kill, said[-2000:])
-    assert "initialised the network from" not in said  # the checkpoint, not init_from
-    summaries = [json.loads((d / "train_summary.json").read_text()) for d in (reference, killed)]
-    assert [s["num_processes"] for s in summaries] == [1, 2]
-    assert all(s["steps"] == 240 and s["updates"] == {"net": 240} for s in summaries)
-
-    logged = [logged_losses(d) for d in (reference, killed)]
-    assert len(logged[1]) == 12 and logged[1][-1] < 0.8 * logged[1][0], logged
-    assert logged[1] == pytest.approx(logged[0], rel=1e-5)
-    for weights in ("model/unet/diffusion_pytorch_model.safetensors",  # the exported EMA weights
-                    "checkpoints/step_00000240/model.safetensors"):  # the raw weights
-        a, b = (load_file(str(d / weights)) for d in (reference, killed))
-        assert a.keys() == b.keys() and a
-        assert all(norm_gap(b[k], a[k]) <= 1e-5 for k in a), weights
