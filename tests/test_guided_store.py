@@ -118,7 +118,7 @@ class Spy(torch.nn.Module):
 def test_the_search_conditions_every_call_teacher_included_as_a_run_conditions_its_samples(model_dir):
     given = guided(model_dir, 2, [2, 0])
     spy = Spy(given.denoiser)
-    result = next(run_search("euler", spy, [2], num_noises=3, iterations=1, rtol=1e-2, atol=1e-2, progress=False,
+    result = next(run_search("euler", spy, [2], num_noises=3, iterations=1, rtol=1e-1, atol=1e-1, progress=False,
                              cond=given.cond_of(range(3)), log=lambda line: None))
     assert result.best.sigmas[0] > 0 and len(spy.labels) > 20
     assert all(labels == [2, 0, 2] for labels in spy.labels)  # dopri5, the lever grids, the refinement, held out
@@ -128,7 +128,7 @@ def test_amed_distillation_conditions_noise_i_as_sample_i_of_a_run(model_dir):
     given = guided(model_dir, 2)
     spy = Spy(given.denoiser)
     sigmas = get_sigmas("karras", 2, sigma_min=0.01, sigma_max=80.0)
-    objective = AMEDDistillation(spy, sigmas, "amed", {}, teacher="dopri5", rtol=1e-2, atol=1e-2, held_out=2,
+    objective = AMEDDistillation(spy, sigmas, "amed", {}, teacher="dopri5", rtol=1e-1, atol=1e-1, held_out=2,
                                  cond_of=given.cond_of, conditioning=given.record)
     data = NoiseDataset((1, 8, 8), size=8, seed=0, indexed=True)
     noise, index = data[5]
