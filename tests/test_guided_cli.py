@@ -56,6 +56,13 @@ def test_a_conditional_model_without_a_scale_samples_the_plain_conditional_model
     assert np.load(tmp_path / "samples.npz")["class_labels"].tolist() == [2, 0, 2]
 
 
+def test_the_benchmark_refuses_guidance_for_suites_of_unconditional_models(tmp_path):
+    done = run_cli("benchmark.py", "--suite", "gmm", "--guidance-scale", "2", "--out-dir", tmp_path / "out")
+    assert done.returncode == 2 and done.stderr.splitlines()[-1] == (
+        "benchmark.py: error: --guidance-scale 2 needs a conditional model; suite gmm samples unconditional models")
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("script", ["sample.py", "eval_fid.py", "search_schedule.py", "train_amed.py",
                                     "calibrate_skiptune.py"])
 def test_guidance_for_an_unconditional_model_is_refused_by_every_command_before_anything_is_written(
