@@ -138,8 +138,7 @@ class AMEDDistillation:
                 "teacher_steps": self.teacher_steps, "rtol": self.rtol, "atol": self.atol,
                 "hidden_dim": self.hidden_dim, "time_channels": self.time_channels, "c_range": self.c_range,
                 "model": self.model, "fingerprint": self.fingerprint, "held_out": self.held_out,
-                "held_out_seed": self.held_out_seed, "guidance_scale": self.guidance_scale,
-                "conditioning": self.conditioning}
+                "held_out_seed": self.held_out_seed, **store.guidance_record(self.denoiser, self.conditioning)}
 
     def new_predictor(self) -> AMEDPredictor:
         """An untrained predictor for this model, sampler and grid (feature input: the UNet's bottleneck)."""
@@ -258,5 +257,5 @@ class AMEDDistillation:
         r, c = frozen_table(predictor, self.denoiser, noise, self.sigmas, cond)
         table = {"sampler": self.sampler, "sampler_options": {**self._sampler_options(), "r": r, "c": c},
                  "sigmas": self.sigmas.tolist(), "nfe": self.nfe, "model": self.model, "fingerprint": self.fingerprint,
-                 "guidance_scale": self.guidance_scale, "conditioning": self.conditioning, "command": store.command()}
+                 **store.guidance_record(self.denoiser, self.conditioning), "command": store.command()}
         (out_dir / "frozen_table.json").write_text(json.dumps(table, indent=1) + "\n")

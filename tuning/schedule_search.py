@@ -215,7 +215,7 @@ def search(name: str, denoiser, nfe: int, noise: torch.Tensor, reference: torch.
     start = min(curve, key=lambda g: g.error)
     log(f"{name} NFE {nfe}: refining {start.how} ({iterations} Adam steps)")
     refined, train_error = refine(name, denoiser, start.sigmas, noise, reference, options, iterations, lr, lowest_top,
-                                  progress, cond)
+                                  progress, cond=cond)
     start_held = ode_error(name, denoiser, held_out, held_out_reference, start.sigmas, options, cond=cond).item()
     refined_held = ode_error(name, denoiser, held_out, held_out_reference, refined, options, cond=cond).item()
     log(f"{name} NFE {nfe}: refined {start.error:.5f} -> {train_error:.5f} (held-out {start_held:.5f} -> "
@@ -247,8 +247,8 @@ def run_search(name: str, denoiser, nfes, options=None, num_noises: int = 64, se
     begin = time.perf_counter()
     log(f"dopri5 references of {2 * num_noises} noises (rtol {rtol:g}, atol {atol:g})")
     cond = {key: value.to(device) for key, value in (cond or {}).items()}
-    reference = ode_reference(denoiser, noise, rtol, atol, progress, cond)
-    held_out_reference = ode_reference(denoiser, held_out, rtol, atol, progress, cond)
+    reference = ode_reference(denoiser, noise, rtol, atol, progress, cond=cond)
+    held_out_reference = ode_reference(denoiser, held_out, rtol, atol, progress, cond=cond)
     log(f"dopri5 references of {2 * num_noises} noises: {time.perf_counter() - begin:.0f} s")
     found = {}
     for target in sorted(int(n) for n in nfes):

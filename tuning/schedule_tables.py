@@ -108,8 +108,7 @@ def write(path, denoiser, sampler: str, options: dict, model: str, objective: st
     sigmas = check_sigmas(torch.as_tensor(sigmas, dtype=torch.float64).detach().cpu())
     options = changed_options(sampler, options)
     table = {"sampler": sampler, "options": options, "model": model, "fingerprint": fingerprint(denoiser),
-             "objective": objective, "guidance_scale": store.guidance_of(denoiser), "conditioning": conditioning,
-             "by_nfe": {}}
+             "objective": objective, **store.guidance_record(denoiser, conditioning), "by_nfe": {}}
     if path.is_file():
         old = load(path)
         if (old["fingerprint"], old["sampler"], old["options"]) != (table["fingerprint"], sampler, options):

@@ -70,8 +70,7 @@ def write(path, model, sampler: str, model_name: str, objective: str, rho_top: f
     its other NFEs are kept when `rho_top` is the same."""
     path = Path(path).expanduser()
     table = {"sampler": sampler, "model": model_name, "fingerprint": fingerprint(model), "objective": objective,
-             "guidance_scale": store.guidance_of(model), "conditioning": conditioning, "rho_top": rho_top,
-             "by_nfe": {}}
+             **store.guidance_record(model, conditioning), "rho_top": rho_top, "by_nfe": {}}
     if path.is_file():
         old = load(path)
         if (old["fingerprint"], old["sampler"]) != (table["fingerprint"], sampler):

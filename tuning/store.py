@@ -65,6 +65,13 @@ def guidance_of(model) -> float | None:
     return float(model.guidance_scale) if isinstance(model, GuidedDenoiser) else None
 
 
+def guidance_record(model, conditioning: dict | None) -> dict:
+    """What an artifact tuned for a guided model records of it: `guidance_scale` and `conditioning` (the
+    classes); nothing for an unguided model, whose artifacts stay as they were."""
+    scale = guidance_of(model)
+    return {} if scale is None else {"guidance_scale": scale, "conditioning": conditioning}
+
+
 def keyed(name: str, guidance_scale: float | None) -> str:
     """An artifact's name for a model at `guidance_scale`: `name` unguided, `name-cfg<W>` guided (cfg2, cfg7.5)."""
     return name if guidance_scale is None else f"{name}-cfg{float(guidance_scale):g}"
