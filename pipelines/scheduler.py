@@ -81,9 +81,8 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         model directory or shipped model name whose table for this sampler to use; `set_timesteps(n)`
         then plans its grid of `n` steps. The scheduler cannot see the weights, so check that the
         table was searched for the pipeline's model.
-    guidance_scale: the classifier-free guidance scale the pipeline samples at, for `schedule_table`: a model
-        directory's table searched at that scale (`<sampler>-cfg<W>.json`), a table file searched at it; a
-        scale without a table is refused in one line naming the scales there are. None: the unguided table.
+    guidance_scale: the pipeline's guidance scale, for `schedule_table`: the table searched at it
+        (`<sampler>-cfg<W>.json`); a scale without one is refused naming the scales there are.
     frozen_table: AMED's frozen table (amed or amed_plugin; `frozen_table.json` or the predictor directory
         holding it, e.g. `assets/digits_ddpm/amed/amed-nfe5`): its per-step r and c (and base), and its
         grid, which `set_timesteps(n)` plans for the table's n steps. Without AFS a pipeline spends one
