@@ -10,7 +10,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -21,8 +21,9 @@ from ..pipelines import FewstepScheduler
 from ..samplers import get_sigmas, nfe as nfe_of, skip_tuning, steps_for_nfe
 from ..samplers.schedules import RHO
 from ..samplers.solvers import get_solver, resolve_options
-from ..tuning import amed_predictor as predictors, schedule_tables, skiptune_tables
+from ..tuning import amed_predictor as predictors, schedule_tables, skiptune_tables, store
 from .common import counted
+from .conditioning import conditioned
 
 GRID_VALUES = ("rho", "sigma_min", "sigma_max", "spacing", "steps_offset", "eps_s", "final_sigmas_type")
 
@@ -76,8 +77,10 @@ def _predictor_grid(kind, others, sc, predictor, device):
         raise ValueError(f"the AMED predictor {path} samples on the grid it was trained on: drop "
                          f"{', '.join(others) or f'schedule.kind={kind}'}")
     sigmas = torch.tensor(predictor.config.sigmas, dtype=torch.float64, device=device)
+    scale = predictor.config.guidance_scale
     return len(sigmas) - 1, sigmas, (f"schedule: the grid the AMED predictor {path} was trained on "
-                                     f"(NFE {predictor.config.nfe}, afs {predictor.config.afs})")
+                                     f"(NFE {predictor.config.nfe}, afs {predictor.config.afs}"
+                                     f"{'' if scale is None else f', at guidance {scale:g}'})")
 
 
 def _searched(cfg, kind, others, denoiser, path, steps: int):
@@ -102,6 +105,15 @@ def _searched(cfg, kind, others, denoiser, path, steps: int):
     if kind == "table" or (entry is not None and len(entry["sigmas"]) - 1 == steps):
         return target, schedule_tables.lookup(path, denoiser, name, options, target)
     return None
+
+
+def _no_table(denoiser, name: str, options: dict, asked: str, path) -> str:
+    """Why schedule.kind=auto takes the Karras grid when no other schedule value is set."""
+    scale = store.guidance_of(denoiser)
+    if scale is not None and path is not None and not path.is_file():
+        return f"no schedule table of {name} for guidance {scale:g} {store.at_scales(schedule_tables.scales(denoiser, name))}"
+    return (f"no searched grid of {name} {schedule_tables.changed_options(name, options) or ''} for {asked} "
+            f"on this model").replace("  ", " ")
 
 
 def planned_grid(cfg, denoiser, device=None, predictor=None):
@@ -136,11 +148,12 @@ def planned_grid(cfg, denoiser, device=None, predictor=None):
     if found is not None:
         nfe, sigmas = found
         budget = f" (budget {cfg.nfe})" if cfg.nfe is not None and cfg.nfe != nfe else ""
-        return len(sigmas) - 1, sigmas.to(device), f"schedule: {kind}, the searched grid for NFE {nfe}{budget} ({path})"
+        scale = store.guidance_of(denoiser)
+        at = "" if scale is None else f" at guidance {scale:g}"
+        return (len(sigmas) - 1, sigmas.to(device),
+                f"schedule: {kind}, the searched grid for NFE {nfe}{budget}{at} ({path})")
     asked = f"NFE {cfg.nfe}" if cfg.nfe is not None else counted(steps, "step")
-    why = ("other schedule values are set" if others
-           else f"no searched grid of {name} {schedule_tables.changed_options(name, options) or ''} for {asked} "
-                f"on this model".replace("  ", " "))
+    why = ("other schedule values are set" if others else _no_table(denoiser, name, options, asked, path))
     rho = sc.rho if sc.rho is not None else RHO
     return steps, computed_grid("karras", steps, sc, denoiser, name, device), f"schedule: auto, karras rho {rho:g} ({why})"
 
@@ -200,12 +213,15 @@ def sampling_setup(cfg, device, denoiser=None):
 def skip_tuning_for(cfg, model, nfe: int):
     """The Skip-Tuning a config's `sampler.skip` asks for at `nfe` on `model`, as a context (a no-op
     without `skip`): `rho_bottom` when set (`rho_top` 1 unless set), else the factors calibrated for
-    the model (`skiptune_tables.factors`; a model without them is refused in one line)."""
+    the model (`skiptune_tables.factors`; a model without them is refused in one line, a guided model
+    without factors at its guidance scale samples without them and the context gives the line saying so)."""
     skip = cfg.sampler.get("skip")
     if skip is None:
         return nullcontext()
     if skip.rho_bottom is not None:
         rho_top, rho_bottom = (1.0 if skip.rho_top is None else skip.rho_top), skip.rho_bottom
+    elif skiptune_tables.missing_at_scale(model, cfg.sampler.name) is not None:
+        return nullcontext(skiptune_tables.missing_at_scale(model, cfg.sampler.name))
     else:
         rho_top, rho_bottom, _ = skiptune_tables.factors(model, cfg.sampler.name, nfe)
         rho_top = rho_top if skip.rho_top is None else skip.rho_top
@@ -253,7 +269,8 @@ class Sampling:
     """What a sample config sets up. `model` is what Skip-Tuning tunes (the denoiser or the
     pipeline); `options` are the sampler's as text (an AMED predictor by its directory);
     `planned_nfe` is None for an adaptive sampler; `shape` is one sample's; `lines` say what will
-    run; `metadata` are the extra keys of samples.npz."""
+    run; `metadata` are the extra keys of samples.npz; `cond`: a conditional model's `seeds -> conditioning
+    keywords` (`conditioning.Conditioning.of_seeds`), `conditioning` what a tuned artifact records of it."""
     sample_fn: SamplerFn | GeneratorFn | PipelineFn
     model: Any
     name: str
@@ -264,6 +281,8 @@ class Sampling:
     shape: tuple
     lines: list[str] = field(default_factory=list)
     metadata: dict = field(default_factory=dict)
+    cond: Callable[[list], dict] | None = None
+    conditioning: dict | None = None
 
 
 def sampler_given() -> bool:
@@ -296,6 +315,9 @@ def from_config(cfg, device) -> Sampling:
     name, options = cfg.sampler.name, dict(cfg.sampler.options)
     path = text_to_image_dir(cfg)
     if path is not None:
+        if cfg.get("classes") is not None:
+            raise ValueError(f"classes={list(cfg.classes)} needs a class-conditional model; {path} is a text-to-image "
+                             f"pipeline (prompt=)")
         pipe, steps = pipeline_setup(cfg, path, device)
         size = cfg.image_size or pipe.unet.config.sample_size * pipe.vae_scale_factor
         fn = PipelineFn(pipe, cfg.prompt or "", size, steps, cfg.guidance_scale)
@@ -303,18 +325,22 @@ def from_config(cfg, device) -> Sampling:
         first = [f"{type(pipe).__name__} ({pipe.scheduler.config.prediction_type}), prompt {fn.prompt!r}, "
                  f"guidance_scale {fn.guidance_scale}"]
         metadata, model = {"prompt": fn.prompt, "guidance_scale": fn.guidance_scale}, pipe
+        cond = record = None
     else:
-        if cfg.prompt is not None or cfg.guidance_scale is not None:
-            raise ValueError(f"prompt={cfg.prompt!r} and guidance_scale={cfg.guidance_scale} need a text-to-image "
-                             f"pipeline directory (model=diffusers model.path=DIR)")
-        model = instantiate(cfg.model, _convert_="all")
-        if getattr(model, "latent_shape", None) is not None:
-            return _one_step(cfg, model, device)
-        model, shape, steps, sigmas, how, options = sampling_setup(cfg, device, model)
-        fn = SamplerFn(name, model, sigmas, shape, device, options)
-        planned, first, metadata = nfe_of(name, sigmas, options), [how], {}
+        if cfg.get("prompt") is not None:
+            raise ValueError(f"prompt={cfg.prompt!r} needs a text-to-image pipeline directory (model=diffusers "
+                             f"model.path=DIR)")
+        given = conditioned(cfg, instantiate(cfg.model, _convert_="all"))
+        if getattr(given.denoiser, "latent_shape", None) is not None:
+            return _one_step(cfg, given.denoiser, device)
+        model, shape, steps, sigmas, how, options = sampling_setup(cfg, device, given.denoiser)
+        fn = SamplerFn(name, model, sigmas, shape, device, options, cond=given.of_seeds(cfg.get("seed", 0)))
+        planned, cond, record = nfe_of(name, sigmas, options), fn.cond, given.record
+        metadata = {} if given.line is None else {"guidance_scale": given.denoiser.guidance_scale}
+        first = [how if given.line is None else f"{given.line}; {how}"]
     shown = printable(options)
     line = (f"{name} {shown}: {counted(steps, 'step')}, NFE {planned if planned is not None else 'adaptive'}, "
             f"sigma {' -> '.join(f'{float(s):.4g}' for s in (sigmas[0], sigmas[-2], sigmas[-1]))}, "
             f"{cfg.num_samples} samples of {shape}")
-    return Sampling(fn, model, name, shown, steps, sigmas, planned, tuple(shape), [*first, line], metadata)
+    return Sampling(fn, model, name, shown, steps, sigmas, planned, tuple(shape), [*first, line], metadata, cond,
+                    record)

@@ -85,7 +85,9 @@ class SampleConfig(SamplingConfig):
     num_samples: int = 64
     seed: int = 0
     prompt: Optional[str] = None             # text-to-image pipelines only
-    guidance_scale: Optional[float] = None   # text-to-image pipelines only; None: the pipeline's default
+    guidance_scale: Optional[float] = None   # classifier-free guidance of a conditional model; None: a text-to-image
+                                             # pipeline's default, 1 for a class-conditional model (cli.conditioning)
+    classes: Optional[List[int]] = None      # a class-conditional model's classes, sample i for classes[i mod len]; None: all
 
 
 @dataclass
@@ -102,7 +104,9 @@ class SearchConfig:
     rtol: float = 1e-5                     # of the dopri5 reference
     atol: float = 1e-5
     write: bool = False
-    table: Optional[str] = None            # where write=true puts it; None: <model dir>/schedules/<sampler>.json
+    table: Optional[str] = None            # where write=true puts it; None: <model dir>/schedules/<sampler>[-cfg<W>].json
+    guidance_scale: Optional[float] = None  # a conditional model's (cli.conditioning); None: 1
+    classes: Optional[List[int]] = None     # noise i of each batch for classes[i mod len]; None: all
     device: str = "auto"
     out_dir: str = MISSING
 
@@ -185,7 +189,9 @@ class AMEDTrainConfig:
     data: Any = MISSING
     seed: int = 0
     out_dir: str = MISSING
-    write: bool = False      # also store the predictor beside the model: <model dir>/amed/<sampler>-nfe<N>/
+    write: bool = False      # also store the predictor beside the model: <model dir>/amed/<sampler>[-cfg<W>]-nfe<N>/
+    guidance_scale: Optional[float] = None  # a conditional model's (cli.conditioning); None: 1
+    classes: Optional[List[int]] = None     # noise i for classes[i mod len]; None: all
     train: TrainerConfig = field(default_factory=TrainerConfig)
 
 

@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from ..evaluation.reference import reference_stats
 from ..samplers.denoisers import sample_shape_of
 from ..training.data import shapes
+from .conditioning import conditioned
 from .sampling import planned_grid
 
 
@@ -78,14 +79,18 @@ def training_parts(cfg):
 
 
 def amed_parts(cfg, model_name: str):
-    """The model, AMED's distillation objective on the grid the config plans (`sampling.planned_grid`),
-    a line saying which grid, and the noise data set of `train_amed.py`, of the model's sample shape."""
-    denoiser = model_of(cfg).eval()
+    """The model (guided for a conditional one: `conditioning.conditioned`), AMED's distillation objective on
+    the grid the config plans (`sampling.planned_grid`; a conditional model's noise `i` conditioned as sample
+    `i` of a run), a line saying which grid, and the noise data set of `train_amed.py`, of the model's sample
+    shape."""
+    given = conditioned(cfg, model_of(cfg).eval())
+    denoiser = given.denoiser.eval()
     _, sigmas, how = planned_grid(cfg, denoiser)
+    extra = {} if given.labels is None else {"cond_of": given.cond_of, "conditioning": given.record}
     objective = instantiate(cfg.objective, _partial_=True)(
         denoiser=denoiser, sigmas=sigmas, sampler=cfg.sampler.name, options=dict(cfg.sampler.options), nfe=cfg.nfe,
-        model=model_name)
+        model=model_name, **extra)
     shape = denoiser.sample_shape if cfg.data.get("shape") is None else cfg.data.shape
-    noise = instantiate(cfg.data, shape=list(shape))
+    noise = instantiate(cfg.data, shape=list(shape), **({} if given.labels is None else {"indexed": True}))
     check_shapes(noise, {"the model": denoiser})
-    return denoiser, objective, how, noise
+    return denoiser, objective, how if given.line is None else f"{given.line}; {how}", noise

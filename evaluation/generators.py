@@ -13,11 +13,13 @@ from ..samplers.noise import generators, seeded_noise
 class SamplerFn:
     """A denoiser and a sampler as a sample_fn: `samplers.sample_seeds` down `sigmas`, one batch per
     call. `nfe` is the mean number of denoiser calls per batch so far (each sample of a batch costs
-    them all), which an adaptive sampler only knows once it has run."""
+    them all), which an adaptive sampler only knows once it has run. cond: `seeds -> conditioning
+    keywords`, one row per seed (a conditional model's: the class of the seed's place in the run), so a
+    sample's conditioning, like its noise, depends on its seed alone."""
 
-    def __init__(self, name: str, denoiser, sigmas, shape, device=None, options=None, callback=None):
+    def __init__(self, name: str, denoiser, sigmas, shape, device=None, options=None, callback=None, cond=None):
         self.name, self.denoiser, self.sigmas, self.shape = name, denoiser, sigmas, tuple(shape)
-        self.device, self.options, self.callback = device, dict(options or {}), callback
+        self.device, self.options, self.callback, self.cond = device, dict(options or {}), callback, cond
         self.calls = self.batches = 0
 
     def _count(self, info) -> None:
@@ -31,9 +33,14 @@ class SamplerFn:
             return torch.empty(0, *self.shape)
         batches = list(sample_seeds(self.name, self.denoiser, seeds, self.sigmas, self.shape,
                                     batch_size=max(len(seeds), 1), device=self.device, callback=self._count,
-                                    options=self.options))
+                                    options=self.options, cond=self._cond(seeds)))
         self.batches += 1
         return torch.cat(batches)
+
+    def _cond(self, seeds) -> dict | None:
+        if self.cond is None:
+            return None
+        return {key: value.to(self.device) for key, value in self.cond(seeds).items()}
 
     @property
     def nfe(self) -> float:

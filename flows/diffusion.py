@@ -19,7 +19,7 @@ class DiffusionObjective:
     With `num_classes`, the batch is `(x0, labels)` and the network is class-conditional (a `UNet2DModel`
     with `num_class_embeds = num_classes + 1`): each row's label is replaced by the null class
     `num_classes` with probability `label_dropout`, so the one network is also the unconditional model
-    that classifier-free guidance needs (Ho & Salimans 2022; docs/conventions.md §11).
+    that classifier-free guidance needs (Ho & Salimans 2022; docs/conventions.md §10).
 
     It trains one network, `net`, at every step (the `training.Trainer` protocol, docs/conventions.md §8).
 

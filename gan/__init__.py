@@ -1,4 +1,4 @@
-"""The ReFlow-derived GAN (docs/conventions.md §10) and its WGAN-GP baseline: the losses as plain functions
+"""The ReFlow-derived GAN (docs/conventions.md §11) and its WGAN-GP baseline: the losses as plain functions
 (`gan.losses`), the generators and critics they train (`gan.nets`), the objective of the shared
 training loop (`gan.GANObjective`) and one-step generators as samplers see them (`gan.generators`)."""
 from .losses import (critic_values, generator_plain_loss, generator_regression_loss, reflow_critic_loss,

@@ -1,4 +1,4 @@
-"""The losses of the ReFlow-derived GAN (docs/conventions.md §10) and of its WGAN-GP baseline, as plain functions.
+"""The losses of the ReFlow-derived GAN (docs/conventions.md §11) and of its WGAN-GP baseline, as plain functions.
 
 A critic `phi` maps a batch to one value per sample, and must treat samples independently (no batch
 norm): the penalties take `grad_x sum_i phi(x_i)` as the per-sample gradients `grad phi(x_i)`.
@@ -63,7 +63,7 @@ def reflow_critic_loss(critic, real: torch.Tensor, fake: torch.Tensor, penalty_w
                        generator: torch.Generator | list[torch.Generator] | None = None) -> torch.Tensor:
     """`mean_i [phi(fake_i) - phi(real_i) + w ||grad phi(x_t,i)||^2]`, `x_t = (1 - t) fake + t real`,
     `t ~ U[0, 1]` per sample, the squared norm summed over every non-batch element, `w =
-    penalty_weight` (1/2 is the ReFlow loss itself, docs/conventions.md §10). `fake` is detached; the penalty is
+    penalty_weight` (1/2 is the ReFlow loss itself, docs/conventions.md §11). `fake` is detached; the penalty is
     built with `create_graph=True`, so its gradient reaches the critic's parameters."""
     _check_pair(real, fake)
     _check_weight(penalty_weight)
@@ -105,7 +105,7 @@ def regression_loss(fake: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def generator_regression_loss(critic, fake: torch.Tensor, step_size: float) -> torch.Tensor:
-    """`regression_loss(fake, regression_target(critic, fake, eta))` (docs/conventions.md §10). Its gradient with
+    """`regression_loss(fake, regression_target(critic, fake, eta))` (docs/conventions.md §11). Its gradient with
     respect to `fake` is `-(2 eta / B) grad phi(fake_i)`, exactly `2 eta` times that of
     `generator_plain_loss(critic, fake)`: at the current parameters the two give proportional
     generator gradients, constant `2 * step_size`."""

@@ -1,4 +1,4 @@
-"""The GAN objective of the shared training loop (docs/conventions.md §8 and §10): a critic and a
+"""The GAN objective of the shared training loop (docs/conventions.md §8 and §11): a critic and a
 generator, the ReFlow-derived losses or the WGAN-GP baseline behind one interface."""
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from ..samplers.schedules import DISCRETE_MIRRORS
+from ..tuning.store import keyed
 
 # The options that change the denoised estimate D (diffusers' pred_original_sample), per sampler as its
 # mirrored scheduler has them: DDIMScheduler clips or thresholds x0 and keeps the model's epsilon
@@ -89,7 +90,7 @@ def carry_tables(config: dict, save_directory) -> dict:
         path = Path(given).expanduser()
         source = path / "frozen_table.json" if key == "frozen_table" and path.is_dir() else path
         if key == "schedule_table" and path.is_dir():
-            source = path / "schedules" / f"{config['sampler']}.json"
+            source = path / "schedules" / f"{keyed(config['sampler'], config.get('guidance_scale'))}.json"
         shutil.copyfile(source, Path(save_directory) / f"{key}.json")
         carried[key] = f"{key}.json"
     return carried

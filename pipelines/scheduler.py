@@ -81,6 +81,8 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         model directory or shipped model name whose table for this sampler to use; `set_timesteps(n)`
         then plans its grid of `n` steps. The scheduler cannot see the weights, so check that the
         table was searched for the pipeline's model.
+    guidance_scale: the pipeline's guidance scale, for `schedule_table`: the table searched at it
+        (`<sampler>-cfg<W>.json`); a scale without one is refused naming the scales there are.
     frozen_table: AMED's frozen table (amed or amed_plugin; `frozen_table.json` or the predictor directory
         holding it, e.g. `assets/digits_ddpm/amed/amed-nfe5`): its per-step r and c (and base), and its
         grid, which `set_timesteps(n)` plans for the table's n steps. Without AFS a pipeline spends one
@@ -115,6 +117,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
                  sampler: str = "ddim", sampler_options: dict | None = None, schedule: str | None = None,
                  rho: float = RHO, sigma_min: float | None = None, sigma_max: float | None = None,
                  eps_s: float = EPS_S, schedule_table: str | None = None, frozen_table: str | None = None,
+                 guidance_scale: float | None = None,
                  shift: float = 1.0, use_dynamic_shifting: bool = False, time_shift_type: str = "exponential",
                  shift_terminal: float | None = None, base_shift: float = 0.5, max_shift: float = 1.15,
                  base_image_seq_len: int = 256, max_image_seq_len: int = 4096):
@@ -323,8 +326,9 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
                                  f"got num_inference_steps={steps}")
             return grid, {}
         if c.schedule_table is not None:
-            path = schedule_tables.table_file(c.schedule_table, c.sampler)
-            return schedule_tables.grid_of_steps(path, c.sampler, self._options, steps, self._space.sigma_max), {}
+            path = schedule_tables.table_file(c.schedule_table, c.sampler, c.guidance_scale)
+            return schedule_tables.grid_of_steps(path, c.sampler, self._options, steps, self._space.sigma_max,
+                                                 c.guidance_scale), {}
         return plans.schedule_grid(c, self._schedule, self._space, steps, self.alphas_cumprod, mu)
 
     def _plan(self, grid: torch.Tensor, timestep_of: dict, device: torch.device):

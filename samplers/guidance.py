@@ -1,5 +1,5 @@
 """Classifier-free guidance (Ho & Salimans 2022) as a denoiser, and the conditioning of class-conditional
-models (docs/conventions.md §11).
+models (docs/conventions.md §10).
 
     D_w(x, sigma | c) = D(x, sigma | null) + w (D(x, sigma | c) - D(x, sigma | null))
 
@@ -77,7 +77,7 @@ class GuidedDenoiser(nn.Module):
 
 def num_classes(denoiser) -> int | None:
     """The classes of a class-conditional diffusers UNet: `num_class_embeds - 1` (the last embedding is
-    the null class of guidance, docs/conventions.md §11); None for a model without class embeddings."""
+    the null class of guidance, docs/conventions.md §10); None for a model without class embeddings."""
     network = getattr(denoiser, "unet", getattr(denoiser, "velocity_model", None))
     embeds = getattr(getattr(network, "config", None), "num_class_embeds", None)
     return None if embeds is None else int(embeds) - 1

@@ -37,7 +37,7 @@ def suite_options(suite, args) -> dict:
     given = {"samplers": args.samplers, "nfe": args.nfe, "num_samples": args.num_samples, "seed": args.seed,
              "batch_size": args.batch_size, "dopri5": args.dopri5, "steps_2d": args.steps_2d,
              "gan_steps": args.gan_steps, "gan_runs": args.gan_runs, "gmm_samples": args.gmm_samples,
-             "repeats": args.repeats,
+             "repeats": args.repeats, "guidance_scale": args.guidance_scale,
              "grid": {"kind": args.schedule, "rho": args.rho, "sigma_min": args.sigma_min,
                       "sigma_max": args.sigma_max, "final_sigmas_type": args.final_sigmas_type}}
     accepted = inspect.signature(suite).parameters
@@ -86,11 +86,17 @@ def main():
     parser.add_argument("--sigma-max", type=float, default=None, help="default: the model's own")
     parser.add_argument("--final-sigmas-type", choices=["zero", "sigma_min"], default="zero",
                         help="zero: a last step to 0; sigma_min: the sample returned at sigma_min")
+    parser.add_argument("--guidance-scale", type=float, default=None,
+                        help="classifier-free guidance, for the suites of a conditional model (refused by the others)")
     parser.add_argument("--out-dir", type=Path, default=None, help="default: a new runs/benchmark/<time>/")
     parser.add_argument("--report", type=Path, default=None, help="default: BENCHMARKS.md in the out-dir")
     parser.add_argument("--update-tracked", action="store_true",
                         help="write the shipped results: benchmarks/ and BENCHMARKS.md of the checkout (the current folder)")
     args = parser.parse_args()
+    unguided = [suite for suite in args.suite if "guidance_scale" not in inspect.signature(SUITES[suite]).parameters]
+    if args.guidance_scale is not None and unguided:
+        parser.error(f"--guidance-scale {args.guidance_scale:g} needs a conditional model; {'suite' if len(unguided) == 1 else 'suites'} "
+                     f"{', '.join(unguided)} {'samples' if len(unguided) == 1 else 'sample'} unconditional models")
     out_dir, report = destination(args, parser)
     for suite in args.suite:
         SUITES[suite](out_dir, **suite_options(SUITES[suite], args))

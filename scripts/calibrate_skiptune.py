@@ -3,6 +3,7 @@
     python scripts/calibrate_skiptune.py sampler=heun nfes=[5,9] rho_top_grid=[0.9,1.0]   # prints the curve only
     python scripts/calibrate_skiptune.py sampler=ddim write=true    # stores them beside the model: skiptune/ddim.json
     python scripts/calibrate_skiptune.py sampler=ddim write=true table=runs/ddim-skiptune.json   # or there
+    python scripts/calibrate_skiptune.py model=digits_cond guidance_scale=2 sampler=ddim write=true   # skiptune/ddim-cfg2.json
 """
 import json
 import logging
@@ -50,7 +51,7 @@ def main(cfg):
     acc, device = accelerator_for(cfg.device)
     extractor = get_extractor(cfg.extractor, cfg.extractor_weights).to(device)
     seeds = list(range(cfg.seed, cfg.seed + cfg.num_samples))
-    stats, results, grids, model, path = None, {}, {}, None, None
+    stats, results, grids, model, path, conditioning = None, {}, {}, None, None, None
     for target in cfg.nfes:
         run = from_config(OmegaConf.merge(cfg, {"nfe": target}), device)
         if run.planned_nfe in results:  # a target that rounds to an NFE already scanned (Heun: odd NFE only)
@@ -58,6 +59,7 @@ def main(cfg):
         if stats is None:  # the first run: where write=true stores the factors (refused before any sampling)
             path = table_path(cfg, run.model) if cfg.write else None
             stats, model = reference(cfg, run.model, extractor, run.shape, acc, device), run.model
+            conditioning = run.conditioning
         grids[run.planned_nfe] = run.lines[0]
         for line in run.lines:
             log.info(line)
@@ -80,7 +82,7 @@ def main(cfg):
         command = "python scripts/calibrate_skiptune.py " + " ".join(sys.argv[1:])
         entries = {nfe: {**entry, "grid": grids[nfe], "command": command} for nfe, entry in by_nfe.items()}
         objective = f"FD-{cfg.extractor}, {cfg.num_samples} samples from seed {cfg.seed}"
-        log.info(f"wrote {skiptune_tables.write(path, model, name, HydraConfig.get().runtime.choices.model, objective, rho_top, entries)}")
+        log.info(f"wrote {skiptune_tables.write(path, model, name, HydraConfig.get().runtime.choices.model, objective, rho_top, entries, conditioning)}")
 
 
 if __name__ == "__main__":

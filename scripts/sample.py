@@ -5,6 +5,7 @@
     python scripts/sample.py model=gmm sampler=dopri5
     python scripts/sample.py model=diffusers model.path=/path/to/ddpm-cifar10-32
     python scripts/sample.py model=diffusers model.path=/path/to/sd-pipeline prompt="a cat" guidance_scale=5
+    python scripts/sample.py model=digits_cond guidance_scale=2 nfe=5     # one row per class (classes=[3,7]: those)
     accelerate launch --multi_gpu --num_processes 2 scripts/sample.py   # the same samples, split over processes
 """
 import logging
@@ -21,6 +22,16 @@ from fewstep.evaluation.seeds import gather_by_seed, generate, split
 
 schemas.register()
 log = logging.getLogger(__name__)  # bare lines on stdout and in the run's log file (conf/hydra/job_logging)
+
+
+def class_rows(run, seeds):
+    """A class-conditional run's `{"class_labels": ...}` for samples.npz and its picture's rows, one per class
+    in the order the run draws them; ({}, None) for another model."""
+    if run.cond is None:
+        return {}, None
+    labels = run.cond(seeds)["class_labels"].tolist()
+    order = list(dict.fromkeys(labels))
+    return {"class_labels": labels}, [[i for i, c in enumerate(labels) if c == k] for k in order]
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="sample", version_base="1.3")
@@ -42,8 +53,10 @@ def main(cfg):
     if not acc.is_main_process:
         return
     record_config(cfg)
-    npz, png = save_samples(x, cfg.out_dir, title=f"{run.name}, NFE {nfe:g}", sampler=run.name, steps=run.steps,
-                            nfe=nfe, sigmas=torch.as_tensor(run.sigmas).cpu().numpy(), seed=cfg.seed, **run.metadata)
+    labels, rows = class_rows(run, seeds)
+    npz, png = save_samples(x, cfg.out_dir, title=f"{run.name}, NFE {nfe:g}", rows=rows, sampler=run.name,
+                            steps=run.steps, nfe=nfe, sigmas=torch.as_tensor(run.sigmas).cpu().numpy(), seed=cfg.seed,
+                            **labels, **run.metadata)
     log.info(f"NFE used per sample: {nfe:g}")
     log.info(f"wrote {png} and {npz}")
 

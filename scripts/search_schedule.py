@@ -3,6 +3,7 @@
     python scripts/search_schedule.py sampler=dpmpp_2m nfes=[5]          # prints the curve only
     python scripts/search_schedule.py sampler=dpmpp_2m write=true         # stores the grids next to the model
     python scripts/search_schedule.py model=gmm sampler=heun write=true table=runs/gmm-heun.json
+    python scripts/search_schedule.py model=digits_cond guidance_scale=2 sampler=euler write=true   # schedules/euler-cfg2.json
 """
 import json
 import logging
@@ -14,6 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 
 from fewstep.cli import schemas
 from fewstep.cli.common import CONFIG_PATH, one_line_errors, record_config, resolve_device
+from fewstep.cli.conditioning import conditioned
 from fewstep.cli.setup import model_of
 from fewstep.tuning import schedule_tables
 from fewstep.tuning.schedule_search import run_search
@@ -34,7 +36,10 @@ def main(cfg):
     if cfg.table is not None and not cfg.write:
         raise ValueError(f"table={cfg.table} is only written with write=true")
     device = resolve_device(cfg.device)
-    denoiser = model_of(cfg).to(device).eval()
+    given = conditioned(cfg, model_of(cfg))
+    denoiser = given.denoiser.to(device).eval()
+    if given.line is not None:
+        log.info(given.line)
     path = Path(cfg.table).expanduser() if cfg.table is not None else schedule_tables.default_path(denoiser, name)
     if cfg.write and path is None:
         raise ValueError(f"{type(denoiser).__name__} was not loaded from a directory: give write=true a table=FILE")
@@ -44,7 +49,7 @@ def main(cfg):
     model = HydraConfig.get().runtime.choices.model
     results = {}
     for result in run_search(name, denoiser, cfg.nfes, options, cfg.num_noises, cfg.seed, cfg.iterations, cfg.lr,
-                             cfg.rtol, cfg.atol, device):
+                             cfg.rtol, cfg.atol, device, cond=given.cond_of(range(cfg.num_noises))):
         best, default = result.best, result.default
         log.info(f"{name} NFE {result.nfe}: {best.how}: held-out ODE error {best.error:.5f}"
                  + (f" (default Karras grid {default.error:.5f})" if default else "")
@@ -52,7 +57,7 @@ def main(cfg):
         results[result.nfe] = result.record()
         if cfg.write:
             schedule_tables.write(path, denoiser, name, options, model, "ode_error", result.nfe, best.sigmas,
-                                  command=command, **result.record(curve=False))
+                                  given.record, command=command, **result.record(curve=False))
     out = record_config(cfg).parent
     (out / f"search-{name}.json").write_text(json.dumps(results, indent=1) + "\n")
     log.info(f"wrote {out / f'search-{name}.json'}" + (f" and {path}" if cfg.write else ""))

@@ -95,12 +95,13 @@ def test_the_search_functions_default_to_the_search_commands_settings(search_gmm
     conf = OmegaConf.load(ROOT / "conf" / "search_schedule.yaml")
     seen = {}
 
-    def fake_reference(denoiser, noise, rtol, atol, progress):
+    def fake_reference(denoiser, noise, rtol, atol, progress, cond=None):
         seen.setdefault("references", []).append((noise, rtol, atol))
+        seen["cond"] = cond
         return noise.double()
 
     def fake_search(name, denoiser, nfe, noise, reference, held_out, held_out_reference, options, iterations, lr, log,
-                    warm, progress):
+                    warm, progress, cond=None):
         seen["search"] = (iterations, lr)
         return SearchResult(nfe, Grid(torch.tensor([1.0, 0.0]), 0.0, "x"), Grid(torch.tensor([1.0, 0.0]), 0.0, "x"),
                             None, 0.0)
@@ -113,9 +114,9 @@ def test_the_search_functions_default_to_the_search_commands_settings(search_gmm
     assert torch.equal(noise, seeded_noise(range(conf.seed, conf.seed + conf.num_noises), (2,)))
     assert torch.equal(held_out, seeded_noise(range(conf.seed + conf.num_noises, conf.seed + 2 * conf.num_noises), (2,)))
     assert tolerances == held_out_tolerances == [conf.rtol, conf.atol]
-    assert seen["search"] == (conf.iterations, conf.lr)
+    assert seen["search"] == (conf.iterations, conf.lr) and seen["cond"] == {}  # an unconditional model: no keywords
 
-    def fake_refine(name, denoiser, start, noise, reference, options, iterations, lr, lowest_top, progress):
+    def fake_refine(name, denoiser, start, noise, reference, options, iterations, lr, lowest_top, progress, cond=None):
         seen["refine"] = (iterations, lr)
         return start, 0.0
 

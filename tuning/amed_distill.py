@@ -9,6 +9,8 @@ student, the sampler with the predictor through the same denoiser, minimises
 `E_noise sum_n ||x_n - x_n^T||^2`. `amed` restarts every step from the teacher's `x_n^T` (the authors'
 choice for one-step solvers), so each step's term depends on that step's `(r_n, c_n)` alone;
 `amed_plugin` runs its own trajectory, its history throughout. `scripts/train_amed.py` runs it.
+A conditional model (a guided denoiser, `samplers.guidance`) is distilled with noise `i` conditioned as
+sample `i` of a run is (`cond_of`): teacher and student see the same conditioning keywords.
 """
 from __future__ import annotations
 
@@ -37,12 +39,14 @@ log = logging.getLogger(__name__)
 class NoiseDataset(Dataset):
     """`size` standard-normal noises of `shape`, item `i` drawn in float32 from
     `samplers.seeded_noise` of seed `seed + i` (the noise `samplers.sample_seeds` draws for that
-    seed), so a batch is the same whatever the processes and a resume."""
+    seed), so a batch is the same whatever the processes and a resume. indexed: items `(noise, i)`, for an
+    objective that conditions noise `i` by its index (a class-conditional model's class of sample `i`)."""
 
-    def __init__(self, shape, size: int = 65536, seed: int = 1_000_000):
+    def __init__(self, shape, size: int = 65536, seed: int = 1_000_000, indexed: bool = False):
         if shape is None:
             raise ValueError("NoiseDataset needs the sample shape (scripts/train_amed.py gives the model's)")
         self.shape, self.size, self.seed = tuple(int(s) for s in shape), int(size), int(seed)
+        self.indexed = bool(indexed)
 
     def settings(self) -> dict:
         """What defines the noises, which a training run records (`training.Trainer`'s run.json)."""
@@ -51,10 +55,11 @@ class NoiseDataset(Dataset):
     def __len__(self) -> int:
         return self.size
 
-    def __getitem__(self, i: int) -> torch.Tensor:
+    def __getitem__(self, i: int):
         if not 0 <= i < self.size:
             raise IndexError(f"noise {i} of {self.size}")
-        return seeded_noise([self.seed + int(i)], self.shape)[0]
+        noise = seeded_noise([self.seed + int(i)], self.shape)[0]
+        return (noise, torch.tensor(int(i))) if self.indexed else noise
 
 
 def inserted(sigmas: torch.Tensor, m: int, rho: float = RHO) -> torch.Tensor:
@@ -81,6 +86,9 @@ class AMEDDistillation:
         dopri5 (rtol, atol) from each time of the grid to the next.
     hidden_dim, time_channels, c_range: the predictor's (`AMEDPredictor`); model: the model's name.
     held_out, held_out_seed: the noises of `report` and of the exported frozen table.
+    cond_of: for a conditional model, `indices -> conditioning keywords` of the noises of those indices (the
+        data then gives `(noise, index)` items: `NoiseDataset(indexed=True)`; held-out noise `j` has index `j`);
+        conditioning: what that is (e.g. `{"classes": [...]}`), recorded with the guidance scale.
     """
 
     networks = ("predictor",)
@@ -88,7 +96,7 @@ class AMEDDistillation:
     def __init__(self, denoiser=None, sigmas=None, sampler: str = "amed", options=None, nfe: int | None = None,
                  teacher: str = "heun", teacher_steps: int = 3, rtol: float = 1e-5, atol: float = 1e-5,
                  hidden_dim: int = 128, time_channels: int = 8, c_range: float = 0.01, model: str | None = None,
-                 held_out: int = 64, held_out_seed: int = 2_000_000):
+                 held_out: int = 64, held_out_seed: int = 2_000_000, cond_of=None, conditioning: dict | None = None):
         if denoiser is None or sigmas is None:
             raise ValueError("objective=amed needs the model and the grid: train it with scripts/train_amed.py "
                              "(e.g. python scripts/train_amed.py sampler=amed nfe=5)")
@@ -119,7 +127,9 @@ class AMEDDistillation:
         self.hidden_dim, self.time_channels, self.c_range = hidden_dim, time_channels, c_range
         self.model, self.fingerprint = model or type(denoiser).__name__, fingerprint(denoiser)
         self.held_out, self.held_out_seed = held_out, held_out_seed
-        self._held_out = None  # (noise, the teacher's samples)
+        self._held_out = None  # (noise, the teacher's samples, their conditioning)
+        self.cond_of, self.conditioning = cond_of, conditioning
+        self.guidance_scale = store.guidance_of(denoiser)
 
     def settings(self) -> dict:
         """What defines the distillation, the grid with every digit (a resume on another grid is refused)."""
@@ -128,21 +138,28 @@ class AMEDDistillation:
                 "teacher_steps": self.teacher_steps, "rtol": self.rtol, "atol": self.atol,
                 "hidden_dim": self.hidden_dim, "time_channels": self.time_channels, "c_range": self.c_range,
                 "model": self.model, "fingerprint": self.fingerprint, "held_out": self.held_out,
-                "held_out_seed": self.held_out_seed}
+                "held_out_seed": self.held_out_seed, **store.guidance_record(self.denoiser, self.conditioning)}
 
     def new_predictor(self) -> AMEDPredictor:
         """An untrained predictor for this model, sampler and grid (feature input: the UNet's bottleneck)."""
         return AMEDPredictor(feature_dim=bottleneck_size(self.denoiser), hidden_dim=self.hidden_dim,
                              time_channels=self.time_channels, c_range=self.c_range, sampler=self.sampler,
                              base=self.base, afs=self.afs, nfe=self.nfe, sigmas=self.sigmas.tolist(), model=self.model,
-                             fingerprint=self.fingerprint)
+                             fingerprint=self.fingerprint, guidance_scale=self.guidance_scale,
+                             classes=(self.conditioning or {}).get("classes"))
 
     def _sampler_options(self) -> dict:
         return {"afs": self.afs, **({"base": self.base} if self.base else {})}
 
-    def teacher_points(self, x: torch.Tensor, progress: bool = False) -> list[torch.Tensor]:
-        """`x_n^T` at every time of the grid from `x` at `t_0`; a NaN or inf is refused in one line.
-        `progress`: a bar of the student's steps on stderr."""
+    def _cond(self, indices, device) -> dict:
+        """The conditioning keywords of the noises of `indices` (none for an unconditional model)."""
+        if self.cond_of is None:
+            return {}
+        return {key: value.to(device) for key, value in self.cond_of([int(i) for i in indices]).items()}
+
+    def teacher_points(self, x: torch.Tensor, progress: bool = False, cond=None) -> list[torch.Tensor]:
+        """`x_n^T` at every time of the grid from `x` at `t_0` (conditioned by `cond`, one row per noise); a
+        NaN or inf is refused in one line. `progress`: a bar of the student's steps on stderr."""
         sigmas = self.sigmas.to(x.device)
         fine = inserted(sigmas, self.teacher_steps) if self.teacher == "heun" else sigmas
         every = self.teacher_steps + 1 if self.teacher == "heun" else 1
@@ -150,7 +167,7 @@ class AMEDDistillation:
         points = [x]
         for n in tqdm(range(len(sigmas) - 1), desc=f"teacher ({self.teacher})", unit="step", leave=False,
                       disable=not progress):
-            x = solve(self.teacher, self.denoiser, x, fine[n * every:(n + 1) * every + 1], **options)
+            x = solve(self.teacher, self.denoiser, x, fine[n * every:(n + 1) * every + 1], cond=cond, **options)
             broken = int((~torch.isfinite(x)).flatten(1).any(1).sum())
             if broken:
                 raise FloatingPointError(f"the teacher ({self.teacher}) gives NaN or inf at sigma="
@@ -159,7 +176,8 @@ class AMEDDistillation:
             points.append(x)
         return points
 
-    def student_error(self, predictor: AMEDPredictor, x: torch.Tensor, teacher: list[torch.Tensor]) -> torch.Tensor:
+    def student_error(self, predictor: AMEDPredictor, x: torch.Tensor, teacher: list[torch.Tensor],
+                      cond=None) -> torch.Tensor:
         """Per sample, `sum_n ||x_n - x_n^T||^2` over the grid's times after `t_0`, the sampler driven here
         (its generator, `predictor` watching this denoiser): at each time of the grid it asks about
         (0-d sigma; with a predictor the intermediate ones are per sample) the distance is taken and
@@ -174,43 +192,57 @@ class AMEDDistillation:
                         error = error + squared_distance(x, teacher[n])
                         x = teacher[n] if self.sampler == "amed" else x
                         n += 1
-                    x, sigma = steps.send((x, self.denoiser(x, sigma)))
+                    x, sigma = steps.send((x, self.denoiser(x, sigma, **(cond or {}))))
             except StopIteration as done:
                 return error + squared_distance(done.value, teacher[-1])
 
     def losses(self, nets, batch: torch.Tensor, step: int, seeds) -> dict[str, torch.Tensor]:
         """`{"predictor": loss}` at every step; `batch`: standard-normal noise (`NoiseDataset`, seeded by
-        its index: `seeds` is not used)."""
-        self.denoiser.to(batch.device)
-        x = batch.to(torch.float64) * float(self.sigmas[0])
+        its index: `seeds` is not used), with the indices for a conditional model."""
+        indexed = isinstance(batch, (tuple, list))
+        if indexed != (self.cond_of is not None):
+            raise ValueError(f"a {'conditional' if self.cond_of else 'unconditional'} model's distillation needs "
+                             f"noise {'with' if self.cond_of else 'without'} indices (NoiseDataset indexed="
+                             f"{self.cond_of is not None})")
+        noise, indices = batch if indexed else (batch, [])
+        self.denoiser.to(noise.device)
+        cond = self._cond(indices, noise.device)
+        x = noise.to(torch.float64) * float(self.sigmas[0])
         with torch.no_grad():
-            teacher = self.teacher_points(x)
-        return {"predictor": self.student_error(nets["predictor"], x, teacher).mean()}
+            teacher = self.teacher_points(x, cond=cond)
+        return {"predictor": self.student_error(nets["predictor"], x, teacher, cond).mean()}
 
     def held_out_noise(self, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The held-out noises and the teacher's samples from them (made once)."""
+        """The held-out noises and the teacher's samples from them (made once; their conditioning: `held_out_cond`)."""
         if self._held_out is None:
             data = NoiseDataset(self.denoiser.sample_shape, self.held_out, self.held_out_seed)
             noise = torch.stack([data[i] for i in range(len(data))]).to(device)
+            cond = self._cond(range(len(data)), device)
             self.denoiser.to(device)
             log.info(f"the teacher's points ({self.teacher}) for {len(data)} held-out noises")
             with torch.no_grad():
-                self._held_out = noise, self.teacher_points(noise.double() * float(self.sigmas[0]), progress=True)[-1]
-        return self._held_out
+                target = self.teacher_points(noise.double() * float(self.sigmas[0]), progress=True, cond=cond)[-1]
+            self._held_out = noise, target, cond
+        return self._held_out[:2]
+
+    def held_out_cond(self, device=None) -> dict:
+        """The conditioning keywords of the held-out noises (held-out noise `j` conditioned as index `j`)."""
+        self.held_out_noise(device)
+        return self._held_out[2]
 
     def error(self, device=None, **options) -> float:
         """`sqrt(mean ||x - x^T||^2)` over the held-out noises, the sampler with `options` (a
         `predictor`, or r and c) against the teacher."""
-        noise, target = self.held_out_noise(device)
-        x = sample(self.sampler, self.denoiser, noise, self.sigmas, **self._sampler_options(), **options)
+        (noise, target), cond = self.held_out_noise(device), self.held_out_cond(device)
+        x = sample(self.sampler, self.denoiser, noise, self.sigmas, cond=cond, **self._sampler_options(), **options)
         return math.sqrt(squared_distance(x.double(), target).mean().item())
 
     def report(self, nets, step: int, out_dir) -> dict[str, float]:
         """The held-out errors against the teacher: with the predictor, with its frozen table, and at
         r = 1/2, c = 1 (untrained)."""
         predictor = nets["predictor"]
-        noise, _ = self.held_out_noise(predictor.device)
-        r, c = frozen_table(predictor, self.denoiser, noise, self.sigmas)
+        (noise, _), cond = self.held_out_noise(predictor.device), self.held_out_cond(predictor.device)
+        r, c = frozen_table(predictor, self.denoiser, noise, self.sigmas, cond)
         return {"error": self.error(predictor.device, predictor=predictor),
                 "frozen_error": self.error(predictor.device, r=r, c=c), "untrained_error": self.error(predictor.device)}
 
@@ -221,9 +253,9 @@ class AMEDDistillation:
         command that trained it."""
         predictor, out_dir = nets["predictor"], Path(out_dir)
         predictor.save_pretrained(str(out_dir))
-        noise, _ = self.held_out_noise(predictor.device)
-        r, c = frozen_table(predictor, self.denoiser, noise, self.sigmas)
+        (noise, _), cond = self.held_out_noise(predictor.device), self.held_out_cond(predictor.device)
+        r, c = frozen_table(predictor, self.denoiser, noise, self.sigmas, cond)
         table = {"sampler": self.sampler, "sampler_options": {**self._sampler_options(), "r": r, "c": c},
                  "sigmas": self.sigmas.tolist(), "nfe": self.nfe, "model": self.model, "fingerprint": self.fingerprint,
-                 "command": store.command()}
+                 **store.guidance_record(self.denoiser, self.conditioning), "command": store.command()}
         (out_dir / "frozen_table.json").write_text(json.dumps(table, indent=1) + "\n")

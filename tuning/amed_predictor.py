@@ -6,7 +6,8 @@ read by a forward hook, so it costs no network call; and its frozen table, one `
 A predictor is made for one sampler (amed, or amed_plugin and its base), `afs`, grid and model; its
 config holds them (and the NFE, the model's name and weight fingerprint) and it refuses any other use
 in one line. `samplers.sample(name, denoiser, noise, sigmas, predictor=p)` runs it. A model's own
-predictors lie beside it, `<model dir>/amed/<sampler>[-<base>]-nfe<N>/` (`shipped`, `find`), each with
+predictors lie beside it, `<model dir>/amed/<sampler>[-<base>][-cfg<W>]-nfe<N>/` (`shipped`, `find`; W the
+guidance scale of a guided model), each with
 its frozen table and the command that trained it (`frozen_table.json`).
 """
 from __future__ import annotations
@@ -104,14 +105,16 @@ class AMEDPredictor(ModelMixin, ConfigMixin):
     (the authors' AMED_predictor with `scale_dir`). feature_dim 0: time only (a model without a UNet).
 
     The rest of the config is what it was made for, checked at every use (None: not pinned): sampler
-    (amed or amed_plugin) and base (amed_plugin's), afs, nfe, sigmas (the grid), model (a name) and
-    fingerprint (`samplers.fingerprint` of its weights). `save_pretrained` / `from_pretrained`
+    (amed or amed_plugin) and base (amed_plugin's), afs, nfe, sigmas (the grid), model (a name),
+    fingerprint (`samplers.fingerprint` of its weights), guidance_scale and classes (a guided model's scale
+    and the classes it was distilled on; None: unguided, all). `save_pretrained` / `from_pretrained`
     keep it all (config.json and safetensors)."""
 
     @register_to_config
     def __init__(self, feature_dim: int = 0, hidden_dim: int = 128, time_channels: int = 8, c_range: float = 0.01,
                  sampler: str = "amed", base: str | None = None, afs: bool = False, nfe: int | None = None,
-                 sigmas: list | None = None, model: str | None = None, fingerprint: str | None = None):
+                 sigmas: list | None = None, model: str | None = None, fingerprint: str | None = None,
+                 guidance_scale: float | None = None, classes: list | None = None):
         super().__init__()
         if sampler not in ("amed", "amed_plugin") or (base is None) != (sampler == "amed") or (
                 base is not None and base not in PLUGIN_BASES):
@@ -166,6 +169,8 @@ class AMEDPredictor(ModelMixin, ConfigMixin):
         if pinned is not None and fingerprint(denoiser) != pinned:
             raise ValueError(f"this AMED predictor was trained on model {self.config.model} (weights {pinned}); "
                              f"this model's weights are {fingerprint(denoiser)}")
+        if pinned is not None:
+            store.check_guidance(self.config.guidance_scale, denoiser, "this AMED predictor")
         if not self.config.feature_dim:
             yield self
             return
@@ -196,11 +201,12 @@ class AMEDPredictor(ModelMixin, ConfigMixin):
 
 
 @torch.no_grad()
-def frozen_table(predictor: AMEDPredictor, denoiser, noise: torch.Tensor, sigmas) -> tuple[list[float], list[float]]:
+def frozen_table(predictor: AMEDPredictor, denoiser, noise: torch.Tensor, sigmas,
+                 cond=None) -> tuple[list[float], list[float]]:
     """The predictor frozen into one `(r_n, c_n)` per step, for `amed` / `amed_plugin`'s per-step `r`, `c`
     (no features needed, so a pipeline can take it): sampling `noise` (standard normal) with it, the batch
     means `s_n` of the intermediate times and `c_n`, then `r_n = log(s_n / t_n) / log(t_{n+1} / t_n)`;
-    0.5 and 1 on a step to sigma = 0, which has no intermediate time."""
+    0.5 and 1 on a step to sigma = 0, which has no intermediate time. cond: the noises' conditioning keywords."""
     sigmas = check_sigmas(sigmas)
     seen = []
 
@@ -212,7 +218,7 @@ def frozen_table(predictor: AMEDPredictor, denoiser, noise: torch.Tensor, sigmas
     options = {"afs": predictor.config.afs, **({"base": predictor.config.base} if predictor.config.base else {})}
     handle = predictor.register_forward_hook(record)
     try:
-        sample(predictor.config.sampler, denoiser, noise, sigmas, predictor=predictor, **options)
+        sample(predictor.config.sampler, denoiser, noise, sigmas, predictor=predictor, cond=cond, **options)
     finally:
         handle.remove()
     r = [math.log(s / t) / math.log(t_next / t) for t, t_next, s, _ in seen]
@@ -224,17 +230,18 @@ def frozen_table(predictor: AMEDPredictor, denoiser, noise: torch.Tensor, sigmas
 FOLDER = "amed"  # <model dir>/amed/<name>/: a model's own predictors (`shipped_name`)
 
 
-def shipped_name(sampler: str, base: str | None, nfe: int) -> str:
-    """The folder name of a model's predictor: `amed-nfe5`, `amed_plugin-ipndm-nfe5`."""
-    return f"{sampler}{f'-{base}' if base else ''}-nfe{nfe}"
+def shipped_name(sampler: str, base: str | None, nfe: int, guidance_scale: float | None = None) -> str:
+    """The folder name of a model's predictor: `amed-nfe5`, `amed_plugin-ipndm-nfe5`, `amed-cfg2-nfe5`."""
+    stem = f"{sampler}-{base}" if base else sampler
+    return f"{store.keyed(stem, guidance_scale)}-nfe{nfe}"
 
 
 def shipped(denoiser, sampler: str, base: str | None = None) -> dict[int, Path]:
-    """The predictors stored beside the denoiser's model for `sampler` (and `base`), by NFE."""
+    """The predictors stored beside the denoiser's model for `sampler` (and `base`) at its guidance scale, by NFE."""
     folder = store.beside(denoiser, FOLDER, "")
     if folder is None or not folder.is_dir():
         return {}
-    prefix = shipped_name(sampler, base, 0)[:-1]
+    prefix = shipped_name(sampler, base, 0, store.guidance_of(denoiser))[:-1]
     return {int(p.name[len(prefix):]): p for p in folder.iterdir()
             if p.name.startswith(prefix) and p.name[len(prefix):].isdigit() and (p / "config.json").is_file()}
 
@@ -242,7 +249,7 @@ def shipped(denoiser, sampler: str, base: str | None = None) -> dict[int, Path]:
 def destination(denoiser, sampler: str, base: str | None, nfe: int) -> Path:
     """Where a predictor is stored beside the denoiser's model (`scripts/train_amed.py write=true`),
     refused in one line if the model has no directory or a predictor is there already."""
-    target = store.beside(denoiser, FOLDER, shipped_name(sampler, base, nfe))
+    target = store.beside(denoiser, FOLDER, shipped_name(sampler, base, nfe, store.guidance_of(denoiser)))
     if target is None:
         raise ValueError(f"a predictor is stored beside the model, and {type(denoiser).__name__} was not loaded "
                          f"from a directory; use the trained one from its out_dir/model (predictor=DIR)")
@@ -279,6 +286,11 @@ def find(denoiser, sampler: str, base: str | None = None, nfe: int | None = None
         asked = f"NFE {nfe}"
     if nfe not in own:
         has = f"it has NFE {', '.join(map(str, sorted(own)))} (nfe=N)" if own else "it has none"
+        guidance = store.guidance_of(denoiser)
+        if guidance is not None:
+            stem = shipped_name(sampler, base, 0)[:-5]
+            others = store.scales_beside(denoiser, FOLDER, stem, r"-nfe\d+")
+            has += f" at guidance {guidance:g} {store.at_scales(others)}"
         raise ValueError(f"this model has no AMED predictor of {shipped_name(sampler, base, 0)[:-5]} for {asked}: "
                          f"{has}; sampler.options.predictor=null runs fixed r and c, predictor=DIR a trained one")
     return own[nfe]

@@ -68,38 +68,39 @@ class SearchResult:
 
 
 def ode_reference(denoiser, noise: torch.Tensor, rtol: float = 1e-5, atol: float = 1e-5,
-                  progress: bool = False) -> torch.Tensor:
+                  progress: bool = False, cond=None) -> torch.Tensor:
     """The dopri5 solution of `noise` from the denoiser's `sigma_max` to 0, float64; `progress`: a bar
-    of its network calls on stderr."""
+    of its network calls on stderr; `cond`: the conditioning keywords, one row per noise."""
     grid = torch.tensor([denoiser.sigma_max, denoiser.sigma_min, 0.0], dtype=torch.float64)
     with tqdm(desc="dopri5 reference", unit="NFE", leave=False, disable=not progress) as bar:
         return sample("dopri5", denoiser, noise.double(), grid, rtol=rtol, atol=atol,  # (it refuses NaN or inf)
-                      callback=lambda call: bar.update(1))
+                      callback=lambda call: bar.update(1), cond=cond)
 
 
 def teachers(denoiser, num_noises: int, seed: int, rtol: float = 1e-5, atol: float = 1e-5, device=None, log=None,
-             progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+             progress: bool = True, cond=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """`(noise, reference, held_out, held_out_reference)`: the noises of seeds `seed ..` (training) and
     the `num_noises` after them (held out), of the denoiser's sample shape, and their dopri5 solutions
-    (`ode_reference`); `log` says what they cost."""
+    (`ode_reference`, row `i` of both batches conditioned by row `i` of `cond`); `log` says what they cost."""
     log = log or _log.info
     shape = tuple(denoiser.sample_shape)
     noise = seeded_noise(range(seed, seed + num_noises), shape, device)
     held_out = seeded_noise(range(seed + num_noises, seed + 2 * num_noises), shape, device)
     begin = time.perf_counter()
     log(f"dopri5 references of {2 * num_noises} noises (rtol {rtol:g}, atol {atol:g})")
-    reference = ode_reference(denoiser, noise, rtol, atol, progress)
-    held_out_reference = ode_reference(denoiser, held_out, rtol, atol, progress)
+    reference = ode_reference(denoiser, noise, rtol, atol, progress, cond=cond)
+    held_out_reference = ode_reference(denoiser, held_out, rtol, atol, progress, cond=cond)
     log(f"dopri5 references of {2 * num_noises} noises: {time.perf_counter() - begin:.0f} s")
     return noise, reference, held_out, held_out_reference
 
 
 def ode_error(name: str, denoiser, noise: torch.Tensor, reference: torch.Tensor, sigmas, options=None,
-              grad: bool = False) -> torch.Tensor:
-    """RMS distance between sampler `name` on `sigmas` from `noise` and `reference`, per value."""
+              grad: bool = False, cond=None) -> torch.Tensor:
+    """RMS distance between sampler `name` on `sigmas` from `noise` (conditioned by `cond`) and `reference`,
+    per value."""
     sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
     with torch.set_grad_enabled(grad):
-        x = solve(name, denoiser, noise.double() * sigmas[0], sigmas, **(options or {}))
+        x = solve(name, denoiser, noise.double() * sigmas[0], sigmas, cond=cond, **(options or {}))
     return (x - reference).pow(2).mean().sqrt()
 
 
@@ -179,7 +180,7 @@ def frozen(module):
 
 
 def refine(name: str, denoiser, start: torch.Tensor, noise, reference, options=None, iterations: int = 30,
-           lr: float = 0.05, lowest_top: float = 0.0, progress: bool = False) -> tuple[torch.Tensor, float]:
+           lr: float = 0.05, lowest_top: float = 0.0, progress: bool = False, cond=None) -> tuple[torch.Tensor, float]:
     """Adam on the grid's positive sigmas (`GridParameters`) against the ODE error of `noise`;
     the grid with the lowest training error seen, and that error. `progress`: a bar of the steps on stderr."""
     params = GridParameters(start, denoiser.sigma_min, denoiser.sigma_max, lowest_top)
@@ -189,7 +190,7 @@ def refine(name: str, denoiser, start: torch.Tensor, noise, reference, options=N
     with frozen(denoiser), torch.enable_grad():
         for _ in bar:
             sigmas = params()
-            error = ode_error(name, denoiser, noise, reference, sigmas, options, grad=True)
+            error = ode_error(name, denoiser, noise, reference, sigmas, options, grad=True, cond=cond)
             if not torch.isfinite(error):
                 raise FloatingPointError(f"the schedule search produced a NaN error on the grid {sigmas.tolist()}")
             if error.item() < best_error:
@@ -203,13 +204,14 @@ def refine(name: str, denoiser, start: torch.Tensor, noise, reference, options=N
 
 def search(name: str, denoiser, nfe: int, noise: torch.Tensor, reference: torch.Tensor, held_out: torch.Tensor,
            held_out_reference: torch.Tensor, options=None, iterations: int = 30, lr: float = 0.05,
-           log=None, warm: dict | None = None, progress: bool = True) -> SearchResult:
+           log=None, warm: dict | None = None, progress: bool = True, cond=None) -> SearchResult:
     """The grid of sampler `name` at exactly `nfe` denoiser calls with the lowest ODE error: the
     best start (a lever grid, `lever_grids`, or a grid `warm` maps a lower NFE to, with a point
     inserted, `with_point_inserted`, when that costs exactly `nfe`; measured on `noise`), refined
     (`refine`, on `noise`) when the refinement also wins on `held_out`. `reference`,
     `held_out_reference`: `ode_reference` of each. `log`: where each step's line goes (this module's
-    logger); `progress`: a bar of the refinement on stderr."""
+    logger); `progress`: a bar of the refinement on stderr; `cond`: the conditioning keywords of both
+    batches of noises (one row per noise: row `i` of each batch conditioned alike)."""
     log = log or _log.info
     begin = time.perf_counter()
     sigma_min, sigma_max = float(denoiser.sigma_min), float(denoiser.sigma_max)
@@ -220,7 +222,7 @@ def search(name: str, denoiser, nfe: int, noise: torch.Tensor, reference: torch.
         if nfe_of(name, grid, options) == nfe:
             starts.append((f"the NFE {lower} grid with a point inserted", grid))
     for how, sigmas in starts:
-        error = ode_error(name, denoiser, noise, reference, sigmas, options).item()
+        error = ode_error(name, denoiser, noise, reference, sigmas, options, cond=cond).item()
         if not math.isfinite(error):
             raise FloatingPointError(f"the schedule search produced a NaN error for {name} at NFE {nfe} on {how}")
         curve.append(Grid(sigmas, error, how))
@@ -230,15 +232,16 @@ def search(name: str, denoiser, nfe: int, noise: torch.Tensor, reference: torch.
     start = min(curve, key=lambda g: g.error)
     log(f"{name} NFE {nfe}: refining {start.how} ({iterations} Adam steps)")
     refined, train_error = refine(name, denoiser, start.sigmas, noise, reference, options, iterations, lr, lowest_top,
-                                  progress)
-    start_held = ode_error(name, denoiser, held_out, held_out_reference, start.sigmas, options).item()
-    refined_held = ode_error(name, denoiser, held_out, held_out_reference, refined, options).item()
+                                  progress, cond=cond)
+    start_held = ode_error(name, denoiser, held_out, held_out_reference, start.sigmas, options, cond=cond).item()
+    refined_held = ode_error(name, denoiser, held_out, held_out_reference, refined, options, cond=cond).item()
     log(f"{name} NFE {nfe}: refined {start.error:.5f} -> {train_error:.5f} (held-out {start_held:.5f} -> "
         f"{refined_held:.5f})")
     best = Grid(refined, refined_held, f"refined from {start.how}") if refined_held < start_held \
         else Grid(start.sigmas, start_held, start.how)
     default = get_sigmas("karras", steps_for_nfe(name, nfe, options), sigma_min, sigma_max)  # today's default grid
-    default = Grid(default, ode_error(name, denoiser, held_out, held_out_reference, default, options).item(),
+    default = Grid(default, ode_error(name, denoiser, held_out, held_out_reference, default, options,
+                                      cond=cond).item(),
                    "karras rho 7 over the model's range, step to 0") if nfe_of(name, default, options) == nfe else None
     return SearchResult(nfe, best, Grid(start.sigmas, start_held, start.how), default,
                         time.perf_counter() - begin, [(g.how, g.error) for g in curve])
@@ -246,25 +249,20 @@ def search(name: str, denoiser, nfe: int, noise: torch.Tensor, reference: torch.
 
 def run_search(name: str, denoiser, nfes, options=None, num_noises: int = 64, seed: int = 900000,
                iterations: int = 30, lr: float = 0.05, rtol: float = 1e-5, atol: float = 1e-5, device=None,
-               log=None, progress: bool = True):
+               log=None, progress: bool = True, cond=None):
     """`search` at each NFE of `nfes` (in increasing order, each warm-started from the ones before),
     yielding each result as it is found: noises from seeds
     `seed ..` (training) and the `num_noises` after them (held out), and their dopri5 references.
-    `log`, `progress`: as `search`'s, and a bar of the references' network calls."""
-    log = log or _log.info
+    `log`, `progress`: as `search`'s, and a bar of the references' network calls. cond: the conditioning
+    keywords of a conditional model, `num_noises` rows: row `i` for noise `i` of each batch (as sample `i` of a run)."""
     if num_noises < 1 or iterations < 0:
         raise ValueError(f"num_noises must be at least 1 and iterations at least 0, got {num_noises} and {iterations}")
-    shape = tuple(denoiser.sample_shape)
-    noise = seeded_noise(range(seed, seed + num_noises), shape, device)
-    held_out = seeded_noise(range(seed + num_noises, seed + 2 * num_noises), shape, device)
-    begin = time.perf_counter()
-    log(f"dopri5 references of {2 * num_noises} noises (rtol {rtol:g}, atol {atol:g})")
-    reference = ode_reference(denoiser, noise, rtol, atol, progress)
-    held_out_reference = ode_reference(denoiser, held_out, rtol, atol, progress)
-    log(f"dopri5 references of {2 * num_noises} noises: {time.perf_counter() - begin:.0f} s")
+    cond = {key: value.to(device) for key, value in (cond or {}).items()}
+    noise, reference, held_out, held_out_reference = teachers(denoiser, num_noises, seed, rtol, atol, device, log,
+                                                              progress, cond)
     found = {}
     for target in sorted(int(n) for n in nfes):
         result = search(name, denoiser, target, noise, reference, held_out, held_out_reference, options,
-                        iterations, lr, log, warm=found, progress=progress)
+                        iterations, lr, log, warm=found, progress=progress, cond=cond)
         found[target] = result.best.sigmas
         yield result

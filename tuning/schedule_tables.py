@@ -1,8 +1,9 @@
 """Searched schedules, stored next to the model they were searched for.
 
-A table is one JSON file per sampler, `<model dir>/schedules/<sampler>.json`:
-`{"sampler", "options" (those not at their defaults), "model", "fingerprint", "objective",
-"by_nfe": {"5": {"sigmas": [...], "command", ...}}}`. `fingerprint` identifies the model's weights, so a table is never applied to
+A table is one JSON file per sampler, `<model dir>/schedules/<sampler>.json`, or `<sampler>-cfg<W>.json`
+for the model under guidance W: `{"sampler", "options" (those not at their defaults), "model",
+"fingerprint", "objective", "guidance_scale", "conditioning", "by_nfe": {"5": {"sigmas": [...], "command",
+...}}}`. `fingerprint` identifies the model's weights, so a table is never applied to
 another model; each entry holds the exact grid of that NFE (`n + 1` sigmas, ending at 0 or at the
 sigma where the sample is returned) and the command that searched it. `schedule.kind=auto` (the
 default of the sampling commands) samples on the entry for the sampler and NFE asked when one
@@ -23,8 +24,14 @@ FOLDER = "schedules"
 
 
 def default_path(denoiser, sampler: str) -> Path | None:
-    """`<model dir>/schedules/<sampler>.json` for a model loaded from a directory, else None."""
-    return store.beside(denoiser, FOLDER, f"{sampler}.json")
+    """`<model dir>/schedules/<sampler>[-cfg<W>].json` (W: the denoiser's guidance scale) for a model loaded
+    from a directory, else None."""
+    return store.beside(denoiser, FOLDER, f"{store.keyed(sampler, store.guidance_of(denoiser))}.json")
+
+
+def scales(denoiser, sampler: str) -> list[float]:
+    """The guidance scales of the model's tables of `sampler`."""
+    return store.scales_beside(denoiser, FOLDER, sampler, r"\.json")
 
 
 def changed_options(sampler: str, options) -> dict:
@@ -64,6 +71,7 @@ def lookup(path, denoiser, sampler: str, options: dict, nfe: int) -> torch.Tenso
         raise ValueError(f"{path} was searched for another model ({table.get('model')}, weights {table['fingerprint']}); "
                          f"this one's weights are {mine}: search it again (scripts/search_schedule.py)")
     _check_sampler(table, path, sampler, options)
+    store.check_guidance(table.get("guidance_scale"), denoiser, path)
     entry = table["by_nfe"].get(str(nfe))
     if entry is None:
         raise ValueError(f"{path} has no grid for NFE {nfe}: it has NFE {', '.join(sorted(table['by_nfe'], key=int))}")
@@ -92,20 +100,21 @@ def entries(path) -> dict[int, dict]:
 
 
 def write(path, denoiser, sampler: str, options: dict, model: str, objective: str, nfe: int, sigmas,
-          **details) -> Path:
+          conditioning: dict | None = None, **details) -> Path:
     """Store the grid of `sampler` at `nfe` in the table `path` (made if missing; the other NFEs
-    of a table of the same model, sampler and options are kept), with `details` (the command,
-    the errors measured) beside it."""
+    of a table of the same model, sampler, options and guidance scale are kept), with `details` (the command,
+    the errors measured) beside it; `conditioning`: what the noises were conditioned on (e.g. classes)."""
     path = Path(path).expanduser()
     sigmas = check_sigmas(torch.as_tensor(sigmas, dtype=torch.float64).detach().cpu())
     options = changed_options(sampler, options)
     table = {"sampler": sampler, "options": options, "model": model, "fingerprint": fingerprint(denoiser),
-             "objective": objective, "by_nfe": {}}
+             "objective": objective, **store.guidance_record(denoiser, conditioning), "by_nfe": {}}
     if path.is_file():
         old = load(path)
         if (old["fingerprint"], old["sampler"], old["options"]) != (table["fingerprint"], sampler, options):
             raise ValueError(f"{path} holds grids of another model or sampler ({old.get('model')} {old['sampler']} "
                              f"{old['options']}); write to another table=")
+        store.check_guidance(old.get("guidance_scale"), denoiser, path)
         table["by_nfe"] = old["by_nfe"]
     table["by_nfe"][str(nfe)] = {"sigmas": sigmas.tolist(), **details}
     table["by_nfe"] = dict(sorted(table["by_nfe"].items(), key=lambda kv: int(kv[0])))
@@ -114,21 +123,34 @@ def write(path, denoiser, sampler: str, options: dict, model: str, objective: st
     return path
 
 
-def table_file(given, sampler: str) -> Path:
+def table_file(given, sampler: str, guidance_scale: float | None = None) -> Path:
     """A table named by a scheduler config: a file, or a model directory or a shipped model's name
-    (its table for `sampler`)."""
+    (its table for `sampler` at `guidance_scale`, `<sampler>-cfg<W>.json`; a scale it has none for is
+    refused in one line naming the scales it has)."""
     from ..assets import resolve
 
     path = resolve(given, lambda root: root.is_file() or (root / FOLDER).is_dir())
-    return path / FOLDER / f"{sampler}.json" if path.is_dir() else path
+    if not path.is_dir():
+        return path
+    file = path / FOLDER / f"{store.keyed(sampler, guidance_scale)}.json"
+    if guidance_scale is not None and not file.is_file():
+        have = store.scales_in(path / FOLDER, sampler, r"\.json")
+        raise ValueError(f"{path} has no schedule table of {sampler} for guidance_scale={guidance_scale:g} "
+                         f"{store.at_scales(have)}")
+    return file
 
 
-def grid_of_steps(path, sampler: str, options: dict, steps: int, sigma_max: float) -> torch.Tensor:
+def grid_of_steps(path, sampler: str, options: dict, steps: int, sigma_max: float,
+                  guidance_scale: float | None = None) -> torch.Tensor:
     """The grid of `steps` steps in table `path` (of the lowest NFE when two have as many steps,
     Heun's ending at 0 and at sigma_min), for a scheduler that cannot see the model's weights: the
-    sampler, options and `sigma_max` are checked, the fingerprint cannot be."""
+    sampler, options, guidance scale and `sigma_max` are checked, the fingerprint cannot be."""
     table, path = load(path), Path(path).expanduser()
     _check_sampler(table, path, sampler, options)
+    recorded = table.get("guidance_scale")
+    if (None if recorded is None else float(recorded)) != guidance_scale:
+        raise ValueError(f"{path} was searched at {store.scale_words(recorded)}, not at "
+                         f"{store.scale_words(guidance_scale)} (guidance_scale={guidance_scale})")
     found = sorted((int(nfe), entry["sigmas"]) for nfe, entry in table["by_nfe"].items()
                    if len(entry["sigmas"]) - 1 == steps)
     if not found:

@@ -1,7 +1,8 @@
 """Skip-Tuning factors calibrated for a model (docs/conventions.md §6), stored beside it
-(`tuning.store`): one JSON file per sampler, `<model dir>/skiptune/<sampler>.json`,
-`{"sampler", "model", "fingerprint", "objective", "rho_top", "by_nfe": {"5": {"rho_bottom", "fd_plain",
-"fd", "grid", "command"}}}`. A model without a table has no factors: it never borrows another model's.
+(`tuning.store`): one JSON file per sampler, `<model dir>/skiptune/<sampler>[-cfg<W>].json` (W: the
+guidance scale of a guided model), `{"sampler", "model", "fingerprint", "objective", "guidance_scale",
+"conditioning", "rho_top", "by_nfe": {"5": {"rho_bottom", "fd_plain", "fd", "grid", "command"}}}`. A model
+without a table has no factors: it never borrows another model's, nor another guidance scale's.
 """
 from __future__ import annotations
 
@@ -15,8 +16,18 @@ FOLDER = "skiptune"
 
 
 def default_path(model, sampler: str) -> Path | None:
-    """`<model dir>/skiptune/<sampler>.json`, or None for a model not loaded from a directory."""
-    return store.beside(model, FOLDER, f"{sampler}.json")
+    """`<model dir>/skiptune/<sampler>[-cfg<W>].json`, or None for a model not loaded from a directory."""
+    return store.beside(model, FOLDER, f"{store.keyed(sampler, store.guidance_of(model))}.json")
+
+
+def missing_at_scale(model, sampler: str) -> str | None:
+    """For a guided model without factors at its scale, the line saying so (it samples without them);
+    None otherwise."""
+    guidance, path = store.guidance_of(model), default_path(model, sampler)
+    if guidance is None or path is None or path.is_file():
+        return None
+    have = store.scales_beside(model, FOLDER, sampler, r"\.json")
+    return f"Skip-Tuning: no factors of {sampler} for guidance {guidance:g} {store.at_scales(have)}: none applied"
 
 
 def load(path) -> dict:
@@ -45,23 +56,27 @@ def factors(model, sampler: str, nfe: int, path=None) -> tuple[float, float, str
     if table["sampler"] != sampler:
         raise ValueError(f"{path} holds the factors of sampler {table['sampler']}, not of {sampler}")
     store.check_made_for(table["fingerprint"], model, path)
+    store.check_guidance(table.get("guidance_scale"), model, path)
     chosen = nearest(table["by_nfe"], nfe)
     rho_bottom = table["by_nfe"][str(chosen)]["rho_bottom"]
     return float(table["rho_top"]), float(rho_bottom), f"calibrated at NFE {chosen} ({path})"
 
 
-def write(path, model, sampler: str, model_name: str, objective: str, rho_top: float, by_nfe: dict) -> Path:
+def write(path, model, sampler: str, model_name: str, objective: str, rho_top: float, by_nfe: dict,
+          conditioning: dict | None = None) -> Path:
     """Store the factors of `sampler` in table `path`: one `rho_top`, and per NFE an entry of
-    `by_nfe` (`rho_bottom` and what was measured and run). A table of other weights or another
-    sampler there is refused; its other NFEs are kept when `rho_top` is the same."""
+    `by_nfe` (`rho_bottom` and what was measured and run); the model's guidance scale and `conditioning`
+    (the classes) recorded. A table of other weights, another sampler or guidance scale there is refused;
+    its other NFEs are kept when `rho_top` is the same."""
     path = Path(path).expanduser()
     table = {"sampler": sampler, "model": model_name, "fingerprint": fingerprint(model), "objective": objective,
-             "rho_top": rho_top, "by_nfe": {}}
+             **store.guidance_record(model, conditioning), "rho_top": rho_top, "by_nfe": {}}
     if path.is_file():
         old = load(path)
         if (old["fingerprint"], old["sampler"]) != (table["fingerprint"], sampler):
             raise ValueError(f"{path} holds the factors of another model or sampler ({old.get('model')} "
                              f"{old['sampler']}); write to another table=")
+        store.check_guidance(old.get("guidance_scale"), model, path)
         table["by_nfe"] = old["by_nfe"] if old["rho_top"] == rho_top else {}
     table["by_nfe"].update({str(nfe): entry for nfe, entry in by_nfe.items()})
     table["by_nfe"] = dict(sorted(table["by_nfe"].items(), key=lambda kv: int(kv[0])))
