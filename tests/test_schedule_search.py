@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from helpers import ROOT, run_cli
 from fewstep import samplers
 from fewstep.tuning import schedule_search, schedule_tables
-from fewstep.tuning.schedule_search import (PRIOR_MARGIN, Grid, SearchResult, _GridParameters, lever_grids,
+from fewstep.tuning.schedule_search import (PRIOR_MARGIN, Grid, SearchResult, GridParameters, lever_grids,
                                               ode_error, ode_reference, refine, run_search, search, seeded_noise,
                                               with_point_inserted)
 
@@ -57,7 +57,7 @@ def test_the_levers_are_every_kind_then_top_then_ending():
                                                ("zero", 0.3, 20.0)])  # from 0.3; from lowest_top itself
 def test_grid_parameters_reproduce_the_start_and_keep_any_grid_inside_the_range(ending, low, top):
     start = samplers.get_sigmas("karras", 5, low, top, final_sigmas_type=ending)
-    params = _GridParameters(start, sigma_min=0.01, sigma_max=150.0, lowest_top=20.0)
+    params = GridParameters(start, sigma_min=0.01, sigma_max=150.0, lowest_top=20.0)
     assert torch.allclose(params().detach(), start, rtol=1e-9, atol=0)
     torch.manual_seed(0)
     for _ in range(20):
