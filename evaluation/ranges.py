@@ -42,15 +42,19 @@ def reference_of(images, extractor, batch_size: int = 256, device=None) -> Refer
 
 
 def seed_ranges(starts, n: int) -> list[range]:
-    """`range(start, start + n)` for each start; overlapping ranges are refused naming them."""
-    ranges = [range(int(s), int(s) + n) for s in starts]
+    """`range(start, start + n)` for each start; overlapping ranges are refused (`check_disjoint`)."""
     if n < 2:
         raise ValueError(f"a seed range needs at least 2 samples, got n={n}")
+    return check_disjoint([range(int(s), int(s) + n) for s in starts])
+
+
+def check_disjoint(ranges: list[range]) -> list[range]:
+    """`ranges`, refused in one line naming two that overlap."""
     ordered = sorted(ranges, key=lambda r: r.start)
     for a, b in zip(ordered, ordered[1:]):
         if b.start < a.stop:
             raise ValueError(f"the seed ranges {a.start}-{a.stop - 1} and {b.start}-{b.stop - 1} overlap: "
-                             f"use starts at least n={n} apart")
+                             f"start them at least {len(a)} apart")
     return ranges
 
 

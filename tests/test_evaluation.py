@@ -385,7 +385,7 @@ def test_scores_on_seed_ranges_carry_their_spread_and_paired_ratios():
     assert out["ratio"]["fd"]["mean"] > 3 and out["ratio"]["kid"]["mean"] > 3 and "ratio" not in ranges.carried(good)
     assert ranges.tie(ranges.summary([1.0, 1.2, 0.8]), 1.1) and not ranges.tie(ranges.summary([1.0, 1.2, 0.8]), 1.5)
     assert ranges.paired_ratios([{"kid": 1.0}], [{"kid": -0.1}])["kid"]["values"] != [1.0]  # NaN: no ratio to <= 0
-    with pytest.raises(ValueError, match="the seed ranges 0-59 and 50-109 overlap: use starts at least n=60 apart"):
+    with pytest.raises(ValueError, match="the seed ranges 0-59 and 50-109 overlap: start them at least 60 apart"):
         ranges.seed_ranges([50, 0], 60)
     with pytest.raises(ValueError, match="paired ratios need the same seed ranges: 3 scores against 2"):
         ranges.paired_ratios(good, good[:2])
