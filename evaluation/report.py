@@ -77,6 +77,7 @@ def spread_plot(series: dict[str, list[tuple[float, float, float]]], path, ylabe
     if line is not None:
         ax.axhline(line, color="0.5", linestyle="--", linewidth=1)
     ax.set(yscale="log", xlabel="NFE", ylabel=ylabel, title=title)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.savefig(path, dpi=100, bbox_inches="tight")

@@ -363,12 +363,24 @@ def test_the_frontier_refuses_a_tuning_range_that_overlaps_a_held_out_one(tmp_pa
         frontier.frontier(tmp_path, num_samples=10, tuning_samples=12, tuning_seed=105, held_out_seeds=[100, 200, 300])
 
 
-def test_the_frontier_candidates_of_the_digits_ddpm_name_where_they_come_from():
-    """Built, not sampled: at NFE 5 the default and searched grids, the AMED predictors and Skip-Tuning at the
-    factors calibrated for NFE 5; at NFE 4 no predictor and no Skip-Tuning; a one-step generator at NFE 1 only."""
+def test_the_frontier_candidates_of_the_digits_ddpm_name_where_they_come_from(tmp_path, monkeypatch):
+    """At NFE 5 the default and searched grids, the AMED predictors and Skip-Tuning at the factors calibrated
+    for NFE 5 (which change the samples only while they are drawn); at NFE 4 no predictor and no Skip-Tuning; the
+    learned solver where its table has the NFE; a one-step generator at NFE 1 only."""
+    from fewstep.samplers.learned import dpmpp_2m_weights
     from fewstep.suites import candidates
+    from fewstep.tuning import solver_tables
+    from fewstep.tuning.learned_solver import SolverFit
 
     ddpm = candidates.load_model("digits_ddpm")
+    table = tmp_path / "learned.json"
+    sigmas = torch.tensor([80.0, 2.0, 0.1, 0.0], dtype=torch.float64)
+    solver_tables.write(table, ddpm[0], "digits_ddpm", SolverFit(3, sigmas, dpmpp_2m_weights(sigmas), 0.1, 0.2, "x",
+                                                                   True, 1.0))
+    monkeypatch.setattr(solver_tables, "default_path", lambda denoiser: table)
+    [learned] = [c for c in candidates.candidates("digits_ddpm", ddpm, 3, []) if c.source == "learned"]
+    assert (learned.label, learned.nfe, learned.sigmas) == ("learned", 3, sigmas.tolist())
+    assert learned.sample_fn([0]).shape == (1, 1, 16, 16)
     at5 = candidates.candidates("digits_ddpm", ddpm, 5, ["ddim", "heun"])
     assert [(c.label, c.source, c.nfe) for c in at5] == [
         ("ddim karras", "grid", 5), ("ddim searched", "table", 5), ("heun karras", "grid", 5),
@@ -376,6 +388,8 @@ def test_the_frontier_candidates_of_the_digits_ddpm_name_where_they_come_from():
         ("ddim+skiptune", "skiptune", 5), ("heun+skiptune", "skiptune", 5)]
     assert at5[-2].sigmas == at5[1].sigmas and at5[-2].detail == "rho_top 1, rho_bottom 0.8"
     assert len({c.key for c in at5}) == len(at5)
+    plain, tuned = at5[1].sample_fn([0, 1]), at5[-2].sample_fn([0, 1])
+    assert not torch.allclose(plain, tuned) and torch.equal(at5[1].sample_fn([0, 1]), plain)
     assert {c.source for c in candidates.candidates("digits_ddpm", ddpm, 4, ["ddim"])} == {"grid", "table"}
     generator = (torch.nn.Identity(), None)
     assert [c.source for c in candidates.candidates("g", generator, 1)] == ["generator"]
