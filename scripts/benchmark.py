@@ -73,8 +73,8 @@ def main():
     parser.add_argument("--suite", nargs="+", choices=list(SUITES), default=list(SUITES))
     parser.add_argument("--samplers", nargs="+", choices=list(dict.fromkeys(SAMPLERS + AMED_SAMPLERS)), default=None,
                         help="default: ddim euler heun dpmpp_2m ipndm (gmm, digits, schedules), euler dpmpp_2m "
-                             "ipndm (reflow suites), those and dpm_2 amed amed_plugin but euler (amed), ddim euler heun dpmpp_2m "
-                             "ipndm dpm_2 (frontier)")
+                             "ipndm (reflow suites), those and dpm_2 amed amed_plugin but euler (amed), ddim euler "
+                             "heun dpmpp_2m ipndm dpm_2 (frontier)")
     parser.add_argument("--nfe", nargs="+", type=int, default=None,
                         help=f"default: {NFE_TARGETS} (gmm, digits), {REFLOW_NFE} (reflow suites), 1-10 (frontier)")
     parser.add_argument("--num-samples", type=int, default=None,
@@ -84,13 +84,16 @@ def main():
     parser.add_argument("--steps-2d", type=int, default=4000, help="reflow-2d: 1-RF training steps (half for the others)")
     parser.add_argument("--gan-steps", type=int, default=12000, help="gan-2d: training steps of each GAN")
     parser.add_argument("--gan-runs", nargs="*", default=[], help="gan-digits: GAN run directories to evaluate too")
-    parser.add_argument("--gmm-samples", type=int, default=10000, help="schedules, amed, frontier (per range): noises of the mixture")
+    parser.add_argument("--gmm-samples", type=int, default=10000,
+                        help="schedules, amed, frontier (per range): noises of the mixture")
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--seed", type=int, default=100_000, help="first seed (away from the calibration's 0-999)")
     parser.add_argument("--held-out-seeds", nargs="+", type=int, default=None,
                         help="frontier: the first seed of each held-out range (default: 100000 200000 300000)")
-    parser.add_argument("--tuning-seed", type=int, default=None, help="frontier: the first tuning seed (default 900000)")
-    parser.add_argument("--tuning-samples", type=int, default=None, help="frontier: tuning seeds (default --num-samples)")
+    parser.add_argument("--tuning-seed", type=int, default=None,
+                        help="frontier: the first tuning seed (default 900000)")
+    parser.add_argument("--tuning-samples", type=int, default=None,
+                        help="frontier: tuning seeds (default --num-samples)")
     parser.add_argument("--repeats", type=int, default=3, help="fd-speed repetitions")
     parser.add_argument("--schedule", choices=["karras", "logsnr", "time_uniform", "flow_uniform"], default="karras")
     parser.add_argument("--rho", type=float, default=7.0, help="karras only")

@@ -55,8 +55,6 @@ class Scores:
 
 def choose(pool: list[Candidate], tuned: dict) -> Candidate:
     """The candidate of `pool` with the lowest tuning FD (`tuned[key]["fd"]`); a tie goes to the first."""
-    if not pool:
-        raise ValueError("no candidate to choose from")
     return min(pool, key=lambda c: tuned[c.key]["fd"])
 
 
