@@ -39,6 +39,11 @@ class Candidate:
     detail: str = ""
 
     @property
+    def name(self) -> str:
+        """`<model> <label>` (the label alone for a one-step generator, which is its model)."""
+        return self.label if self.label == self.model else f"{self.model} {self.label}"
+
+    @property
     def key(self) -> tuple:
         return self.model, self.label, tuple(self.sigmas or ()), self.detail
 

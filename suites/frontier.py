@@ -43,7 +43,7 @@ class Scores:
         if c.key not in self.tuned:
             self.tuned[c.key] = score_seeds(c.sample_fn, self.tuning_seeds, self.extractor, self.reference,
                                             with_kid=False, **self.options)
-            print(json.dumps({"tuning": f"{c.model} {c.label}", "nfe": c.nfe, **self.tuned[c.key]}), flush=True)
+            print(json.dumps({"tuning": c.name, "nfe": c.nfe, **self.tuned[c.key]}), flush=True)
         return self.tuned[c.key]
 
     def held_out(self, c: Candidate) -> list[dict]:
@@ -68,9 +68,9 @@ def family_rows(family: str, members, targets, names, kinds, scores: Scores, con
             continue
         tuned = {c.key: scores.tuning(c) for c in pool}
         best = choose(pool, tuned)
-        row = {"model": family, "target_nfe": target, "entry": f"{best.model} {best.label}", "source": best.source,
+        row = {"model": family, "target_nfe": target, "entry": best.name, "source": best.source,
                "nfe": best.nfe, "detail": best.detail, "sigmas": best.sigmas,
-               "tuning_fd": {f"{c.model} {c.label}": tuned[c.key]["fd"] for c in pool},
+               "tuning_fd": {c.name: tuned[c.key]["fd"] for c in pool},
                **carried(scores.held_out(best), converged)}
         print(json.dumps({k: row[k] for k in ("model", "target_nfe", "entry", "source", "nfe")}
                          | {"fd": row["fd"]["mean"], "ratio": row["ratio"]["fd"]["mean"]}), flush=True)
@@ -85,7 +85,7 @@ def converged_row(scores: Scores, nfe: int) -> dict:
     sigmas = default_grid(name, denoiser, nfe)
     c = Candidate(model, f"{name} karras", "grid", sampling.nfe(name, sigmas),
                   SamplerFn(name, denoiser, sigmas, denoiser.sample_shape), sigmas.tolist())
-    return {"model": "converged", "target_nfe": nfe, "entry": f"{model} {c.label}", "source": "grid", "nfe": c.nfe,
+    return {"model": "converged", "target_nfe": nfe, "entry": c.name, "source": "grid", "nfe": c.nfe,
             **carried(scores.held_out(c))}
 
 

@@ -393,5 +393,6 @@ def test_the_frontier_candidates_of_the_digits_ddpm_name_where_they_come_from(tm
     assert not torch.allclose(plain, tuned) and torch.equal(at5[1].sample_fn([0, 1]), plain)
     assert {c.source for c in candidates.candidates("digits_ddpm", ddpm, 4, ["ddim"])} == {"grid", "table"}
     generator = (torch.nn.Identity(), None)
-    assert [c.source for c in candidates.candidates("g", generator, 1)] == ["generator"]
+    assert [(c.source, c.name) for c in candidates.candidates("g", generator, 1)] == [("generator", "g")]
+    assert at5[0].name == "digits_ddpm ddim karras"
     assert candidates.candidates("g", generator, 2) == []
