@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .frechet import FeatureStats, frechet_distance, load_stats, save_stats
-from .seeds import generate, split
+from .seeds import gather_by_seed, generate, split
 
 
 @torch.no_grad()
@@ -41,6 +41,13 @@ def data_stats(images, extractor, cache: Path | None = None, batch_size: int = 2
     if cache is not None:
         save_stats(cache, mu, sigma)
     return mu, sigma
+
+
+@torch.no_grad()
+def data_features(images, extractor, batch_size: int = 256, device=None) -> torch.Tensor:
+    """The (n, d) float64 features of a data set (a tensor or any data set of image tensors in [-1, 1])."""
+    extractor = extractor.to(device)
+    return torch.cat([extractor(x.to(device)).double().cpu() for x in DataLoader(images, batch_size=batch_size)])
 
 
 def gmm_stats(gmm) -> tuple[np.ndarray, np.ndarray]:
@@ -83,3 +90,18 @@ def frechet_of(sample_fn, seeds, extractor, reference, accelerator=None, batch_s
     """The Fréchet distance of the samples of `seeds` to `reference` (`mu`, `sigma`) in the feature
     space of `extractor` (statistics_of)."""
     return fd_to(reference, statistics_of(sample_fn, seeds, extractor, accelerator, batch_size, device, progress))
+
+
+@torch.no_grad()
+def features_of(sample_fn, seeds, extractor, accelerator=None, batch_size: int = 64, device=None,
+                progress: bool = True) -> torch.Tensor:
+    """The (n, d) float64 features of the samples of `seeds` in their order (images clamped to [-1, 1]
+    as `accumulate` does): each process runs its share (`seeds.split`) and every process gets all of
+    them (`seeds.gather_by_seed`), for a metric that needs the features themselves (KID)."""
+    mine = split(seeds, accelerator)
+    main = accelerator is None or accelerator.is_main_process
+    batches = tqdm(generate(sample_fn, mine, batch_size), total=-(-len(mine) // batch_size), desc="samples",
+                   unit="batch", leave=False, disable=not (progress and main))
+    extractor = extractor.to(device)
+    features = (extractor(x.to(device).clamp(-1, 1) if x.ndim == 4 else x.to(device)).double() for x in batches)
+    return gather_by_seed(list(seeds), features, accelerator)

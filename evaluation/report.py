@@ -61,6 +61,30 @@ def nfe_plot(results: list[dict], metric: str, path, title: str) -> Path:
     return Path(path)
 
 
+def spread_plot(series: dict[str, list[tuple[float, float, float]]], path, ylabel: str, title: str,
+                line: float | None = None) -> Path:
+    """One curve per label of `(NFE, mean, std)` points with error bars of one std, log-scaled; `line`: a
+    dashed horizontal reference (1 for a ratio to converged sampling)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, points in series.items():
+        x, mean, std = zip(*sorted(points))
+        ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, label=label)
+    if line is not None:
+        ax.axhline(line, color="0.5", linestyle="--", linewidth=1)
+    ax.set(yscale="log", xlabel="NFE", ylabel=ylabel, title=title)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return Path(path)
+
+
 def side_by_side(grids: dict[str, torch.Tensor], path, nrow: int = 4) -> Path:
     """One image grid per label, side by side, labelled above (images in [-1, 1])."""
     import matplotlib

@@ -15,7 +15,13 @@ FD against generator updates, sample grids),
 `schedules` (each sampler at NFE 3-10 on the default grid and on its searched grid: FD-digits, and the
 mixture's error against the exact ODE), `amed` (AMED-Solver and AMED-Plugin, learned and frozen, against the
 other samplers in the AMED paper's setting and on their own grids: FD-digits, the mixture's ODE error), `fd-speed` (our Fréchet distance against pytorch-fid's on 2048-d statistics), `flow-accuracy` (every sampler
-against diffusers' flow-matching schedulers on a shifted flow with an exact smooth velocity: the ODE error). Schedules: Karras (rho 7) over the model's range
+against diffusers' flow-matching schedulers on a shifted flow with an exact smooth velocity: the ODE error),
+`frontier` (the few-step frontier: for digits_ddpm, digits_rf1 and digits_rf2 with the one-step generators
+distilled from it, at each NFE 1-10 the best of every classic sampler on the default and the searched grid,
+AMED with the model's predictors, the learned solver, Skip-Tuning and the one-step generators, chosen by
+FD-digits on --tuning-samples seeds from --tuning-seed and scored on --num-samples seeds of each
+--held-out-seeds range: FD-digits and KID, mean ± std, the ratio to converged sampling on the same seeds;
+and the same choice on the 2-D mixture by the exact ODE error). Schedules: Karras (rho 7) over the model's range
 by default; --schedule, --rho, --sigma-min, --sigma-max and --final-sigmas-type change the grid.
 
 Results go to a new folder under runs/benchmark/ (or --out-dir, its report --report); only
@@ -37,7 +43,8 @@ def suite_options(suite, args) -> dict:
     given = {"samplers": args.samplers, "nfe": args.nfe, "num_samples": args.num_samples, "seed": args.seed,
              "batch_size": args.batch_size, "dopri5": args.dopri5, "steps_2d": args.steps_2d,
              "gan_steps": args.gan_steps, "gan_runs": args.gan_runs, "gmm_samples": args.gmm_samples,
-             "repeats": args.repeats, "guidance_scale": args.guidance_scale,
+             "repeats": args.repeats, "guidance_scale": args.guidance_scale, "tuning_seed": args.tuning_seed,
+             "tuning_samples": args.tuning_samples, "held_out_seeds": args.held_out_seeds,
              "grid": {"kind": args.schedule, "rho": args.rho, "sigma_min": args.sigma_min,
                       "sigma_max": args.sigma_max, "final_sigmas_type": args.final_sigmas_type}}
     accepted = inspect.signature(suite).parameters
@@ -66,19 +73,27 @@ def main():
     parser.add_argument("--suite", nargs="+", choices=list(SUITES), default=list(SUITES))
     parser.add_argument("--samplers", nargs="+", choices=list(dict.fromkeys(SAMPLERS + AMED_SAMPLERS)), default=None,
                         help="default: ddim euler heun dpmpp_2m ipndm (gmm, digits, schedules), euler dpmpp_2m "
-                             "ipndm (reflow suites), those and dpm_2 amed amed_plugin but euler (amed)")
+                             "ipndm (reflow suites), those and dpm_2 amed amed_plugin but euler (amed), ddim euler "
+                             "heun dpmpp_2m ipndm dpm_2 (frontier)")
     parser.add_argument("--nfe", nargs="+", type=int, default=None,
-                        help=f"default: {NFE_TARGETS} (gmm, digits), {REFLOW_NFE} (reflow suites)")
+                        help=f"default: {NFE_TARGETS} (gmm, digits), {REFLOW_NFE} (reflow suites), 1-10 (frontier)")
     parser.add_argument("--num-samples", type=int, default=None,
-                        help="default: 10000 (gmm), 2000 (digits, reflow), 5000 (reflow-2d)")
+                        help="default: 10000 (gmm), 2000 (digits, reflow, frontier: per range), 5000 (reflow-2d)")
     parser.add_argument("--dopri5", nargs="*", default=["digits_ddpm", "digits_rf1", "digits_rf2"],
                         help="reflow: the models also sampled with dopri5 (slow: hundreds of NFE)")
     parser.add_argument("--steps-2d", type=int, default=4000, help="reflow-2d: 1-RF training steps (half for the others)")
     parser.add_argument("--gan-steps", type=int, default=12000, help="gan-2d: training steps of each GAN")
     parser.add_argument("--gan-runs", nargs="*", default=[], help="gan-digits: GAN run directories to evaluate too")
-    parser.add_argument("--gmm-samples", type=int, default=10000, help="schedules: noises of the mixture")
+    parser.add_argument("--gmm-samples", type=int, default=10000,
+                        help="schedules, amed, frontier (per range): noises of the mixture")
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--seed", type=int, default=100_000, help="first seed (away from the calibration's 0-999)")
+    parser.add_argument("--held-out-seeds", nargs="+", type=int, default=None,
+                        help="frontier: the first seed of each held-out range (default: 100000 200000 300000)")
+    parser.add_argument("--tuning-seed", type=int, default=None,
+                        help="frontier: the first tuning seed (default 900000)")
+    parser.add_argument("--tuning-samples", type=int, default=None,
+                        help="frontier: tuning seeds (default --num-samples)")
     parser.add_argument("--repeats", type=int, default=3, help="fd-speed repetitions")
     parser.add_argument("--schedule", choices=["karras", "logsnr", "time_uniform", "flow_uniform"], default="karras")
     parser.add_argument("--rho", type=float, default=7.0, help="karras only")

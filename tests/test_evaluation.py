@@ -300,3 +300,92 @@ def test_the_samples_of_a_statistic_show_a_bar_on_the_first_process_unless_told_
     other.is_main_process, other.reduce = False, lambda tensor, reduction="sum": tensor
     statistics_of(seeded_points, seeds, raw, other, batch_size=5)
     assert capsys.readouterr().err == ""
+
+
+# -- KID and numbers that carry their noise --------------------------------------------------------
+def direct_kid(x, y):
+    """The unbiased MMD^2 with k(a, b) = (a.b / d + 1)^3, pair by pair (O(n^2) Python loops)."""
+    k = lambda a, b: (float(a @ b) / len(a) + 1) ** 3  # noqa: E731
+    m, n = len(x), len(y)
+    within = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1)) \
+        + sum(k(y[i], y[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    return within - 2 * sum(k(a, b) for a in x for b in y) / (m * n)
+
+
+def test_kid_agrees_with_the_direct_computation_and_refuses_mismatched_sets():
+    from fewstep.evaluation.kid import kid
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(25, 4, generator=g, dtype=torch.float64), torch.randn(25, 4, generator=g, dtype=torch.float64)
+    mean, std = kid(x, y + 0.5, subsets=3)  # every subset is the whole set, reordered: no spread
+    assert mean == pytest.approx(direct_kid(x, y + 0.5), rel=1e-10) and std == pytest.approx(0, abs=1e-12)
+    with pytest.raises(ValueError, match=r"two \(n, d\) feature sets of one d, got \(25, 4\) and \(25, 3\)"):
+        kid(x, y[:, :3])
+    with pytest.raises(ValueError, match="subsets of at least 2 features .* got 1 features"):
+        kid(x, y[:1])
+
+
+def test_kid_is_unbiased_near_zero_for_one_distribution_and_positive_for_a_shift():
+    """The mean over 300 pairs of samples of one Gaussian is 0 within 3 standard errors, where the biased
+    (V-statistic) estimate of the same pairs is far above 0; a mean shift gives a clearly positive KID."""
+    from fewstep.evaluation.kid import kid
+
+    g = torch.Generator().manual_seed(1)
+    values, biased = [], []
+    for _ in range(300):
+        x, y = (torch.randn(15, 4, generator=g, dtype=torch.float64) for _ in range(2))
+        values.append(kid(x, y, subsets=1)[0])
+        k = lambda a, b: (a @ b.T / 4 + 1) ** 3  # noqa: E731
+        biased.append(float(k(x, x).mean() + k(y, y).mean() - 2 * k(x, y).mean()))
+    error = np.std(values) / np.sqrt(len(values))
+    assert abs(np.mean(values)) < 3 * error and np.mean(biased) > 10 * error
+    x, y = (torch.randn(200, 4, generator=g, dtype=torch.float64) for _ in range(2))
+    assert kid(x, y + 0.5, subsets=10, subset_size=100)[0] > 20 * abs(kid(x, y, subsets=10, subset_size=100)[0])
+
+
+def test_the_kid_of_the_digits_against_their_own_other_half_is_near_zero():
+    from fewstep.evaluation.fid import data_features
+    from fewstep.evaluation.kid import kid
+
+    features = data_features(digits(), get_extractor("digits"))
+    assert features.shape == (1797, 64) and features.dtype == torch.float64
+    order = torch.randperm(1797, generator=torch.Generator().manual_seed(0))
+    half, other = features[order[:898]], features[order[898:]]
+    same = kid(half, other, subsets=10, subset_size=500)[0]
+    shifted = kid(half, other + other.std(0) * 0.5, subsets=10, subset_size=500)[0]
+    assert abs(same) < 0.02 * shifted and shifted > 0
+
+
+def test_the_features_of_a_sample_fn_come_in_seed_order_whatever_the_batch_size():
+    from fewstep.evaluation.fid import features_of
+
+    seeds = [5, 9, 2, 7, 11]
+    for batch_size in (2, 5):
+        features = features_of(seeded_points, seeds, get_extractor("raw"), batch_size=batch_size)
+        assert features.dtype == torch.float64 and torch.equal(features, seeded_points(seeds).double())
+
+
+def test_scores_on_seed_ranges_carry_their_spread_and_paired_ratios():
+    from fewstep.evaluation import ranges
+
+    reference = ranges.Reference.of(seeded_points(range(1000, 1400)).double())
+    assert np.allclose(reference.mu, reference.features.mean(0).numpy())
+    seed_ranges = ranges.seed_ranges([0, 100, 200], 60)
+    assert seed_ranges == [range(0, 60), range(100, 160), range(200, 260)]
+    raw = get_extractor("raw")
+    good = ranges.score_ranges(lambda s: seeded_points(s) + 1, seed_ranges, raw, reference, batch_size=30,
+                               kid_subsets=5)
+    shifted = ranges.score_ranges(lambda s: seeded_points(s) + 3, seed_ranges, raw, reference, kid_subsets=5)
+    assert [sorted(s) for s in good] == [["fd", "kid"]] * 3
+    out = ranges.carried(shifted, good)
+    assert out["fd"]["values"] == [s["fd"] for s in shifted] and out["fd"]["mean"] == pytest.approx(
+        np.mean(out["fd"]["values"]))
+    assert out["fd"]["min"] <= out["fd"]["mean"] <= out["fd"]["max"]
+    assert out["ratio"]["fd"]["values"] == pytest.approx([s["fd"] / g["fd"] for s, g in zip(shifted, good)])
+    assert out["ratio"]["fd"]["mean"] > 3 and out["ratio"]["kid"]["mean"] > 3 and "ratio" not in ranges.carried(good)
+    assert ranges.tie(ranges.summary([1.0, 1.2, 0.8]), 1.1) and not ranges.tie(ranges.summary([1.0, 1.2, 0.8]), 1.5)
+    assert ranges.paired_ratios([{"kid": 1.0}], [{"kid": -0.1}])["kid"]["values"] != [1.0]  # NaN: no ratio to <= 0
+    with pytest.raises(ValueError, match="the seed ranges 0-59 and 50-109 overlap: start them at least 60 apart"):
+        ranges.seed_ranges([50, 0], 60)
+    with pytest.raises(ValueError, match="paired ratios need the same seed ranges: 3 scores against 2"):
+        ranges.paired_ratios(good, good[:2])

@@ -37,7 +37,7 @@ def quick_plots(monkeypatch):
 
 def test_the_registry_names_every_suite_and_no_module_imports_hydra_or_the_scripts():
     assert list(SUITES) == ["gmm", "digits", "reflow", "reflow-2d", "gan-2d", "gan-digits", "fd-speed",
-                            "schedules", "amed", "flow-accuracy"]
+                            "schedules", "amed", "flow-accuracy", "frontier"]
     for path in Path(suites.__file__).parent.glob("*.py"):
         source = path.read_text()
         assert not re.search(r"^\s*(from|import) (hydra|omegaconf|fewstep\.scripts)", source, re.M), path.name
@@ -321,3 +321,78 @@ def test_update_tracked_runs_only_in_a_checkout(benchmark_in, tmp_path):
     assert code == 2 and err.strip().endswith(f"--update-tracked rewrites the checkout's BENCHMARKS.md; there is none "
                                               f"in {tmp_path}: run it from the checkout")
     assert sorted(p.name for p in (tmp_path / "benchmarks").iterdir()) == ["gmm.md"]
+
+
+# -- the frontier ------------------------------------------------------------------------------------
+def test_the_frontier_chooses_each_nfe_on_the_tuning_range_and_scores_it_on_the_held_out_ones(tmp_path, monkeypatch):
+    """Tiny settings: the digits DDPM only, NFE 1-2, two samplers on the default grid, 10 samples a range,
+    converged at NFE 3; the mixture at 20 noises."""
+    from fewstep.suites import frontier
+
+    monkeypatch.setattr(frontier, "spread_plot", lambda series, path, *a, **k: Path(path).write_bytes(b"") or path)
+    written = frontier.frontier(tmp_path, families={"digits_ddpm": ("digits_ddpm",)}, samplers=["euler", "dpmpp_2m"],
+                                nfe=[1, 2], kinds=("grid", "generator"), num_samples=10, tuning_samples=12,
+                                held_out_seeds=[100, 200, 300], tuning_seed=900, batch_size=12, gmm_samples=20,
+                                converged_nfe=3, kid_subsets=2)
+    assert [p.name for p in written] == ["frontier.md", "frontier.json", "frontier_ratio.png"]
+    rows = json.loads(written[1].read_text())
+    digits_rows = [r for r in rows if r["model"] == "digits_ddpm"]
+    converged = next(r for r in rows if r["model"] == "converged")
+    assert [r["target_nfe"] for r in digits_rows] == [1, 2] and converged["nfe"] == 3
+    for r in digits_rows:
+        assert r["entry"] == min(r["tuning_fd"], key=r["tuning_fd"].get) and r["source"] == "grid"
+        assert sorted(r["tuning_fd"]) == ["digits_ddpm dpmpp_2m karras", "digits_ddpm euler karras"]
+        assert len(r["ranges"]) == 3 and r["fd"]["values"] == [s["fd"] for s in r["ranges"]]
+        assert r["ratio"]["fd"]["values"] == pytest.approx([s["fd"] / c["fd"] for s, c in
+                                                            zip(r["ranges"], converged["ranges"])])
+        assert all(math.isfinite(v) for v in r["kid"]["values"])
+    mixture = [r for r in rows if r["model"] == "mixture"]
+    assert [r["target_nfe"] for r in mixture] == [1, 2]
+    for r in mixture:
+        assert r["entry"] == min(r["tuning_ode_error"], key=r["tuning_ode_error"].get)
+        assert len(r["ode_error"]["values"]) == 3 and r["baseline"].endswith("karras")
+    text = written[0].read_text()
+    assert text.startswith("## The few-step frontier\n\nCommand: `python ")
+    assert f"| digits_ddpm | 1 | {digits_rows[0]['entry']} | grid | " in text
+    assert "| converged | 3 | digits_ddpm dpmpp_2m" in text
+
+
+def test_the_frontier_refuses_a_tuning_range_that_overlaps_a_held_out_one(tmp_path):
+    from fewstep.suites import frontier
+
+    with pytest.raises(ValueError, match="the seed ranges 100-109 and 105-116 overlap"):
+        frontier.frontier(tmp_path, num_samples=10, tuning_samples=12, tuning_seed=105, held_out_seeds=[100, 200, 300])
+
+
+def test_the_frontier_candidates_of_the_digits_ddpm_name_where_they_come_from(tmp_path, monkeypatch):
+    """At NFE 5 the default and searched grids, the AMED predictors and Skip-Tuning at the factors calibrated
+    for NFE 5 (which change the samples only while they are drawn); at NFE 4 no predictor and no Skip-Tuning; the
+    learned solver where its table has the NFE; a one-step generator at NFE 1 only."""
+    from fewstep.samplers.learned import dpmpp_2m_weights
+    from fewstep.suites import candidates
+    from fewstep.tuning import solver_tables
+    from fewstep.tuning.learned_solver import SolverFit
+
+    ddpm = candidates.load_model("digits_ddpm")
+    table = tmp_path / "learned.json"
+    sigmas = torch.tensor([80.0, 2.0, 0.1, 0.0], dtype=torch.float64)
+    solver_tables.write(table, ddpm[0], "digits_ddpm", SolverFit(3, sigmas, dpmpp_2m_weights(sigmas), 0.1, 0.2, "x",
+                                                                   True, 1.0))
+    monkeypatch.setattr(solver_tables, "default_path", lambda denoiser: table)
+    [learned] = [c for c in candidates.candidates("digits_ddpm", ddpm, 3, []) if c.source == "learned"]
+    assert (learned.label, learned.nfe, learned.sigmas) == ("learned", 3, sigmas.tolist())
+    assert learned.sample_fn([0]).shape == (1, 1, 16, 16)
+    at5 = candidates.candidates("digits_ddpm", ddpm, 5, ["ddim", "heun"])
+    assert [(c.label, c.source, c.nfe) for c in at5] == [
+        ("ddim karras", "grid", 5), ("ddim searched", "table", 5), ("heun karras", "grid", 5),
+        ("heun searched", "table", 5), ("amed predictor", "predictor", 5), ("amed_plugin predictor", "predictor", 5),
+        ("ddim+skiptune", "skiptune", 5), ("heun+skiptune", "skiptune", 5)]
+    assert at5[-2].sigmas == at5[1].sigmas and at5[-2].detail == "rho_top 1, rho_bottom 0.8"
+    assert len({c.key for c in at5}) == len(at5)
+    plain, tuned = at5[1].sample_fn([0, 1]), at5[-2].sample_fn([0, 1])
+    assert not torch.allclose(plain, tuned) and torch.equal(at5[1].sample_fn([0, 1]), plain)
+    assert {c.source for c in candidates.candidates("digits_ddpm", ddpm, 4, ["ddim"])} == {"grid", "table"}
+    generator = (torch.nn.Identity(), None)
+    assert [(c.source, c.name) for c in candidates.candidates("g", generator, 1)] == [("generator", "g")]
+    assert at5[0].name == "digits_ddpm ddim karras"
+    assert candidates.candidates("g", generator, 2) == []
