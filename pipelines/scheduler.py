@@ -286,7 +286,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         if timesteps is not None or sigmas is not None:
             custom = ("timesteps" if sigmas is None else "sigmas",
                       tuple(torch.as_tensor(sigmas if sigmas is not None else timesteps, dtype=torch.float64).reshape(-1).tolist()))
-        key = (num_inference_steps, custom, mu, torch.device(device if device is not None else "cpu"))
+        key = (num_inference_steps, custom, mu, device)
         if key != self._plan_key:
             grid, timestep_of = (self._grid(num_inference_steps, mu) if custom is None
                                  else plans.custom_grid(self._space, self.config.num_train_timesteps, *custom, mu))
@@ -329,17 +329,21 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
             return schedule_tables.grid_of_steps(path, c.sampler, self._options, steps, self._space.sigma_max), {}
         return plans.schedule_grid(c, self._schedule, self._space, steps, self.alphas_cumprod, mu)
 
-    def _plan(self, grid: torch.Tensor, timestep_of: dict, device: torch.device):
-        """The sigmas the sampler evaluates (`solvers.evaluated_sigmas`), then the grid's last, and each
-        one's timestep: the given one (discrete schedule, custom timesteps) or the space's fractional
-        `timestep(sigma)`; planned in numpy, which is quicker than torch on a few values."""
-        evaluated = evaluated_sigmas(self.config.sampler, grid, self._options, self._space.step_time)
-        sigmas = np.array([*evaluated, float(grid[-1])], dtype=np.float64)
-        timesteps = self._space.timestep(sigmas[:-1])
+    def _plan(self, grid: torch.Tensor, timestep_of: dict, device):
+        """The sigmas the sampler evaluates (a one-call sampler: the grid's but its end; else
+        `solvers.evaluated_sigmas`), then the grid's last, and each one's timestep: the given one (discrete
+        schedule, custom timesteps) or the space's fractional `timestep(sigma)`, planned in numpy (quicker
+        than torch on a few values)."""
+        sigmas = grid
+        if self._solver.evaluated is not at_step_starts:  # FewstepScheduler takes no afs
+            evaluated = evaluated_sigmas(self.config.sampler, grid, self._options, self._space.step_time)
+            sigmas = torch.tensor([*evaluated, float(grid[-1])], dtype=torch.float64)
+        evaluated = sigmas.numpy()[:-1]
+        timesteps = self._space.timestep(evaluated)
         if timestep_of:
-            timesteps = np.array([timestep_of.get(sigma, t) for sigma, t in zip(evaluated, timesteps.tolist())])
-        same = len(sigmas) == len(grid) and self._solver.evaluated is at_step_starts  # a one-call sampler's: the grid
-        return grid, grid if same else torch.from_numpy(sigmas), torch.from_numpy(timesteps.astype(np.float32)).to(device)
+            timesteps = np.array([timestep_of.get(s, t) for s, t in zip(evaluated.tolist(), timesteps.tolist())])
+        timesteps = torch.from_numpy(timesteps.astype(np.float32))
+        return grid, sigmas, timesteps if device is None else timesteps.to(device)
 
     def _step_starts(self) -> dict[int, int]:
         """`{index in timesteps: index in grid}` of the evaluations that start a sampler step (where
