@@ -70,15 +70,16 @@ def heun(x, sigmas, afs: bool = False, time: StepTime = SIGMA_TIME):
         tau, tau_next = time.tau(sigma), time.tau(sigma_next)
         h = tau_next - tau
         x, denoised = yield from ask(x, sigma, afs and i == 0)
+        # in place on fresh temporaries only: fewer allocations, the same values and gradients; h / 2 is exact
         y = time.to_model(x, sigma)
-        f = (y - denoised) / tau
-        y_euler = y + h * f
+        f = (y - denoised).div_(tau)
+        y_euler = (h * f).add_(y)
         if float(sigma_next) == 0:  # a float: quicker than a tensor comparison
             x = time.to_sigma(y_euler, sigma_next)
         else:
             x_euler, denoised_next = yield time.to_sigma(y_euler, sigma_next), sigma_next
-            f_next = (time.to_model(x_euler, sigma_next) - denoised_next) / tau_next
-            x = time.to_sigma(y + (h / 2) * (f + f_next), sigma_next)  # h / 2 exact: one tensor operation fewer
+            f_next = (time.to_model(x_euler, sigma_next) - denoised_next).div_(tau_next)
+            x = time.to_sigma((f + f_next).mul_(h / 2).add_(y), sigma_next)
     return x
 
 
