@@ -30,6 +30,7 @@ import json
 import numbers
 from pathlib import Path
 
+import numpy as np
 import torch
 from diffusers import DDPMScheduler
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -38,7 +39,8 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutpu
 from ..samplers.denoisers import DiffusersUNetDenoiser
 from ..samplers.flow_shift import FlowShift
 from ..samplers.schedules import EPS_S, RHO
-from ..samplers.solvers import FIXED_GRID_NAMES, SOLVERS, extras, one_per_step, resolve_options, run_steps
+from ..samplers.solvers import (FIXED_GRID_NAMES, SOLVERS, at_step_starts, evaluated_sigmas, extras,
+                                resolve_options)
 from ..samplers.spaces import is_flow_matching
 from ..tuning import amed_predictor, schedule_tables
 from . import conventions, plans
@@ -158,7 +160,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         self.num_inference_steps = self.grid = self.sigmas = self._plan_key = None
         self._step_index = self._begin_index = self._set_generator = None
         self._steps = self._request = self._generator = self._rng = self._eta = self._shape = None
-        self._returned = self._version = None
+        self._returned = self._version = self._timestep_values = None
         flow_shift = FlowShift(shift, use_dynamic_shifting, time_shift_type, shift_terminal, base_shift, max_shift,
                                base_image_seq_len, max_image_seq_len)
         if prediction_type == FLOW:
@@ -287,7 +289,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         if timesteps is not None or sigmas is not None:
             custom = ("timesteps" if sigmas is None else "sigmas",
                       tuple(torch.as_tensor(sigmas if sigmas is not None else timesteps, dtype=torch.float64).reshape(-1).tolist()))
-        key = (num_inference_steps, custom, mu, torch.device(device if device is not None else "cpu"))
+        key = (num_inference_steps, custom, mu, device)
         if key != self._plan_key:
             grid, timestep_of = (self._grid(num_inference_steps, mu) if custom is None
                                  else plans.custom_grid(self._space, self.config.num_train_timesteps, *custom, mu))
@@ -331,24 +333,21 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
                                                  c.guidance_scale), {}
         return plans.schedule_grid(c, self._schedule, self._space, steps, self.alphas_cumprod, mu)
 
-    def _plan(self, grid: torch.Tensor, timestep_of: dict, device: torch.device):
-        """The sigmas the sampler evaluates: a one-call sampler's grid but its end; otherwise, as the
-        grid does not depend on `x`, those of one dry run of the step generator on a one-element `x`
-        (with a throwaway generator: no random state is consumed). Each one's timestep is the given
-        one (discrete schedule, custom timesteps) or `fractional_timestep(sigma)`."""
-        evaluated = grid[:-1].tolist() if self._solver.nfe is one_per_step else []
-
-        def record(x, sigma):
-            evaluated.append(float(sigma))
-            return x
-
-        if not evaluated:
-            run_steps(self._trajectory(torch.zeros(1, dtype=torch.float64), grid, torch.Generator(), self._options),
-                      record)
-        sigmas = torch.tensor([*evaluated, float(grid[-1])], dtype=torch.float64)
-        fractional = self._space.timestep(sigmas[:-1]).tolist()
-        timesteps = [timestep_of.get(sigma, t) for sigma, t in zip(evaluated, fractional)]
-        return grid, sigmas, torch.tensor(timesteps, dtype=torch.float64).float().to(device)
+    def _plan(self, grid: torch.Tensor, timestep_of: dict, device):
+        """The sigmas the sampler evaluates (a one-call sampler: the grid's but its end; else
+        `solvers.evaluated_sigmas`), then the grid's last, and each one's timestep: the given one (discrete
+        schedule, custom timesteps) or the space's fractional `timestep(sigma)`, planned in numpy (quicker
+        than torch on a few values)."""
+        sigmas = grid
+        if self._solver.evaluated is not at_step_starts:  # FewstepScheduler takes no afs
+            evaluated = evaluated_sigmas(self.config.sampler, grid, self._options, self._space.step_time)
+            sigmas = torch.tensor([*evaluated, float(grid[-1])], dtype=torch.float64)
+        evaluated = sigmas.numpy()[:-1]
+        timesteps = self._space.timestep(evaluated)
+        if timestep_of:
+            timesteps = np.array([timestep_of.get(s, t) for s, t in zip(evaluated.tolist(), timesteps.tolist())])
+        timesteps = torch.from_numpy(timesteps.astype(np.float32))
+        return grid, sigmas, timesteps if device is None else timesteps.to(device)
 
     def _step_starts(self) -> dict[int, int]:
         """`{index in timesteps: index in grid}` of the evaluations that start a sampler step (where
@@ -391,7 +390,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         x, sigma = self._request
         if self._edited(sample):  # the pipeline changed the point: continue from there
             x = sample.to(x.dtype) * self._space.scale(float(sigma))
-        denoised = self._space.denoised(model_output, x, torch.tensor(float(sigma), dtype=x.dtype, device=x.device),
+        denoised = self._space.denoised(model_output, x, torch.as_tensor(sigma, dtype=x.dtype),
                                         self.config.prediction_type)
         if self.config.clip_sample or self.config.thresholding:
             kept = conventions.clipped(self, denoised)
@@ -426,7 +425,8 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         starts = self._step_starts()
         begin = self._begin_index
         if begin is None:  # a pipeline that does not call set_begin_index: find the timestep
-            begin = next((i for i in starts if float(self.timesteps[i]) == float(timestep)), None)
+            planned = self._planned_timesteps()
+            begin = next((i for i in starts if planned[i] == float(timestep)), None)
             if begin is None:
                 raise ValueError(f"step() at timestep {float(timestep):.6g}, which starts no step of the plan "
                                  f"(timesteps {[round(float(t), 3) for t in self.timesteps]})")
@@ -457,9 +457,10 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
     def _check_same(self, timestep, sample, generator, eta) -> None:
         """Mid-trajectory, `step()` must come at the planned timestep with a sample of the first
         one's shape, and may repeat the first step's generator and eta, not change them."""
-        if float(timestep) != float(self.timesteps[self._step_index]):
+        planned = self._planned_timesteps()[self._step_index]
+        if float(timestep) != planned:
             raise ValueError(f"step() at timestep {float(timestep):.6g}, but the plan's next timestep is "
-                             f"{float(self.timesteps[self._step_index]):.6g} (step index {self._step_index})")
+                             f"{planned:.6g} (step index {self._step_index})")
         if sample.shape != self._shape:
             raise ValueError(f"step() got a sample of shape {tuple(sample.shape)}; the trajectory started with "
                              f"shape {tuple(self._shape)}")
@@ -469,6 +470,12 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         if eta and self._with_eta(eta)["eta"] != self._eta:
             raise ValueError(f"step() got eta={eta} mid-trajectory, which runs with eta={self._eta}; "
                              f"pass the same eta to every step")
+
+    def _planned_timesteps(self) -> list[float]:
+        """`timesteps` as Python floats, read once per plan (no device read at every step)."""
+        if self._timestep_values is None or self._timestep_values[0] is not self.timesteps:
+            self._timestep_values = (self.timesteps, self.timesteps.tolist())
+        return self._timestep_values[1]
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
         """The pipeline's sample `(x0 + sigma_t noise) / scale(sigma_t)` for `timesteps`, one per sample

@@ -14,7 +14,7 @@ import torch
 
 from ..samplers.flow_shift import FlowShift
 from ..samplers.spaces import (FLOW_SIGMA_MAX, FLOW_TIME, SIGMA_TIME, flow_output_to_denoised, flow_sigma, flow_t,
-                               fractional_timestep, sigma_of_timestep, sigmas_from_alphas_cumprod,
+                               sigma_of_timestep, sigmas_from_alphas_cumprod,
                                vp_output_to_denoised)
 
 
@@ -27,10 +27,13 @@ class VPTable:
         self.alphas_cumprod = alphas_cumprod.double()
         self.log_sigmas = sigmas_from_alphas_cumprod(self.alphas_cumprod).log()
         self.sigma_min, self.sigma_max = float(self.log_sigmas[0].exp()), float(self.log_sigmas[-1].exp())
+        self._log_table = self.log_sigmas.numpy()
+        self._index = np.arange(len(self._log_table), dtype=np.float64)
 
-    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
-        """The fractional timestep of each sigma (log-sigma interpolation, `vp.fractional_timestep`)."""
-        return fractional_timestep(sigma, self.log_sigmas)
+    def timestep(self, sigma: np.ndarray) -> np.ndarray:
+        """The fractional timestep of each sigma (float64): `spaces.fractional_timestep`'s linear interpolation
+        of `log sigma` over the table, clamped to its ends, in numpy (a plan's few sigmas: no torch overhead)."""
+        return np.interp(np.log(np.maximum(sigma, 1e-30)), self._log_table, self._index)
 
     def sigma(self, timesteps: torch.Tensor) -> torch.Tensor:
         """`sigma(t)` by log-sigma interpolation (the inverse of `timestep`)."""
@@ -82,8 +85,8 @@ class FlowTime:
             return self.sigma_min
         return float(flow_sigma(torch.tensor(1 - (steps - 1) / steps * (1 - 1 / self.n), dtype=torch.float64)))
 
-    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
-        return flow_t(sigma.double()) * self.n
+    def timestep(self, sigma: np.ndarray) -> np.ndarray:
+        return flow_t(sigma) * self.n
 
     def sigma(self, timesteps: torch.Tensor) -> torch.Tensor:
         return flow_sigma((timesteps.double() / self.n).clamp(0, 1))

@@ -13,9 +13,21 @@ import torch
 from .spaces import sigmas_from_alphas_cumprod
 
 
-def _append_zero(sigmas) -> torch.Tensor:
-    sigmas = torch.as_tensor(np.asarray(sigmas, dtype=np.float64))
-    return torch.cat([sigmas, sigmas.new_zeros(1)])
+ZERO = np.zeros(1)
+
+
+def _append_zero(sigmas: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.concatenate((sigmas, ZERO)))
+
+
+def ramp(n: int) -> np.ndarray:
+    """`np.linspace(0, 1, n)` as numpy computes it (`arange(n) * (1 / (n - 1))`, the last point 1), without
+    linspace's Python-level overhead, which costs more than the rest of a plan."""
+    if n == 1:
+        return np.zeros(1)
+    points = np.arange(n, dtype=np.float64) * (1 / (n - 1))
+    points[-1] = 1.0
+    return points
 
 
 def _check_range(n: int, sigma_min: float, sigma_max: float) -> None:
@@ -28,9 +40,8 @@ def _check_range(n: int, sigma_min: float, sigma_max: float) -> None:
 def karras(n: int, sigma_min: float, sigma_max: float, rho: float) -> torch.Tensor:
     """Karras et al. (2022), eq. 5: `(smax^(1/rho) + i/(n-1) (smin^(1/rho) - smax^(1/rho)))^rho`."""
     _check_range(n, sigma_min, sigma_max)
-    ramp = np.linspace(0.0, 1.0, n) if n > 1 else np.zeros(1)
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
-    return _append_zero((hi + ramp * (lo - hi)) ** rho)
+    return _append_zero((hi + ramp(n) * (lo - hi)) ** rho)
 
 
 def logsnr(n: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
@@ -167,4 +178,4 @@ def get_sigmas(kind: str, n: int, sigma_min: float | None = None, sigma_max: flo
             sigmas = SCHEDULES[kind](n + 1, float(sigma_min), float(sigma_max), **extra)[:-1]
     else:
         raise ValueError(f"unknown schedule {kind!r}: use one of {', '.join([*SCHEDULES, 'discrete'])}")
-    return sigmas.to(device)
+    return sigmas if device is None else sigmas.to(device)

@@ -35,6 +35,21 @@ def two_per_step(steps: int, ends_at_zero: bool, options: Mapping) -> int:
     return 2 * steps - int(ends_at_zero) - analytical_first_step(steps, options)
 
 
+def at_step_starts(sigmas: list, options: Mapping) -> list:
+    """The sigmas a one-call-per-step sampler evaluates on the grid `sigmas`, in order: every step's
+    start (but the first with afs)."""
+    return sigmas[analytical_first_step(len(sigmas) - 1, options):-1]
+
+
+def at_both_ends(sigmas: list, options: Mapping) -> list:
+    """Heun's: every step's start, then its end unless it is 0 (that step is Euler); the first start not
+    with afs."""
+    points = []
+    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+        points += [sigma] if sigma_next == 0 else [sigma, sigma_next]
+    return points[analytical_first_step(len(sigmas) - 1, options):]
+
+
 def counted_as_it_goes(steps: int, ends_at_zero: bool, options: Mapping) -> None:
     return None
 
@@ -44,25 +59,28 @@ class Solver:
     """A sampler. run: its step generator `(x, sigmas, **options)`, or if `adaptive` a function
     `(denoise, x, sigmas, **options)` that calls the denoiser itself. options: the keywords it
     takes, with their defaults. nfe: `(steps, ends_at_zero, resolved options) -> denoiser calls`
-    (None: adaptive).
+    (None: adaptive). evaluated: `(grid as a list, resolved options) -> the sigmas it evaluates, in
+    order`, for a sampler that evaluates grid points only (None: a dry run of `run` finds them, as
+    for the midpoints of dpm_2 and AMED).
     stochastic: it takes `generator` (the noise of `ddim` with eta > 0). timed: it takes `time`, the
     model's `spaces.StepTime` (its result depends on the variable it steps in)."""
 
     run: Callable
     options: Mapping[str, object] = field(default_factory=dict)
     nfe: Callable[[int, bool, Mapping], int | None] = one_per_step
+    evaluated: Callable[[list, Mapping], list] | None = None
     adaptive: bool = False
     stochastic: bool = False
     timed: bool = False
 
 
 SOLVERS: dict[str, Solver] = {
-    "ddim": Solver(ddim, {"eta": 0.0, "afs": False}, stochastic=True),
+    "ddim": Solver(ddim, {"eta": 0.0, "afs": False}, evaluated=at_step_starts, stochastic=True),
     # Euler's x + h d is DDIM's eta = 0 step, D + sigma_next eps
-    "euler": Solver(partial(ddim, eta=0.0), {"afs": False}),
-    "heun": Solver(heun, {"afs": False}, nfe=two_per_step, timed=True),
-    "dpmpp_2m": Solver(dpmpp_2m, {"afs": False}),
-    "ipndm": Solver(ipndm, {"max_order": 4, "afs": False}, timed=True),
+    "euler": Solver(partial(ddim, eta=0.0), {"afs": False}, evaluated=at_step_starts),
+    "heun": Solver(heun, {"afs": False}, nfe=two_per_step, evaluated=at_both_ends, timed=True),
+    "dpmpp_2m": Solver(dpmpp_2m, {"afs": False}, evaluated=at_step_starts),
+    "ipndm": Solver(ipndm, {"max_order": 4, "afs": False}, evaluated=at_step_starts, timed=True),
     "dpm_2": Solver(dpm_2, {"afs": False}, nfe=two_per_step, timed=True),  # amed with r = 1/2, c = 1
     # predictor: a tuning.amed_predictor.AMEDPredictor (a module, not a config value: FewstepScheduler refuses it)
     "amed": Solver(amed, {"r": 0.5, "c": 1.0, "afs": False, "predictor": None}, nfe=two_per_step, timed=True),
@@ -181,6 +199,24 @@ def run_steps(steps, denoise: Callable) -> torch.Tensor:
             request = steps.send((request[0], denoise(*request)))
     except StopIteration as done:
         return done.value
+
+
+def evaluated_sigmas(name: str, sigmas: torch.Tensor, options: Mapping, time: StepTime = SIGMA_TIME) -> list[float]:
+    """The sigmas fixed-grid sampler `name` evaluates down the grid `sigmas` with its resolved `options`, in
+    order: its entry's `evaluated` rule, else (the grid does not depend on `x`) those of one dry run of its
+    step generator on a one-element `x`, with a throwaway generator."""
+    solver, points = SOLVERS[name], sigmas.tolist()
+    if solver.evaluated is not None:
+        return solver.evaluated(points, options)
+    asked = []
+
+    def record(x, sigma):
+        asked.append(float(sigma))
+        return x
+
+    run_steps(solver.run(torch.zeros(1, dtype=torch.float64), sigmas, **options,
+                         **extras(solver, torch.Generator(), time)), record)
+    return asked
 
 
 def solve(name: str, denoiser, x: torch.Tensor, sigmas, /, *, generator=None, callback=None,

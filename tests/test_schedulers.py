@@ -108,6 +108,9 @@ def test_set_timesteps_gives_one_timestep_per_network_evaluation(name):
         assert len(scheduler.grid) == steps + 1 and scheduler.grid[-1] == 0
         assert scheduler.timesteps.dtype == torch.float32 and (scheduler.timesteps.diff() <= 0).all()
         assert 0 <= float(scheduler.timesteps.min()) and float(scheduler.timesteps.max()) <= len(scheduler) - 1
+        # planned in numpy, each timestep is the one the denoiser computes in torch for that sigma
+        exact = samplers.spaces.fractional_timestep(scheduler.sigmas[:-1], scheduler.log_sigmas)
+        assert torch.allclose(scheduler.timesteps.double(), exact, rtol=1e-7, atol=1e-9)
     scheduler.set_timesteps(3)
     assert torch.equal(scheduler.scale_model_input(torch.ones(2), scheduler.timesteps[0]), torch.ones(2))
 

@@ -221,3 +221,10 @@ def test_a_grid_ending_at_sigma_min_keeps_its_schedules_settings(kind, settings)
     at_min = get_sigmas(kind, 5, 0.01, 80.0, final_sigmas_type="sigma_min", **settings)
     assert torch.equal(at_min, get_sigmas(kind, 6, 0.01, 80.0, **settings)[:-1])
     assert not torch.equal(at_min, get_sigmas(kind, 5, 0.01, 80.0, final_sigmas_type="sigma_min"))
+
+
+def test_karras_ramp_is_numpys_linspace_bit_for_bit():
+    from fewstep.samplers.schedules import ramp
+
+    for n in (1, 2, 3, 7, 10, 11, 50, 999, 1000):
+        assert np.array_equal(ramp(n), np.linspace(0.0, 1.0, n)), n

@@ -204,6 +204,23 @@ def test_deterministic_ddim_draws_no_random_numbers(problem):
     assert torch.equal(after, torch.rand(3))
 
 
+@pytest.mark.parametrize("name", [name for name, solver in samplers.solvers.SOLVERS.items() if solver.evaluated])
+def test_a_samplers_evaluated_rule_lists_the_sigmas_its_step_generator_asks_about(name):
+    """The rule FewstepScheduler plans its timesteps by, in place of a dry run, on grids ending at 0 and
+    above it, of one and several steps, with and without afs."""
+    from fewstep.samplers.solvers import SOLVERS, evaluated_sigmas, run_steps
+
+    for grid in ([80.0, 10.0, 1.0, 0.1, 0.0], [5.0, 2.0, 0.5], [3.0, 0.0], [3.0, 1.0]):
+        for afs in (False, True):
+            options = samplers.solvers.resolve_options(name, {"afs": afs})
+            asked = []
+            run_steps(SOLVERS[name].run(torch.ones(1, dtype=torch.float64), torch.tensor(grid, dtype=torch.float64),
+                                        **options, **samplers.solvers.extras(SOLVERS[name], torch.Generator(),
+                                                                             samplers.spaces.SIGMA_TIME)),
+                      lambda x, sigma: asked.append(float(sigma)) or x)
+            assert evaluated_sigmas(name, torch.tensor(grid, dtype=torch.float64), options) == asked, (grid, afs)
+
+
 def test_afs_saves_one_call_when_it_is_on_and_there_is_a_step():
     from fewstep.samplers.solvers import one_per_step, two_per_step
 
