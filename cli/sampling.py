@@ -21,7 +21,7 @@ from ..pipelines import FewstepScheduler
 from ..samplers import get_sigmas, nfe as nfe_of, skip_tuning, steps_for_nfe
 from ..samplers.schedules import RHO
 from ..samplers.solvers import get_solver, resolve_options
-from ..tuning import amed_predictor as predictors, schedule_tables, skiptune_tables, store
+from ..tuning import amed_predictor as predictors, schedule_tables, skiptune_tables, solver_tables, store
 from .common import counted
 from .conditioning import conditioned
 
@@ -178,18 +178,56 @@ def amed_predictor(cfg, denoiser, device=None):
     return predictors.load(path, name, base, cfg.nfe).to(device)
 
 
-def sampler_options(cfg, predictor=None) -> dict:
+def fitted_solver(cfg, denoiser, device=None):
+    """`(steps, sigmas, line, weights)` of the learned solver a sample config asks for with
+    `sampler.options.weights` auto (the model's own table, `solver_tables.default_path`) or a table file, at
+    the NFE asked (`nfe`, else `steps`: one call per step), on the grid it was fitted on, refused beside
+    any schedule value; None when the sampler is not `learned` or its weights are null (DPM-Solver++(2M)'s).
+    auto without a fit at that NFE gives DPM-Solver++(2M)'s weights on the planned grid (None), and
+    `fitted_solver_missing` the line saying why."""
+    value = cfg.sampler.options.get("weights")
+    if cfg.sampler.name != "learned" or value is None:
+        return None
+    path = solver_tables.default_path(denoiser) if value == "auto" else Path(str(value)).expanduser()
+    nfe = cfg.nfe if cfg.nfe is not None else cfg.steps
+    if value == "auto" and (path is None or nfe not in solver_tables.nfes(path)):
+        return None
+    others = [f"schedule.{key}={v}" for key, v in given_values(cfg.schedule).items()]
+    if others or cfg.schedule.kind.value != "auto":
+        raise ValueError(f"the learned solver {path} samples on the grid it was fitted on: drop "
+                         f"{', '.join(others) or f'schedule.kind={cfg.schedule.kind.value}'}")
+    sigmas, weights = solver_tables.lookup(path, denoiser, nfe)
+    return (len(sigmas) - 1, sigmas.to(device), f"schedule: the grid the learned solver was fitted on for NFE {nfe} "
+            f"({path})", weights)
+
+
+def fitted_solver_missing(cfg, denoiser) -> str | None:
+    """The line saying why `sampler=learned` with weights auto runs DPM-Solver++(2M)'s weights; None otherwise."""
+    if cfg.sampler.name != "learned" or cfg.sampler.options.get("weights") != "auto":
+        return None
+    path, nfe = solver_tables.default_path(denoiser), cfg.nfe if cfg.nfe is not None else cfg.steps
+    fitted = solver_tables.nfes(path) if path is not None else []
+    return (f"learned: no solver fitted for NFE {nfe} on this model (fitted: {', '.join(map(str, fitted)) or 'none'}; "
+            f"scripts/fit_solver.py): DPM-Solver++(2M)'s weights")
+
+
+def sampler_options(cfg, predictor=None, weights=None) -> dict:
     """`sampler.options` of a sample config with its AMED predictor (`amed_predictor`) in place of
-    the name, and the afs it was trained with."""
+    the name, and the afs it was trained with; a learned solver's fitted `weights` (None with weights
+    auto: DPM-Solver++(2M)'s) in place of the name."""
     options = dict(cfg.sampler.options)
     if predictor is not None:
         options.update(predictor=predictor, afs=predictor.config.afs)
+    if cfg.sampler.name == "learned" and options.get("weights") is not None:
+        options["weights"] = weights
     return options
 
 
 def printable(options: dict) -> dict:
-    """Sampler options to print: a predictor shown by its directory."""
-    learned = options.get("predictor")
+    """Sampler options to print: a predictor shown by its directory, fitted weights by their shape."""
+    learned, weights = options.get("predictor"), options.get("weights")
+    if torch.is_tensor(weights):
+        options = {**options, "weights": f"fitted {tuple(weights.shape)}"}
     return {**options, "predictor": learned.config._name_or_path} if isinstance(learned, torch.nn.Module) else options
 
 
@@ -205,9 +243,14 @@ def sampling_setup(cfg, device, denoiser=None):
         shape = (shape[0], cfg.image_size, cfg.image_size)
     if hasattr(denoiser, "check_shape"):
         denoiser.check_shape(shape)
-    predictor = amed_predictor(cfg, denoiser, device)
-    steps, sigmas, how = planned_grid(cfg, denoiser, device, predictor)
-    return denoiser, shape, steps, sigmas, how, sampler_options(cfg, predictor)
+    predictor, fitted = amed_predictor(cfg, denoiser, device), fitted_solver(cfg, denoiser, device)
+    if fitted is not None:
+        steps, sigmas, how, weights = fitted
+    else:
+        (steps, sigmas, how), weights = planned_grid(cfg, denoiser, device, predictor), None
+        missing = fitted_solver_missing(cfg, denoiser)
+        how = how if missing is None else f"{missing}; {how}"
+    return denoiser, shape, steps, sigmas, how, sampler_options(cfg, predictor, weights)
 
 
 def skip_tuning_for(cfg, model, nfe: int):

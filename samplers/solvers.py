@@ -87,7 +87,7 @@ SOLVERS: dict[str, Solver] = {
     "amed_plugin": Solver(amed_plugin, {"base": "ipndm", "r": 0.5, "c": 1.0, "afs": False, "predictor": None},
                           nfe=two_per_step, timed=True),
     # weights: (steps, order) per step, fitted with the grid (tuning.learned_solver); None: DPM-Solver++(2M)'s
-    "learned": Solver(learned, {"weights": None, "afs": False}),
+    "learned": Solver(learned, {"weights": None, "afs": False}, evaluated=at_step_starts),
     "dopri5": Solver(dopri5, {"rtol": 1e-5, "atol": 1e-5}, nfe=counted_as_it_goes, adaptive=True),
 }
 SAMPLER_NAMES = tuple(SOLVERS)

@@ -2,8 +2,10 @@
 fit on teacher solutions and its table beside the model."""
 import json
 
+import numpy as np
 import pytest
 import torch
+import yaml
 
 from fewstep import samplers
 from fewstep.samplers.denoisers import GMMDenoiser
@@ -12,7 +14,7 @@ from fewstep.samplers.noise import seeded_noise
 from fewstep.tuning import solver_tables
 from fewstep.tuning.learned_solver import check_noises, fit_solver
 from fewstep.tuning.schedule_search import ode_error, ode_reference
-from helpers import run_cli
+from helpers import ROOT, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +122,20 @@ def test_fit_solver_writes_the_fits_that_win_and_refuses_what_it_cannot_fit(tmp_
     assert refused.stderr.strip().splitlines()[-1] == ("error: 8 noises are too few to fit the 40 parameters of the "
                                                         "learned solver (10 steps of order 3 and the grid): use at least 40")
     assert not (tmp_path / "refused").exists() and table.read_text() == before
+
+    used = run_cli("sample.py", "model=gmm", "sampler=learned", "nfe=3", f"sampler.options.weights={table}",
+                   "num_samples=6", "seed=3", f"out_dir={tmp_path}/sampled")
+    assert used.returncode == 0, used.stderr
+    assert f"schedule: the grid the learned solver was fitted on for NFE 3 ({table})" in used.stdout
+    assert "learned {'weights': 'fitted (3, 3)', 'afs': False}: 3 steps, NFE 3" in used.stdout
+    conf = yaml.safe_load((ROOT / "conf" / "model" / "gmm.yaml").read_text())
+    mixture = GMMDenoiser(conf["means"], conf["stds"], conf["weights"])
+    sigmas, weights = solver_tables.lookup(table, mixture, 3)
+    expected = torch.cat(list(samplers.sample_seeds("learned", mixture, range(3, 9), sigmas, (2,),
+                                                    options={"weights": weights})))
+    got = torch.from_numpy(np.load(tmp_path / "sampled" / "samples.npz")["samples"])
+    torch.testing.assert_close(got.double(), expected.double(), rtol=1e-6, atol=1e-6)
+    other_grid = run_cli("sample.py", "model=gmm", "sampler=learned", "nfe=3", f"sampler.options.weights={table}",
+                         "schedule.rho=5", f"out_dir={tmp_path}/grid")
+    assert other_grid.returncode == 2 and other_grid.stderr.strip().splitlines()[-1] == (
+        f"error: the learned solver {table} samples on the grid it was fitted on: drop schedule.rho=5.0")
