@@ -15,11 +15,19 @@ from hydra.core.hydra_config import HydraConfig
 from fewstep.cli import schemas
 from fewstep.cli.common import CONFIG_PATH, one_line_errors, record_config, resolve_device
 from fewstep.cli.setup import model_of
-from fewstep.tuning import solver_tables
+from fewstep.tuning import schedule_tables, solver_tables
 from fewstep.tuning.learned_solver import run_fits
 
 schemas.register()
 log = logging.getLogger(__name__)  # bare lines on stdout and in the run's log file (conf/hydra/job_logging)
+
+
+def searched_starts(denoiser, nfes) -> dict:
+    """`{nfe: [(how, sigmas)]}`: the model's searched DPM-Solver++(2M) grids (the start's sampler), as more starts."""
+    path = schedule_tables.default_path(denoiser, "dpmpp_2m")
+    entries = schedule_tables.entries(path) if path is not None else {}
+    return {nfe: [(f"the searched dpmpp_2m grid ({path})", schedule_tables.lookup(path, denoiser, "dpmpp_2m", {}, nfe))]
+            for nfe in nfes if nfe in entries}
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="fit_solver", version_base="1.3")
@@ -36,7 +44,7 @@ def main(cfg):
     command = "python scripts/fit_solver.py " + " ".join(sys.argv[1:])
     model, results = HydraConfig.get().runtime.choices.model, {}
     for fit in run_fits(denoiser, cfg.nfes, cfg.order, cfg.num_noises, cfg.seed, cfg.iterations, cfg.lr, cfg.rtol,
-                        cfg.atol, resolve_device(cfg.device), log.info):
+                        cfg.atol, resolve_device(cfg.device), log.info, starts=searched_starts(denoiser, cfg.nfes)):
         log.info(f"learned NFE {fit.nfe}: held-out ODE error {fit.held_out_error:.5f} against "
                  f"{fit.start_held_out_error:.5f} for dpmpp_2m on {fit.start_how}, {fit.seconds:.0f} s"
                  + ("" if fit.kept else ": not kept (no better on the held-out noises)"))

@@ -76,18 +76,20 @@ def check_noises(num_noises: int, steps: int, order: int) -> None:
                          f"({steps} steps of order {order} and the grid): use at least {parameters}")
 
 
-def start_grid(denoiser, nfe: int, noise, reference, lowest_top: float) -> tuple[str, torch.Tensor]:
-    """`(how, sigmas)`: the lever grid (`schedule_search.lever_grids`) on which the solver's start,
+def start_grid(denoiser, nfe: int, noise, reference, lowest_top: float, starts=()) -> tuple[str, torch.Tensor]:
+    """`(how, sigmas)`: the grid among the lever grids (`schedule_search.lever_grids`) and `starts` (more
+    `(how, sigmas)`, e.g. the model's searched DPM-Solver++(2M) grid) on which the solver's start,
     DPM-Solver++(2M), has the lowest ODE error on `noise`."""
-    grids = list(lever_grids(NAME, nfe, float(denoiser.sigma_min), float(denoiser.sigma_max), lowest_top))
+    grids = [*lever_grids(NAME, nfe, float(denoiser.sigma_min), float(denoiser.sigma_max), lowest_top), *starts]
     errors = [ode_error(NAME, denoiser, noise, reference, sigmas).item() for _, sigmas in grids]
     return grids[min(range(len(grids)), key=errors.__getitem__)]
 
 
 def fit_solver(denoiser, nfe: int, noise, reference, held_out, held_out_reference, order: int = 3,
-               iterations: int = 300, lr: float = 0.01, every: int = 25, progress: bool = True) -> SolverFit:
+               iterations: int = 300, lr: float = 0.01, every: int = 25, progress: bool = True,
+               starts=()) -> SolverFit:
     """Fit the learned solver at exactly `nfe` steps: start at DPM-Solver++(2M) (`dpmpp_2m_weights`, zero
-    weights beyond its order) on `start_grid`, then Adam (learning rate `lr` for both) on the ODE error of
+    weights beyond its order) on `start_grid` (with the extra `starts`), then Adam (learning rate `lr` for both) on the ODE error of
     `noise`; the iterate with the lowest training error is kept if its held-out error beats the start's.
     `reference`, `held_out_reference`: `schedule_search.ode_reference` of each. A NaN error stops the fit
     with one line naming the iteration."""
@@ -95,7 +97,7 @@ def fit_solver(denoiser, nfe: int, noise, reference, held_out, held_out_referenc
     check_noises(len(noise), nfe, order)
     begin = time.perf_counter()
     lowest_top = min(PRIOR_MARGIN * float(reference.std()), float(denoiser.sigma_max))
-    how, sigmas = start_grid(denoiser, nfe, noise, reference, lowest_top)
+    how, sigmas = start_grid(denoiser, nfe, noise, reference, lowest_top, starts)
     params = SolverParameters(sigmas, dpmpp_2m_weights(sigmas, order), float(denoiser.sigma_min),
                               float(denoiser.sigma_max), lowest_top)
     optimizer = torch.optim.Adam(params.parameters(), lr=lr)
@@ -124,14 +126,16 @@ def fit_solver(denoiser, nfe: int, noise, reference, held_out, held_out_referenc
 
 
 def run_fits(denoiser, nfes, order: int = 3, num_noises: int = 256, seed: int = 910000, iterations: int = 300,
-             lr: float = 0.01, rtol: float = 1e-5, atol: float = 1e-5, device=None, log=None, progress: bool = True):
+             lr: float = 0.01, rtol: float = 1e-5, atol: float = 1e-5, device=None, log=None, progress: bool = True,
+             starts=None):
     """`fit_solver` at each NFE of `nfes`, yielding each fit as it is made, on the noises of seeds `seed ..`
     (training) and the `num_noises` after them (held out) with their dopri5 solutions
     (`schedule_search.teachers`); refused before any teacher is computed when the noises are too few or the
-    model has no sigma range."""
+    model has no sigma range. starts: `{nfe: [(how, sigmas)]}`, more start grids (`start_grid`)."""
     check_teacher(denoiser)
     for nfe in nfes:
         check_noises(num_noises, int(nfe), order)
     batches = teachers(denoiser, num_noises, seed, rtol, atol, device, log, progress)
     for nfe in sorted(int(n) for n in nfes):
-        yield fit_solver(denoiser, nfe, *batches, order=order, iterations=iterations, lr=lr, progress=progress)
+        yield fit_solver(denoiser, nfe, *batches, order=order, iterations=iterations, lr=lr, progress=progress,
+                         starts=(starts or {}).get(nfe, ()))
