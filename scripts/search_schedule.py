@@ -45,6 +45,8 @@ def main(cfg):
         raise ValueError(f"{type(denoiser).__name__} was not loaded from a directory: give write=true a table=FILE")
     if cfg.write and path.is_dir():
         raise ValueError(f"table={path} is a directory; give the path of a .json file")
+    if cfg.write:
+        schedule_tables.check_writable(path, denoiser, name, options)  # before the search, not after it
     command = "python scripts/search_schedule.py " + " ".join(sys.argv[1:])
     model = HydraConfig.get().runtime.choices.model
     results = {}
