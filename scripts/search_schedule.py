@@ -4,6 +4,8 @@
     python scripts/search_schedule.py sampler=dpmpp_2m write=true         # stores the grids next to the model
     python scripts/search_schedule.py model=gmm sampler=heun write=true table=runs/gmm-heun.json
     python scripts/search_schedule.py model=digits_cond guidance_scale=2 sampler=euler write=true   # schedules/euler-cfg2.json
+    python scripts/search_schedule.py model=diffusers model.path=DIR prompts=FILE guidance_scale=7.5 sampler=dpmpp_2m \
+        nfes=[5,8] write=true                 # a text-to-image pipeline: DIR/schedules/dpmpp_2m-cfg7.5.json
 """
 import json
 import logging
