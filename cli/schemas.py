@@ -194,7 +194,7 @@ class AMEDTrainConfig:
     write: bool = False      # also store the predictor beside the model: <model dir>/amed/<sampler>[-cfg<W>]-nfe<N>/
     guidance_scale: Optional[float] = None  # a conditional model's (cli.conditioning); None: 1
     classes: Optional[List[int]] = None     # noise i for classes[i mod len]; None: all
-    prompts: Optional[str] = None           # not supported yet: refused (search_schedule.py takes it)
+    prompts: Optional[str] = None           # a text-to-image pipeline's prompt file, one a line: noise i for prompt i mod P
     train: TrainerConfig = field(default_factory=TrainerConfig)
 
 

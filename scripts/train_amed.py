@@ -17,7 +17,6 @@ from hydra.core.hydra_config import HydraConfig
 
 from fewstep.cli import schemas
 from fewstep.cli.common import CONFIG_PATH, one_line_errors, record_config
-from fewstep.cli.conditioning import refuse_prompts
 from fewstep.cli.setup import amed_parts, trainer_keywords
 from fewstep.training import Trainer
 from fewstep.tuning import amed_predictor
@@ -29,7 +28,6 @@ log = logging.getLogger(__name__)  # bare lines on stdout and in the run's log f
 @hydra.main(config_path=CONFIG_PATH, config_name="train_amed", version_base="1.3")
 @one_line_errors
 def main(cfg):
-    refuse_prompts(cfg, "train_amed.py")
     model = cfg.model.get("path") or HydraConfig.get().runtime.choices.model
     denoiser, objective, how, noise = amed_parts(cfg, str(model))
     target = amed_predictor.destination(denoiser, cfg.sampler.name, objective.base, objective.nfe) if cfg.write else None

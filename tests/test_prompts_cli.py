@@ -52,6 +52,23 @@ class Recorder:
         return self.latents
 
 
+def pipeline_and_ours(pipe_dir, sampler, steps, options=None, **config):
+    """The latents of the saved pipeline with `FewstepScheduler(sampler, **config)` at guidance 7.5, and
+    `samplers.solve` of the guided UNet (with the sampler's `options`) from the pipeline's start on the
+    pipeline's grid, and that grid."""
+    pipe = load_pipeline(pipe_dir)
+    pipe.scheduler = FewstepScheduler.from_config(pipe.scheduler.config, sampler=sampler, **config)
+    recorder = Recorder(pipe)
+    latents = pipe(PROMPTS, num_inference_steps=steps, guidance_scale=7.5, output_type="latent",
+                   generator=torch.Generator().manual_seed(0)).images
+    grid = pipe.scheduler.grid
+    guided, embeds = text_guided(pipe, PROMPTS, 7.5)
+    x = recorder.latents.double() * math.sqrt(1 + float(grid[0]) ** 2)  # diffusers' unit-variance start
+    with torch.no_grad():
+        ours = samplers.solve(sampler, guided, x, grid, cond=rows_of_run(embeds, range(2)), **(options or {}))
+    return latents.double(), ours / math.sqrt(1 + float(grid[-1]) ** 2), grid.double()  # x_vp, as the pipeline's
+
+
 def test_a_grid_searched_with_prompts_is_the_one_the_pipeline_samples_on(saved, searched):
     pipe_dir, prompts = saved["pipe"], saved["prompts"]
     assert searched.stdout.splitlines()[0] == (f"text-to-image pipeline StableDiffusionPipeline: guidance_scale 7.5, "
@@ -62,24 +79,29 @@ def test_a_grid_searched_with_prompts_is_the_one_the_pipeline_samples_on(saved, 
         "file": str(prompts), "sha256": hashlib.sha256(prompts.read_bytes()).hexdigest(), "count": 2}}
     searched = torch.tensor(table["by_nfe"]["5"]["sigmas"], dtype=torch.float64)
 
-    pipe = load_pipeline(pipe_dir)
-    own = pipe.scheduler.config  # the pipeline's DDIMScheduler's
-    pipe.scheduler = FewstepScheduler.from_config(own, sampler="dpmpp_2m", schedule_table=pipe_dir, guidance_scale=7.5)
-    recorder = Recorder(pipe)
-    latents = pipe(PROMPTS, num_inference_steps=5, guidance_scale=7.5, output_type="latent",
-                   generator=torch.Generator().manual_seed(0)).images
-    grid = pipe.scheduler.grid
-    assert torch.allclose(grid.double(), searched, rtol=1e-6, atol=0)
+    latents, ours, grid = pipeline_and_ours(pipe_dir, "dpmpp_2m", 5, schedule_table=pipe_dir, guidance_scale=7.5)
+    assert torch.allclose(grid, searched, rtol=1e-6, atol=0)
+    own = load_pipeline(pipe_dir).scheduler.config  # the pipeline's DDIMScheduler's
     karras = FewstepScheduler.from_config(own, sampler="dpmpp_2m")
     karras.set_timesteps(5)
     assert range_gap(karras.grid.double(), searched) > 1e-2  # the table changed the grid, so the check could fail
-    guided, embeds = text_guided(pipe, PROMPTS, 7.5)
-    x = recorder.latents.double() * math.sqrt(1 + float(grid[0]) ** 2)  # diffusers' unit-variance start
-    with torch.no_grad():
-        ours = samplers.solve("dpmpp_2m", guided, x, grid, cond=rows_of_run(embeds, range(2)))
-    assert range_gap(latents.double(), ours) < 1e-5
+    assert range_gap(latents, ours) < 1e-5
     with pytest.raises(ValueError, match=r"has no schedule table of dpmpp_2m for guidance_scale=3"):
         FewstepScheduler.from_config(own, sampler="dpmpp_2m", schedule_table=pipe_dir, guidance_scale=3).set_timesteps(5)
+
+
+def test_an_amed_predictor_distilled_with_prompts_gives_the_pipeline_its_frozen_table(saved, tmp_path):
+    done = ok(run_cli("train_amed.py", "model=diffusers", f"model.path={saved['pipe']}", f"prompts={saved['prompts']}",
+                      "guidance_scale=7.5", "nfe=5", "schedule.sigma_max=null", "train.steps=2", "train.batch_size=4",
+                      "train.cpu=true", "objective.held_out=4", "write=true", f"out_dir={tmp_path}"))
+    assert "text-to-image pipeline StableDiffusionPipeline: guidance_scale 7.5, 2 prompts from" in done.stdout
+    stored = saved["pipe"] / "amed" / "amed-cfg7.5-nfe5"
+    table = json.loads((stored / "frozen_table.json").read_text())
+    assert table["guidance_scale"] == 7.5 and table["conditioning"]["prompts"]["count"] == 2
+    r_and_c = {key: table["sampler_options"][key] for key in ("r", "c")}
+    latents, ours, grid = pipeline_and_ours(saved["pipe"], "amed", len(table["sigmas"]) - 1, r_and_c, frozen_table=stored)
+    assert torch.allclose(grid, torch.tensor(table["sigmas"], dtype=torch.float64), rtol=1e-6, atol=0)
+    assert range_gap(latents, ours) < 1e-5
 
 
 def test_unset_guidance_is_the_pipelines_default_and_sample_i_takes_prompt_i_mod_p(saved):
@@ -119,11 +141,12 @@ def test_bad_prompts_are_refused_in_one_line_before_anything_is_written(saved, t
         "error: classes=[1] needs a class-conditional model; DiffusersUNetDenoiser is text-conditional (prompts=FILE)")
 
 
-@pytest.mark.parametrize("script", ["train_amed.py", "calibrate_skiptune.py"])
-def test_the_commands_that_do_not_take_prompts_yet_say_so(saved, tmp_path, script):
-    assert bad(saved, tmp_path, f"prompts={saved['prompts']}", script=script) == (
-        f"error: prompts={saved['prompts']} is not supported by {script} yet: search a text-to-image pipeline's "
-        f"grid with search_schedule.py prompts=FILE")
+def test_calibrate_skiptune_does_not_take_prompts_yet_and_says_so(saved, tmp_path):
+    assert bad(saved, tmp_path, f"prompts={saved['prompts']}", script="calibrate_skiptune.py") == (
+        f"error: prompts={saved['prompts']} is not supported by calibrate_skiptune.py yet: search a text-to-image "
+        f"pipeline's grid with search_schedule.py prompts=FILE")
+    assert bad(saved, tmp_path, f"prompts={saved['prompts']}", f"model.path={saved['plain']}",
+               script="train_amed.py").startswith(f"error: prompts={saved['prompts']} needs a text-to-image pipeline")
 
 
 def test_a_table_searched_at_another_guidance_scale_is_refused_when_asked_for(saved, searched, tmp_path):
