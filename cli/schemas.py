@@ -105,8 +105,9 @@ class SearchConfig:
     atol: float = 1e-5
     write: bool = False
     table: Optional[str] = None            # where write=true puts it; None: <model dir>/schedules/<sampler>[-cfg<W>].json
-    guidance_scale: Optional[float] = None  # a conditional model's (cli.conditioning); None: 1
+    guidance_scale: Optional[float] = None  # a conditional model's (cli.conditioning); None: 1 (a pipeline's default)
     classes: Optional[List[int]] = None     # noise i of each batch for classes[i mod len]; None: all
+    prompts: Optional[str] = None           # a text-to-image pipeline's prompt file, one a line: noise i for prompt i mod P
     device: str = "auto"
     out_dir: str = MISSING
 
@@ -130,6 +131,7 @@ class CalibrateConfig(EvalConfig):
     nfes: List[int] = field(default_factory=lambda: [5, 10, 20])
     write: bool = False
     table: Optional[str] = None            # where write=true puts it; None: <model dir>/skiptune/<sampler>.json
+    prompts: Optional[str] = None          # not supported yet: refused (search_schedule.py takes it)
 
 
 @dataclass
@@ -192,6 +194,7 @@ class AMEDTrainConfig:
     write: bool = False      # also store the predictor beside the model: <model dir>/amed/<sampler>[-cfg<W>]-nfe<N>/
     guidance_scale: Optional[float] = None  # a conditional model's (cli.conditioning); None: 1
     classes: Optional[List[int]] = None     # noise i for classes[i mod len]; None: all
+    prompts: Optional[str] = None           # a text-to-image pipeline's prompt file, one a line: noise i for prompt i mod P
     train: TrainerConfig = field(default_factory=TrainerConfig)
 
 

@@ -86,11 +86,11 @@ def amed_parts(cfg, model_name: str):
     given = conditioned(cfg, model_of(cfg).eval())
     denoiser = given.denoiser.eval()
     _, sigmas, how = planned_grid(cfg, denoiser)
-    extra = {} if given.labels is None else {"cond_of": given.cond_of, "conditioning": given.record}
+    extra = {} if given.keywords is None else {"cond_of": given.cond_of, "conditioning": given.record}
     objective = instantiate(cfg.objective, _partial_=True)(
         denoiser=denoiser, sigmas=sigmas, sampler=cfg.sampler.name, options=dict(cfg.sampler.options), nfe=cfg.nfe,
         model=model_name, **extra)
     shape = denoiser.sample_shape if cfg.data.get("shape") is None else cfg.data.shape
-    noise = instantiate(cfg.data, shape=list(shape), **({} if given.labels is None else {"indexed": True}))
+    noise = instantiate(cfg.data, shape=list(shape), **({} if given.keywords is None else {"indexed": True}))
     check_shapes(noise, {"the model": denoiser})
     return denoiser, objective, how if given.line is None else f"{given.line}; {how}", noise

@@ -24,14 +24,15 @@ def read_prompts(path) -> list[str]:
     return prompts
 
 
-def load_pipeline(path, torch_dtype=None):
-    """The diffusers pipeline saved at `path` (a local directory), remembering where it lies."""
+def load_pipeline(path, torch_dtype=None, **components):
+    """The diffusers pipeline saved at `path` (a local directory), remembering where it lies; `components`
+    (e.g. `unet=`) are taken as given instead of loaded."""
     from diffusers import DiffusionPipeline
 
     root = Path(path).expanduser()
     if not (root / "model_index.json").is_file():
         raise FileNotFoundError(f"no diffusers pipeline (model_index.json) at {root}")
-    pipe = DiffusionPipeline.from_pretrained(str(root), torch_dtype=torch_dtype)
+    pipe = DiffusionPipeline.from_pretrained(str(root), torch_dtype=torch_dtype, **components)
     pipe.set_progress_bar_config(disable=True)
     pipe.pretrained_path = root
     return pipe

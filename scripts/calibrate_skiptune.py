@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from fewstep import samplers
 from fewstep.cli import schemas
 from fewstep.cli.common import CONFIG_PATH, accelerator_for, counted, one_line_errors, record_config
+from fewstep.cli.conditioning import refuse_prompts
 from fewstep.cli.sampling import from_config
 from fewstep.cli.setup import reference
 from fewstep.evaluation import get_extractor
@@ -43,6 +44,7 @@ def table_path(cfg, model) -> Path:
 @hydra.main(config_path=CONFIG_PATH, config_name="calibrate", version_base="1.3")
 @one_line_errors
 def main(cfg):
+    refuse_prompts(cfg, "calibrate_skiptune.py")
     name = cfg.sampler.name
     if name not in samplers.FIXED_GRID_NAMES:  # an adaptive sampler has no NFE to calibrate for
         raise ValueError(f"Skip-Tuning is calibrated for fixed-grid samplers, got {name!r}")

@@ -4,6 +4,8 @@
     python scripts/search_schedule.py sampler=dpmpp_2m write=true         # stores the grids next to the model
     python scripts/search_schedule.py model=gmm sampler=heun write=true table=runs/gmm-heun.json
     python scripts/search_schedule.py model=digits_cond guidance_scale=2 sampler=euler write=true   # schedules/euler-cfg2.json
+    python scripts/search_schedule.py model=diffusers model.path=DIR prompts=FILE guidance_scale=7.5 sampler=dpmpp_2m \
+        nfes=[5,8] write=true                 # a text-to-image pipeline: DIR/schedules/dpmpp_2m-cfg7.5.json
 """
 import json
 import logging
@@ -45,6 +47,8 @@ def main(cfg):
         raise ValueError(f"{type(denoiser).__name__} was not loaded from a directory: give write=true a table=FILE")
     if cfg.write and path.is_dir():
         raise ValueError(f"table={path} is a directory; give the path of a .json file")
+    if cfg.write:
+        schedule_tables.check_writable(path, denoiser, name, options)  # before the search, not after it
     command = "python scripts/search_schedule.py " + " ".join(sys.argv[1:])
     model = HydraConfig.get().runtime.choices.model
     results = {}

@@ -95,9 +95,10 @@ def test_the_search_functions_default_to_the_search_commands_settings(search_gmm
     conf = OmegaConf.load(ROOT / "conf" / "search_schedule.yaml")
     seen = {}
 
-    def fake_reference(denoiser, noise, rtol, atol, progress, cond=None):
+    def fake_reference(denoiser, noise, rtol, atol, progress, cond=None, calls=None):
         seen.setdefault("references", []).append((noise, rtol, atol))
         seen["cond"] = cond
+        calls.append(0)
         return noise.double()
 
     def fake_search(name, denoiser, nfe, noise, reference, held_out, held_out_reference, options, iterations, lr, log,
@@ -284,8 +285,8 @@ def test_run_search_warm_starts_each_nfe_from_the_ones_before_on_seeded_noises(s
     assert results[1].curve == again.curve and torch.equal(results[1].best.sigmas, again.best.sigmas)
     assert results[1].curve[-1][0] == "the NFE 3 grid with a point inserted"
     assert lines[0] == "dopri5 references of 8 noises (rtol 0.001, atol 0.0001)"
-    seconds = re.fullmatch(r"dopri5 references of 8 noises: (\d+) s", lines[1])
-    assert seconds and int(seconds[1]) <= took + 1
+    seconds = re.fullmatch(r"dopri5 references of 8 noises: (\d+) s, NFE (\d+) \+ (\d+) \(batches of 4\)", lines[1])
+    assert seconds and int(seconds[1]) <= took + 1 and int(seconds[2]) >= 6 and int(seconds[3]) >= 6  # a dopri5 step: 6
     assert sum(line.startswith("ipndm NFE 4: ") for line in lines) == len(again.curve) + 2  # refining, refined
 
 

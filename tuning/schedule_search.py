@@ -68,13 +68,23 @@ class SearchResult:
 
 
 def ode_reference(denoiser, noise: torch.Tensor, rtol: float = 1e-5, atol: float = 1e-5,
-                  progress: bool = False, cond=None) -> torch.Tensor:
+                  progress: bool = False, cond=None, calls: list | None = None) -> torch.Tensor:
     """The dopri5 solution of `noise` from the denoiser's `sigma_max` to 0, float64; `progress`: a bar
-    of its network calls on stderr; `cond`: the conditioning keywords, one row per noise."""
+    of its network calls on stderr; `cond`: the conditioning keywords, one row per noise; `calls`: a list
+    the number of network calls (NFE) is appended to."""
     grid = torch.tensor([denoiser.sigma_max, denoiser.sigma_min, 0.0], dtype=torch.float64)
+    count = [0]
+
+    def called(call):
+        count[0] += 1
+        bar.update(1)
+
     with tqdm(desc="dopri5 reference", unit="NFE", leave=False, disable=not progress) as bar:
-        return sample("dopri5", denoiser, noise.double(), grid, rtol=rtol, atol=atol,  # (it refuses NaN or inf)
-                      callback=lambda call: bar.update(1), cond=cond)
+        x = sample("dopri5", denoiser, noise.double(), grid, rtol=rtol, atol=atol,  # (it refuses NaN or inf)
+                   callback=called, cond=cond)
+    if calls is not None:
+        calls.append(count[0])
+    return x
 
 
 def teachers(denoiser, num_noises: int, seed: int, rtol: float = 1e-5, atol: float = 1e-5, device=None, log=None,
@@ -88,9 +98,11 @@ def teachers(denoiser, num_noises: int, seed: int, rtol: float = 1e-5, atol: flo
     held_out = seeded_noise(range(seed + num_noises, seed + 2 * num_noises), shape, device)
     begin = time.perf_counter()
     log(f"dopri5 references of {2 * num_noises} noises (rtol {rtol:g}, atol {atol:g})")
-    reference = ode_reference(denoiser, noise, rtol, atol, progress, cond=cond)
-    held_out_reference = ode_reference(denoiser, held_out, rtol, atol, progress, cond=cond)
-    log(f"dopri5 references of {2 * num_noises} noises: {time.perf_counter() - begin:.0f} s")
+    calls = []
+    reference = ode_reference(denoiser, noise, rtol, atol, progress, cond=cond, calls=calls)
+    held_out_reference = ode_reference(denoiser, held_out, rtol, atol, progress, cond=cond, calls=calls)
+    log(f"dopri5 references of {2 * num_noises} noises: {time.perf_counter() - begin:.0f} s, NFE "
+        f"{calls[0]} + {calls[1]} (batches of {num_noises})")
     return noise, reference, held_out, held_out_reference
 
 

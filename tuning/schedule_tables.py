@@ -99,6 +99,20 @@ def entries(path) -> dict[int, dict]:
     return {int(k): v for k, v in load(path)["by_nfe"].items()} if path.is_file() else {}
 
 
+def check_writable(path, denoiser, sampler: str, options: dict) -> dict | None:
+    """The table at `path` that grids of `denoiser`, `sampler` and `options` may join (None: no file yet); one
+    of another model, sampler, options or guidance scale is refused in one line naming it."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        return None
+    old, options = load(path), changed_options(sampler, options)
+    if (old["fingerprint"], old["sampler"], old["options"]) != (fingerprint(denoiser), sampler, options):
+        raise ValueError(f"{path} holds grids of another model or sampler ({old.get('model')} {old['sampler']} "
+                         f"{old['options']}); write to another table=")
+    store.check_guidance(old.get("guidance_scale"), denoiser, path)
+    return old
+
+
 def write(path, denoiser, sampler: str, options: dict, model: str, objective: str, nfe: int, sigmas,
           conditioning: dict | None = None, **details) -> Path:
     """Store the grid of `sampler` at `nfe` in the table `path` (made if missing; the other NFEs
@@ -109,12 +123,8 @@ def write(path, denoiser, sampler: str, options: dict, model: str, objective: st
     options = changed_options(sampler, options)
     table = {"sampler": sampler, "options": options, "model": model, "fingerprint": fingerprint(denoiser),
              "objective": objective, **store.guidance_record(denoiser, conditioning), "by_nfe": {}}
-    if path.is_file():
-        old = load(path)
-        if (old["fingerprint"], old["sampler"], old["options"]) != (table["fingerprint"], sampler, options):
-            raise ValueError(f"{path} holds grids of another model or sampler ({old.get('model')} {old['sampler']} "
-                             f"{old['options']}); write to another table=")
-        store.check_guidance(old.get("guidance_scale"), denoiser, path)
+    old = check_writable(path, denoiser, sampler, options)
+    if old is not None:
         table["by_nfe"] = old["by_nfe"]
     table["by_nfe"][str(nfe)] = {"sigmas": sigmas.tolist(), **details}
     table["by_nfe"] = dict(sorted(table["by_nfe"].items(), key=lambda kv: int(kv[0])))
