@@ -23,13 +23,24 @@ def _grid_giver(schedule, schedule_table, frozen_table) -> str | None:
 
 
 def read_tables(sampler: str, sampler_options: dict | None, schedule, schedule_table, frozen_table,
-                solver_table) -> tuple[dict | None, dict | None, dict | None]:
+                solver_table) -> tuple[dict | None, tuple | None, dict | None]:
     """`(frozen, solver, sampler_options)`: AMED's frozen table (its r, c and base merged into the
-    options), the learned solver's table (`tuning.solver_tables.load`), each refused in one line beside
+    options), the learned solver's `(file, table)` (`tuning.solver_tables.load`), each refused in one line beside
     another table or a schedule, with another sampler, or with the options it gives itself."""
     if schedule_table is not None and schedule not in (None, "table"):
         raise ValueError(f"schedule_table={schedule_table} gives the whole grid; it takes no schedule={schedule!r}")
-    frozen = solver = None
+    solver = None
+    if solver_table is not None:
+        if sampler != solver_tables.NAME:
+            raise ValueError(f"solver_table={solver_table} holds a learned solver's grids and weights: it needs "
+                             f"sampler={solver_tables.NAME!r}, got sampler={sampler!r}")
+        other = _grid_giver(schedule, schedule_table, frozen_table)
+        if other is not None:
+            raise ValueError(f"solver_table={solver_table} gives the whole grid; it takes no {other}")
+        _check_not_given(f"solver_table={solver_table}", "the weights", sampler_options, ("weights",))
+        path = solver_tables.table_file(solver_table)
+        solver = (str(path), solver_tables.load(path))
+    frozen = None
     if frozen_table is not None:
         other = _grid_giver(schedule, schedule_table, None)
         if other is not None:
@@ -38,15 +49,6 @@ def read_tables(sampler: str, sampler_options: dict | None, schedule, schedule_t
         _check_not_given(f"frozen_table={frozen_table}", f"{sampler}'s r and c", sampler_options, ("r", "c", "base"))
         learned = {k: v for k, v in frozen["sampler_options"].items() if k != "afs"}
         sampler_options = {**(sampler_options or {}), **learned}
-    if solver_table is not None:
-        if sampler != solver_tables.NAME:
-            raise ValueError(f"solver_table={solver_table} holds a learned solver's grids and weights: it needs "
-                             f"sampler={solver_tables.NAME!r}, got sampler={sampler!r}")
-        other = _grid_giver(schedule, schedule_table, frozen_table)
-        if other is not None:
-            raise ValueError(f"solver_table={solver_table} gives the whole grid; it takes no {other}")
-        solver = solver_tables.load(solver_tables.table_file(solver_table))
-        _check_not_given(f"solver_table={solver_table}", "the weights", sampler_options, ("weights",))
     return frozen, solver, sampler_options
 
 

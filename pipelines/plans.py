@@ -84,10 +84,14 @@ class KarrasPlan:
         self.log_table, self.index = space.log_table, space.index
 
     def __call__(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """`(grid, timesteps)`: `n + 1` float64 sigmas and `n` float32 timesteps."""
-        grid = np.zeros(n + 1)
-        np.power(self.hi + ramp(n + self.extra) * (self.lo - self.hi), self.rho, out=grid[:n + self.extra])
-        timesteps = np.interp(np.log(grid[:n]), self.log_table, self.index).astype(np.float32)
+        """`(grid, timesteps)`: `n + 1` float64 sigmas and `n` float32 timesteps (in place where numpy allows:
+        the same operations in the same order as `schedules.karras`, so the same values)."""
+        grid, points = np.zeros(n + 1), ramp(n + self.extra)
+        points *= self.lo - self.hi
+        points += self.hi
+        np.power(points, self.rho, out=grid[:n + self.extra])
+        log_sigmas = np.log(grid[:n], out=points[:n])
+        timesteps = np.interp(log_sigmas, self.log_table, self.index).astype(np.float32)
         return torch.from_numpy(grid), torch.from_numpy(timesteps)
 
 

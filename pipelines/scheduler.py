@@ -124,9 +124,8 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
                  shift: float = 1.0, use_dynamic_shifting: bool = False, time_shift_type: str = "exponential",
                  shift_terminal: float | None = None, base_shift: float = 0.5, max_shift: float = 1.15,
                  base_image_seq_len: int = 256, max_image_seq_len: int = 4096):
-        self._frozen, learned, sampler_options = construction.read_tables(
+        self._frozen, self._learned, sampler_options = construction.read_tables(
             sampler, sampler_options, schedule, schedule_table, frozen_table, solver_table)
-        self._learned = None if learned is None else (str(solver_tables.table_file(solver_table)), learned)
         self._options = construction.check_sampler(sampler, sampler_options, prediction_type,
                                                    {"clip_sample": clip_sample, "thresholding": thresholding},
                                                    final_sigmas_type)
@@ -239,19 +238,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         they and the flow_uniform grid are shifted as the config says; `mu`: the dynamic shift's (Flux).
         A pipeline calls this once per generation, so the last plan is reused when nothing changed."""
         plans.check_mu(self._space, self.config.prediction_type, mu)
-        given = [name for name, value in (("num_inference_steps", num_inference_steps), ("timesteps", timesteps),
-                                          ("sigmas", sigmas)) if value is not None]
-        if len(given) != 1:
-            raise ValueError(f"set_timesteps takes exactly one of num_inference_steps, timesteps, sigmas; "
-                             f"got {', '.join(given) or 'none'}")
-        if num_inference_steps is not None and (not isinstance(num_inference_steps, numbers.Integral)
-                                                or num_inference_steps < 1):
-            raise ValueError(f"num_inference_steps must be a whole number of at least 1 for sampler "
-                             f"{self.config.sampler!r}, got {num_inference_steps}")
-        custom = None
-        if timesteps is not None or sigmas is not None:
-            custom = ("timesteps" if sigmas is None else "sigmas",
-                      tuple(torch.as_tensor(sigmas if sigmas is not None else timesteps, dtype=torch.float64).reshape(-1).tolist()))
+        custom = self._custom_plan(num_inference_steps, timesteps, sigmas)
         key = (num_inference_steps, custom, mu, device)
         if key != self._plan_key:
             self._weights = None
@@ -259,14 +246,34 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
                 grid, timesteps = self._karras(num_inference_steps)
                 self.grid = self.sigmas = grid
                 self.timesteps = timesteps if device is None else timesteps.to(device)
+                self.num_inference_steps = num_inference_steps
             else:
                 grid, timestep_of = (self._grid(num_inference_steps, mu) if custom is None
                                      else self._custom_grid(custom, mu))
                 self.grid, self.sigmas, self.timesteps = self._plan(grid, timestep_of, device)
+                self.num_inference_steps = len(self.grid) - 1
             self._plan_key = key
-        self.num_inference_steps = len(self.grid) - 1
         self._step_index, self._begin_index, self._set_generator = None, None, generator
         self._steps = None
+
+    def _custom_plan(self, steps, timesteps, sigmas) -> tuple | None:
+        """`(kind, values)` of a pipeline's own `timesteps` or `sigmas` (float64 values), None for `steps`
+        steps; refused in one line unless exactly one of them is given and `steps` is a whole number >= 1."""
+        if timesteps is None and sigmas is None:
+            if type(steps) is int and steps >= 1:  # the common case, checked first
+                return None
+            if steps is not None and isinstance(steps, numbers.Integral) and steps >= 1:
+                return None
+        given = [name for name, value in (("num_inference_steps", steps), ("timesteps", timesteps),
+                                          ("sigmas", sigmas)) if value is not None]
+        if len(given) != 1:
+            raise ValueError(f"set_timesteps takes exactly one of num_inference_steps, timesteps, sigmas; "
+                             f"got {', '.join(given) or 'none'}")
+        if steps is not None:
+            raise ValueError(f"num_inference_steps must be a whole number of at least 1 for sampler "
+                             f"{self.config.sampler!r}, got {steps}")
+        values = torch.as_tensor(sigmas if sigmas is not None else timesteps, dtype=torch.float64)
+        return "timesteps" if sigmas is None else "sigmas", tuple(values.reshape(-1).tolist())
 
     def set_begin_index(self, begin_index: int = 0) -> None:
         """Start the next trajectory at `timesteps[begin_index]` (diffusers' convention: img2img and
