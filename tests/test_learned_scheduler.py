@@ -82,6 +82,21 @@ def test_a_pipeline_loop_on_a_solver_table_equals_samplers_sample_on_its_weights
     assert range_gap(reference(denoiser, nfe, z, None), expected) > 1e-2
 
 
+@torch.no_grad()
+def test_a_partial_start_runs_the_weights_of_the_steps_it_takes(unet, denoiser, model_dir):
+    """img2img with strength < 1: from `timesteps[2]` on, the sampler runs `grid[2:]` with `weights[2:]`."""
+    scheduler = FewstepScheduler(**TABLE, sampler="learned", solver_table=str(model_dir))
+    scheduler.set_timesteps(6)
+    scheduler.set_begin_index(2)
+    z = x = noise()
+    for t in scheduler.timesteps[2:]:
+        x = scheduler.step(unet(x, t).sample, t, x).prev_sample
+    sigma0 = GRIDS[6][2]
+    expected = samplers.sample("learned", denoiser, z.double() * math.sqrt(1 + sigma0 ** 2) / sigma0,
+                               torch.tensor(GRIDS[6][2:]), weights=torch.tensor(WEIGHTS[6][2:]))
+    assert range_gap(x.double(), expected) < 1e-5
+
+
 def test_learned_without_a_table_is_dpm_solver_2m(unet):
     z = noise()
     learned = loop(FewstepScheduler(**TABLE, sampler="learned"), unet, 5, z)
