@@ -8,12 +8,13 @@ import shutil
 
 import pytest
 import torch
+from diffusers import DDPMPipeline
 
 from fewstep import samplers
 from fewstep.pipelines import FewstepScheduler
 from fewstep.tuning import solver_tables
 from fewstep.tuning.learned_solver import SolverFit
-from helpers import TABLE, range_gap, tiny_unet
+from helpers import TABLE, NoiseLikeUNet, range_gap, tiny_unet
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models on one thread
 
@@ -80,6 +81,19 @@ def test_a_pipeline_loop_on_a_solver_table_equals_samplers_sample_on_its_weights
     assert range_gap(result.double(), expected) < 1e-5
     # the table's weights are what ran: DPM-Solver++(2M)'s on the same grid land far from it
     assert range_gap(reference(denoiser, nfe, z, None), expected) > 1e-2
+
+
+def test_ddpm_pipeline_with_a_solver_table_equals_samplers_sample(model_dir):
+    torch.manual_seed(0)
+    unet = NoiseLikeUNet.from_config(tiny_unet().config).eval()  # samples in the picture range: the clamp hides little
+    scheduler = FewstepScheduler(**TABLE, sampler="learned", solver_table=str(model_dir))
+    denoiser = samplers.DiffusersUNetDenoiser(unet, scheduler.alphas_cumprod)
+    images = DDPMPipeline(unet=unet, scheduler=scheduler)(batch_size=2, num_inference_steps=4, output_type="np",
+                                                          generator=torch.Generator().manual_seed(0)).images
+    z = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))  # the pipeline's starting noise
+    expected = (reference(denoiser, 4, z, torch.tensor(WEIGHTS[4])) / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)
+    assert 0.05 < ((expected > 0) & (expected < 1)).double().mean()  # not all clamped away
+    assert (torch.from_numpy(images).double() - expected).abs().max() < 1e-5
 
 
 @torch.no_grad()

@@ -335,6 +335,24 @@ def test_the_schedules_settings_reach_the_grid(settings, grid):
     assert not torch.allclose(scheduler.grid, default.grid)
 
 
+@pytest.mark.parametrize("settings", [dict(), dict(final_sigmas_type="sigma_min"),
+                                      dict(sigma_min=0.05, sigma_max=10.0, rho=5.0)])
+def test_the_one_pass_karras_plan_is_get_sigmas_and_the_fractional_timesteps_bit_for_bit(settings):
+    """`plans.KarrasPlan` (ddim's, euler's, dpmpp_2m's default plan) against the general path."""
+    scheduler = fewstep("ddim", **settings)
+    assert scheduler._karras is not None
+    table = scheduler.log_sigmas
+    lo, hi = settings.get("sigma_min", float(table[0].exp())), settings.get("sigma_max", float(table[-1].exp()))
+    for n in (1, 2, 7, 12, 50):
+        scheduler.set_timesteps(n)
+        grid = samplers.get_sigmas("karras", n, lo, hi, rho=settings.get("rho", 7.0),
+                                   final_sigmas_type=settings.get("final_sigmas_type", "zero"))
+        timesteps = samplers.spaces.fractional_timestep(grid[:-1], table).float()
+        assert torch.equal(scheduler.grid, grid) and scheduler.sigmas is scheduler.grid
+        assert torch.allclose(scheduler.timesteps, timesteps, rtol=0, atol=1e-4)
+        assert torch.equal(scheduler.timesteps, torch.from_numpy(scheduler._space.timestep(grid[:-1].numpy())).float())
+
+
 def test_a_table_is_matched_on_the_samplers_options(tmp_path):
     """A table searched for ipndm with max_order 3 plans for that sampler, not for plain ipndm."""
     grid = [80.0, 10.0, 1.0, 0.0]
