@@ -14,6 +14,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from ..samplers.schedules import DISCRETE_MIRRORS
+from ..tuning import solver_tables
 from ..tuning.store import keyed
 
 # The options that change the denoised estimate D (diffusers' pred_original_sample), per sampler as its
@@ -24,7 +25,7 @@ CLIPPING = {"ddim": ("clip_sample", "thresholding"), "heun": ("clip_sample",), "
 CLIPPING_KEYS = ("clip_sample", "thresholding")
 # Schedulers that keep their sample in sigma space return it unscaled at a last sigma above 0.
 SIGMA_SPACE_MIRRORS = ("EulerDiscreteScheduler", "HeunDiscreteScheduler")
-TABLE_KEYS = ("schedule_table", "frozen_table")
+TABLE_KEYS = ("schedule_table", "frozen_table", "solver_table")
 
 
 def mirror_default(sampler: str, key: str):
@@ -91,6 +92,8 @@ def carry_tables(config: dict, save_directory) -> dict:
         source = path / "frozen_table.json" if key == "frozen_table" and path.is_dir() else path
         if key == "schedule_table" and path.is_dir():
             source = path / "schedules" / f"{keyed(config['sampler'], config.get('guidance_scale'))}.json"
+        if key == "solver_table" and path.is_dir():
+            source = solver_tables.table_file(path)
         shutil.copyfile(source, Path(save_directory) / f"{key}.json")
         carried[key] = f"{key}.json"
     return carried

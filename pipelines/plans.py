@@ -3,9 +3,10 @@ pipeline's own `sigmas` or `timesteps`, the discrete timesteps of the mirrored d
 computed schedule; on a flow, the times shifted as FlowMatchEulerDiscreteScheduler shifts them."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from ..samplers.schedules import DISCRETE_MIRRORS, discrete_grid, get_sigmas
+from ..samplers.schedules import DISCRETE_MIRRORS, discrete_grid, get_sigmas, ramp
 from ..samplers.solvers import check_sigmas
 from ..samplers.spaces import sigmas_from_alphas_cumprod
 from . import conventions
@@ -69,3 +70,35 @@ def schedule_grid(c, schedule: str, space, steps: int, alphas_cumprod, mu=None) 
     grid = get_sigmas(schedule, steps, lowest, space.sigma_max if c.sigma_max is None else c.sigma_max, rho=c.rho,
                       eps_s=c.eps_s, final_sigmas_type=c.final_sigmas_type)
     return (space.shift.sigmas(grid, mu) if flow_plan else grid), {}
+
+
+class KarrasPlan:
+    """The Karras grid of `n` steps on a VP table and the fractional timesteps of its first `n` sigmas (a
+    one-call sampler's evaluations), in one numpy pass: exactly `get_sigmas("karras", ...)` then
+    `VPTable.timestep`, with what does not depend on `n` (the range's rho-th roots, the table's log
+    sigmas) computed once. `final_sigmas_type`: the grid ends at 0 or at sigma_min (`get_sigmas`)."""
+
+    def __init__(self, space, lowest: float, highest: float, rho: float, final_sigmas_type: str):
+        self.lo, self.hi, self.rho = lowest ** (1 / rho), highest ** (1 / rho), rho
+        self.extra = int(final_sigmas_type == "sigma_min")  # a last Karras point in place of the 0
+        self.log_table, self.index = space.log_table, space.index
+
+    def __call__(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(grid, timesteps)`: `n + 1` float64 sigmas and `n` float32 timesteps (in place where numpy allows:
+        the same operations in the same order as `schedules.karras`, so the same values)."""
+        grid, points = np.zeros(n + 1), ramp(n + self.extra)
+        points *= self.lo - self.hi
+        points += self.hi
+        np.power(points, self.rho, out=grid[:n + self.extra])
+        log_sigmas = np.log(grid[:n], out=points[:n])
+        timesteps = np.interp(log_sigmas, self.log_table, self.index).astype(np.float32)
+        return torch.from_numpy(grid), torch.from_numpy(timesteps)
+
+
+def karras_plan(space, sigma_min: float | None, sigma_max: float | None, rho: float,
+                final_sigmas_type: str) -> KarrasPlan | None:
+    """The `KarrasPlan` of a config's range (None: the table's own end), or None for a range `get_sigmas`
+    refuses, which it then does at `set_timesteps`."""
+    lowest = space.sigma_min if sigma_min is None else float(sigma_min)
+    highest = space.sigma_max if sigma_max is None else float(sigma_max)
+    return KarrasPlan(space, lowest, highest, rho, final_sigmas_type) if 1e-30 < lowest < highest else None

@@ -32,18 +32,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DDPMScheduler
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 
-from ..samplers.denoisers import DiffusersUNetDenoiser
 from ..samplers.flow_shift import FlowShift
 from ..samplers.schedules import EPS_S, RHO
-from ..samplers.solvers import (FIXED_GRID_NAMES, SOLVERS, at_step_starts, evaluated_sigmas, extras,
-                                resolve_options)
+from ..samplers.solvers import SOLVERS, at_step_starts, evaluated_sigmas, extras
 from ..samplers.spaces import is_flow_matching
-from ..tuning import amed_predictor, schedule_tables
-from . import conventions, plans
+from ..tuning import schedule_tables, solver_tables
+from . import construction, conventions, plans
 from .plans import FLOW
 from .state import FLOAT32_SIGMA_MAX, copy_states, fresh_like, version
 from .timesteps import FlowTime, VPTable
@@ -66,7 +63,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         beta_schedule, trained_betas; prediction_type: epsilon, v_prediction or sample.
         prediction_type="flow_prediction": a rectified flow / flow-matching model instead (no table;
         diffusers' FlowMatchEulerDiscreteScheduler, `t = timestep / num_train_timesteps`).
-    sampler: ddim, euler, heun, dpmpp_2m, ipndm, dpm_2, amed or amed_plugin; sampler_options: its keywords,
+    sampler: ddim, euler, heun, dpmpp_2m, ipndm, dpm_2, amed, amed_plugin or learned; sampler_options: its keywords,
         e.g. {"eta": 1.0} (not afs=True: the pipeline's first evaluation is on its starting noise).
     schedule: karras (rho), logsnr, time_uniform (eps_s), flow_uniform over [sigma_min, sigma_max] (None: the
         table's range; a flow's is t from 1 / num_train_timesteps to 1: `timesteps.FlowTime`); None:
@@ -89,6 +86,10 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         holding it, e.g. `assets/digits_ddpm/amed/amed-nfe5`): its per-step r and c (and base), and its
         grid, which `set_timesteps(n)` plans for the table's n steps. Without AFS a pipeline spends one
         NFE more than the table's. The weights are not checked: use it with the model it was made for.
+    solver_table: the learned solver's table (sampler learned; `tuning.solver_tables`, scripts/fit_solver.py):
+        its file, or a model directory or shipped model name holding `solvers/learned.json`; `set_timesteps(n)`
+        then plans its grid of `n` NFE and runs that entry's weights (without it, learned runs
+        DPM-Solver++(2M)'s weights). The fingerprint is not checked: use it with the model it was fitted for.
     rescale_betas_zero_snr: the zero-terminal-SNR table (Lin et al. 2024), whose last
         `alphas_cumprod` (0) is set to 2^-24 as EulerDiscreteScheduler does (sigma_max about 4096).
     shift, use_dynamic_shifting, time_shift_type, shift_terminal, base_shift, max_shift, base_image_seq_len,
@@ -119,45 +120,17 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
                  sampler: str = "ddim", sampler_options: dict | None = None, schedule: str | None = None,
                  rho: float = RHO, sigma_min: float | None = None, sigma_max: float | None = None,
                  eps_s: float = EPS_S, schedule_table: str | None = None, frozen_table: str | None = None,
-                 guidance_scale: float | None = None,
+                 solver_table: str | None = None, guidance_scale: float | None = None,
                  shift: float = 1.0, use_dynamic_shifting: bool = False, time_shift_type: str = "exponential",
                  shift_terminal: float | None = None, base_shift: float = 0.5, max_shift: float = 1.15,
                  base_image_seq_len: int = 256, max_image_seq_len: int = 4096):
-        if schedule_table is not None and schedule not in (None, "table"):
-            raise ValueError(f"schedule_table={schedule_table} gives the whole grid; it takes no schedule={schedule!r}")
-        self._frozen = None
-        if frozen_table is not None:
-            if schedule is not None or schedule_table is not None:
-                raise ValueError(f"frozen_table={frozen_table} gives the whole grid; it takes no "
-                                 f"{'schedule_table' if schedule_table is not None else f'schedule={schedule!r}'}")
-            self._frozen = amed_predictor.read_frozen_table(frozen_table, sampler)
-            given = sorted(set(sampler_options or {}) & {"r", "c", "base"})
-            if given:
-                raise ValueError(f"frozen_table={frozen_table} gives {sampler}'s r and c: drop sampler_options "
-                                 f"{', '.join(given)}")
-            learned = {k: v for k, v in self._frozen["sampler_options"].items() if k != "afs"}
-            sampler_options = {**(sampler_options or {}), **learned}
-        if sampler in SOLVERS and SOLVERS[sampler].adaptive:
-            raise ValueError(f"sampler {sampler!r} is adaptive and cannot run one step() at a time; "
-                             f"use one of {', '.join(FIXED_GRID_NAMES)}")
-        if sampler not in FIXED_GRID_NAMES:
-            raise ValueError(f"unknown sampler {sampler!r}: use one of {', '.join(FIXED_GRID_NAMES)}")
-        self._options = resolve_options(sampler, sampler_options)
-        if self._options.get("predictor") is not None:
-            raise ValueError(f"FewstepScheduler cannot take an AMED predictor (a network reading the UNet's bottleneck, "
-                             f"no config value; on the command line sampler.options.predictor=null): give {sampler} "
-                             f"its frozen table, frozen_table=DIR or sampler_options r=[...], c=[...]")
-        if self._options.get("afs"):
-            raise ValueError("FewstepScheduler cannot take afs=True: a pipeline evaluates the model on its starting "
-                             "noise, the call the analytical first step skips; use afs with samplers.sample")
-        if prediction_type not in (*DiffusersUNetDenoiser.PREDICTION_TYPES, FLOW):
-            raise ValueError(f"unsupported prediction_type {prediction_type!r}: "
-                             f"use one of {', '.join(DiffusersUNetDenoiser.PREDICTION_TYPES)}, {FLOW}")
-        conventions.check_clipping(sampler, {"clip_sample": clip_sample, "thresholding": thresholding})
-        if final_sigmas_type not in ("zero", "sigma_min"):
-            raise ValueError(f"unknown final_sigmas_type {final_sigmas_type!r}: use zero or sigma_min")
+        self._frozen, self._learned, sampler_options = construction.read_tables(
+            sampler, sampler_options, schedule, schedule_table, frozen_table, solver_table)
+        self._options = construction.check_sampler(sampler, sampler_options, prediction_type,
+                                                   {"clip_sample": clip_sample, "thresholding": thresholding},
+                                                   final_sigmas_type)
         self.order = SOLVERS[sampler].nfe(1, False, self._options)  # evaluations per step: 2 for heun, dpm_2, amed
-        self.num_inference_steps = self.grid = self.sigmas = self._plan_key = None
+        self.num_inference_steps = self.grid = self.sigmas = self._plan_key = self._weights = self._karras = None
         self._step_index = self._begin_index = self._set_generator = None
         self._steps = self._request = self._generator = self._rng = self._eta = self._shape = None
         self._returned = self._version = self._timestep_values = None
@@ -175,24 +148,13 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"shift={shift}, use_dynamic_shifting={use_dynamic_shifting}, shift_terminal="
                              f"{shift_terminal} are for flow-matching models (prediction_type={FLOW!r}); "
                              f"this is a VP model (prediction_type={prediction_type!r})")
-        if beta_schedule is None and trained_betas is None:
-            raise ValueError("the scheduler config has no noise table: beta_schedule and trained_betas are both None")
-        try:
-            table = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
-                                  beta_schedule=beta_schedule, trained_betas=trained_betas,
-                                  rescale_betas_zero_snr=rescale_betas_zero_snr)
-        except NotImplementedError:
-            raise ValueError(f"unsupported beta_schedule {beta_schedule!r}") from None
-        alphas_cumprod = table.alphas_cumprod.double()
-        if rescale_betas_zero_snr:
-            alphas_cumprod[-1] = 2.0 ** -24
-        if not alphas_cumprod[-1] > 0:
-            raise ValueError(f"the noise table's alphas_cumprod reaches 0 in float32 at timestep "
-                             f"{int((alphas_cumprod > 0).sum())} of {num_train_timesteps} (sigma infinite): use a "
-                             f"table with less total noise, or rescale_betas_zero_snr=True")
-        self.betas, self.alphas = table.betas, table.alphas
+        self.betas, self.alphas, alphas_cumprod = construction.vp_table(
+            num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr)
         self._space, self._schedule = VPTable(alphas_cumprod), schedule or "karras"
         self.alphas_cumprod, self.log_sigmas = alphas_cumprod, self._space.log_sigmas
+        tabled = self._frozen is not None or schedule_table is not None or self._learned is not None
+        if self._schedule == "karras" and not tabled and SOLVERS[sampler].evaluated is at_step_starts:
+            self._karras = plans.karras_plan(self._space, sigma_min, sigma_max, rho, final_sigmas_type)
         # before set_timesteps, as diffusers' VP schedulers: every training timestep, descending
         self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1)
 
@@ -276,28 +238,42 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         they and the flow_uniform grid are shifted as the config says; `mu`: the dynamic shift's (Flux).
         A pipeline calls this once per generation, so the last plan is reused when nothing changed."""
         plans.check_mu(self._space, self.config.prediction_type, mu)
-        given = [name for name, value in (("num_inference_steps", num_inference_steps), ("timesteps", timesteps),
+        custom = self._custom_plan(num_inference_steps, timesteps, sigmas)
+        key = (num_inference_steps, custom, mu, device)
+        if key != self._plan_key:
+            self._weights = None
+            if custom is None and self._karras is not None:  # the default plan, in one numpy pass
+                grid, timesteps = self._karras(num_inference_steps)
+                self.grid = self.sigmas = grid
+                self.timesteps = timesteps if device is None else timesteps.to(device)
+                self.num_inference_steps = num_inference_steps
+            else:
+                grid, timestep_of = (self._grid(num_inference_steps, mu) if custom is None
+                                     else self._custom_grid(custom, mu))
+                self.grid, self.sigmas, self.timesteps = self._plan(grid, timestep_of, device)
+                self.num_inference_steps = len(self.grid) - 1
+            self._plan_key = key
+        self._step_index, self._begin_index, self._set_generator = None, None, generator
+        self._steps = None
+
+    def _custom_plan(self, steps, timesteps, sigmas) -> tuple | None:
+        """`(kind, values)` of a pipeline's own `timesteps` or `sigmas` (float64 values), None for `steps`
+        steps; refused in one line unless exactly one of them is given and `steps` is a whole number >= 1."""
+        if timesteps is None and sigmas is None:
+            if type(steps) is int and steps >= 1:  # the common case, checked first
+                return None
+            if steps is not None and isinstance(steps, numbers.Integral) and steps >= 1:
+                return None
+        given = [name for name, value in (("num_inference_steps", steps), ("timesteps", timesteps),
                                           ("sigmas", sigmas)) if value is not None]
         if len(given) != 1:
             raise ValueError(f"set_timesteps takes exactly one of num_inference_steps, timesteps, sigmas; "
                              f"got {', '.join(given) or 'none'}")
-        if num_inference_steps is not None and (not isinstance(num_inference_steps, numbers.Integral)
-                                                or num_inference_steps < 1):
+        if steps is not None:
             raise ValueError(f"num_inference_steps must be a whole number of at least 1 for sampler "
-                             f"{self.config.sampler!r}, got {num_inference_steps}")
-        custom = None
-        if timesteps is not None or sigmas is not None:
-            custom = ("timesteps" if sigmas is None else "sigmas",
-                      tuple(torch.as_tensor(sigmas if sigmas is not None else timesteps, dtype=torch.float64).reshape(-1).tolist()))
-        key = (num_inference_steps, custom, mu, device)
-        if key != self._plan_key:
-            grid, timestep_of = (self._grid(num_inference_steps, mu) if custom is None
-                                 else plans.custom_grid(self._space, self.config.num_train_timesteps, *custom, mu))
-            self.grid, self.sigmas, self.timesteps = self._plan(grid, timestep_of, key[-1])
-            self._plan_key = key
-        self.num_inference_steps = len(self.grid) - 1
-        self._step_index, self._begin_index, self._set_generator = None, None, generator
-        self._steps = None
+                             f"{self.config.sampler!r}, got {steps}")
+        values = torch.as_tensor(sigmas if sigmas is not None else timesteps, dtype=torch.float64)
+        return "timesteps" if sigmas is None else "sigmas", tuple(values.reshape(-1).tolist())
 
     def set_begin_index(self, begin_index: int = 0) -> None:
         """Start the next trajectory at `timesteps[begin_index]` (diffusers' convention: img2img and
@@ -327,11 +303,24 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
                 raise ValueError(f"frozen_table={c.frozen_table} is a grid of {len(grid) - 1} steps; "
                                  f"got num_inference_steps={steps}")
             return grid, {}
+        if self._learned is not None:
+            path, table = self._learned
+            grid, self._weights = solver_tables.entry(table, path, steps)
+            return schedule_tables.check_start(grid, self._space.sigma_max, f"{path} NFE {steps}",
+                                               "this scheduler's"), {}
         if c.schedule_table is not None:
             path = schedule_tables.table_file(c.schedule_table, c.sampler, c.guidance_scale)
             return schedule_tables.grid_of_steps(path, c.sampler, self._options, steps, self._space.sigma_max,
                                                  c.guidance_scale), {}
         return plans.schedule_grid(c, self._schedule, self._space, steps, self.alphas_cumprod, mu)
+
+    def _custom_grid(self, custom: tuple, mu) -> tuple[torch.Tensor, dict]:
+        """`plans.custom_grid` of a pipeline's own `sigmas` or `timesteps`; refused with a solver table, whose
+        weights belong to its own grids."""
+        if self._learned is not None:
+            raise ValueError(f"solver_table={self.config.solver_table} gives the grid with its weights; "
+                             f"set_timesteps takes num_inference_steps (an NFE it has), not {custom[0]}")
+        return plans.custom_grid(self._space, self.config.num_train_timesteps, *custom, mu)
 
     def _plan(self, grid: torch.Tensor, timestep_of: dict, device):
         """The sigmas the sampler evaluates (a one-call sampler: the grid's but its end; else
@@ -436,6 +425,8 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"the first step must be at timestep {float(self.timesteps[begin]):.6g} "
                              f"(begin_index {begin}), got {float(timestep):.6g}")
         options = self._with_eta(eta)
+        if self._weights is not None:  # a solver table's: the rows of the steps from this one on
+            options = {**options, "weights": self._weights[starts[begin]:]}
         bound = generator if self._solver.stochastic else None
         self._generator, self._rng, self._eta, self._shape = bound, fresh_like(bound), options.get("eta"), sample.shape
         grid = self.grid[starts[begin]:]

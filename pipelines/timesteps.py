@@ -27,13 +27,13 @@ class VPTable:
         self.alphas_cumprod = alphas_cumprod.double()
         self.log_sigmas = sigmas_from_alphas_cumprod(self.alphas_cumprod).log()
         self.sigma_min, self.sigma_max = float(self.log_sigmas[0].exp()), float(self.log_sigmas[-1].exp())
-        self._log_table = self.log_sigmas.numpy()
-        self._index = np.arange(len(self._log_table), dtype=np.float64)
+        self.log_table = self.log_sigmas.numpy()  # numpy, for the plans (`timestep`, `plans.KarrasPlan`)
+        self.index = np.arange(len(self.log_table), dtype=np.float64)
 
     def timestep(self, sigma: np.ndarray) -> np.ndarray:
         """The fractional timestep of each sigma (float64): `spaces.fractional_timestep`'s linear interpolation
         of `log sigma` over the table, clamped to its ends, in numpy (a plan's few sigmas: no torch overhead)."""
-        return np.interp(np.log(np.maximum(sigma, 1e-30)), self._log_table, self._index)
+        return np.interp(np.log(np.maximum(sigma, 1e-30)), self.log_table, self.index)
 
     def sigma(self, timesteps: torch.Tensor) -> torch.Tensor:
         """`sigma(t)` by log-sigma interpolation (the inverse of `timestep`)."""

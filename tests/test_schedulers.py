@@ -317,7 +317,7 @@ def test_cli_refuses_a_prompt_for_an_unconditional_model(tmp_path):
     done = run("model=gmm", "prompt=a cat", f"out_dir={tmp_path}")
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1] == (
-        "error: prompt='a cat' and guidance_scale=None need a text-to-image pipeline directory "
+        "error: prompt='a cat' needs a text-to-image pipeline directory "
         "(model=diffusers model.path=DIR)")
 
 
@@ -333,6 +333,24 @@ def test_the_schedules_settings_reach_the_grid(settings, grid):
     table = scheduler.log_sigmas.exp()
     assert torch.allclose(scheduler.grid, grid(float(table[0]), float(table[-1])), rtol=1e-12)
     assert not torch.allclose(scheduler.grid, default.grid)
+
+
+@pytest.mark.parametrize("settings", [dict(), dict(final_sigmas_type="sigma_min"),
+                                      dict(sigma_min=0.05, sigma_max=10.0, rho=5.0)])
+def test_the_one_pass_karras_plan_is_get_sigmas_and_the_fractional_timesteps_bit_for_bit(settings):
+    """`plans.KarrasPlan` (ddim's, euler's, dpmpp_2m's default plan) against the general path."""
+    scheduler = fewstep("ddim", **settings)
+    assert scheduler._karras is not None
+    table = scheduler.log_sigmas
+    lo, hi = settings.get("sigma_min", float(table[0].exp())), settings.get("sigma_max", float(table[-1].exp()))
+    for n in (1, 2, 7, 12, 50):
+        scheduler.set_timesteps(n)
+        grid = samplers.get_sigmas("karras", n, lo, hi, rho=settings.get("rho", 7.0),
+                                   final_sigmas_type=settings.get("final_sigmas_type", "zero"))
+        timesteps = samplers.spaces.fractional_timestep(grid[:-1], table).float()
+        assert torch.equal(scheduler.grid, grid) and scheduler.sigmas is scheduler.grid
+        assert torch.allclose(scheduler.timesteps, timesteps, rtol=0, atol=1e-4)
+        assert torch.equal(scheduler.timesteps, torch.from_numpy(scheduler._space.timestep(grid[:-1].numpy())).float())
 
 
 def test_a_table_is_matched_on_the_samplers_options(tmp_path):

@@ -44,12 +44,28 @@ def lookup(path, denoiser, nfe: int) -> tuple[torch.Tensor, torch.Tensor]:
     weights, or one without that NFE, is refused in one line naming both values."""
     table, path = load(path), Path(path).expanduser()
     store.check_made_for(table["fingerprint"], denoiser, str(path))
-    entry = table["by_nfe"].get(str(nfe))
-    if entry is None:
+    return entry(table, path, nfe)
+
+
+def entry(table: dict, path, nfe: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(sigmas, weights)` of the loaded `table` (read from `path`) at exactly `nfe` NFE, its fingerprint
+    unchecked (a diffusers scheduler cannot see the weights); a missing NFE is refused in one line naming
+    the NFEs there are."""
+    found = table["by_nfe"].get(str(nfe))
+    if found is None:
         raise ValueError(f"{path} has no learned solver for NFE {nfe}: it has NFE "
-                         f"{', '.join(sorted(table['by_nfe'], key=int))}")
-    sigmas = check_sigmas(entry["sigmas"])
-    return sigmas, check_weights(entry["weights"], len(sigmas) - 1)
+                         f"{', '.join(sorted(table['by_nfe'], key=int)) or 'none'}")
+    sigmas = check_sigmas(found["sigmas"])
+    return sigmas, check_weights(found["weights"], len(sigmas) - 1)
+
+
+def table_file(given) -> Path:
+    """A table named by a scheduler config: its file, or a model directory or a shipped model's name
+    (`<dir>/solvers/learned.json`)."""
+    from ..assets import resolve
+
+    path = resolve(given, lambda root: root.is_file() or (root / FOLDER).is_dir())
+    return path / FOLDER / f"{NAME}.json" if path.is_dir() else path
 
 
 def write(path, denoiser, model: str, fit, **details) -> Path:
