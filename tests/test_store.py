@@ -21,7 +21,7 @@ def denoiser_at(path):
 def test_artifacts_lie_beside_the_model_in_known_folders_only(tmp_path):
     assert store.beside(denoiser_at(tmp_path), "schedules", "heun.json") == tmp_path / "schedules" / "heun.json"
     assert store.beside(denoiser(), "amed", "amed-nfe5") is None
-    with pytest.raises(ValueError, match="^unknown kind of tuned artifact 'tables': use one of schedules, amed, skiptune$"):
+    with pytest.raises(ValueError, match="^unknown kind of tuned artifact .tables.: use one of schedules, amed, skiptune, solvers$"):
         store.beside(denoiser_at(tmp_path), "tables", "x")
 
 
