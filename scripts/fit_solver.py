@@ -15,19 +15,11 @@ from hydra.core.hydra_config import HydraConfig
 from fewstep.cli import schemas
 from fewstep.cli.common import CONFIG_PATH, one_line_errors, record_config, resolve_device
 from fewstep.cli.setup import model_of
-from fewstep.tuning import schedule_tables, solver_tables
-from fewstep.tuning.learned_solver import run_fits
+from fewstep.tuning import solver_tables
+from fewstep.tuning.learned_solver import run_fits, searched_starts
 
 schemas.register()
 log = logging.getLogger(__name__)  # bare lines on stdout and in the run's log file (conf/hydra/job_logging)
-
-
-def searched_starts(denoiser, nfes) -> dict:
-    """`{nfe: [(how, sigmas)]}`: the model's searched DPM-Solver++(2M) grids (the start's sampler), as more starts."""
-    path = schedule_tables.default_path(denoiser, "dpmpp_2m")
-    entries = schedule_tables.entries(path) if path is not None else {}
-    return {nfe: [(f"the searched dpmpp_2m grid ({path})", schedule_tables.lookup(path, denoiser, "dpmpp_2m", {}, nfe))]
-            for nfe in nfes if nfe in entries}
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="fit_solver", version_base="1.3")

@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..samplers.learned import dpmpp_2m_weights
+from . import schedule_tables
 from .schedule_search import PRIOR_MARGIN, GridParameters, frozen, lever_grids, ode_error, teachers
 
 NAME = "learned"
@@ -123,6 +124,15 @@ def fit_solver(denoiser, nfe: int, noise, reference, held_out, held_out_referenc
     held = ode_error(NAME, denoiser, held_out, held_out_reference, best[0], {"weights": best[1]}).item()
     return SolverFit(nfe, best[0], best[1], held, start_held, how, held < start_held, time.perf_counter() - begin,
                      curve)
+
+
+def searched_starts(denoiser, nfes) -> dict:
+    """`{nfe: [(how, sigmas)]}`: the model's searched DPM-Solver++(2M) grids (`schedule_tables`; the start's
+    sampler) at those of `nfes` it has, as more starts for `run_fits`."""
+    path = schedule_tables.default_path(denoiser, "dpmpp_2m")
+    entries = schedule_tables.entries(path) if path is not None else {}
+    return {nfe: [(f"the searched dpmpp_2m grid ({path})", schedule_tables.lookup(path, denoiser, "dpmpp_2m", {}, nfe))]
+            for nfe in nfes if nfe in entries}
 
 
 def run_fits(denoiser, nfes, order: int = 3, num_noises: int = 256, seed: int = 910000, iterations: int = 300,
