@@ -42,6 +42,20 @@ def tiny_unet(**overrides):
     return UNet2DModel(**config).eval()
 
 
+class LatentRecorder:
+    """Wraps a pipeline's `prepare_latents` to keep the latents its loop starts from (the first part of a
+    tuple: img2img's and inpainting's return more)."""
+
+    def __init__(self, pipe):
+        self.prepare, self.latents = pipe.prepare_latents, None
+        pipe.prepare_latents = self
+
+    def __call__(self, *args, **kwargs):
+        out = self.prepare(*args, **kwargs)
+        self.latents = out[0] if isinstance(out, tuple) else out
+        return out
+
+
 # The noise table of diffusers' DDPM (test_diffusers_parity, test_schedulers, test_drop_in, test_amed).
 TABLE = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
 

@@ -15,7 +15,7 @@ from fewstep import samplers
 from fewstep.pipelines import FewstepScheduler
 from fewstep.samplers.spaces import sigma_of_timestep
 from fewstep.suites.tiny_pipelines import tiny_text_to_image
-from helpers import TABLE, NoiseLikeUNet, range_gap, tiny_unet
+from helpers import TABLE, LatentRecorder, NoiseLikeUNet, range_gap, tiny_unet
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models on one thread
 
@@ -103,17 +103,6 @@ def test_img2img_started_part_way_equals_diffusers_schedulers(text_to_image, nam
     assert range_gap(img2img_latents(text_to_image, ours, strength), expected) < 1e-5
 
 
-class Recorder:
-    """Wraps a pipeline's `prepare_latents` to keep the latents the loop starts from."""
-
-    def __init__(self, pipe):
-        self.prepare, self.latents = pipe.prepare_latents, None
-        pipe.prepare_latents = self
-
-    def __call__(self, *args, **kwargs):
-        out = self.prepare(*args, **kwargs)
-        self.latents = out[0] if isinstance(out, tuple) else out
-        return out
 
 
 @pytest.mark.parametrize("name", samplers.FIXED_GRID_NAMES)
@@ -124,7 +113,7 @@ def test_every_sampler_starts_part_way_in_img2img_as_a_reference_loop_does(text_
     scheduler = FewstepScheduler.from_config(text_to_image.scheduler.config, sampler=name)
     img2img = StableDiffusionImg2ImgPipeline(**{**text_to_image.components, "scheduler": scheduler})
     img2img.set_progress_bar_config(disable=True)
-    recorder = Recorder(img2img)
+    recorder = LatentRecorder(img2img)
     latents = img2img("a cat", image=init_image(), strength=0.5, num_inference_steps=6, guidance_scale=1.0,
                       output_type="latent", generator=torch.Generator().manual_seed(0)).images
     start = 3  # strength 0.5 of 6 steps: the pipeline keeps the last 3

@@ -10,7 +10,7 @@ from fewstep import samplers
 from fewstep.pipelines import FewstepScheduler
 from fewstep.samplers.prompts import encode_prompts, load_pipeline, read_prompts, rows_of_run, text_guided
 from fewstep.suites.tiny_pipelines import tiny_text_to_image
-from helpers import range_gap, tiny_unet
+from helpers import LatentRecorder, range_gap, tiny_unet
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models on one thread
 
@@ -22,23 +22,13 @@ def pipe(tmp_path_factory):
     return load_pipeline(root / "pipe")
 
 
-class Recorder:
-    """Keeps the latents the pipeline's loop starts from (its `prepare_latents`)."""
-
-    def __init__(self, pipe):
-        self.prepare, self.latents = pipe.prepare_latents, None
-        pipe.prepare_latents = self
-
-    def __call__(self, *args, **kwargs):
-        self.latents = self.prepare(*args, **kwargs)
-        return self.latents
 
 
 @pytest.mark.parametrize("name", ["dpmpp_2m", "heun", "ddim"])
 def test_a_guided_sample_is_the_pipelines_with_fewstep_scheduler(pipe, name):
     prompts, w = ["a red cat", "a dog"], 7.5
     pipe.scheduler = FewstepScheduler.from_config(pipe.scheduler.config, sampler=name)
-    recorder = Recorder(pipe)
+    recorder = LatentRecorder(pipe)
     try:
         latents = pipe(prompts, guidance_scale=w, num_inference_steps=5, output_type="latent",
                        generator=torch.Generator().manual_seed(0)).images

@@ -14,7 +14,7 @@ from fewstep.cli.conditioning import conditioned
 from fewstep.pipelines import FewstepScheduler
 from fewstep.samplers.prompts import load_pipeline, rows_of_run, text_guided
 from fewstep.suites.tiny_pipelines import tiny_text_to_image
-from helpers import range_gap, run_cli, the_error, ok
+from helpers import LatentRecorder, ok, range_gap, run_cli, the_error
 from test_guided_cli import save_pipeline
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models on one thread
@@ -40,16 +40,6 @@ def searched(saved, tmp_path_factory):
                       f"out_dir={tmp_path_factory.mktemp('search')}"))
 
 
-class Recorder:
-    """Keeps the latents the pipeline's loop starts from (its `prepare_latents`)."""
-
-    def __init__(self, pipe):
-        self.prepare, self.latents = pipe.prepare_latents, None
-        pipe.prepare_latents = self
-
-    def __call__(self, *args, **kwargs):
-        self.latents = self.prepare(*args, **kwargs)
-        return self.latents
 
 
 def pipeline_and_ours(pipe_dir, sampler, steps, options=None, **config):
@@ -58,7 +48,7 @@ def pipeline_and_ours(pipe_dir, sampler, steps, options=None, **config):
     pipeline's grid, and that grid."""
     pipe = load_pipeline(pipe_dir)
     pipe.scheduler = FewstepScheduler.from_config(pipe.scheduler.config, sampler=sampler, **config)
-    recorder = Recorder(pipe)
+    recorder = LatentRecorder(pipe)
     latents = pipe(PROMPTS, num_inference_steps=steps, guidance_scale=7.5, output_type="latent",
                    generator=torch.Generator().manual_seed(0)).images
     grid = pipe.scheduler.grid
